@@ -1,0 +1,42 @@
+"""What every benchmark records beside its numbers: command, machine, date."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+  threads = tf.config.threading.get_intra_op_parallelism_threads() or "all"
+  return (f"{platform.machine()}, {os.cpu_count()} cores ({threads} TF threads), "
+          f"{platform.system()}, Python {platform.python_version()}, "
+          f"TensorFlow {tf.__version__}, no GPU"
+          if not tf.config.list_physical_devices("GPU") else
+          f"{platform.machine()}, {os.cpu_count()} cores, GPU "
+          f"{tf.config.list_physical_devices('GPU')}")
+
+
+def summary(values: list[float]) -> dict[str, float]:
+  return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+
+def write_result(name: str, result: dict) -> Path:
+  """Writes benchmarks/results/<name>.json atomically, with provenance."""
+  record = {"command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+            "machine": machine(),
+            "date": datetime.date.today().isoformat(), **result}
+  RESULTS.mkdir(exist_ok=True)
+  path = RESULTS / f"{name}.json"
+  staging = path.with_suffix(".json.tmp")
+  staging.write_text(json.dumps(record, indent=2) + "\n")
+  staging.rename(path)
+  return path

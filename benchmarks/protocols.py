@@ -1,0 +1,79 @@
+"""Quality on MovieLens 100K, protocols A and B, over several seeds.
+
+Protocol A (the TFRS multitask recipe's): one global shuffle with seed 42,
+80,000 train / 20,000 test; top-k accuracy over all 1,682 movies with seen
+movies kept, and RMSE. Protocol B (RecBole's): each user's ratings cut
+8:1:1 with seed 42, full-catalogue ranking with train and validation items
+removed, every test rating relevant; and RMSE. The split is fixed; the
+model seed (initialisation and shuffling) varies. The popularity baseline
+(most-rated training movies first) is reported beside the model.
+
+    python benchmarks/protocols.py [--seeds 0 1 2] [--set KEY=VALUE ...]
+
+Writes benchmarks/results/protocol_a.json and protocol_b.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import tfmtl  # noqa: F401  (binds Keras 2 first)
+from tfmtl import evaluation, training
+from tfmtl.config import ExperimentConfig
+
+from common import summary, write_result
+
+PROTOCOLS = {
+    "A": (["split.protocol=random", "split.fractions=[0.8, 0.0, 0.2]"],
+          {"top100_accuracy": "top100_accuracy", "top10_accuracy": "top10_accuracy",
+           "rmse": "rating_rmse", "mae": "rating_mae", "like_auc": "like_auc"}),
+    "B": (["split.protocol=per_user", "split.fractions=[0.8, 0.1, 0.1]"],
+          {**{f"{m}@{k}": f"{m}@{k}" for k in (10, 50, 100)
+              for m in ("recall", "ndcg", "mrr", "hit")},
+           "rmse": "rating_rmse", "mae": "rating_mae", "like_auc": "like_auc"}),
+}
+
+
+def run_protocol(name: str, seeds: list[int], overrides: list[str]) -> dict:
+  split_overrides, names = PROTOCOLS[name]
+  runs, seconds = [], []
+  for seed in seeds:
+    config = ExperimentConfig().with_overrides([*split_overrides, f"seed={seed}", *overrides])
+    prepared = training.prepare(config)
+    start = time.perf_counter()
+    model = training.fit(config, prepared, verbose=0)
+    seconds.append(time.perf_counter() - start)
+    metrics = evaluation.evaluate_model(model, prepared.data, prepared.split, [10, 50, 100])
+    runs.append(metrics)
+    print(f"protocol {name} seed {seed}: " + ", ".join(
+        f"{short} {metrics[full]:.4f}" for short, full in names.items()), flush=True)
+  popularity = evaluation.evaluate_popularity(prepared.data, prepared.split, [10, 50, 100])
+  return {
+      "protocol": name,
+      "seeds": seeds,
+      "config": {"base": "tfmtl defaults (configs/movielens_100k.yaml)",
+                 "overrides": [*split_overrides, *overrides]},
+      "metrics": {short: summary([m[full] for m in runs]) for short, full in names.items()},
+      "fit_seconds": summary(seconds),
+      "baselines": {"popularity": {short: popularity[full] for short, full in names.items()
+                                   if full in popularity}},
+  }
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--protocols", nargs="+", default=["A", "B"], choices=["A", "B"])
+  parser.add_argument("--set", action="append", default=[])
+  args = parser.parse_args()
+  for name in args.protocols:
+    result = run_protocol(name, args.seeds, args.set)
+    path = write_result(f"protocol_{name.lower()}", result)
+    print(f"protocol {name}: " + ", ".join(
+        f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in result["metrics"].items())
+        + f" -> {path}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real MovieLens 100K and a small structured data set."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tfmtl
+from tfmtl.config import FeatureConfig
+
+
+@pytest.fixture(scope="session")
+def movielens():
+  """The real MovieLens 100K (fetched once into the tfmtl cache dir)."""
+  return tfmtl.data.load_movielens_100k()
+
+
+def make_tiny_frames(num_users: int = 60, num_items: int = 40, per_user: int = 12,
+                     seed: int = 0):
+  """Users of three tastes rate items of their taste 4-5, others 1-2."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for user in range(num_users):
+    items = rng.choice(num_items, size=per_user, replace=False)
+    for item in items:
+      liked = item % 3 == user % 3
+      rows.append((f"u{user}", f"i{item}",
+                   float(rng.integers(4, 6) if liked else rng.integers(1, 3)),
+                   int(1_000 + user * 100 + rng.integers(100))))
+  interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+  users = pd.DataFrame({"user_id": [f"u{u}" for u in range(num_users)],
+                        "taste": [f"t{u % 3}" for u in range(num_users)],
+                        "age": rng.integers(18, 70, num_users).astype(float)})
+  genres = ["Action", "Comedy", "Drama"]
+  items = pd.DataFrame({"item_id": [f"i{i}" for i in range(num_items)],
+                        "genres": [f"{genres[i % 3]}|Extra{i % 2}" for i in range(num_items)],
+                        "year": (1950 + np.arange(num_items)).astype(float)})
+  return interactions, users, items
+
+
+TINY_USER_FEATURES = {"taste": FeatureConfig("categorical"),
+                      "age": FeatureConfig("bucketized", num_buckets=4)}
+TINY_ITEM_FEATURES = {"genres": FeatureConfig("multi_categorical"),
+                      "year": FeatureConfig("bucketized", num_buckets=4)}
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+  """A small, learnable data set with user and item features."""
+  interactions, users, items = make_tiny_frames()
+  return tfmtl.data.InteractionData.from_frames(
+      interactions, users, items, TINY_USER_FEATURES, TINY_ITEM_FEATURES, name="tiny")

@@ -1,0 +1,63 @@
+"""Splits are deterministic for a seed, disjoint, and cut the way they say."""
+
+import pandas as pd
+import pytest
+
+from tfmtl.config import SplitConfig
+from tfmtl.data import DataError, per_user_split, random_split, split_interactions
+from tfmtl.data import temporal_split
+
+
+def _keys(frame: pd.DataFrame) -> set:
+  return set(zip(frame["user_id"], frame["item_id"]))
+
+
+@pytest.mark.parametrize("make_split", [
+    lambda df, seed: random_split(df, (0.8, 0.0, 0.2), seed),
+    lambda df, seed: per_user_split(df, (0.8, 0.1, 0.1), seed),
+])
+def test_same_seed_same_split_other_seed_other_split(movielens, make_split):
+  interactions = movielens.interactions
+  first, again, other = (make_split(interactions, s) for s in (42, 42, 7))
+  for part in range(3):
+    assert first[part].equals(again[part])
+  assert not first.test.equals(other.test)
+
+
+@pytest.mark.parametrize("protocol", ["random", "per_user", "temporal"])
+def test_parts_are_disjoint_and_cover_every_interaction(movielens, protocol):
+  interactions = movielens.interactions
+  split = split_interactions(interactions, SplitConfig(protocol=protocol))
+  parts = [_keys(p) for p in split]
+  assert sum(len(p) for p in split) == len(interactions)
+  assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+
+
+def test_protocol_a_split_is_80k_train_20k_test(movielens):
+  split = random_split(movielens.interactions, (0.8, 0.0, 0.2), seed=42)
+  assert (len(split.train), len(split.validation), len(split.test)) == (80_000, 0, 20_000)
+
+
+def test_per_user_split_cuts_every_user_8_1_1(movielens):
+  split = per_user_split(movielens.interactions)
+  sizes = pd.DataFrame({name: part.groupby("user_id").size()
+                        for name, part in zip(("train", "validation", "test"), split)})
+  total = sizes.sum(axis=1)
+  assert (sizes["test"] == (total * 0.1).astype(int)).all()  # RecBole's floor
+  assert (sizes["validation"] == (total * 0.1).astype(int)).all()
+  assert (sizes["train"] > 0).all()
+
+
+def test_temporal_split_holds_out_each_users_latest_interactions(movielens):
+  split = temporal_split(movielens.interactions)
+  assert split.test["user_id"].is_unique and len(split.test) == 943
+  latest_train = split.train.groupby("user_id")["timestamp"].max()
+  validation = split.validation.set_index("user_id")["timestamp"]
+  test = split.test.set_index("user_id")["timestamp"]
+  assert (latest_train <= validation.reindex(latest_train.index)).all()
+  assert (validation <= test.reindex(validation.index)).all()
+
+
+def test_temporal_split_needs_timestamps():
+  with pytest.raises(DataError, match="no 'timestamp' column"):
+    temporal_split(pd.DataFrame({"user_id": ["a"], "item_id": ["b"]}))

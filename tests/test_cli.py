@@ -1,0 +1,82 @@
+"""The `tfmtl` command end to end on small files, and its error messages."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+def _tfmtl(*args, cwd):
+  return subprocess.run([sys.executable, "-m", "tfmtl.cli", *args], capture_output=True,
+                        text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_data):
+  tiny_data.interactions.to_csv(tmp_path / "ratings.csv", index=False)
+  tiny_data.users.to_csv(tmp_path / "users.csv", index=False)
+  tiny_data.items.to_csv(tmp_path / "items.csv", index=False)
+  config = {
+      "name": "tiny",
+      "data": {"source": "files", "interactions": "ratings.csv", "users": "users.csv",
+               "items": "items.csv",
+               "user_features": {"taste": "categorical", "age": "bucketized"},
+               "item_features": {"genres": "multi_categorical", "year": "bucketized"}},
+      "train": {"epochs": 2, "batch_size": 64},
+  }
+  path = tmp_path / "tiny.yaml"
+  path.write_text(yaml.safe_dump(config))
+  return path
+
+
+def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file):
+  result = _tfmtl("run", "--config", str(config_file), "--set", "train.epochs=3",
+                  cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "recall@10" in result.stdout and "rating_rmse" in result.stdout
+  assert "popularity" in result.stdout
+  assert (tmp_path / "saved_models" / "tiny" / "1" / "saved_model.pb").is_file()
+  metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
+  assert set(metrics) == {"model", "popularity"}
+  assert 0 <= metrics["model"]["ndcg@10"] <= 1
+  assert yaml.safe_load((tmp_path / "runs" / "tiny" / "config.yaml").read_text())[
+      "train"]["epochs"] == 3
+  assert "Epoch 3/3" in result.stdout + result.stderr  # progress is visible
+
+
+def test_train_then_evaluate_then_export_a_new_version(tmp_path, config_file):
+  assert _tfmtl("train", "--config", str(config_file), cwd=tmp_path).returncode == 0
+  evaluated = _tfmtl("evaluate", "--run", "runs/tiny", cwd=tmp_path)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert "ndcg@10" in evaluated.stdout
+  for version in ("1", "2"):
+    exported = _tfmtl("export", "--run", "runs/tiny", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert exported.stdout.strip().endswith(f"saved_models/tiny/{version}")
+
+
+def test_data_summarises_the_source(tmp_path, config_file):
+  result = _tfmtl("data", "--config", str(config_file), cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "720 interactions, 60 users" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "model.embeding_dim=3"], "unknown key 'model.embeding_dim'"),
+    (["--set", "data.interactions=missing.csv"], "missing.csv: file not found"),
+    (["--set", "train.optimizer=nesterov"], "train.optimizer: unknown optimizer 'nesterov'"),
+])
+def test_errors_are_one_clear_line_without_a_traceback(tmp_path, config_file, args, message):
+  result = _tfmtl("train", "--config", str(config_file), *args, cwd=tmp_path)
+  assert result.returncode == 2
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_evaluate_of_a_missing_run_names_it(tmp_path):
+  result = _tfmtl("evaluate", "--run", "runs/nothing", cwd=tmp_path)
+  assert result.returncode == 2
+  assert "runs/nothing: not a tfmtl run" in result.stderr

@@ -1,0 +1,76 @@
+"""The experiment config: defaults, files, overrides and clear errors."""
+
+import pytest
+
+from tfmtl.config import ConfigError, ExperimentConfig
+
+
+def test_defaults_describe_the_movielens_multitask_experiment():
+  config = ExperimentConfig()
+  assert config.data.source == "movielens_100k"
+  assert config.split.protocol == "per_user"
+  assert {n: t.type for n, t in config.tasks.items()} == {
+      "retrieval": "retrieval", "rating": "regression", "like": "binary"}
+
+
+def test_yaml_file_round_trips(tmp_path):
+  config = ExperimentConfig().with_overrides(["train.epochs=3", "tasks.like.weight=0.2"])
+  path = tmp_path / "experiment.yaml"
+  path.write_text(config.to_yaml())
+  assert ExperimentConfig.from_file(path) == config
+
+
+def test_overrides_parse_values_as_yaml():
+  config = ExperimentConfig().with_overrides(
+      ["model.tower_layers=[128, 64]", "train.training_metrics=true",
+       "data.user_features.zip_code={type: categorical, prefix: 3}"])
+  assert config.model.tower_layers == [128, 64]
+  assert config.train.training_metrics is True
+  assert config.data.user_features["zip_code"].prefix == 3
+
+
+def test_unknown_key_is_named_with_its_path():
+  with pytest.raises(ConfigError, match=r"unknown key 'model.embeding_dim'"):
+    ExperimentConfig.from_dict({"model": {"embeding_dim": 3}})
+
+
+def test_wrong_type_is_named_with_its_path():
+  with pytest.raises(ConfigError, match=r"tasks.rating.weight: expected a number"):
+    ExperimentConfig().with_overrides(["tasks.rating.weight=heavy"])
+
+
+def test_out_of_range_value_is_named():
+  with pytest.raises(ConfigError, match=r"split.fractions: must sum to 1"):
+    ExperimentConfig.from_dict({"split": {"fractions": [0.5, 0.1, 0.1]}})
+
+
+def test_unknown_enum_value_lists_the_choices():
+  with pytest.raises(ConfigError, match=r"tasks.x.type: unknown value 'clicks'.*retrieval"):
+    ExperimentConfig.from_dict({"tasks": {"x": {"type": "clicks"}}})
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+  path = tmp_path / "broken.yaml"
+  path.write_text("train: {epochs: [1,\n")
+  with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML"):
+    ExperimentConfig.from_file(path)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+  with pytest.raises(ConfigError, match=r"nope.yaml: config file not found"):
+    ExperimentConfig.from_file(tmp_path / "nope.yaml")
+
+
+def test_override_of_unknown_section_is_an_error():
+  with pytest.raises(ConfigError, match=r"unknown key 'modle'"):
+    ExperimentConfig().with_overrides(["modle.embedding_dim=3"])
+
+
+def test_override_without_equals_sign_is_an_error():
+  with pytest.raises(ConfigError, match=r"expected key.path=value"):
+    ExperimentConfig().with_overrides(["train.epochs"])
+
+
+def test_ranking_task_without_label_is_an_error():
+  with pytest.raises(ConfigError, match=r"tasks.score.label: a regression task needs"):
+    ExperimentConfig.from_dict({"tasks": {"score": {"type": "regression"}}})

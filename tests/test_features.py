@@ -1,0 +1,57 @@
+"""Vocabularies come from training data only; unknown values map to OOV."""
+
+import numpy as np
+import pandas as pd
+
+from tfmtl.features import FeatureVocabulary
+
+
+def test_vocabulary_is_built_from_training_interactions_only(tiny_data):
+  train = tiny_data.interactions[tiny_data.interactions["user_id"] != "u0"]
+  vocabulary = FeatureVocabulary.build(tiny_data, train)
+  assert "u0" not in vocabulary.user_ids
+  assert set(vocabulary.item_ids) == set(train["item_id"])
+  counts = train["item_id"].value_counts()
+  assert vocabulary.item_counts == [int(counts[i]) for i in vocabulary.item_ids]
+
+
+def test_encoder_maps_unknown_and_missing_values_to_index_zero(tiny_data):
+  encoder = FeatureVocabulary.build(tiny_data, tiny_data.interactions).encoder()
+  encoded = encoder({
+      "user_id": np.array(["u1", "stranger"], dtype=object),
+      "taste": np.array(["t1", "t9"], dtype=object),
+      "age": np.array([30.0, np.nan], dtype=np.float32),
+      "genres": np.array(["Action|Comedy", "Western|"], dtype=object)})
+  assert encoded["user_id"].numpy()[1] == 0 and encoded["user_id"].numpy()[0] > 0
+  assert encoded["taste"].numpy()[1] == 0 and encoded["taste"].numpy()[0] > 0
+  assert encoded["age"].numpy().tolist()[1] == 0 and encoded["age"].numpy()[0] >= 1
+  genres = encoded["genres"].numpy()
+  assert genres[0].sum() == 2 and genres[0][0] == 0  # two known tokens
+  assert genres[1].tolist() == [1.0] + [0.0] * (genres.shape[1] - 1)  # one OOV token
+
+
+def test_categorical_prefix_keeps_the_first_characters(movielens):
+  vocabulary = FeatureVocabulary.build(movielens, movielens.interactions)
+  assert all(len(token) <= 2 for token in vocabulary.tokens["zip_code"])
+
+
+def test_bucket_boundaries_are_training_quantiles(tiny_data):
+  vocabulary = FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  years = tiny_data.items["year"]
+  expected = np.quantile(years, [0.25, 0.5, 0.75])
+  assert np.allclose(vocabulary.boundaries["year"], expected)
+  assert vocabulary.size("year") == 3 + 2  # buckets plus the missing bucket
+
+
+def test_vocabulary_round_trips_through_json(tiny_data, tmp_path):
+  vocabulary = FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  vocabulary.save(tmp_path / "vocabulary.json")
+  assert FeatureVocabulary.load(tmp_path / "vocabulary.json") == vocabulary
+
+
+def test_item_log_probabilities_follow_training_frequency(tiny_data):
+  vocabulary = FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  probabilities = np.exp(vocabulary.item_log_probabilities())
+  assert np.isclose(probabilities.sum(), 1.0)
+  assert list(np.argsort(-probabilities[1:], kind="stable")) == list(
+      range(len(vocabulary.item_ids)))

@@ -1,0 +1,71 @@
+"""Training from a config: a real short run on MovieLens, and saved runs."""
+
+import numpy as np
+import pytest
+
+from tfmtl import evaluation, training
+from tfmtl.config import ConfigError, ExperimentConfig
+
+
+def test_short_real_training_beats_popularity_on_protocol_b(movielens):
+  config = ExperimentConfig().with_overrides(["train.epochs=5"])
+  prepared = training.prepare(config)
+  model = training.fit(config, prepared, verbose=0)
+  metrics = evaluation.evaluate_model(model, prepared.data, prepared.split, ks=[10])
+  popularity = evaluation.evaluate_popularity(prepared.data, prepared.split, ks=[10])
+  assert metrics["recall@10"] > popularity["recall@10"] + 0.03
+  assert metrics["ndcg@10"] > popularity["ndcg@10"] + 0.03
+  assert metrics["rating_rmse"] < 1.0 and metrics["like_auc"] > 0.7
+
+
+def _files_config(tmp_path, tiny_data, **overrides):
+  tiny_data.interactions.to_csv(tmp_path / "ratings.csv", index=False)
+  tiny_data.users.to_csv(tmp_path / "users.csv", index=False)
+  tiny_data.items.to_csv(tmp_path / "items.csv", index=False)
+  return ExperimentConfig.from_dict({
+      "name": "tiny",
+      "data": {"source": "files", "interactions": str(tmp_path / "ratings.csv"),
+               "users": str(tmp_path / "users.csv"), "items": str(tmp_path / "items.csv"),
+               "user_features": {"taste": "categorical",
+                                 "age": {"type": "bucketized", "num_buckets": 4}},
+               "item_features": {"genres": "multi_categorical",
+                                 "year": {"type": "bucketized", "num_buckets": 4}}},
+      "train": {"epochs": 2, "batch_size": 64, "run_dir": str(tmp_path / "run")},
+      **overrides})
+
+
+def test_a_saved_run_reloads_with_the_same_predictions(tmp_path, tiny_data):
+  config = _files_config(tmp_path, tiny_data)
+  prepared = training.prepare(config)
+  model = training.fit(config, prepared, verbose=0)
+  run_dir = training.save_run(training.default_run_dir(config), config, prepared, model)
+  assert sorted(p.name for p in run_dir.iterdir()) == [
+      "catalogue.parquet", "config.yaml", "vocabulary.json", "weights"]
+  assert not run_dir.with_name("run.tmp").exists()
+  reloaded_config, reloaded = training.load_run(run_dir)
+  assert reloaded_config == config
+  np.testing.assert_allclose(reloaded.catalogue_embeddings().numpy(),
+                             model.catalogue_embeddings().numpy(), atol=1e-6)
+
+
+def test_a_run_whose_checkpoint_does_not_match_its_config_is_an_error(tmp_path, tiny_data):
+  config = _files_config(tmp_path, tiny_data)
+  prepared = training.prepare(config)
+  run_dir = training.save_run(tmp_path / "run", config, prepared,
+                              training.fit(config, prepared, verbose=0))
+  changed = config.with_overrides(["model.id_embedding_dim=7"])
+  (run_dir / "config.yaml").write_text(changed.to_yaml())
+  with pytest.raises(ValueError, match=r"weights: the checkpoint does not match"):
+    training.load_run(run_dir)
+
+
+def test_a_folder_that_is_not_a_run_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"not a tfmtl run \(config.yaml is missing\)"):
+    training.load_run(tmp_path)
+
+
+def test_a_task_label_missing_from_the_data_is_a_config_error(tmp_path, tiny_data):
+  config = _files_config(tmp_path, tiny_data, tasks={
+      "clicks": {"type": "binary", "label": "clicked", "threshold": 1}})
+  with pytest.raises(ConfigError, match=r"tasks.clicks.label: column 'clicked'"):
+    training.prepare(config)

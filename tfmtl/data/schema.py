@@ -1,0 +1,224 @@
+"""The in-memory data model: interactions plus user and item feature tables.
+
+Every source (offline MovieLens, TFDS, local files) ends in an
+`InteractionData`, checked by `InteractionData.from_frames`:
+
+- interactions: `user_id`, `item_id` (strings), optional `rating` (float32)
+  and `timestamp` (int64), plus any numeric label columns;
+- users / items: one row per id, with the feature columns named in
+  `user_features` / `item_features` (a `FeatureConfig` each); other columns
+  (e.g. titles) are kept as they are.
+
+Bad input raises `DataError` naming the file, the column and the first bad
+row (data rows counted from 1, header excluded). Ids that appear in the
+interactions but not in a feature table only warn: their features are
+missing and map to the out-of-vocabulary bucket.
+
+Example:
+
+>>> import pandas as pd
+>>> from tfmtl.data import InteractionData
+>>> data = InteractionData.from_frames(
+...     pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["i1", "i1"],
+...                   "rating": [4, 5]}))
+>>> data.interactions.rating.dtype, len(data.items)
+(dtype('float32'), 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from tfmtl.config import FeatureConfig
+
+USER_ID, ITEM_ID, RATING, TIMESTAMP = "user_id", "item_id", "rating", "timestamp"
+
+logger = logging.getLogger("tfmtl")
+
+
+class DataError(ValueError):
+  """Input data is malformed; the message names the file, column and row."""
+
+
+@dataclasses.dataclass
+class InteractionData:
+  """Interactions with their user and item feature tables (see module doc)."""
+  interactions: pd.DataFrame
+  users: pd.DataFrame
+  items: pd.DataFrame
+  user_features: dict[str, FeatureConfig]
+  item_features: dict[str, FeatureConfig]
+  name: str = "data"
+
+  @classmethod
+  def from_frames(cls,
+                  interactions: pd.DataFrame,
+                  users: Optional[pd.DataFrame] = None,
+                  items: Optional[pd.DataFrame] = None,
+                  user_features: Optional[dict[str, FeatureConfig]] = None,
+                  item_features: Optional[dict[str, FeatureConfig]] = None,
+                  sources: Optional[dict[str, str]] = None,
+                  name: str = "data") -> "InteractionData":
+    """Validates and normalises frames whose columns use the canonical names.
+
+    Args:
+      interactions: one row per interaction.
+      users, items: feature tables (default: ids only, from the interactions).
+      user_features, item_features: feature columns and their encoding.
+      sources: where each frame came from (file paths), used in errors.
+      name: a name for messages and reports.
+    """
+    sources = {"interactions": "interactions", "users": "users",
+               "items": "items", **(sources or {})}
+    user_features, item_features = user_features or {}, item_features or {}
+    interactions = _check_interactions(interactions, sources["interactions"])
+    users = _check_features(users, USER_ID, user_features, interactions,
+                            sources["users"])
+    items = _check_features(items, ITEM_ID, item_features, interactions,
+                            sources["items"])
+    return cls(interactions, users, items, user_features, item_features, name)
+
+  @property
+  def label_columns(self) -> list[str]:
+    """Numeric interaction columns a task can predict (e.g. `rating`)."""
+    return [c for c in self.interactions.columns
+            if c not in (USER_ID, ITEM_ID, TIMESTAMP)]
+
+  def examples(self, interactions: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Raw feature and label arrays, one row per interaction.
+
+    `interactions` is this data's interactions or a split of them; user and
+    item features are joined on by id.
+    """
+    frame = interactions[[USER_ID, ITEM_ID, *self.label_columns]]
+    frame = frame.merge(self.users[[USER_ID, *self.user_features]], on=USER_ID,
+                        how="left", validate="many_to_one")
+    frame = frame.merge(self.items[[ITEM_ID, *self.item_features]], on=ITEM_ID,
+                        how="left", validate="many_to_one")
+    return table_arrays(frame, [USER_ID, ITEM_ID, *self.user_features,
+                                *self.item_features, *self.label_columns])
+
+  def summary(self) -> str:
+    return (f"{self.name}: {len(self.interactions):,} interactions, "
+            f"{self.interactions[USER_ID].nunique():,} users, "
+            f"{self.interactions[ITEM_ID].nunique():,} items rated of "
+            f"{len(self.items):,} in the catalogue")
+
+
+def table_arrays(frame: pd.DataFrame, columns: list[str]) -> dict[str, np.ndarray]:
+  """Columns as numpy arrays TensorFlow accepts: strings as object arrays."""
+  arrays = {}
+  for column in columns:
+    values = frame[column]
+    if pd.api.types.is_numeric_dtype(values):
+      arrays[column] = values.to_numpy(dtype=np.float32)
+    else:  # pandas 3 strings are a StringDtype that TensorFlow rejects
+      arrays[column] = values.to_numpy(dtype=object)
+  return arrays
+
+
+def _first_bad(mask: pd.Series, frame: pd.DataFrame, column: str) -> str:
+  position = int(np.flatnonzero(mask.to_numpy())[0])
+  return f"first at row {position + 1}: {frame[column].iloc[position]!r}"
+
+
+def _require_columns(frame: pd.DataFrame, columns, source: str):
+  missing = [c for c in columns if c not in frame.columns]
+  if missing:
+    raise DataError(f"{source}: missing required column(s) {missing}; "
+                    f"found {list(frame.columns)}")
+
+
+def _ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
+  values = frame[column]
+  missing = values.isna() | (values.astype(str).str.strip() == "")
+  if missing.any():
+    raise DataError(f"{source}: column {column!r} has empty ids "
+                    f"({int(missing.sum())} rows, {_first_bad(missing, frame, column)})")
+  if pd.api.types.is_float_dtype(values) and (values % 1 == 0).all():
+    values = values.astype(np.int64)  # 17.0 -> "17"
+  return values.astype(str).to_numpy(dtype=object)
+
+
+def _numbers(frame: pd.DataFrame, column: str, source: str, dtype) -> np.ndarray:
+  raw = frame[column]
+  numbers = pd.to_numeric(raw, errors="coerce")
+  bad = numbers.isna()
+  if bad.any():
+    blank = raw[bad].isna() | (raw[bad].astype(str).str.strip() == "")
+    kind = "missing (empty or NaN)" if blank.all() else "non-numeric"
+    raise DataError(f"{source}: column {column!r} has {kind} values "
+                    f"({int(bad.sum())} rows, {_first_bad(bad, frame, column)})")
+  return numbers.to_numpy(dtype=dtype)
+
+
+def _check_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+  if frame is None or len(frame) == 0:
+    raise DataError(f"{source}: no interactions (the table is empty)")
+  _require_columns(frame, [USER_ID, ITEM_ID], source)
+  out = pd.DataFrame({USER_ID: _ids(frame, USER_ID, source),
+                      ITEM_ID: _ids(frame, ITEM_ID, source)})
+  if TIMESTAMP in frame.columns:
+    out[TIMESTAMP] = _numbers(frame, TIMESTAMP, source, np.float64).astype(np.int64)
+  if RATING in frame.columns:
+    out[RATING] = _numbers(frame, RATING, source, np.float32)
+  for column in frame.columns.difference(out.columns):  # other numeric labels
+    numbers = pd.to_numeric(frame[column], errors="coerce")
+    if numbers.notna().all():
+      out[column] = numbers.to_numpy(dtype=np.float32)
+  return out
+
+
+def _check_features(frame: Optional[pd.DataFrame], id_column: str,
+                    features: dict[str, FeatureConfig],
+                    interactions: pd.DataFrame, source: str) -> pd.DataFrame:
+  """Validates a feature table; adds rows (missing features) for unknown ids."""
+  if frame is None:
+    if features:
+      raise DataError(f"{source}: features {list(features)} are configured "
+                      f"but no {source} table was given")
+    frame = pd.DataFrame({id_column: []})
+  elif len(frame) == 0:
+    raise DataError(f"{source}: the feature table is empty")
+  _require_columns(frame, [id_column, *features], source)
+  out = pd.DataFrame({id_column: _ids(frame, id_column, source) if len(frame) else []})
+  duplicated = pd.Series(out[id_column].duplicated(keep=False).to_numpy())
+  if duplicated.any():
+    raise DataError(f"{source}: column {id_column!r} has duplicate rows for one id "
+                    f"({_first_bad(duplicated, out, id_column)}); keep one row per id")
+  for name, spec in features.items():
+    out[name] = _feature_values(frame[name], name, spec, source)
+  for column in frame.columns.difference(out.columns):  # kept, e.g. titles
+    out[column] = frame[column].to_numpy()
+  unknown = pd.unique(interactions.loc[~interactions[id_column].isin(out[id_column]),
+                                       id_column])
+  if len(unknown):
+    if len(out):
+      logger.warning("%s: %d %s values in the interactions have no row here "
+                     "(first: %r); their features map to the OOV bucket",
+                     source, len(unknown), id_column, unknown[0])
+    added = pd.DataFrame({id_column: unknown})
+    for name, spec in features.items():
+      added[name] = np.nan if spec.type == "bucketized" else ""
+    out = pd.concat([out, added], ignore_index=True)
+  return out
+
+
+def _feature_values(values: pd.Series, name: str, spec: FeatureConfig,
+                    source: str) -> np.ndarray:
+  """Numbers for bucketized features (non-numbers warn and become NaN),
+  strings for the others (missing becomes "", the OOV token)."""
+  if spec.type == "bucketized":
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() & values.notna() & (values.astype(str).str.strip() != "")
+    if bad.any():
+      logger.warning("%s: column %r has %d non-numeric values (%s); they are "
+                     "treated as missing", source, name, int(bad.sum()),
+                     _first_bad(bad, values.to_frame(), name))
+    return numbers.to_numpy(dtype=np.float32)
+  return values.fillna("").astype(str).to_numpy(dtype=object)

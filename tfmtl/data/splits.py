@@ -1,0 +1,115 @@
+"""Train / validation / test splits of interactions, deterministic for a seed.
+
+- `random_split`: one global shuffle, cut by fractions (protocol A: the TFRS
+  recipe's 80/20 with seed 42).
+- `per_user_split`: each user's interactions shuffled and cut 8:1:1 the way
+  RecBole cuts them (protocol B).
+- `temporal_split`: leave-last-out; each user's latest interaction is test,
+  the one before it validation.
+
+Example:
+
+>>> import pandas as pd
+>>> from tfmtl.data import random_split
+>>> interactions = pd.DataFrame({"user_id": list("aabbcc"), "item_id": list("xyxyxy")})
+>>> split = random_split(interactions, (0.5, 0.0, 0.5), seed=42)
+>>> len(split.train), len(split.validation), len(split.test)
+(3, 0, 3)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tfmtl.config import SplitConfig
+from tfmtl.data.schema import TIMESTAMP, USER_ID, DataError
+
+
+class Split(NamedTuple):
+  """Disjoint train, validation and test interactions (validation may be empty)."""
+  train: pd.DataFrame
+  validation: pd.DataFrame
+  test: pd.DataFrame
+
+
+def _take(interactions: pd.DataFrame, *positions: np.ndarray) -> Split:
+  return Split(*(interactions.iloc[np.sort(p)].reset_index(drop=True)
+                 for p in positions))
+
+
+def random_split(interactions: pd.DataFrame,
+                 fractions: Sequence[float] = (0.8, 0.0, 0.2),
+                 seed: int = 42) -> Split:
+  """Shuffles all interactions once and cuts them by `fractions`."""
+  order = np.random.default_rng(seed).permutation(len(interactions))
+  n_train = int(round(fractions[0] * len(order)))
+  n_validation = int(round(fractions[1] * len(order)))
+  return _take(interactions, order[:n_train],
+               order[n_train:n_train + n_validation],
+               order[n_train + n_validation:])
+
+
+def _split_counts(total: int, fractions: Sequence[float]) -> list[int]:
+  """RecBole's `_calcu_split_ids`: floor the later parts, give them at least
+  one interaction while the train part keeps more than one."""
+  counts = [int(f * total) for f in fractions]
+  counts[0] = total - sum(counts[1:])
+  for i in range(1, len(fractions)):
+    if counts[0] <= 1:
+      break
+    if 0 < fractions[-i] * total < 1:
+      counts[-i] += 1
+      counts[0] -= 1
+  return counts
+
+
+def per_user_split(interactions: pd.DataFrame,
+                   fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                   seed: int = 42) -> Split:
+  """Shuffles each user's interactions and cuts them by `fractions`."""
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(interactions))
+  users = interactions[USER_ID].to_numpy()[order]
+  order = order[np.argsort(users, kind="stable")]  # grouped by user, shuffled within
+  sizes = np.unique(interactions[USER_ID].to_numpy()[order], return_counts=True)[1]
+  parts: list[list[np.ndarray]] = [[], [], []]
+  start = 0
+  for size in sizes:
+    counts = _split_counts(int(size), fractions)
+    bounds = np.cumsum([start, *counts])
+    for part, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+      parts[part].append(order[lo:hi])
+    start += size
+  return _take(interactions, *(np.concatenate(p) for p in parts))
+
+
+def temporal_split(interactions: pd.DataFrame) -> Split:
+  """Each user's last interaction is test, the one before it validation.
+
+  Ties in time are broken by row order. Users with fewer than three
+  interactions keep the earlier ones in train.
+  """
+  if TIMESTAMP not in interactions.columns:
+    raise DataError("temporal split: the interactions have no 'timestamp' column")
+  order = np.lexsort((np.arange(len(interactions)),
+                      interactions[TIMESTAMP].to_numpy(),
+                      interactions[USER_ID].to_numpy()))
+  users = interactions[USER_ID].to_numpy()[order]
+  from_end = pd.Series(users).groupby(users).cumcount(ascending=False).to_numpy()
+  size = pd.Series(users).groupby(users).transform("size").to_numpy()
+  test = (from_end == 0) & (size >= 2)
+  validation = (from_end == 1) & (size >= 3)
+  return _take(interactions, order[~test & ~validation], order[validation],
+               order[test])
+
+
+def split_interactions(interactions: pd.DataFrame, config: SplitConfig) -> Split:
+  """The split a `SplitConfig` names."""
+  if config.protocol == "random":
+    return random_split(interactions, config.fractions, config.seed)
+  if config.protocol == "per_user":
+    return per_user_split(interactions, config.fractions, config.seed)
+  return temporal_split(interactions)

@@ -1,0 +1,184 @@
+"""Full-catalogue evaluation, computed in batches of users.
+
+Two retrieval metric families over every item of the catalogue
+(../shared/docs/protocol.md):
+
+- `top{k}_accuracy` (protocol A, TFRS's `FactorizedTopK` definition): the
+  share of test interactions whose item is among the user's top k items;
+  items the user has already seen are not removed.
+- `recall@k`, `ndcg@k`, `mrr@k`, `hit@k` (protocol B, RecBole's full
+  ranking): per user, the train and validation items are removed from the
+  candidates and every test interaction is a relevant item; averaged over
+  users with at least one test interaction.
+
+Ranking tasks are scored on the test interactions: `<task>_rmse`,
+`<task>_mae` for regression tasks, `<task>_auc` for binary ones.
+
+Anything that scores users against the catalogue can be evaluated: the
+model (`ModelScorer`) or the popularity baseline (`PopularityScorer`).
+
+Example:
+
+>>> import numpy as np, pandas as pd
+>>> from tfmtl.data import Split
+>>> from tfmtl.evaluation import PopularityScorer, retrieval_metrics
+>>> train = pd.DataFrame({"user_id": ["a", "b", "b"], "item_id": ["x", "x", "y"]})
+>>> test = pd.DataFrame({"user_id": ["a"], "item_id": ["y"]})
+>>> scorer = PopularityScorer(train, catalogue=np.array(["x", "y", "z"], dtype=object))
+>>> metrics = retrieval_metrics(scorer, Split(train, train[:0], test), ks=[1])
+>>> metrics["top1_accuracy"], metrics["recall@1"]  # "x" ranks first; unmasked, "y" misses
+(0.0, 1.0)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfmtl.data.pipeline import make_dataset
+from tfmtl.data.schema import ITEM_ID, USER_ID, InteractionData, table_arrays
+from tfmtl.data.splits import Split
+
+
+class Scorer(Protocol):
+  """Scores users against a fixed catalogue of items."""
+  catalogue: np.ndarray  # item ids, one per score column
+
+  def scores(self, user_ids: np.ndarray) -> np.ndarray:
+    """[len(user_ids), len(catalogue)] scores, higher is better."""
+
+
+class PopularityScorer:
+  """Every user gets the items most interacted with in `train` first."""
+
+  def __init__(self, train: pd.DataFrame, catalogue: np.ndarray):
+    self.catalogue = catalogue
+    counts = train[ITEM_ID].value_counts()
+    self._scores = counts.reindex(catalogue, fill_value=0).to_numpy(np.float32)
+
+  def scores(self, user_ids: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(self._scores, (len(user_ids), len(self._scores)))
+
+
+class ModelScorer:
+  """Query-tower embeddings of users . candidate embeddings of the catalogue."""
+
+  def __init__(self, model, data: InteractionData):
+    self.model = model
+    self.catalogue = model.catalogue_item_ids
+    self._users = data.users.set_index(USER_ID)
+    self._user_features = list(data.user_features)
+    self._catalogue_embeddings = model.catalogue_embeddings()
+
+  def scores(self, user_ids: np.ndarray) -> np.ndarray:
+    rows = self._users.reindex(user_ids).reset_index()
+    raw = table_arrays(rows, [USER_ID, *self._user_features])
+    query = self.model.query_tower(self.model.encoder(raw))
+    return tf.linalg.matmul(query, self._catalogue_embeddings, transpose_b=True).numpy()
+
+
+def _columns(scorer: Scorer, item_ids: pd.Series) -> np.ndarray:
+  """Catalogue column of each item id; -1 for items outside the catalogue."""
+  index = pd.Index(scorer.catalogue)
+  return index.get_indexer(item_ids.to_numpy())
+
+
+def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50, 100),
+                      batch_size: int = 512) -> dict[str, float]:
+  """Protocol A top-k accuracy and protocol B full-ranking metrics on `split.test`."""
+  ks = sorted(set(ks))
+  max_k = min(max(ks), len(scorer.catalogue))
+  seen = pd.concat([split.train, split.validation])
+  seen = seen.assign(column=_columns(scorer, seen[ITEM_ID]))
+  test = split.test.assign(column=_columns(scorer, split.test[ITEM_ID]))
+  seen_by_user = seen.groupby(USER_ID)["column"].apply(np.asarray)
+  test_by_user = test.groupby(USER_ID)["column"].apply(np.asarray)
+  users = test_by_user.index.to_numpy(dtype=object)
+
+  accuracy_hits = {k: 0.0 for k in ks}
+  sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg", "mrr", "hit")}
+  discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
+  for start in range(0, len(users), batch_size):
+    batch = users[start:start + batch_size]
+    scores = np.array(scorer.scores(batch), dtype=np.float32)
+    # Protocol A: the test item's score against each user's k-th best score.
+    kth_best = tf.math.top_k(scores, k=max_k).values.numpy()
+    for row, user in enumerate(batch):
+      columns = test_by_user[user]
+      known = columns[columns >= 0]
+      for k in ks:
+        accuracy_hits[k] += np.sum(scores[row, known] >= kth_best[row, min(k, max_k) - 1])
+    # Protocol B: remove seen items, rank the rest.
+    for row, user in enumerate(batch):
+      columns = seen_by_user.get(user, np.empty(0, np.int64))
+      scores[row, columns[columns >= 0]] = -np.inf
+    top = tf.math.top_k(scores, k=max_k).indices.numpy()
+    for row, user in enumerate(batch):
+      relevant = test_by_user[user]
+      hits = np.isin(top[row], relevant)
+      for k in ks:
+        hits_k = hits[:k]
+        found = np.flatnonzero(hits_k)
+        ideal = discounts[:min(len(relevant), k)].sum()
+        sums[f"recall@{k}"] += hits_k.sum() / len(relevant)
+        sums[f"ndcg@{k}"] += (discounts[:len(hits_k)] * hits_k).sum() / ideal
+        sums[f"mrr@{k}"] += 1.0 / (found[0] + 1) if len(found) else 0.0
+        sums[f"hit@{k}"] += float(len(found) > 0)
+  metrics = {f"top{k}_accuracy": float(accuracy_hits[k] / len(test)) for k in ks}
+  metrics.update({name: float(total / len(users)) for name, total in sums.items()})
+  return metrics
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Area under the ROC curve (Mann-Whitney, ties averaged)."""
+  positives = labels.astype(bool)
+  n_pos, n_neg = positives.sum(), (~positives).sum()
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  ranks = pd.Series(scores).rank(method="average").to_numpy()
+  return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def ranking_metrics(model, data: InteractionData, test: pd.DataFrame,
+                    batch_size: int = 4096) -> dict[str, float]:
+  """RMSE / MAE of regression tasks and AUC of binary tasks on `test`."""
+  ranking_tasks = {name: task for name, task in model.task_configs.items()
+                   if task.type != "retrieval"}
+  if not ranking_tasks:
+    return {}
+  predictions = {name: [] for name in ranking_tasks}
+  for batch in make_dataset(data, test, model.encoder, batch_size):
+    outputs = model(batch)
+    for name in ranking_tasks:
+      predictions[name].append(outputs[name].numpy())
+  metrics = {}
+  for name, task in ranking_tasks.items():
+    predicted = np.concatenate(predictions[name])
+    label = test[task.label].to_numpy(np.float64)
+    if task.type == "regression":
+      metrics[f"{name}_rmse"] = float(np.sqrt(np.mean((predicted - label) ** 2)))
+      metrics[f"{name}_mae"] = float(np.mean(np.abs(predicted - label)))
+    else:
+      metrics[f"{name}_auc"] = _auc(label >= task.threshold, predicted)
+  return metrics
+
+
+def evaluate_model(model, data: InteractionData, split: Split,
+                   ks: Sequence[int] = (10, 50, 100),
+                   batch_size: int = 512) -> dict[str, float]:
+  """Every retrieval and ranking metric of `model` on `split.test`."""
+  metrics = {}
+  if any(t.type == "retrieval" for t in model.task_configs.values()):
+    metrics.update(retrieval_metrics(ModelScorer(model, data), split, ks, batch_size))
+  metrics.update(ranking_metrics(model, data, split.test))
+  return metrics
+
+
+def evaluate_popularity(data: InteractionData, split: Split,
+                        ks: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
+  """The popularity baseline's retrieval metrics on `split.test`."""
+  catalogue = data.items[ITEM_ID].to_numpy(dtype=object)
+  return retrieval_metrics(PopularityScorer(split.train, catalogue), split, ks)

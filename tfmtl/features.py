@@ -1,0 +1,177 @@
+"""Feature vocabularies learnt from training data, and the layer that applies them.
+
+`FeatureVocabulary.build(data, train)` learns, from the training
+interactions only, the user and item id vocabularies (most frequent first),
+each categorical feature's tokens, each bucketized feature's quantile
+boundaries, and the training frequency of every item (for the sampling-bias
+correction and the popularity baseline). It saves to and loads from JSON.
+
+`FeatureEncoder` (a Keras layer built from a vocabulary) turns raw features
+into integer indices. Index 0 is always the out-of-vocabulary / missing
+bucket, so ids and values never seen in training still encode:
+
+- ids and `categorical` features: int64 index;
+- `multi_categorical`: float32 multi-hot over the tokens;
+- `bucketized`: int64 bucket, 0 for a missing value.
+
+Example:
+
+>>> import pandas as pd
+>>> from tfmtl.data import InteractionData
+>>> from tfmtl.features import FeatureVocabulary
+>>> data = InteractionData.from_frames(
+...     pd.DataFrame({"user_id": ["u1", "u1", "u2"], "item_id": ["i1", "i2", "i1"]}))
+>>> vocabulary = FeatureVocabulary.build(data, data.interactions)
+>>> vocabulary.item_ids, vocabulary.item_counts
+(['i1', 'i2'], [2, 1])
+>>> encoder = vocabulary.encoder()
+>>> encoder({"user_id": ["u2", "new"], "item_id": ["i2", "i1"]})["user_id"].numpy()
+array([2, 0])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmtl.config import FeatureConfig
+from tfmtl.data.schema import ITEM_ID, USER_ID, InteractionData
+
+
+@dataclasses.dataclass
+class FeatureVocabulary:
+  """Everything learnt from training data that encoding needs (see module doc)."""
+  user_ids: list[str]
+  item_ids: list[str]
+  item_counts: list[int]
+  user_features: dict[str, FeatureConfig]
+  item_features: dict[str, FeatureConfig]
+  tokens: dict[str, list[str]]
+  boundaries: dict[str, list[float]]
+
+  @classmethod
+  def build(cls, data: InteractionData, train: pd.DataFrame) -> "FeatureVocabulary":
+    """Learns vocabularies from `train`, a subset of `data.interactions`."""
+    user_counts = train[USER_ID].value_counts(sort=True)
+    item_counts = train[ITEM_ID].value_counts(sort=True)
+    tokens, boundaries = {}, {}
+    for table, id_column, specs in ((data.users, USER_ID, data.user_features),
+                                    (data.items, ITEM_ID, data.item_features)):
+      seen = table[table[id_column].isin(train[id_column])]
+      for name, spec in specs.items():
+        values = seen[name]
+        if spec.type == "bucketized":
+          quantiles = np.linspace(0, 1, spec.num_buckets + 1)[1:-1]
+          finite = values.to_numpy(dtype=np.float64)
+          finite = finite[np.isfinite(finite)]
+          cuts = np.unique(np.quantile(finite, quantiles)) if len(finite) else [0.0]
+          boundaries[name] = [float(c) for c in cuts]
+        else:
+          values = values.map(lambda v, spec=spec: _tokens(v, spec))
+          counts = values.explode().value_counts(sort=True)
+          tokens[name] = [t for t in counts.index if t] or ["<none>"]
+    return cls(user_ids=list(user_counts.index), item_ids=list(item_counts.index),
+               item_counts=[int(c) for c in item_counts],
+               user_features=dict(data.user_features),
+               item_features=dict(data.item_features),
+               tokens=tokens, boundaries=boundaries)
+
+  def size(self, feature: str) -> int:
+    """Number of indices of an encoded feature, the OOV index 0 included."""
+    if feature == USER_ID:
+      return len(self.user_ids) + 1
+    if feature == ITEM_ID:
+      return len(self.item_ids) + 1
+    if feature in self.boundaries:
+      return len(self.boundaries[feature]) + 2
+    return len(self.tokens[feature]) + 1
+
+  def item_log_probabilities(self) -> np.ndarray:
+    """log of each item index's training frequency; OOV counts as once."""
+    counts = np.array([1, *self.item_counts], dtype=np.float64)
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+  def encoder(self) -> "FeatureEncoder":
+    return FeatureEncoder(self)
+
+  def save(self, path: str | Path) -> None:
+    values = dataclasses.asdict(self)
+    Path(path).write_text(json.dumps(values))
+
+  @classmethod
+  def load(cls, path: str | Path) -> "FeatureVocabulary":
+    values = json.loads(Path(path).read_text())
+    for side in ("user_features", "item_features"):
+      values[side] = {k: FeatureConfig(**v) for k, v in values[side].items()}
+    return cls(**values)
+
+
+def _tokens(value: str, spec: FeatureConfig) -> list[str]:
+  if spec.type == "multi_categorical":
+    return [t for t in value.split(spec.separator) if t]
+  return [value[:spec.prefix] if spec.prefix else value]
+
+
+class FeatureEncoder(keras.layers.Layer):
+  """Maps raw feature tensors to indices with a `FeatureVocabulary`.
+
+  Call it on a dict of raw tensors (strings for ids and categorical
+  features, float32 for bucketized ones); keys it does not know pass
+  through unchanged, so labels travel with the features.
+  """
+
+  def __init__(self, vocabulary: FeatureVocabulary, **kwargs):
+    super().__init__(**kwargs)
+    self.vocabulary = vocabulary
+    self.specs = {**vocabulary.user_features, **vocabulary.item_features}
+    self.lookups = {
+        USER_ID: keras.layers.StringLookup(vocabulary=vocabulary.user_ids),
+        ITEM_ID: keras.layers.StringLookup(vocabulary=vocabulary.item_ids),
+    }
+    for name, spec in self.specs.items():
+      if spec.type == "bucketized":
+        self.lookups[name] = keras.layers.Discretization(
+            bin_boundaries=vocabulary.boundaries[name])
+      else:
+        self.lookups[name] = keras.layers.StringLookup(
+            vocabulary=vocabulary.tokens[name],
+            output_mode="multi_hot" if spec.type == "multi_categorical" else "int")
+
+  @property
+  def raw_signature(self) -> dict[str, tf.TensorSpec]:
+    """Dtypes of the raw features, by name."""
+    return {name: tf.TensorSpec([None], tf.float32 if name in self.vocabulary.boundaries
+                                else tf.string, name=name)
+            for name in (USER_ID, ITEM_ID, *self.specs)}
+
+  def missing(self, batch_size: int = 1) -> dict[str, tf.Tensor]:
+    """Raw features with every value missing (they encode to OOV)."""
+    return {name: tf.fill([batch_size], float("nan") if spec.dtype == tf.float32 else "")
+            for name, spec in self.raw_signature.items()}
+
+  def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    encoded = dict(features)
+    for name, lookup in self.lookups.items():
+      if name not in features:
+        continue
+      values = tf.convert_to_tensor(features[name])
+      spec = self.specs.get(name)
+      if spec is None or spec.type == "categorical":
+        if spec is not None and spec.prefix:
+          values = tf.strings.substr(values, 0, spec.prefix)
+        encoded[name] = lookup(values)
+      elif spec.type == "multi_categorical":
+        tokens = tf.strings.split(values, spec.separator)
+        tokens = tf.ragged.boolean_mask(tokens, tf.strings.length(tokens) > 0)
+        encoded[name] = lookup(tokens)
+      else:  # bucketized: 0 is missing, buckets are 1..n
+        values = tf.cast(values, tf.float32)
+        encoded[name] = tf.where(tf.math.is_nan(values), tf.constant(0, tf.int64),
+                                 tf.cast(lookup(values), tf.int64) + 1)
+    return encoded

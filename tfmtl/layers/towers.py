@@ -1,0 +1,80 @@
+"""The two towers: an entity's id and features -> one embedding.
+
+A `FeatureTower` embeds an id (user or item) and each encoded feature, joins
+them and maps them through a small MLP to the shared embedding space. The
+query tower is a `FeatureTower` over the user id and user features, the
+candidate tower one over the item id and item features.
+
+Example:
+
+>>> import tensorflow as tf
+>>> from tfmtl.config import FeatureConfig
+>>> from tfmtl.layers import FeatureTower
+>>> tower = FeatureTower("item_id", {"item_id": 10, "genres": 5},
+...                      {"genres": FeatureConfig("multi_categorical")},
+...                      embedding_dim=16)
+>>> tower({"item_id": tf.constant([1, 2]), "genres": tf.ones([2, 5])}).shape
+TensorShape([2, 16])
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmtl.config import FeatureConfig
+
+
+class FeatureTower(keras.layers.Layer):
+  """Id + features -> embedding (see module doc).
+
+  Args:
+    id_feature: name of the id feature (`user_id` or `item_id`).
+    sizes: number of indices of the id and of each feature (OOV included).
+    features: the features to embed, with their encoding.
+    embedding_dim: output width.
+    id_embedding_dim, feature_embedding_dim: widths of the input embeddings.
+    hidden_layers: widths of the hidden ReLU layers.
+    l2: L2 penalty on the id embedding.
+    normalize: L2-normalise the output (dot products become cosines).
+  """
+
+  def __init__(self, id_feature: str, sizes: dict[str, int],
+               features: dict[str, FeatureConfig], embedding_dim: int = 32,
+               id_embedding_dim: int = 32, feature_embedding_dim: int = 8,
+               hidden_layers: Sequence[int] = (64,), l2: float = 0.0,
+               normalize: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    self.id_feature = id_feature
+    self.normalize = normalize
+    self.features = dict(features)
+    self.id_embedding = keras.layers.Embedding(
+        sizes[id_feature], id_embedding_dim,
+        embeddings_regularizer=keras.regularizers.l2(l2) if l2 else None,
+        name=f"{id_feature}_embedding")
+    self.feature_embeddings = {
+        # A multi-hot vector times a matrix is the sum of its tokens' embeddings.
+        name: (keras.layers.Dense(feature_embedding_dim, use_bias=False,
+                                  name=f"{name}_embedding")
+               if spec.type == "multi_categorical" else
+               keras.layers.Embedding(sizes[name], feature_embedding_dim,
+                                      name=f"{name}_embedding"))
+        for name, spec in self.features.items()}
+    self.dense_layers = [
+        keras.layers.Dense(width, activation="relu", name=f"hidden_{i}")
+        for i, width in enumerate(hidden_layers)]
+    self.dense_layers.append(keras.layers.Dense(embedding_dim, name="projection"))
+
+  def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
+    parts = [self.id_embedding(features[self.id_feature])]
+    for name, embedding in self.feature_embeddings.items():
+      values = features[name]
+      if self.features[name].type == "multi_categorical":  # mean of the tokens
+        values = values / tf.maximum(tf.reduce_sum(values, axis=-1, keepdims=True), 1.0)
+      parts.append(embedding(values))
+    embeddings = tf.concat(parts, axis=-1)
+    for layer in self.dense_layers:
+      embeddings = layer(embeddings)
+    return tf.math.l2_normalize(embeddings, axis=-1) if self.normalize else embeddings

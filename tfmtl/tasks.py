@@ -1,0 +1,61 @@
+"""Tasks by type: each owns its loss and metrics, as TFRS tasks do.
+
+`make_task(name, config)` returns a TFRS task whose loss is per example
+(reduction NONE): the model averages it over the global batch, which is
+right under every `tf.distribute` strategy.
+
+- `retrieval`: `tfrs.tasks.Retrieval`, in-batch softmax with temperature,
+  optional accidental-hit removal; the model passes item frequencies for the
+  logQ sampling-bias correction.
+- `regression`: predicts a label column; metrics `<name>_rmse`, `<name>_mae`.
+- `binary`: predicts `label >= threshold` from a logit; metrics `<name>_auc`,
+  `<name>_accuracy`.
+
+Example:
+
+>>> from tfmtl.config import TaskConfig
+>>> from tfmtl.tasks import make_task
+>>> task = make_task("rating", TaskConfig(type="regression", label="rating"))
+>>> [m.name for m in task._ranking_metrics]
+['rating_rmse', 'rating_mae']
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras as keras
+
+from tfmtl.config import TaskConfig
+
+_NONE = keras.losses.Reduction.NONE
+
+
+def make_task(name: str, config: TaskConfig) -> tfrs.tasks.Task:
+  """The TFRS task for one `TaskConfig` (see module doc)."""
+  if config.type == "retrieval":
+    return tfrs.tasks.Retrieval(
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, reduction=_NONE),
+        temperature=config.temperature,
+        remove_accidental_hits=config.remove_accidental_hits, name=name)
+  if config.type == "regression":
+    return tfrs.tasks.Ranking(
+        loss=keras.losses.MeanSquaredError(reduction=_NONE),
+        metrics=[keras.metrics.RootMeanSquaredError(name=f"{name}_rmse"),
+                 keras.metrics.MeanAbsoluteError(name=f"{name}_mae")], name=name)
+  return tfrs.tasks.Ranking(
+      loss=keras.losses.BinaryCrossentropy(from_logits=True, reduction=_NONE),
+      metrics=[keras.metrics.AUC(from_logits=True, name=f"{name}_auc"),
+               keras.metrics.BinaryAccuracy(threshold=0.0, name=f"{name}_accuracy")],
+      name=name)
+
+
+def task_labels(config: TaskConfig, features: dict[str, tf.Tensor]) -> tf.Tensor:
+  """A ranking task's labels, shaped [batch, 1]."""
+  if config.label not in features:
+    raise KeyError(f"task label column {config.label!r} is not in the features "
+                   f"({sorted(features)})")
+  labels = tf.cast(features[config.label], tf.float32)
+  if config.type == "binary":
+    labels = tf.cast(labels >= config.threshold, tf.float32)
+  return tf.expand_dims(labels, -1)

@@ -1,0 +1,129 @@
+"""From a config to a trained model: prepare data, build, fit, save, reload.
+
+Example (what `tfmtl train` does):
+
+>>> from tfmtl.config import ExperimentConfig
+>>> from tfmtl import training
+>>> config = ExperimentConfig.from_dict({"train": {"epochs": 1}})
+>>> prepared = training.prepare(config)  # doctest: +SKIP
+>>> model = training.fit(config, prepared)  # doctest: +SKIP
+>>> training.save_run("runs/demo", config, prepared, model)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import pandas as pd
+import tf_keras as keras
+
+from tfmtl.config import ConfigError, ExperimentConfig
+from tfmtl.data.pipeline import make_dataset
+from tfmtl.data.schema import InteractionData
+from tfmtl.data.sources import load_data
+from tfmtl.data.splits import Split, split_interactions
+from tfmtl.features import FeatureVocabulary
+from tfmtl.model import MultiTaskModel
+
+logger = logging.getLogger("tfmtl")
+
+
+class Prepared(NamedTuple):
+  """Data, its split and the vocabularies learnt from the training split."""
+  data: InteractionData
+  split: Split
+  vocabulary: FeatureVocabulary
+
+
+def prepare(config: ExperimentConfig) -> Prepared:
+  """Loads the data, splits it and builds vocabularies from the train split."""
+  data = load_data(config.data)
+  for name, task in config.tasks.items():
+    if task.label and task.label not in data.label_columns:
+      raise ConfigError(f"tasks.{name}.label: column {task.label!r} is not in the "
+                        f"interactions (numeric columns: {data.label_columns})")
+  split = split_interactions(data.interactions, config.split)
+  logger.info("%s; split %s: %d train, %d validation, %d test", data.summary(),
+              config.split.protocol, len(split.train), len(split.validation),
+              len(split.test))
+  return Prepared(data, split, FeatureVocabulary.build(data, split.train))
+
+
+def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
+                catalogue: pd.DataFrame) -> MultiTaskModel:
+  """The compiled model a config describes."""
+  model = MultiTaskModel(vocabulary, catalogue, config.model, config.tasks,
+                         training_metrics=config.train.training_metrics)
+  try:
+    optimizer = keras.optimizers.get(
+        {"class_name": config.train.optimizer,
+         "config": {"learning_rate": config.train.learning_rate}})
+  except ValueError:
+    raise ConfigError(f"train.optimizer: unknown optimizer {config.train.optimizer!r}"
+                      " (e.g. adam, adagrad, sgd)") from None
+  model.compile(optimizer=optimizer)
+  return model
+
+
+def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2) -> MultiTaskModel:
+  """Builds the model and fits it on the training split."""
+  keras.utils.set_random_seed(config.seed)
+  model = build_model(config, prepared.vocabulary, prepared.data.items)
+  train = make_dataset(prepared.data, prepared.split.train, model.encoder,
+                       config.train.batch_size, shuffle=True, seed=config.seed)
+  model.fit(train, epochs=config.train.epochs, verbose=verbose)
+  return model
+
+
+def default_run_dir(config: ExperimentConfig) -> Path:
+  return Path(config.train.run_dir or Path("runs") / config.name)
+
+
+def save_run(run_dir: str | Path, config: ExperimentConfig, prepared: Prepared,
+             model: MultiTaskModel, metrics: Optional[dict] = None) -> Path:
+  """Writes config, vocabularies, catalogue and weights; replaces atomically."""
+  run_dir = Path(run_dir)
+  staging = run_dir.with_name(run_dir.name + ".tmp")
+  shutil.rmtree(staging, ignore_errors=True)
+  staging.mkdir(parents=True)
+  (staging / "config.yaml").write_text(config.to_yaml())
+  prepared.vocabulary.save(staging / "vocabulary.json")
+  prepared.data.items.to_parquet(staging / "catalogue.parquet", index=False)
+  model.save_weights(str(staging / "weights" / "model"))
+  if metrics is not None:
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+  _replace_dir(staging, run_dir)
+  return run_dir
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+  old = target.with_name(target.name + ".old")
+  shutil.rmtree(old, ignore_errors=True)
+  if target.exists():
+    target.rename(old)
+  staging.rename(target)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, MultiTaskModel]:
+  """Rebuilds a saved run's model with its trained weights."""
+  run_dir = Path(run_dir)
+  for name in ("config.yaml", "vocabulary.json", "catalogue.parquet", "weights"):
+    if not (run_dir / name).exists():
+      raise FileNotFoundError(f"{run_dir}: not a tfmtl run ({name} is missing); "
+                              "train one with `tfmtl train`")
+  config = ExperimentConfig.from_file(run_dir / "config.yaml")
+  vocabulary = FeatureVocabulary.load(run_dir / "vocabulary.json")
+  catalogue = pd.read_parquet(run_dir / "catalogue.parquet")
+  model = build_model(config, vocabulary, catalogue)
+  model(model.encoder(model.encoder.missing()))  # create the variables
+  try:
+    model.load_weights(str(run_dir / "weights" / "model")).assert_existing_objects_matched()
+  except (AssertionError, ValueError) as error:
+    raise ValueError(f"{run_dir / 'weights'}: the checkpoint does not match the model "
+                     f"in {run_dir / 'config.yaml'}: {error}") from None
+  return config, model
