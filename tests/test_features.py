@@ -1,7 +1,6 @@
 """Vocabularies come from training data only; unknown values map to OOV."""
 
 import numpy as np
-import pandas as pd
 
 from tfmtl.features import FeatureVocabulary
 
@@ -49,9 +48,9 @@ def test_vocabulary_round_trips_through_json(tiny_data, tmp_path):
   assert FeatureVocabulary.load(tmp_path / "vocabulary.json") == vocabulary
 
 
-def test_item_log_probabilities_follow_training_frequency(tiny_data):
+def test_item_probabilities_follow_training_frequency(tiny_data):
   vocabulary = FeatureVocabulary.build(tiny_data, tiny_data.interactions)
-  probabilities = np.exp(vocabulary.item_log_probabilities())
+  probabilities = vocabulary.item_probabilities()
   assert np.isclose(probabilities.sum(), 1.0)
   assert list(np.argsort(-probabilities[1:], kind="stable")) == list(
       range(len(vocabulary.item_ids)))

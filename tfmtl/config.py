@@ -161,7 +161,7 @@ class TaskConfig:
 def default_tasks() -> dict[str, TaskConfig]:
   """Retrieval, rating regression and like (rating >= 4) classification."""
   return {
-      "retrieval": TaskConfig(type="retrieval", temperature=0.05),
+      "retrieval": TaskConfig(type="retrieval", temperature=0.1),
       "rating": TaskConfig(type="regression", label="rating"),
       "like": TaskConfig(type="binary", label="rating", threshold=4.0, weight=0.5),
   }
@@ -210,7 +210,7 @@ class TrainConfig:
       (default `runs/<name>`).
   """
   batch_size: int = 1024
-  epochs: int = 10
+  epochs: int = 15
   optimizer: str = "adam"
   learning_rate: float = 0.01
   training_metrics: bool = False

@@ -92,10 +92,10 @@ class FeatureVocabulary:
       return len(self.boundaries[feature]) + 2
     return len(self.tokens[feature]) + 1
 
-  def item_log_probabilities(self) -> np.ndarray:
-    """log of each item index's training frequency; OOV counts as once."""
+  def item_probabilities(self) -> np.ndarray:
+    """Each item index's share of training interactions; OOV counts as once."""
     counts = np.array([1, *self.item_counts], dtype=np.float64)
-    return np.log(counts / counts.sum()).astype(np.float32)
+    return (counts / counts.sum()).astype(np.float32)
 
   def encoder(self) -> "FeatureEncoder":
     return FeatureEncoder(self)

@@ -1,7 +1,5 @@
 """tf.data pipelines: encoded batches, reshuffled each epoch, every row once."""
 
-import numpy as np
-
 from tfmtl.data import make_dataset
 from tfmtl.features import FeatureVocabulary
 

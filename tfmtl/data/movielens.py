@@ -17,8 +17,8 @@ Both give the same columns: users `age`, `gender`, `occupation`, `zip_code`
 Example:
 
 >>> from tfmtl.data import load_movielens_100k
->>> data = load_movielens_100k()  # doctest: +SKIP
->>> data.summary()  # doctest: +SKIP
+>>> data = load_movielens_100k()
+>>> data.summary()
 'movielens_100k: 100,000 interactions, 943 users, 1,682 items rated of 1,682 in the catalogue'
 """
 

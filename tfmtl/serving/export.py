@@ -16,12 +16,10 @@ The version is written to a hidden temporary folder and renamed, so a
 crash never leaves a half-written version for TF Serving to pick up, and an
 existing version is never overwritten.
 
-Example:
+Example (`model` a trained `MultiTaskModel`, as in `tfmtl.model`):
 
->>> from tfmtl.serving import export_model
->>> path = export_model(model, "saved_models", "movielens_100k")  # doctest: +SKIP
->>> path.name  # doctest: +SKIP
-'1'
+    from tfmtl.serving import export_model
+    path = export_model(model, "saved_models", "movielens_100k")  # .../1 first
 """
 
 from __future__ import annotations
