@@ -131,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  logging.basicConfig(format="%(levelname)s %(message)s")
+  logging.getLogger("tfmtl").setLevel(logging.INFO)  # progress; TensorFlow stays quiet
   try:
     import tfmtl  # noqa: F401  (binds Keras 2 before TensorFlow is used)
     args.handler(args)
