@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.data.schema import ITEM_ID
+from tfmtl.data.schema import ITEM_ID, USER_ID
 
 
 class ServingModule(tf.Module):
@@ -58,8 +58,9 @@ class ServingModule(tf.Module):
         name: tf.Variable(tf.concat([unknown[name], values], axis=0), trainable=False,
                           name=f"item_{name}")
         for name, values in model.catalogue_features.items()}
-    user_signature = {name: spec for name, spec in model.encoder.raw_signature.items()
-                      if name not in model.candidate_tower.features and name != ITEM_ID}
+    raw_signature = model.encoder.raw_signature
+    user_signature = {name: raw_signature[name]
+                      for name in (USER_ID, *model.vocabulary.user_features)}
     rank_signature = {**user_signature,
                       ITEM_ID: tf.TensorSpec([None, None], tf.string, name=ITEM_ID)}
     self.retrieve = tf.function(self._retrieve, input_signature=[user_signature])
