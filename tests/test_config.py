@@ -74,3 +74,8 @@ def test_override_without_equals_sign_is_an_error():
 def test_ranking_task_without_label_is_an_error():
   with pytest.raises(ConfigError, match=r"tasks.score.label: a regression task needs"):
     ExperimentConfig.from_dict({"tasks": {"score": {"type": "regression"}}})
+
+
+def test_gated_multitask_blocks_need_layers():
+  with pytest.raises(ConfigError, match=r"model.multitask.layers: a mmoe block needs"):
+    ExperimentConfig.from_dict({"model": {"multitask": {"type": "mmoe"}}})

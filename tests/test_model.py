@@ -1,5 +1,7 @@
 """The multi-task model: outputs, losses, gradients and Keras fit/evaluate."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -58,8 +60,9 @@ def test_every_task_sends_gradients_to_both_towers_and_its_own_head(model_and_ba
              if g is not None and np.abs(tf.convert_to_tensor(g).numpy()).sum() > 0}
   assert any("/query_tower/" in name for name in touched)
   assert any("/candidate_tower/" in name for name in touched)
-  heads = {name.split("/")[1] for name in touched if "_head/" in name}
-  assert heads == (set() if task_name == "retrieval" else {f"{task_name}_head"})
+  heads = {match.group(1) for match in map(re.compile(r"/ranking/(\w+?)_head_").search,
+                                              touched) if match}
+  assert heads == (set() if task_name == "retrieval" else {task_name})
 
 
 def test_evaluate_reports_every_task_metric(model_and_batch, tiny_data):
@@ -120,3 +123,27 @@ def test_a_ranking_only_model_has_no_retrieval_metric(tiny_data):
   metrics = model.evaluate(dataset, return_dict=True, verbose=0)
   assert not any("factorized_top_k" in name for name in metrics)
   assert "rating_rmse" in metrics
+
+
+@pytest.mark.parametrize("multitask", [
+    {"type": "shared_bottom", "layers": [16]},
+    {"type": "mmoe", "layers": [16], "num_experts": 3},
+    {"type": "ple", "layers": [16], "num_levels": 2},
+], ids=lambda m: m["type"])
+def test_each_multitask_block_is_chosen_by_config_and_trains(tiny_data, multitask, tmp_path):
+  from tfmtl import training
+  from tfmtl.config import ExperimentConfig
+  from tfmtl.serving import export_model
+  config = ExperimentConfig.from_dict({"model": {"embedding_dim": 16,
+                                                 "multitask": multitask}})
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  model = training.build_model(config, vocabulary, tiny_data.items)
+  assert model.ranking.block.name == multitask["type"]
+  dataset = make_dataset(tiny_data, tiny_data.interactions, model.encoder, 64,
+                         shuffle=True, seed=0)
+  history = model.fit(dataset, epochs=4, verbose=0).history
+  assert history["rating_loss"][-1] < history["rating_loss"][0]
+  ranked = tf.saved_model.load(str(export_model(model, tmp_path, "m"))).signatures["rank"](
+      user_id=tf.constant(["u1"]), taste=tf.constant(["t1"]), age=tf.constant([30.0]),
+      item_id=tf.constant([["i1", "i2"]]))
+  assert ranked["rating"].shape == (1, 2) and ranked["like"].shape == (1, 2)

@@ -135,7 +135,7 @@ class TaskConfig:
     logq_correction: subtract log(item frequency) from retrieval logits (the
       sampling-bias correction of in-batch negatives).
     remove_accidental_hits: ignore in-batch negatives that are the positive.
-    layers: hidden layer widths of a ranking head.
+    layers: hidden layer widths of a ranking task's head.
   """
   type: str
   weight: float = 1.0
@@ -168,6 +168,35 @@ def default_tasks() -> dict[str, TaskConfig]:
 
 
 @dataclasses.dataclass
+class MultiTaskConfig:
+  """What the ranking tasks share, between the towers and their heads.
+
+  Attributes:
+    type: `independent` (an MLP per task, or none), `shared_bottom` (one
+      shared MLP), `mmoe` (experts mixed by a gate per task) or `ple`
+      (task-specific and shared experts, `num_levels` CGC levels).
+    layers: hidden widths of the MLPs, or of each expert.
+    num_experts: MMoE experts.
+    num_task_experts, num_shared_experts: PLE experts per task / shared.
+    num_levels: PLE levels.
+  """
+  type: str = "independent"
+  layers: list[int] = dataclasses.field(default_factory=list)
+  num_experts: int = 4
+  num_task_experts: int = 2
+  num_shared_experts: int = 2
+  num_levels: int = 1
+
+  def _validate(self):
+    _one_of("type", self.type, ("independent", "shared_bottom", "mmoe", "ple"))
+    if self.type in ("shared_bottom", "mmoe", "ple") and not self.layers:
+      raise ConfigError(f"layers: a {self.type} block needs at least one layer")
+    if min(self.num_experts, self.num_task_experts, self.num_levels) < 1 or \
+        self.num_shared_experts < 0:
+      raise ConfigError("num_experts, num_task_experts and num_levels must be at least 1")
+
+
+@dataclasses.dataclass
 class ModelConfig:
   """The two towers.
 
@@ -179,6 +208,7 @@ class ModelConfig:
     normalize_embeddings: L2-normalise both towers' outputs, so retrieval
       scores are cosines scaled by 1 / temperature.
     l2: L2 penalty on the id embeddings.
+    multitask: what the ranking tasks share (see `MultiTaskConfig`).
   """
   embedding_dim: int = 32
   id_embedding_dim: int = 32
@@ -186,6 +216,7 @@ class ModelConfig:
   tower_layers: list[int] = dataclasses.field(default_factory=lambda: [64])
   normalize_embeddings: bool = True
   l2: float = 0.0
+  multitask: MultiTaskConfig = dataclasses.field(default_factory=MultiTaskConfig)
 
   def _validate(self):
     for name in ("embedding_dim", "id_embedding_dim", "feature_embedding_dim"):

@@ -40,8 +40,8 @@ from tfmtl.config import ModelConfig, TaskConfig, default_tasks
 from tfmtl.data.pipeline import encode_examples
 from tfmtl.data.schema import ITEM_ID, USER_ID, table_arrays
 from tfmtl.features import FeatureVocabulary
-from tfmtl.layers import FeatureTower, RankingHead
-from tfmtl.tasks import make_task, task_labels
+from tfmtl.layers import FeatureTower, RankingHeads, make_block
+from tfmtl.tasks import make_task, task_labels, task_predictions
 
 
 class CatalogueTopK(tfrs.layers.factorized_top_k.TopK):
@@ -95,9 +95,12 @@ class MultiTaskModel(tfrs.Model):
                                     name="query_tower", **tower_args)
     self.candidate_tower = FeatureTower(ITEM_ID, sizes, vocabulary.item_features,
                                         name="candidate_tower", **tower_args)
-    self.ranking_heads = {name: RankingHead(task.layers, name=f"{name}_head")
-                          for name, task in self.task_configs.items()
-                          if task.type != "retrieval"}
+    ranking_tasks = {name: task for name, task in self.task_configs.items()
+                     if task.type != "retrieval"}
+    self.ranking = RankingHeads(
+        make_block(config.multitask, list(ranking_tasks)),
+        {name: task.layers for name, task in ranking_tasks.items()},
+        name="ranking") if ranking_tasks else None
     self.tasks = {name: make_task(name, task)
                   for name, task in self.task_configs.items()}
     self.task_losses = {name: keras.metrics.Mean(name=f"{name}_loss")
@@ -125,17 +128,18 @@ class MultiTaskModel(tfrs.Model):
     candidate_embeddings = self.candidate_tower(features)
     outputs = {"query_embedding": query_embeddings,
                "candidate_embedding": candidate_embeddings}
-    for name, head in self.ranking_heads.items():
-      prediction = head(query_embeddings, candidate_embeddings)
-      if self.task_configs[name].type == "binary":
-        prediction = tf.sigmoid(prediction)
-      outputs[name] = tf.squeeze(prediction, -1)
+    if self.ranking is not None:
+      logits = self.ranking(query_embeddings, candidate_embeddings)
+      outputs.update({name: task_predictions(self.task_configs[name], logit)
+                      for name, logit in logits.items()})
     return outputs
 
   def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
     query_embeddings = self.query_tower(features)
     candidate_embeddings = self.candidate_tower(features)
     compute_metrics = self.training_metrics or not training
+    logits = ({} if self.ranking is None else
+              self.ranking(query_embeddings, candidate_embeddings))
     total_loss = tf.constant(0.0)
     for name, config in self.task_configs.items():
       task = self.tasks[name]
@@ -149,8 +153,7 @@ class MultiTaskModel(tfrs.Model):
         if compute_metrics:
           self.retrieval_metric.update_state(query_embeddings, candidate_embeddings)
       else:
-        logits = self.ranking_heads[name](query_embeddings, candidate_embeddings)
-        per_example_loss = task(task_labels(config, features), logits,
+        per_example_loss = task(task_labels(config, features), logits[name],
                                 compute_metrics=compute_metrics)
       loss = tf.nn.compute_average_loss(per_example_loss)
       self.task_losses[name].update_state(loss)

@@ -59,3 +59,9 @@ def task_labels(config: TaskConfig, features: dict[str, tf.Tensor]) -> tf.Tensor
   if config.type == "binary":
     labels = tf.cast(labels >= config.threshold, tf.float32)
   return tf.expand_dims(labels, -1)
+
+
+def task_predictions(config: TaskConfig, logits: tf.Tensor) -> tf.Tensor:
+  """A ranking task's predictions, [batch]: a probability for binary tasks."""
+  predictions = tf.squeeze(logits, -1)
+  return tf.sigmoid(predictions) if config.type == "binary" else predictions

@@ -1,6 +1,8 @@
-"""Layers: the two towers and the ranking heads."""
+"""Layers: the two towers, multi-task blocks and the ranking heads."""
 
-from tfmtl.layers.heads import RankingHead
+from tfmtl.layers.heads import RankingHeads
+from tfmtl.layers.multitask import MMoE, PLE, Independent, SharedBottom, make_block
 from tfmtl.layers.towers import FeatureTower
 
-__all__ = ["FeatureTower", "RankingHead"]
+__all__ = ["MMoE", "PLE", "FeatureTower", "Independent", "RankingHeads", "SharedBottom",
+           "make_block"]

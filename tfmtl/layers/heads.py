@@ -1,11 +1,15 @@
-"""Ranking heads: a (query, candidate) embedding pair -> one task's logit.
+"""Ranking heads: a (query, candidate) embedding pair -> one logit per task.
+
+The pair is read as [query, candidate, query * candidate], passed through a
+multi-task block (what the tasks share, `tfmtl.layers.multitask`), and each
+task's representation through its own MLP to a logit.
 
 Example:
 
 >>> import tensorflow as tf
->>> from tfmtl.layers import RankingHead
->>> head = RankingHead(hidden_layers=[16])
->>> head(tf.ones([4, 8]), tf.ones([4, 8])).shape
+>>> from tfmtl.layers import Independent, RankingHeads
+>>> heads = RankingHeads(Independent(["rating"]), {"rating": [16]})
+>>> heads(tf.ones([4, 8]), tf.ones([4, 8]))["rating"].shape
 TensorShape([4, 1])
 """
 
@@ -17,23 +21,33 @@ import tensorflow as tf
 import tf_keras as keras
 
 
-class RankingHead(keras.layers.Layer):
-  """An MLP over the query embedding, candidate embedding and their product.
+class RankingHeads(keras.layers.Layer):
+  """A multi-task block, then an MLP per task ending in one logit.
 
   Args:
-    hidden_layers: widths of the hidden ReLU layers.
+    block: a multi-task block whose tasks are the keys of `head_layers`.
+    head_layers: hidden widths of each task's head.
   """
 
-  def __init__(self, hidden_layers: Sequence[int] = (64,), **kwargs):
+  def __init__(self, block: keras.layers.Layer, head_layers: dict[str, Sequence[int]],
+               **kwargs):
     super().__init__(**kwargs)
-    self.dense_layers = [
-        keras.layers.Dense(width, activation="relu", name=f"hidden_{i}")
-        for i, width in enumerate(hidden_layers)]
-    self.dense_layers.append(keras.layers.Dense(1, name="logit"))
+    self.block = block
+    self.heads = {
+        task: [keras.layers.Dense(width, activation="relu", name=f"{task}_head_{i}")
+               for i, width in enumerate(layers)]
+        + [keras.layers.Dense(1, name=f"{task}_head_logit")]
+        for task, layers in head_layers.items()}
 
-  def call(self, query_embeddings: tf.Tensor, candidate_embeddings: tf.Tensor) -> tf.Tensor:
-    outputs = tf.concat([query_embeddings, candidate_embeddings,
-                         query_embeddings * candidate_embeddings], axis=-1)
-    for layer in self.dense_layers:
-      outputs = layer(outputs)
-    return outputs
+  def call(self, query_embeddings: tf.Tensor,
+           candidate_embeddings: tf.Tensor) -> dict[str, tf.Tensor]:
+    pair = tf.concat([query_embeddings, candidate_embeddings,
+                      query_embeddings * candidate_embeddings], axis=-1)
+    representations = self.block(pair)
+    logits = {}
+    for task, layers in self.heads.items():
+      outputs = representations[task]
+      for layer in layers:
+        outputs = layer(outputs)
+      logits[task] = outputs
+    return logits

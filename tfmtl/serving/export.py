@@ -33,6 +33,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.data.schema import ITEM_ID, USER_ID
+from tfmtl.tasks import task_predictions
 
 
 class ServingModule(tf.Module):
@@ -43,9 +44,8 @@ class ServingModule(tf.Module):
     self.encoder = model.encoder
     self.query_tower = model.query_tower
     self.candidate_tower = model.candidate_tower
-    self.ranking_heads = dict(model.ranking_heads)
-    self.binary_tasks = [name for name, task in model.task_configs.items()
-                         if task.type == "binary"]
+    self.ranking = model.ranking
+    self.task_configs = dict(model.task_configs)
     self.top_k = min(top_k, len(model.catalogue_item_ids))
     self.catalogue_item_ids = tf.constant(model.catalogue_item_ids.astype(str))
     self.catalogue_embeddings = tf.Variable(model.catalogue_embeddings(),
@@ -85,13 +85,9 @@ class ServingModule(tf.Module):
     candidate = self.candidate_tower(
         {name: tf.gather(values, rows) for name, values in self.item_features.items()})
     query = tf.repeat(query, candidates, axis=0)
-    outputs = {}
-    for name, head in self.ranking_heads.items():
-      prediction = tf.squeeze(head(query, candidate), -1)
-      if name in self.binary_tasks:
-        prediction = tf.sigmoid(prediction)
-      outputs[name] = tf.reshape(prediction, [batch, candidates])
-    return outputs
+    return {name: tf.reshape(task_predictions(self.task_configs[name], logits),
+                             [batch, candidates])
+            for name, logits in self.ranking(query, candidate).items()}
 
 
 def _next_version(model_dir: Path) -> int:
