@@ -139,7 +139,8 @@ class PLE(keras.layers.Layer):
                     for owner in (self.task_names if last else owners)},
       })
 
-  def _level(self, level: dict, inputs: dict[str, tf.Tensor], with_weights: bool):
+  def _level(self, level: dict, inputs: dict[str, tf.Tensor]):
+    """One CGC level: (outputs, gate weights), both by owner."""
     outputs, weights = {}, {}
     experts = {owner: [_apply(e, inputs[owner]) for e in expert_list]
                for owner, expert_list in level["experts"].items()}
@@ -148,20 +149,21 @@ class PLE(keras.layers.Layer):
                 if owner == "shared" else experts[owner] + experts["shared"])
       weights[owner] = gate(inputs[owner])
       outputs[owner] = tf.einsum("be,bed->bd", weights[owner], tf.stack(chosen, axis=1))
-    return (outputs, weights) if with_weights else outputs
+    return outputs, weights
+
+  def _forward(self, inputs: tf.Tensor):
+    """The last level's (outputs, gate weights)."""
+    states = {owner: inputs for owner in self.task_names + ["shared"]}
+    for level in self.levels:
+      states, weights = self._level(level, states)
+    return states, weights
 
   def gates(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
     """Each task's weights over its and the shared experts at the last level."""
-    states = {owner: inputs for owner in self.task_names + ["shared"]}
-    for level in self.levels[:-1]:
-      states = self._level(level, states, with_weights=False)
-    return self._level(self.levels[-1], states, with_weights=True)[1]
+    return self._forward(inputs)[1]
 
   def call(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-    states = {owner: inputs for owner in self.task_names + ["shared"]}
-    for level in self.levels:
-      states = self._level(level, states, with_weights=False)
-    return {task: states[task] for task in self.task_names}
+    return self._forward(inputs)[0]
 
 
 def make_block(config, tasks: Sequence[str]) -> keras.layers.Layer:
