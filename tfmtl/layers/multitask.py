@@ -21,7 +21,7 @@ Example:
 >>> outputs = block(tf.ones([4, 16]))
 >>> sorted(outputs), outputs["rating"].shape
 (['like', 'rating'], TensorShape([4, 8]))
->>> float(tf.reduce_sum(block.gates(tf.ones([1, 16]))["like"]))
+>>> round(float(tf.reduce_sum(block.gates(tf.ones([1, 16]))["like"])), 5)
 1.0
 """
 
