@@ -193,7 +193,8 @@ class MultiTaskConfig:
       raise ConfigError(f"layers: a {self.type} block needs at least one layer")
     if min(self.num_experts, self.num_task_experts, self.num_levels) < 1 or \
         self.num_shared_experts < 0:
-      raise ConfigError("num_experts, num_task_experts and num_levels must be at least 1")
+      raise ConfigError("num_experts, num_task_experts and num_levels must be at least 1, "
+                        "num_shared_experts at least 0")
 
 
 @dataclasses.dataclass

@@ -20,6 +20,8 @@ from typing import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmtl.layers.mlp import apply_stack, dense_stack
+
 
 class RankingHeads(keras.layers.Layer):
   """A multi-task block, then an MLP per task ending in one logit.
@@ -33,21 +35,14 @@ class RankingHeads(keras.layers.Layer):
                **kwargs):
     super().__init__(**kwargs)
     self.block = block
-    self.heads = {
-        task: [keras.layers.Dense(width, activation="relu", name=f"{task}_head_{i}")
-               for i, width in enumerate(layers)]
-        + [keras.layers.Dense(1, name=f"{task}_head_logit")]
-        for task, layers in head_layers.items()}
+    self.heads = {task: dense_stack(layers, f"{task}_head")
+                  + [keras.layers.Dense(1, name=f"{task}_head_logit")]
+                  for task, layers in head_layers.items()}
 
   def call(self, query_embeddings: tf.Tensor,
            candidate_embeddings: tf.Tensor) -> dict[str, tf.Tensor]:
     pair = tf.concat([query_embeddings, candidate_embeddings,
                       query_embeddings * candidate_embeddings], axis=-1)
     representations = self.block(pair)
-    logits = {}
-    for task, layers in self.heads.items():
-      outputs = representations[task]
-      for layer in layers:
-        outputs = layer(outputs)
-      logits[task] = outputs
-    return logits
+    return {task: apply_stack(layers, representations[task])
+            for task, layers in self.heads.items()}

@@ -32,16 +32,7 @@ from typing import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-
-def _mlp(layers: Sequence[int], name: str) -> list[keras.layers.Layer]:
-  return [keras.layers.Dense(width, activation="relu", name=f"{name}_{i}")
-          for i, width in enumerate(layers)]
-
-
-def _apply(layers: list[keras.layers.Layer], inputs: tf.Tensor) -> tf.Tensor:
-  for layer in layers:
-    inputs = layer(inputs)
-  return inputs
+from tfmtl.layers.mlp import apply_stack, dense_stack
 
 
 class SharedBottom(keras.layers.Layer):
@@ -55,10 +46,10 @@ class SharedBottom(keras.layers.Layer):
   def __init__(self, tasks: Sequence[str], layers: Sequence[int] = (64,), **kwargs):
     super().__init__(**kwargs)
     self.task_names = list(tasks)
-    self.bottom = _mlp(layers, "shared")
+    self.bottom = dense_stack(layers, "shared")
 
   def call(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-    shared = _apply(self.bottom, inputs)
+    shared = apply_stack(self.bottom, inputs)
     return {task: shared for task in self.task_names}
 
 
@@ -72,10 +63,10 @@ class Independent(keras.layers.Layer):
 
   def __init__(self, tasks: Sequence[str], layers: Sequence[int] = (), **kwargs):
     super().__init__(**kwargs)
-    self.towers = {task: _mlp(layers, f"{task}_tower") for task in tasks}
+    self.towers = {task: dense_stack(layers, f"{task}_tower") for task in tasks}
 
   def call(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-    return {task: _apply(layers, inputs) for task, layers in self.towers.items()}
+    return {task: apply_stack(layers, inputs) for task, layers in self.towers.items()}
 
 
 class MMoE(keras.layers.Layer):
@@ -90,7 +81,7 @@ class MMoE(keras.layers.Layer):
   def __init__(self, tasks: Sequence[str], num_experts: int = 4,
                expert_layers: Sequence[int] = (64,), **kwargs):
     super().__init__(**kwargs)
-    self.experts = [_mlp(expert_layers, f"expert_{e}") for e in range(num_experts)]
+    self.experts = [dense_stack(expert_layers, f"expert_{e}") for e in range(num_experts)]
     self.gate_layers = {task: keras.layers.Dense(num_experts, activation="softmax",
                                                  name=f"{task}_gate")
                         for task in tasks}
@@ -100,7 +91,7 @@ class MMoE(keras.layers.Layer):
     return {task: gate(inputs) for task, gate in self.gate_layers.items()}
 
   def call(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-    experts = tf.stack([_apply(e, inputs) for e in self.experts], axis=1)  # [b, e, d]
+    experts = tf.stack([apply_stack(e, inputs) for e in self.experts], axis=1)  # [b, e, d]
     return {task: tf.einsum("be,bed->bd", weights, experts)
             for task, weights in self.gates(inputs).items()}
 
@@ -126,7 +117,7 @@ class PLE(keras.layers.Layer):
       last = level == num_levels - 1
       owners = self.task_names + ["shared"]
       self.levels.append({
-          "experts": {owner: [_mlp(expert_layers, f"l{level}_{owner}_expert_{e}")
+          "experts": {owner: [dense_stack(expert_layers, f"l{level}_{owner}_expert_{e}")
                               for e in range(num_shared_experts if owner == "shared"
                                              else num_task_experts)]
                       for owner in owners},
@@ -142,7 +133,7 @@ class PLE(keras.layers.Layer):
   def _level(self, level: dict, inputs: dict[str, tf.Tensor]):
     """One CGC level: (outputs, gate weights), both by owner."""
     outputs, weights = {}, {}
-    experts = {owner: [_apply(e, inputs[owner]) for e in expert_list]
+    experts = {owner: [apply_stack(e, inputs[owner]) for e in expert_list]
                for owner, expert_list in level["experts"].items()}
     for owner, gate in level["gates"].items():
       chosen = (sum((experts[t] for t in self.task_names), []) + experts["shared"]

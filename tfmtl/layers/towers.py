@@ -25,6 +25,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.config import FeatureConfig
+from tfmtl.layers.mlp import apply_stack, dense_stack
 
 
 class FeatureTower(keras.layers.Layer):
@@ -62,10 +63,8 @@ class FeatureTower(keras.layers.Layer):
                keras.layers.Embedding(sizes[name], feature_embedding_dim,
                                       name=f"{name}_embedding"))
         for name, spec in self.features.items()}
-    self.dense_layers = [
-        keras.layers.Dense(width, activation="relu", name=f"hidden_{i}")
-        for i, width in enumerate(hidden_layers)]
-    self.dense_layers.append(keras.layers.Dense(embedding_dim, name="projection"))
+    self.dense_layers = (dense_stack(hidden_layers, "hidden")
+                         + [keras.layers.Dense(embedding_dim, name="projection")])
 
   def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
     parts = [self.id_embedding(features[self.id_feature])]
@@ -74,7 +73,5 @@ class FeatureTower(keras.layers.Layer):
       if self.features[name].type == "multi_categorical":  # mean of the tokens
         values = values / tf.maximum(tf.reduce_sum(values, axis=-1, keepdims=True), 1.0)
       parts.append(embedding(values))
-    embeddings = tf.concat(parts, axis=-1)
-    for layer in self.dense_layers:
-      embeddings = layer(embeddings)
+    embeddings = apply_stack(self.dense_layers, tf.concat(parts, axis=-1))
     return tf.math.l2_normalize(embeddings, axis=-1) if self.normalize else embeddings
