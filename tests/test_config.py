@@ -79,3 +79,15 @@ def test_ranking_task_without_label_is_an_error():
 def test_gated_multitask_blocks_need_layers():
   with pytest.raises(ConfigError, match=r"model.multitask.layers: a mmoe block needs"):
     ExperimentConfig.from_dict({"model": {"multitask": {"type": "mmoe"}}})
+
+
+def test_unknown_loss_weighting_is_named():
+  with pytest.raises(ConfigError, match=r"model.loss_weighting.type: unknown value 'gradnrm'"):
+    ExperimentConfig().with_overrides(["model.loss_weighting.type=gradnrm"])
+
+
+def test_implicit_task_needs_no_label_but_classification_does():
+  config = ExperimentConfig.from_dict({"tasks": {"watched": {"type": "implicit"}}})
+  assert config.tasks["watched"].num_negatives == 4
+  with pytest.raises(ConfigError, match=r"tasks.genre.label: a classification task needs"):
+    ExperimentConfig.from_dict({"tasks": {"genre": {"type": "classification"}}})

@@ -46,23 +46,92 @@ def test_loss_is_the_weighted_sum_of_task_losses(tiny_data, model_and_batch):
   assert total == pytest.approx(sum(weights[n] * per_task[n] for n in per_task), rel=1e-5)
 
 
-@pytest.mark.parametrize("task_name", ["retrieval", "rating", "like"])
-def test_every_task_sends_gradients_to_both_towers_and_its_own_head(model_and_batch,
-                                                                    task_name):
-  model, batch = model_and_batch
+ALL_TASKS = {**default_tasks(),
+             "taste": TaskConfig(type="classification", label="taste"),
+             "genre": TaskConfig(type="classification", label="genres"),
+             "watched": TaskConfig(type="implicit", num_negatives=2)}
+# The towers and head each task's gradient must reach.
+TASK_REACH = {"retrieval": ({"query_tower", "candidate_tower"}, set()),
+              "rating": ({"query_tower", "candidate_tower"}, {"rating"}),
+              "like": ({"query_tower", "candidate_tower"}, {"like"}),
+              "taste": ({"query_tower"}, {"taste"}),
+              "genre": ({"candidate_tower"}, {"genre"}),
+              "watched": ({"query_tower", "candidate_tower"}, {"watched"})}
+
+
+@pytest.mark.parametrize("task_name", list(TASK_REACH))
+def test_every_task_sends_gradients_to_its_towers_and_its_own_head(tiny_data, task_name):
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  tasks = {name: TaskConfig(**{**vars(task), "weight": float(name == task_name)})
+           for name, task in ALL_TASKS.items()}
+  model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, ModelConfig(embedding_dim=8),
+                               tasks)
+  batch = next(iter(make_dataset(tiny_data, tiny_data.interactions, model.encoder, 64)))
   model(batch)  # create the variables
-  model.task_configs = {name: TaskConfig(**{**vars(task), "weight": float(name == task_name)})
-                        for name, task in default_tasks().items()}
   variables = model.trainable_variables
   with tf.GradientTape() as tape:
     loss = model.compute_loss(batch, training=True)
   touched = {v.name for v, g in zip(variables, tape.gradient(loss, variables))
              if g is not None and np.abs(tf.convert_to_tensor(g).numpy()).sum() > 0}
-  assert any("/query_tower/" in name for name in touched)
-  assert any("/candidate_tower/" in name for name in touched)
-  heads = {match.group(1) for match in map(re.compile(r"/ranking/(\w+?)_head_").search,
-                                              touched) if match}
-  assert heads == (set() if task_name == "retrieval" else {task_name})
+  towers, heads = TASK_REACH[task_name]
+  assert {t for t in ("query_tower", "candidate_tower")
+          if any(f"/{t}/" in name for name in touched)} == towers
+  assert {m.group(1) for m in map(re.compile(r"(?:^|/)(\w+?)_head/").search, touched) if m} == heads
+
+
+def test_a_classification_task_takes_its_label_out_of_the_tower_inputs(tiny_data):
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, tasks=ALL_TASKS)
+  assert set(model.query_tower.features) == {"age"}  # taste is predicted
+  assert set(model.candidate_tower.features) == {"year"}  # genres are predicted
+
+
+def test_a_classification_label_must_be_a_feature(tiny_data):
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  with pytest.raises(ValueError, match=r"tasks.occupation.label: 'occupation' is not"):
+    tfmtl.MultiTaskModel(vocabulary, tiny_data.items, tasks={
+        "occupation": TaskConfig(type="classification", label="occupation")})
+
+
+def test_tasks_declared_in_config_alone_train_and_report_metrics(tiny_data):
+  from tfmtl import training
+  from tfmtl.config import ExperimentConfig
+  config = ExperimentConfig.from_dict({"model": {"embedding_dim": 16}, "tasks": {
+      "retrieval": {"type": "retrieval", "temperature": 0.1},
+      "taste": {"type": "classification", "label": "taste", "weight": 0.5},
+      "genre": {"type": "classification", "label": "genres", "layers": []}}})
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  model = training.build_model(config, vocabulary, tiny_data.items)
+  keras.utils.set_random_seed(0)
+  dataset = make_dataset(tiny_data, tiny_data.interactions, model.encoder, 64,
+                         shuffle=True, seed=0)
+  history = model.fit(dataset, epochs=10, verbose=0).history
+  for name in ("taste", "genre"):
+    assert history[f"{name}_loss"][-1] < 0.8 * history[f"{name}_loss"][0], name
+  metrics = model.evaluate(dataset, return_dict=True, verbose=0)
+  assert metrics["taste_accuracy"] > 0.9  # three tastes, learnt from ratings alone
+  assert metrics["genre_auc"] > 0.7
+
+
+def test_an_implicit_task_learns_from_interactions_without_ratings():
+  """Users watch items of their taste (item % 3 == user % 3); no ratings at all."""
+  import pandas as pd
+  rng = np.random.default_rng(0)
+  interactions = pd.DataFrame(
+      [(f"u{user}", f"i{item}") for user in range(60)
+       for item in rng.choice(np.arange(user % 3, 60, 3), 8, replace=False)],
+      columns=["user_id", "item_id"])
+  data = tfmtl.data.InteractionData.from_frames(interactions)
+  vocabulary = tfmtl.FeatureVocabulary.build(data, data.interactions)
+  model = tfmtl.MultiTaskModel(vocabulary, data.items, ModelConfig(embedding_dim=16), {
+      "retrieval": TaskConfig(type="retrieval", temperature=0.1),
+      "watched": TaskConfig(type="implicit", num_negatives=4)})
+  model.compile(optimizer=keras.optimizers.Adam(0.01))
+  keras.utils.set_random_seed(0)
+  dataset = make_dataset(data, data.interactions, model.encoder, 64, shuffle=True, seed=0)
+  model.fit(dataset, epochs=10, verbose=0)
+  metrics = model.evaluate(dataset, return_dict=True, verbose=0)
+  assert metrics["watched_auc"] > 0.8  # a third of the catalogue is of the user's taste
 
 
 def test_evaluate_reports_every_task_metric(model_and_batch, tiny_data):
@@ -78,7 +147,9 @@ def test_training_logs_only_losses_when_training_metrics_are_off(model_and_batch
   model, _ = model_and_batch
   dataset = make_dataset(tiny_data, tiny_data.interactions, model.encoder, 128)
   history = model.fit(dataset, epochs=1, verbose=0)
-  assert all(name.endswith("loss") for name in history.history)
+  assert sorted(history.history) == sorted(
+      [f"{name}_{kind}" for name in default_tasks() for kind in ("loss", "weight")]
+      + ["loss", "regularization_loss", "total_loss"])
 
 
 def test_fit_lowers_every_task_loss(tiny_data):
@@ -129,7 +200,8 @@ def test_a_ranking_only_model_has_no_retrieval_metric(tiny_data):
     {"type": "shared_bottom", "layers": [16]},
     {"type": "mmoe", "layers": [16], "num_experts": 3},
     {"type": "ple", "layers": [16], "num_levels": 2},
-], ids=lambda m: m["type"])
+    {"type": "independent", "cross_layers": 2},
+], ids=["shared_bottom", "mmoe", "ple", "dcn_cross"])
 def test_each_multitask_block_is_chosen_by_config_and_trains(tiny_data, multitask, tmp_path):
   from tfmtl import training
   from tfmtl.config import ExperimentConfig
@@ -139,6 +211,7 @@ def test_each_multitask_block_is_chosen_by_config_and_trains(tiny_data, multitas
   vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
   model = training.build_model(config, vocabulary, tiny_data.items)
   assert model.ranking.block.name == multitask["type"]
+  assert len(model.ranking.crosses) == multitask.get("cross_layers", 0)
   dataset = make_dataset(tiny_data, tiny_data.interactions, model.encoder, 64,
                          shuffle=True, seed=0)
   history = model.fit(dataset, epochs=4, verbose=0).history

@@ -69,3 +69,26 @@ def test_a_task_label_missing_from_the_data_is_a_config_error(tmp_path, tiny_dat
       "clicks": {"type": "binary", "label": "clicked", "threshold": 1}})
   with pytest.raises(ConfigError, match=r"tasks.clicks.label: column 'clicked'"):
     training.prepare(config)
+
+
+def test_a_run_with_learned_weights_and_an_auxiliary_head_reloads_them(tmp_path, tiny_data):
+  config = _files_config(tmp_path, tiny_data, model={"loss_weighting": {"type": "uncertainty"}},
+                         tasks={"retrieval": {"type": "retrieval"},
+                                "genre": {"type": "classification", "label": "genres"}})
+  prepared = training.prepare(config)
+  model = training.fit(config, prepared, verbose=0)
+  run_dir = training.save_run(tmp_path / "run", config, prepared, model)
+  _, reloaded = training.load_run(run_dir)
+  np.testing.assert_allclose(reloaded.loss_weighting.log_variances.numpy(),
+                             model.loss_weighting.log_variances.numpy())
+  assert np.abs(model.loss_weighting.log_variances.numpy()).max() > 0  # they were trained
+  items = model.candidate_tower(model.catalogue_features)
+  np.testing.assert_allclose(reloaded.feature_heads["genre"](items).numpy(),
+                             model.feature_heads["genre"](items).numpy(), atol=1e-5)
+
+
+def test_a_classification_label_that_is_not_a_feature_is_a_config_error(tmp_path, tiny_data):
+  config = _files_config(tmp_path, tiny_data, tasks={
+      "job": {"type": "classification", "label": "occupation"}})
+  with pytest.raises(ConfigError, match=r"tasks.job.label: 'occupation' is not a user or item"):
+    training.prepare(config)

@@ -121,16 +121,33 @@ class SplitConfig:
       raise ConfigError(f"fractions: must sum to 1, got {sum(self.fractions)}")
 
 
+TASK_TYPES = ("retrieval", "regression", "binary", "implicit", "classification")
+RANKING_TASK_TYPES = ("regression", "binary", "implicit")
+
+
 @dataclasses.dataclass
 class TaskConfig:
   """One task of the multi-task model.
 
+  Ranking tasks (`regression`, `binary`, `implicit`) read the (query,
+  candidate) pair through the ranking heads; `classification` tasks read
+  one tower's embedding.
+
   Attributes:
     type: `retrieval` (in-batch softmax over the two towers), `regression`
-      (predict `label`) or `binary` (predict `label >= threshold`).
+      (predict `label`), `binary` (predict `label >= threshold`),
+      `implicit` (tell each interaction from `num_negatives` items sampled
+      uniformly from the catalogue: needs no label, for data without
+      ratings) or `classification` (predict a user or item feature named by
+      `label` from that side's tower: softmax over a categorical or
+      bucketized feature's values, independent sigmoids over a
+      multi_categorical one's tokens; the tower then no longer reads that
+      feature, or it would copy it).
     weight: weight of the task's loss in the total loss.
-    label: interaction column the task predicts (ranking tasks).
+    label: interaction column (regression, binary) or feature
+      (classification) the task predicts.
     threshold: a binary task's positive class is `label >= threshold`.
+    num_negatives: sampled negatives per interaction of an implicit task.
     temperature: retrieval softmax temperature.
     logq_correction: subtract log(item frequency) from retrieval logits (the
       sampling-bias correction of in-batch negatives).
@@ -144,16 +161,19 @@ class TaskConfig:
   temperature: float = 1.0
   logq_correction: bool = True
   remove_accidental_hits: bool = True
+  num_negatives: int = 4
   layers: list[int] = dataclasses.field(default_factory=lambda: [64])
 
   def _validate(self):
-    _one_of("type", self.type, ("retrieval", "regression", "binary"))
+    _one_of("type", self.type, TASK_TYPES)
     if self.weight < 0:
       raise ConfigError("weight: must be non-negative")
     if self.temperature <= 0:
       raise ConfigError("temperature: must be positive")
-    if self.type != "retrieval" and not self.label:
+    if self.type in ("regression", "binary", "classification") and not self.label:
       raise ConfigError(f"label: a {self.type} task needs a label column")
+    if self.num_negatives < 1:
+      raise ConfigError("num_negatives: must be at least 1")
     if self.type == "binary" and self.threshold is None:
       raise ConfigError("threshold: a binary task needs a threshold")
 
@@ -179,6 +199,8 @@ class MultiTaskConfig:
     num_experts: MMoE experts.
     num_task_experts, num_shared_experts: PLE experts per task / shared.
     num_levels: PLE levels.
+    cross_layers: DCN `tfrs.layers.dcn.Cross` layers applied to the ranking
+      input (explicit feature crosses) before the block.
   """
   type: str = "independent"
   layers: list[int] = dataclasses.field(default_factory=list)
@@ -186,15 +208,37 @@ class MultiTaskConfig:
   num_task_experts: int = 2
   num_shared_experts: int = 2
   num_levels: int = 1
+  cross_layers: int = 0
 
   def _validate(self):
     _one_of("type", self.type, ("independent", "shared_bottom", "mmoe", "ple"))
+    if self.cross_layers < 0:
+      raise ConfigError("cross_layers: must be non-negative")
     if self.type in ("shared_bottom", "mmoe", "ple") and not self.layers:
       raise ConfigError(f"layers: a {self.type} block needs at least one layer")
     if min(self.num_experts, self.num_task_experts, self.num_levels) < 1 or \
         self.num_shared_experts < 0:
       raise ConfigError("num_experts, num_task_experts and num_levels must be at least 1, "
                         "num_shared_experts at least 0")
+
+
+@dataclasses.dataclass
+class LossWeightingConfig:
+  """How task losses are weighted (see `tfmtl.weighting`).
+
+  Attributes:
+    type: `fixed` (the tasks' weights), `uncertainty` (learned homoscedastic
+      uncertainty, Kendall et al. 2018) or `dwa` (dynamic weight averaging,
+      Liu et al. 2019); the adaptive schemes multiply the tasks' weights.
+    temperature: DWA's softmax temperature.
+  """
+  type: str = "fixed"
+  temperature: float = 2.0
+
+  def _validate(self):
+    _one_of("type", self.type, ("fixed", "uncertainty", "dwa"))
+    if self.temperature <= 0:
+      raise ConfigError("temperature: must be positive")
 
 
 @dataclasses.dataclass
@@ -210,6 +254,7 @@ class ModelConfig:
       scores are cosines scaled by 1 / temperature.
     l2: L2 penalty on the id embeddings.
     multitask: what the ranking tasks share (see `MultiTaskConfig`).
+    loss_weighting: how task losses add up (see `LossWeightingConfig`).
   """
   embedding_dim: int = 32
   id_embedding_dim: int = 32
@@ -218,6 +263,8 @@ class ModelConfig:
   normalize_embeddings: bool = True
   l2: float = 0.0
   multitask: MultiTaskConfig = dataclasses.field(default_factory=MultiTaskConfig)
+  loss_weighting: LossWeightingConfig = dataclasses.field(
+      default_factory=LossWeightingConfig)
 
   def _validate(self):
     for name in ("embedding_dim", "id_embedding_dim", "feature_embedding_dim"):

@@ -36,12 +36,13 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfmtl.config import ModelConfig, TaskConfig, default_tasks
+from tfmtl.config import RANKING_TASK_TYPES, ModelConfig, TaskConfig, default_tasks
 from tfmtl.data.pipeline import encode_examples
 from tfmtl.data.schema import ITEM_ID, USER_ID, table_arrays
 from tfmtl.features import FeatureVocabulary
-from tfmtl.layers import FeatureTower, RankingHeads, make_block
+from tfmtl.layers import FeatureTower, RankingHeads, PredictionHead, make_block
 from tfmtl.tasks import make_task, task_labels, task_predictions
+from tfmtl.weighting import make_weighting
 
 
 class CatalogueTopK(tfrs.layers.factorized_top_k.TopK):
@@ -63,13 +64,19 @@ class CatalogueTopK(tfrs.layers.factorized_top_k.TopK):
 
 
 class MultiTaskModel(tfrs.Model):
-  """Retrieval and ranking tasks over shared two-tower embeddings.
+  """Retrieval, ranking and auxiliary tasks over shared two-tower embeddings.
+
+  The tasks come from their configs alone (see `TaskConfig`): retrieval on
+  the two towers, ranking tasks through `RankingHeads`, classification
+  tasks through a head on one tower. Their losses are combined by the
+  configured loss weighting (`tfmtl.weighting`); `fit` logs each task's
+  `<task>_loss` and effective `<task>_weight` every epoch.
 
   Args:
     vocabulary: vocabularies learnt from the training split.
     catalogue: the item table (`data.items`): every item the model can
       recommend, with its features.
-    config: tower sizes.
+    config: towers, multi-task block and loss weighting.
     tasks: the tasks by name (default: retrieval, rating, like).
     training_metrics: also compute metrics on training batches (slow).
   """
@@ -84,6 +91,10 @@ class MultiTaskModel(tfrs.Model):
     self.task_configs = dict(tasks or default_tasks())
     self.training_metrics = training_metrics
     self.encoder = vocabulary.encoder()
+    self.task_sides = {name: _label_side(name, task, vocabulary)
+                       for name, task in self.task_configs.items()
+                       if task.type == "classification"}
+    predicted = set(self.task_sides.values())
     sizes = {name: vocabulary.size(name) for name in
              (USER_ID, ITEM_ID, *vocabulary.user_features, *vocabulary.item_features)}
     tower_args = dict(embedding_dim=config.embedding_dim,
@@ -91,20 +102,38 @@ class MultiTaskModel(tfrs.Model):
                       feature_embedding_dim=config.feature_embedding_dim,
                       hidden_layers=config.tower_layers, l2=config.l2,
                       normalize=config.normalize_embeddings)
-    self.query_tower = FeatureTower(USER_ID, sizes, vocabulary.user_features,
-                                    name="query_tower", **tower_args)
-    self.candidate_tower = FeatureTower(ITEM_ID, sizes, vocabulary.item_features,
-                                        name="candidate_tower", **tower_args)
+    self.query_tower = FeatureTower(
+        USER_ID, sizes, {n: f for n, f in vocabulary.user_features.items()
+                         if ("query", n) not in predicted},
+        name="query_tower", **tower_args)
+    self.candidate_tower = FeatureTower(
+        ITEM_ID, sizes, {n: f for n, f in vocabulary.item_features.items()
+                         if ("candidate", n) not in predicted},
+        name="candidate_tower", **tower_args)
     ranking_tasks = {name: task for name, task in self.task_configs.items()
-                     if task.type != "retrieval"}
+                     if task.type in RANKING_TASK_TYPES}
     self.ranking = RankingHeads(
         make_block(config.multitask, list(ranking_tasks)),
         {name: task.layers for name, task in ranking_tasks.items()},
+        cross_layers=config.multitask.cross_layers,
         name="ranking") if ranking_tasks else None
-    self.tasks = {name: make_task(name, task)
+    self.feature_heads = {
+        name: PredictionHead(self.task_configs[name].layers, sizes[feature],
+                             name=f"{name}_head")
+        for name, (_, feature) in self.task_sides.items()}
+    for head in self.feature_heads.values():  # create the variables: call() skips them
+      head(tf.zeros([1, config.embedding_dim]))
+    features = {**vocabulary.user_features, **vocabulary.item_features}
+    self.tasks = {name: make_task(name, task, features.get(task.label))
                   for name, task in self.task_configs.items()}
+    self.loss_weighting = make_weighting(
+        config.loss_weighting.type,
+        {name: task.weight for name, task in self.task_configs.items()},
+        config.loss_weighting.temperature)
     self.task_losses = {name: keras.metrics.Mean(name=f"{name}_loss")
                         for name in self.task_configs}
+    self.task_weights = {name: keras.metrics.Mean(name=f"{name}_weight")
+                         for name in self.task_configs}
     if any(task.type == "retrieval" for task in self.task_configs.values()):
       self.retrieval_metric = tfrs.metrics.FactorizedTopK(
           CatalogueTopK(self.catalogue_embeddings))
@@ -122,7 +151,8 @@ class MultiTaskModel(tfrs.Model):
   def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Embeddings and every ranking task's prediction for encoded features.
 
-    Binary tasks predict a probability; regression tasks the label's value.
+    Regression tasks predict the label's value, binary and implicit tasks a
+    probability.
     """
     query_embeddings = self.query_tower(features)
     candidate_embeddings = self.candidate_tower(features)
@@ -135,33 +165,81 @@ class MultiTaskModel(tfrs.Model):
     return outputs
 
   def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-    query_embeddings = self.query_tower(features)
-    candidate_embeddings = self.candidate_tower(features)
+    embeddings = {"query": self.query_tower(features),
+                  "candidate": self.candidate_tower(features)}
     compute_metrics = self.training_metrics or not training
     logits = ({} if self.ranking is None else
-              self.ranking(query_embeddings, candidate_embeddings))
-    total_loss = tf.constant(0.0)
+              self.ranking(embeddings["query"], embeddings["candidate"]))
+    losses = {}
     for name, config in self.task_configs.items():
       task = self.tasks[name]
       if config.type == "retrieval":
         per_example_loss = task(
-            query_embeddings, candidate_embeddings,
+            embeddings["query"], embeddings["candidate"],
             candidate_sampling_probability=(
                 tf.gather(self.item_probability, features[ITEM_ID])
                 if config.logq_correction else None),
             candidate_ids=features[ITEM_ID], compute_metrics=False)
         if compute_metrics:
-          self.retrieval_metric.update_state(query_embeddings, candidate_embeddings)
+          self.retrieval_metric.update_state(embeddings["query"], embeddings["candidate"])
+      elif config.type == "classification":
+        side, feature = self.task_sides[name]
+        per_example_loss = task(features[feature],
+                                self.feature_heads[name](embeddings[side]),
+                                compute_metrics=compute_metrics)
+      elif config.type == "implicit":
+        negative_logits = self._sampled_item_logits(name, config.num_negatives,
+                                                    embeddings["query"])
+        per_example_loss = task(
+            tf.concat([tf.ones_like(logits[name]), tf.zeros_like(negative_logits)], 1),
+            tf.concat([logits[name], negative_logits], 1), compute_metrics=compute_metrics)
       else:
         per_example_loss = task(task_labels(config, features), logits[name],
                                 compute_metrics=compute_metrics)
-      loss = tf.nn.compute_average_loss(per_example_loss)
+      losses[name] = tf.nn.compute_average_loss(per_example_loss)
+    total_loss, weights = self.loss_weighting(losses)
+    for name, loss in losses.items():
       self.task_losses[name].update_state(loss)
-      total_loss += config.weight * loss
+      if training:
+        self.task_weights[name].update_state(weights[name])
     return total_loss
+
+  def _sampled_item_logits(self, task: str, num_negatives: int,
+                           query_embeddings: tf.Tensor) -> tf.Tensor:
+    """A ranking task's logits for catalogue items drawn uniformly, [batch, n]."""
+    batch = tf.shape(query_embeddings)[0]
+    rows = tf.random.uniform([batch * num_negatives], maxval=len(self.catalogue_item_ids),
+                             dtype=tf.int32)
+    items = self.candidate_tower({name: tf.gather(values, rows)
+                                  for name, values in self.catalogue_features.items()})
+    queries = tf.repeat(query_embeddings, num_negatives, axis=0)
+    return tf.reshape(self.ranking(queries, items)[task], [batch, num_negatives])
+
+  def fit(self, *args, callbacks=None, **kwargs):
+    """Keras `fit`, with the loss weighting's own callbacks (DWA) added."""
+    callbacks = [*(callbacks or []), *self.loss_weighting.callbacks()]
+    return super().fit(*args, callbacks=callbacks, **kwargs)
 
   def train_step(self, inputs):
     logs = super().train_step(inputs)
     if not self.training_metrics:  # the other metrics were not computed
-      logs = {name: value for name, value in logs.items() if name.endswith("loss")}
+      logs = {name: value for name, value in logs.items()
+              if name.endswith("loss") or name.endswith("_weight")}
     return logs
+
+  def test_step(self, inputs):
+    logs = super().test_step(inputs)
+    return {name: value for name, value in logs.items() if not name.endswith("_weight")}
+
+
+def _label_side(name: str, task: TaskConfig,
+                vocabulary: FeatureVocabulary) -> tuple[str, str]:
+  """(`query` | `candidate`, feature) of a classification task's label."""
+  if task.label in vocabulary.user_features:
+    return "query", task.label
+  if task.label in vocabulary.item_features:
+    return "candidate", task.label
+  raise ValueError(
+      f"tasks.{name}.label: {task.label!r} is not a user or item feature "
+      f"(user features: {sorted(vocabulary.user_features)}, item features: "
+      f"{sorted(vocabulary.item_features)})")

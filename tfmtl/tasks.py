@@ -10,6 +10,12 @@ right under every `tf.distribute` strategy.
 - `regression`: predicts a label column; metrics `<name>_rmse`, `<name>_mae`.
 - `binary`: predicts `label >= threshold` from a logit; metrics `<name>_auc`,
   `<name>_accuracy`.
+- `implicit`: tells interactions (label 1) from sampled items (label 0);
+  metric `<name>_auc`.
+- `classification`: predicts a feature from a tower's embedding: softmax
+  over a categorical feature's values (metric `<name>_accuracy`), or
+  independent sigmoids over a multi-categorical feature's tokens (metric
+  `<name>_auc` over all (example, token) pairs).
 
 Example:
 
@@ -22,17 +28,23 @@ Example:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfmtl.config import TaskConfig
+from tfmtl.config import FeatureConfig, TaskConfig
 
 _NONE = keras.losses.Reduction.NONE
 
 
-def make_task(name: str, config: TaskConfig) -> tfrs.tasks.Task:
-  """The TFRS task for one `TaskConfig` (see module doc)."""
+def make_task(name: str, config: TaskConfig,
+              label_feature: Optional[FeatureConfig] = None) -> tfrs.tasks.Task:
+  """The TFRS task for one `TaskConfig` (see module doc).
+
+  `label_feature` is the encoding of a classification task's label.
+  """
   if config.type == "retrieval":
     return tfrs.tasks.Retrieval(
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, reduction=_NONE),
@@ -43,15 +55,21 @@ def make_task(name: str, config: TaskConfig) -> tfrs.tasks.Task:
         loss=keras.losses.MeanSquaredError(reduction=_NONE),
         metrics=[keras.metrics.RootMeanSquaredError(name=f"{name}_rmse"),
                  keras.metrics.MeanAbsoluteError(name=f"{name}_mae")], name=name)
+  if config.type == "classification" and label_feature.type != "multi_categorical":
+    return tfrs.tasks.Ranking(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=_NONE),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name=f"{name}_accuracy")],
+        name=name)
+  metrics = [keras.metrics.AUC(from_logits=True, name=f"{name}_auc")]
+  if config.type == "binary":
+    metrics.append(keras.metrics.BinaryAccuracy(threshold=0.0, name=f"{name}_accuracy"))
   return tfrs.tasks.Ranking(
       loss=keras.losses.BinaryCrossentropy(from_logits=True, reduction=_NONE),
-      metrics=[keras.metrics.AUC(from_logits=True, name=f"{name}_auc"),
-               keras.metrics.BinaryAccuracy(threshold=0.0, name=f"{name}_accuracy")],
-      name=name)
+      metrics=metrics, name=name)
 
 
 def task_labels(config: TaskConfig, features: dict[str, tf.Tensor]) -> tf.Tensor:
-  """A ranking task's labels, shaped [batch, 1]."""
+  """A regression or binary task's labels, shaped [batch, 1]."""
   if config.label not in features:
     raise KeyError(f"task label column {config.label!r} is not in the features "
                    f"({sorted(features)})")
@@ -62,6 +80,7 @@ def task_labels(config: TaskConfig, features: dict[str, tf.Tensor]) -> tf.Tensor
 
 
 def task_predictions(config: TaskConfig, logits: tf.Tensor) -> tf.Tensor:
-  """A ranking task's predictions, [batch]: a probability for binary tasks."""
+  """A ranking task's predictions, [batch]: a probability for binary and
+  implicit tasks."""
   predictions = tf.squeeze(logits, -1)
-  return tf.sigmoid(predictions) if config.type == "binary" else predictions
+  return predictions if config.type == "regression" else tf.sigmoid(predictions)

@@ -47,8 +47,12 @@ class Prepared(NamedTuple):
 def prepare(config: ExperimentConfig) -> Prepared:
   """Loads the data, splits it and builds vocabularies from the train split."""
   data = load_data(config.data)
+  features = {**data.user_features, **data.item_features}
   for name, task in config.tasks.items():
-    if task.label and task.label not in data.label_columns:
+    if task.type == "classification" and task.label not in features:
+      raise ConfigError(f"tasks.{name}.label: {task.label!r} is not a user or item "
+                        f"feature (features: {sorted(features)})")
+    if task.type in ("regression", "binary") and task.label not in data.label_columns:
       raise ConfigError(f"tasks.{name}.label: column {task.label!r} is not in the "
                         f"interactions (numeric columns: {data.label_columns})")
   split = split_interactions(data.interactions, config.split)

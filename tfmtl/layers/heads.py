@@ -1,8 +1,11 @@
-"""Ranking heads: a (query, candidate) embedding pair -> one logit per task.
+"""Task heads: an MLP from a representation to a task's logits.
 
-The pair is read as [query, candidate, query * candidate], passed through a
-multi-task block (what the tasks share, `tfmtl.layers.multitask`), and each
-task's representation through its own MLP to a logit.
+`RankingHeads` read a (query, candidate) embedding pair as [query,
+candidate, query * candidate], optionally crossed by DCN `Cross` layers,
+pass it through a multi-task block (what the tasks share,
+`tfmtl.layers.multitask`), and each task's representation through its own
+head to one logit. `PredictionHead` is one head on its own (the
+classification tasks put one on a tower's embedding).
 
 Example:
 
@@ -18,31 +21,47 @@ from __future__ import annotations
 from typing import Sequence
 
 import tensorflow as tf
+import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 from tfmtl.layers.mlp import apply_stack, dense_stack
 
 
+class PredictionHead(keras.layers.Layer):
+  """ReLU layers `hidden_0, ...`, then a linear `logit` layer of `units`."""
+
+  def __init__(self, hidden_layers: Sequence[int], units: int, **kwargs):
+    super().__init__(**kwargs)
+    self.dense_layers = (dense_stack(hidden_layers, "hidden")
+                         + [keras.layers.Dense(units, name="logit")])
+
+  def call(self, inputs: tf.Tensor) -> tf.Tensor:
+    return apply_stack(self.dense_layers, inputs)
+
+
 class RankingHeads(keras.layers.Layer):
-  """A multi-task block, then an MLP per task ending in one logit.
+  """Optional crosses, a multi-task block, then a head per task to one logit.
 
   Args:
     block: a multi-task block whose tasks are the keys of `head_layers`.
     head_layers: hidden widths of each task's head.
+    cross_layers: number of DCN `Cross` layers on the pair (0: none).
   """
 
   def __init__(self, block: keras.layers.Layer, head_layers: dict[str, Sequence[int]],
-               **kwargs):
+               cross_layers: int = 0, **kwargs):
     super().__init__(**kwargs)
     self.block = block
-    self.heads = {task: dense_stack(layers, f"{task}_head")
-                  + [keras.layers.Dense(1, name=f"{task}_head_logit")]
+    self.crosses = [tfrs.layers.dcn.Cross(name=f"cross_{i}") for i in range(cross_layers)]
+    self.heads = {task: PredictionHead(layers, 1, name=f"{task}_head")
                   for task, layers in head_layers.items()}
 
   def call(self, query_embeddings: tf.Tensor,
            candidate_embeddings: tf.Tensor) -> dict[str, tf.Tensor]:
     pair = tf.concat([query_embeddings, candidate_embeddings,
                       query_embeddings * candidate_embeddings], axis=-1)
-    representations = self.block(pair)
-    return {task: apply_stack(layers, representations[task])
-            for task, layers in self.heads.items()}
+    crossed = pair
+    for cross in self.crosses:  # x_{l+1} = x_0 * (W x_l + b) + x_l
+      crossed = cross(pair, crossed)
+    representations = self.block(crossed)
+    return {task: head(representations[task]) for task, head in self.heads.items()}
