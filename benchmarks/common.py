@@ -29,13 +29,14 @@ def summary(values: list[float]) -> dict[str, float]:
   return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
-def write_result(name: str, result: dict) -> Path:
-  """Writes benchmarks/results/<name>.json atomically, with provenance."""
+def write_result(name: str, result: dict, directory: Path = RESULTS) -> Path:
+  """Writes <directory>/<name>.json (default benchmarks/results) atomically, with
+  provenance."""
   record = {"command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
             "machine": machine(),
             "date": datetime.date.today().isoformat(), **result}
-  RESULTS.mkdir(exist_ok=True)
-  path = RESULTS / f"{name}.json"
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f"{name}.json"
   staging = path.with_suffix(".json.tmp")
   staging.write_text(json.dumps(record, indent=2) + "\n")
   staging.rename(path)

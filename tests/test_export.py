@@ -151,3 +151,32 @@ def test_retrieve_k_is_clipped_to_the_catalogue(trained, tmp_path):
   out = loaded.signatures["retrieve"](user_id=tf.constant(["u1"]), taste=tf.constant(["t1"]),
                                       age=tf.constant([30.0]))
   assert out["item_ids"].shape == (1, len(model.catalogue_item_ids))
+
+
+def test_a_sequence_model_exports_with_a_history_input(tiny_data, tmp_path):
+  from tfmtl.config import SequenceConfig
+  from tfmtl.data import Split
+  from tfmtl.data.history import add_history
+  from tfmtl.evaluation import ModelScorer
+  empty = tiny_data.interactions.iloc[:0]
+  split = add_history(Split(tiny_data.interactions, empty, empty), length=5)
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, split.train, history_length=5)
+  model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, ModelConfig(
+      embedding_dim=8, sequence=SequenceConfig(type="gru", length=5)))
+  model.compile(optimizer=keras.optimizers.Adam(0.01))
+  model.fit(make_dataset(tiny_data, split.train, model.encoder, 64), epochs=2, verbose=0)
+  retrieve = tf.saved_model.load(str(export_model(model, tmp_path, "seq"))).signatures[
+      "retrieve"]
+  assert set(retrieve.structured_input_signature[1]) == {"user_id", "taste", "age", "history"}
+  scorer = ModelScorer(model, tiny_data, split.train)
+  users = np.array(["u1", "u7"], dtype=object)
+  latest = scorer._users.loc[users, "history"].tolist()
+  served = retrieve(user_id=tf.constant(users.astype(str)), taste=tf.constant(["t1", "t1"]),
+                    age=tf.constant(tiny_data.users.set_index("user_id").loc[users, "age"]
+                                    .to_numpy(np.float32)),
+                    history=tf.constant(latest))
+  expected = np.sort(scorer.scores(users), axis=1)[:, ::-1][:, :served["scores"].shape[1]]
+  np.testing.assert_allclose(served["scores"].numpy(), expected, atol=1e-5)
+  other = retrieve(user_id=tf.constant(users.astype(str)), taste=tf.constant(["t1", "t1"]),
+                   age=tf.constant([30.0, 30.0]), history=tf.constant(["i3|i6", ""]))
+  assert not np.allclose(other["scores"].numpy(), served["scores"].numpy())

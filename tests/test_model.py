@@ -220,3 +220,37 @@ def test_each_multitask_block_is_chosen_by_config_and_trains(tiny_data, multitas
       user_id=tf.constant(["u1"]), taste=tf.constant(["t1"]), age=tf.constant([30.0]),
       item_id=tf.constant([["i1", "i2"]]))
   assert ranked["rating"].shape == (1, 2) and ranked["like"].shape == (1, 2)
+
+
+def test_a_reconstruction_task_decodes_the_history_genre_profile(tiny_data):
+  from tfmtl.data import Split
+  from tfmtl.data.history import add_history
+  empty = tiny_data.interactions.iloc[:0]
+  train = add_history(Split(tiny_data.interactions, empty, empty), length=6).train
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, train, history_length=6)
+  tasks = {"retrieval": TaskConfig(type="retrieval", weight=0.0),
+           "profile": TaskConfig(type="reconstruction", label="genres", layers=[])}
+  model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, ModelConfig(embedding_dim=8),
+                               tasks)
+  assert set(model.candidate_tower.features) == {"genres", "year"}  # still an input
+  batch = next(iter(make_dataset(tiny_data, train, model.encoder, 64)))
+  # The target: each genre's share among the genres of the history's items.
+  profile = model._history_profile("profile", batch["history"]).numpy()
+  genres = tiny_data.items.set_index("item_id")["genres"]
+  row = int(np.flatnonzero([len(h) > 0 for h in train["history"][:64]])[0])
+  tokens = [t for item in train["history"][row].split("|") for t in genres[item].split("|")]
+  columns = ["[UNK]", *vocabulary.tokens["genres"]]
+  np.testing.assert_allclose(profile[row], [tokens.count(c) / len(tokens) for c in columns],
+                             atol=1e-6)
+  model(batch)
+  variables = model.trainable_variables
+  with tf.GradientTape() as tape:
+    loss = model.compute_loss(batch, training=True)
+  touched = {v.name for v, g in zip(variables, tape.gradient(loss, variables))
+             if g is not None and np.abs(tf.convert_to_tensor(g).numpy()).sum() > 0}
+  assert any("/query_tower/" in name for name in touched)
+  assert not any("/candidate_tower/" in name for name in touched)
+  model.compile(optimizer=keras.optimizers.Adam(0.02))
+  history = model.fit(make_dataset(tiny_data, train, model.encoder, 64, shuffle=True, seed=0),
+                      epochs=8, verbose=0).history
+  assert history["profile_loss"][-1] < history["profile_loss"][0] - 0.05

@@ -92,3 +92,27 @@ def test_a_classification_label_that_is_not_a_feature_is_a_config_error(tmp_path
       "job": {"type": "classification", "label": "occupation"}})
   with pytest.raises(ConfigError, match=r"tasks.job.label: 'occupation' is not a user or item"):
     training.prepare(config)
+
+
+@pytest.mark.parametrize("kind", ["gru", "attention"])
+def test_a_sequence_model_trains_evaluates_and_reloads_from_config(tmp_path, tiny_data, kind):
+  config = _files_config(tmp_path, tiny_data, split={"protocol": "temporal"},
+                         model={"embedding_dim": 8, "sequence": {"type": kind, "length": 4}})
+  prepared = training.prepare(config)
+  assert all("history" in part for part in prepared.split)
+  model = training.fit(config, prepared, verbose=0)
+  metrics = evaluation.evaluate_model(model, prepared.data, prepared.split, ks=[10])
+  assert 0 <= metrics["recall@10"] <= 1 and np.isfinite(metrics["rating_rmse"])
+  run_dir = training.save_run(tmp_path / "run", config, prepared, model)
+  _, reloaded = training.load_run(run_dir)
+  batch = reloaded.encoder(prepared.data.examples(prepared.split.test))
+  np.testing.assert_allclose(reloaded.query_tower(batch).numpy(),
+                             model.query_tower(batch).numpy(), atol=1e-5)
+
+
+def test_a_sequence_model_needs_a_vocabulary_with_history(tiny_data):
+  from tfmtl import FeatureVocabulary, MultiTaskModel
+  from tfmtl.config import ModelConfig, SequenceConfig
+  with pytest.raises(ValueError, match=r"reads the history feature \(model.sequence.type 'gru'"):
+    MultiTaskModel(FeatureVocabulary.build(tiny_data, tiny_data.interactions),
+                   tiny_data.items, ModelConfig(sequence=SequenceConfig(type="gru")))

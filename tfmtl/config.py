@@ -121,7 +121,8 @@ class SplitConfig:
       raise ConfigError(f"fractions: must sum to 1, got {sum(self.fractions)}")
 
 
-TASK_TYPES = ("retrieval", "regression", "binary", "implicit", "classification")
+TASK_TYPES = ("retrieval", "regression", "binary", "implicit", "classification",
+              "reconstruction")
 RANKING_TASK_TYPES = ("regression", "binary", "implicit")
 
 
@@ -130,22 +131,26 @@ class TaskConfig:
   """One task of the multi-task model.
 
   Ranking tasks (`regression`, `binary`, `implicit`) read the (query,
-  candidate) pair through the ranking heads; `classification` tasks read
-  one tower's embedding.
+  candidate) pair through the ranking heads; `classification` and
+  `reconstruction` tasks read one tower's embedding.
 
   Attributes:
     type: `retrieval` (in-batch softmax over the two towers), `regression`
       (predict `label`), `binary` (predict `label >= threshold`),
       `implicit` (tell each interaction from `num_negatives` items sampled
       uniformly from the catalogue: needs no label, for data without
-      ratings) or `classification` (predict a user or item feature named by
+      ratings), `classification` (predict a user or item feature named by
       `label` from that side's tower: softmax over a categorical or
       bucketized feature's values, independent sigmoids over a
       multi_categorical one's tokens; the tower then no longer reads that
-      feature, or it would copy it).
+      feature, or it would copy it) or `reconstruction` (an autoencoder
+      through the query embedding: decode the user's preference over a
+      multi_categorical item feature, e.g. genres, as the share of each
+      token among the items of their `history`; with the sequence tower on,
+      the history is also the input).
     weight: weight of the task's loss in the total loss.
     label: interaction column (regression, binary) or feature
-      (classification) the task predicts.
+      (classification, reconstruction) the task predicts.
     threshold: a binary task's positive class is `label >= threshold`.
     num_negatives: sampled negatives per interaction of an implicit task.
     temperature: retrieval softmax temperature.
@@ -170,7 +175,7 @@ class TaskConfig:
       raise ConfigError("weight: must be non-negative")
     if self.temperature <= 0:
       raise ConfigError("temperature: must be positive")
-    if self.type in ("regression", "binary", "classification") and not self.label:
+    if self.type not in ("retrieval", "implicit") and not self.label:
       raise ConfigError(f"label: a {self.type} task needs a label column")
     if self.num_negatives < 1:
       raise ConfigError("num_negatives: must be at least 1")
@@ -242,6 +247,25 @@ class LossWeightingConfig:
 
 
 @dataclasses.dataclass
+class SequenceConfig:
+  """The query tower's view of the user's recent items (the `history` feature).
+
+  Attributes:
+    type: `none`, `gru` (a GRU over the items, oldest to newest) or
+      `attention` (attention pooling with a learned recency embedding).
+    length: number of most recent earlier training interactions used; only
+      interactions strictly before an example's timestamp are ever used.
+  """
+  type: str = "none"
+  length: int = 20
+
+  def _validate(self):
+    _one_of("type", self.type, ("none", "gru", "attention"))
+    if self.length < 1:
+      raise ConfigError("length: must be at least 1")
+
+
+@dataclasses.dataclass
 class ModelConfig:
   """The two towers.
 
@@ -255,6 +279,7 @@ class ModelConfig:
     l2: L2 penalty on the id embeddings.
     multitask: what the ranking tasks share (see `MultiTaskConfig`).
     loss_weighting: how task losses add up (see `LossWeightingConfig`).
+    sequence: the user's recent items in the query tower (`SequenceConfig`).
   """
   embedding_dim: int = 32
   id_embedding_dim: int = 32
@@ -265,6 +290,7 @@ class ModelConfig:
   multitask: MultiTaskConfig = dataclasses.field(default_factory=MultiTaskConfig)
   loss_weighting: LossWeightingConfig = dataclasses.field(
       default_factory=LossWeightingConfig)
+  sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
 
   def _validate(self):
     for name in ("embedding_dim", "id_embedding_dim", "feature_embedding_dim"):
@@ -353,6 +379,15 @@ class ExperimentConfig:
       raise ConfigError(f"tasks: at most one retrieval task, got {retrieval}")
     if not self.tasks:
       raise ConfigError("tasks: at least one task is required")
+
+  @property
+  def history_length(self) -> int:
+    """Length of the `history` feature: 0 unless the sequence tower or a
+    reconstruction task reads it."""
+    if self.model.sequence.type == "none" and not any(
+        task.type == "reconstruction" for task in self.tasks.values()):
+      return 0
+    return self.model.sequence.length
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":

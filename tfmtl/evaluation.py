@@ -32,14 +32,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tfmtl.data.history import latest_history
 from tfmtl.data.pipeline import make_dataset
-from tfmtl.data.schema import ITEM_ID, USER_ID, InteractionData, table_arrays
+from tfmtl.data.schema import HISTORY, ITEM_ID, USER_ID, InteractionData, table_arrays
 from tfmtl.data.splits import Split
 
 
@@ -64,18 +65,27 @@ class PopularityScorer:
 
 
 class ModelScorer:
-  """Query-tower embeddings of users . candidate embeddings of the catalogue."""
+  """Query-tower embeddings of users . candidate embeddings of the catalogue.
 
-  def __init__(self, model, data: InteractionData):
+  A sequence model's users are scored with their latest training history
+  (`train`, required then).
+  """
+
+  def __init__(self, model, data: InteractionData, train: Optional[pd.DataFrame] = None):
     self.model = model
     self.catalogue = model.catalogue_item_ids
     self._users = data.users.set_index(USER_ID)
-    self._user_features = list(data.user_features)
+    length = model.vocabulary.history_length
+    if length:
+      self._users[HISTORY] = latest_history(train, self._users.index, length)
+    self._user_inputs = model.encoder.user_inputs
     self._catalogue_embeddings = model.catalogue_embeddings()
 
   def scores(self, user_ids: np.ndarray) -> np.ndarray:
     rows = self._users.reindex(user_ids).reset_index()
-    raw = table_arrays(rows, [USER_ID, *self._user_features])
+    if HISTORY in rows:
+      rows[HISTORY] = rows[HISTORY].fillna("")
+    raw = table_arrays(rows, self._user_inputs)
     query = self.model.query_tower(self.model.encoder(raw))
     return tf.linalg.matmul(query, self._catalogue_embeddings, transpose_b=True).numpy()
 
@@ -146,7 +156,7 @@ def ranking_metrics(model, data: InteractionData, test: pd.DataFrame,
                     batch_size: int = 4096) -> dict[str, float]:
   """RMSE / MAE of regression tasks and AUC of binary tasks on `test`."""
   ranking_tasks = {name: task for name, task in model.task_configs.items()
-                   if task.type != "retrieval"}
+                   if task.type in ("regression", "binary")}
   if not ranking_tasks:
     return {}
   predictions = {name: [] for name in ranking_tasks}
@@ -172,7 +182,8 @@ def evaluate_model(model, data: InteractionData, split: Split,
   """Every retrieval and ranking metric of `model` on `split.test`."""
   metrics = {}
   if any(t.type == "retrieval" for t in model.task_configs.values()):
-    metrics.update(retrieval_metrics(ModelScorer(model, data), split, ks, batch_size))
+    metrics.update(retrieval_metrics(ModelScorer(model, data, split.train), split, ks,
+                                     batch_size))
   metrics.update(ranking_metrics(model, data, split.test))
   return metrics
 

@@ -12,7 +12,9 @@ bucket, so ids and values never seen in training still encode:
 
 - ids and `categorical` features: int64 index;
 - `multi_categorical`: float32 multi-hot over the tokens;
-- `bucketized`: int64 bucket, 0 for a missing value.
+- `bucketized`: int64 bucket, 0 for a missing value;
+- `history` (when `history_length` > 0): `|`-joined item ids, most recent
+  first -> int64 [batch, history_length] item indices, 0-padded.
 
 Example:
 
@@ -41,7 +43,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.config import FeatureConfig
-from tfmtl.data.schema import ITEM_ID, USER_ID, InteractionData
+from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, InteractionData
 
 
 @dataclasses.dataclass
@@ -54,10 +56,16 @@ class FeatureVocabulary:
   item_features: dict[str, FeatureConfig]
   tokens: dict[str, list[str]]
   boundaries: dict[str, list[float]]
+  history_length: int = 0
 
   @classmethod
-  def build(cls, data: InteractionData, train: pd.DataFrame) -> "FeatureVocabulary":
-    """Learns vocabularies from `train`, a subset of `data.interactions`."""
+  def build(cls, data: InteractionData, train: pd.DataFrame,
+            history_length: int = 0) -> "FeatureVocabulary":
+    """Learns vocabularies from `train`, a subset of `data.interactions`.
+
+    `history_length` > 0 also encodes the `history` feature (see
+    `tfmtl.data.history`) as that many item indices.
+    """
     user_counts = train[USER_ID].value_counts(sort=True)
     item_counts = train[ITEM_ID].value_counts(sort=True)
     tokens, boundaries = {}, {}
@@ -80,7 +88,7 @@ class FeatureVocabulary:
                item_counts=[int(c) for c in item_counts],
                user_features=dict(data.user_features),
                item_features=dict(data.item_features),
-               tokens=tokens, boundaries=boundaries)
+               tokens=tokens, boundaries=boundaries, history_length=history_length)
 
   def size(self, feature: str) -> int:
     """Number of indices of an encoded feature, the OOV index 0 included."""
@@ -144,11 +152,17 @@ class FeatureEncoder(keras.layers.Layer):
             output_mode="multi_hot" if spec.type == "multi_categorical" else "int")
 
   @property
+  def user_inputs(self) -> list[str]:
+    """The raw features that describe a user (the query side)."""
+    return [USER_ID, *self.vocabulary.user_features,
+            *([HISTORY] if self.vocabulary.history_length else [])]
+
+  @property
   def raw_signature(self) -> dict[str, tf.TensorSpec]:
     """Dtypes of the raw features, by name."""
     return {name: tf.TensorSpec([None], tf.float32 if name in self.vocabulary.boundaries
                                 else tf.string, name=name)
-            for name in (USER_ID, ITEM_ID, *self.specs)}
+            for name in (*self.user_inputs, ITEM_ID, *self.vocabulary.item_features)}
 
   def missing(self, batch_size: int = 1) -> dict[str, tf.Tensor]:
     """Raw features with every value missing (they encode to OOV)."""
@@ -157,6 +171,11 @@ class FeatureEncoder(keras.layers.Layer):
 
   def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     encoded = dict(features)
+    if self.vocabulary.history_length and HISTORY in features:
+      items = tf.strings.split(tf.convert_to_tensor(features[HISTORY]), HISTORY_SEPARATOR)
+      items = tf.ragged.boolean_mask(items, tf.strings.length(items) > 0)
+      encoded[HISTORY] = self.lookups[ITEM_ID](items).to_tensor(
+          0, shape=[None, self.vocabulary.history_length])
     for name, lookup in self.lookups.items():
       if name not in features:
         continue

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -38,9 +39,10 @@ import tf_keras as keras
 
 from tfmtl.config import RANKING_TASK_TYPES, ModelConfig, TaskConfig, default_tasks
 from tfmtl.data.pipeline import encode_examples
-from tfmtl.data.schema import ITEM_ID, USER_ID, table_arrays
+from tfmtl.data.schema import HISTORY, ITEM_ID, USER_ID, table_arrays
 from tfmtl.features import FeatureVocabulary
-from tfmtl.layers import FeatureTower, RankingHeads, PredictionHead, make_block
+from tfmtl.layers import (FeatureTower, PredictionHead, RankingHeads, SequencePooling,
+                          make_block)
 from tfmtl.tasks import make_task, task_labels, task_predictions
 from tfmtl.weighting import make_weighting
 
@@ -67,8 +69,8 @@ class MultiTaskModel(tfrs.Model):
   """Retrieval, ranking and auxiliary tasks over shared two-tower embeddings.
 
   The tasks come from their configs alone (see `TaskConfig`): retrieval on
-  the two towers, ranking tasks through `RankingHeads`, classification
-  tasks through a head on one tower. Their losses are combined by the
+  the two towers, ranking tasks through `RankingHeads`, classification and
+  reconstruction tasks through a head on one tower. Their losses are combined by the
   configured loss weighting (`tfmtl.weighting`); `fit` logs each task's
   `<task>_loss` and effective `<task>_weight` every epoch.
 
@@ -93,8 +95,9 @@ class MultiTaskModel(tfrs.Model):
     self.encoder = vocabulary.encoder()
     self.task_sides = {name: _label_side(name, task, vocabulary)
                        for name, task in self.task_configs.items()
-                       if task.type == "classification"}
-    predicted = set(self.task_sides.values())
+                       if task.type in ("classification", "reconstruction")}
+    predicted = {side for name, side in self.task_sides.items()
+                 if self.task_configs[name].type == "classification"}
     sizes = {name: vocabulary.size(name) for name in
              (USER_ID, ITEM_ID, *vocabulary.user_features, *vocabulary.item_features)}
     tower_args = dict(embedding_dim=config.embedding_dim,
@@ -102,9 +105,21 @@ class MultiTaskModel(tfrs.Model):
                       feature_embedding_dim=config.feature_embedding_dim,
                       hidden_layers=config.tower_layers, l2=config.l2,
                       normalize=config.normalize_embeddings)
+    sequence = config.sequence
+    reads_history = sequence.type != "none" or "reconstruction" in {
+        task.type for task in self.task_configs.values()}
+    if reads_history != bool(vocabulary.history_length):
+      raise ValueError(
+          f"the model {'reads' if reads_history else 'does not read'} the history feature "
+          f"(model.sequence.type {sequence.type!r}, reconstruction tasks) but the vocabulary "
+          f"has history_length {vocabulary.history_length}; build it with "
+          "FeatureVocabulary.build(..., history_length=config.history_length)")
     self.query_tower = FeatureTower(
         USER_ID, sizes, {n: f for n, f in vocabulary.user_features.items()
                          if ("query", n) not in predicted},
+        sequence=None if sequence.type == "none" else SequencePooling(
+            sequence.type, sizes[ITEM_ID], config.id_embedding_dim,
+            vocabulary.history_length, name="history"),
         name="query_tower", **tower_args)
     self.candidate_tower = FeatureTower(
         ITEM_ID, sizes, {n: f for n, f in vocabulary.item_features.items()
@@ -141,8 +156,12 @@ class MultiTaskModel(tfrs.Model):
 
     self.catalogue_item_ids = catalogue[ITEM_ID].to_numpy(dtype=object)
     raw = table_arrays(catalogue, [ITEM_ID, *vocabulary.item_features])
-    self.catalogue_features = {k: tf.constant(v) for k, v in
-                               encode_examples(self.encoder, raw).items()}
+    encoded = encode_examples(self.encoder, raw)
+    self.catalogue_features = {k: tf.constant(v) for k, v in encoded.items()}
+    self.item_feature_tables = {  # item index -> the feature's multi-hot
+        feature: tf.constant(_by_item_index(encoded[ITEM_ID], encoded[feature], sizes[ITEM_ID]))
+        for name, (_, feature) in self.task_sides.items()
+        if self.task_configs[name].type == "reconstruction"}
 
   def catalogue_embeddings(self) -> tf.Tensor:
     """Candidate embeddings of the whole catalogue, [num_items, dim]."""
@@ -187,6 +206,10 @@ class MultiTaskModel(tfrs.Model):
         per_example_loss = task(features[feature],
                                 self.feature_heads[name](embeddings[side]),
                                 compute_metrics=compute_metrics)
+      elif config.type == "reconstruction":
+        per_example_loss = task(self._history_profile(name, features[HISTORY]),
+                                self.feature_heads[name](embeddings["query"]),
+                                compute_metrics=compute_metrics)
       elif config.type == "implicit":
         negative_logits = self._sampled_item_logits(name, config.num_negatives,
                                                     embeddings["query"])
@@ -203,6 +226,12 @@ class MultiTaskModel(tfrs.Model):
       if training:
         self.task_weights[name].update_state(weights[name])
     return total_loss
+
+  def _history_profile(self, task: str, history: tf.Tensor) -> tf.Tensor:
+    """Each token's share among the history items' tokens, [batch, tokens]."""
+    table = self.item_feature_tables[self.task_sides[task][1]]
+    counts = tf.reduce_sum(tf.gather(table, history), axis=1)  # padding rows are zero
+    return counts / tf.maximum(tf.reduce_sum(counts, axis=-1, keepdims=True), 1.0)
 
   def _sampled_item_logits(self, task: str, num_negatives: int,
                            query_embeddings: tf.Tensor) -> tf.Tensor:
@@ -232,9 +261,22 @@ class MultiTaskModel(tfrs.Model):
     return {name: value for name, value in logs.items() if not name.endswith("_weight")}
 
 
+def _by_item_index(item_indices: np.ndarray, values: np.ndarray, num_items: int) -> np.ndarray:
+  """Catalogue rows' `values` placed at their item index; OOV row 0 stays zero."""
+  table = np.zeros([num_items, *values.shape[1:]], np.float32)
+  known = item_indices > 0
+  table[item_indices[known]] = values[known]
+  return table
+
+
 def _label_side(name: str, task: TaskConfig,
                 vocabulary: FeatureVocabulary) -> tuple[str, str]:
-  """(`query` | `candidate`, feature) of a classification task's label."""
+  """(`query` | `candidate`, feature): the tower a task reads, and its label."""
+  if task.type == "reconstruction":
+    if getattr(vocabulary.item_features.get(task.label), "type", None) != "multi_categorical":
+      raise ValueError(f"tasks.{name}.label: {task.label!r} is not a multi_categorical item "
+                       f"feature (item features: {sorted(vocabulary.item_features)})")
+    return "query", task.label
   if task.label in vocabulary.user_features:
     return "query", task.label
   if task.label in vocabulary.item_features:

@@ -16,6 +16,8 @@ right under every `tf.distribute` strategy.
   over a categorical feature's values (metric `<name>_accuracy`), or
   independent sigmoids over a multi-categorical feature's tokens (metric
   `<name>_auc` over all (example, token) pairs).
+- `reconstruction`: decodes a token distribution (e.g. the user's genre
+  preference) from the query embedding; cross-entropy, no metric.
 
 Example:
 
@@ -55,6 +57,10 @@ def make_task(name: str, config: TaskConfig,
         loss=keras.losses.MeanSquaredError(reduction=_NONE),
         metrics=[keras.metrics.RootMeanSquaredError(name=f"{name}_rmse"),
                  keras.metrics.MeanAbsoluteError(name=f"{name}_mae")], name=name)
+  if config.type == "reconstruction":
+    return tfrs.tasks.Ranking(
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, reduction=_NONE),
+        name=name)
   if config.type == "classification" and label_feature.type != "multi_categorical":
     return tfrs.tasks.Ranking(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=_NONE),

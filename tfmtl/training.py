@@ -27,6 +27,7 @@ import pandas as pd
 import tf_keras as keras
 
 from tfmtl.config import ConfigError, ExperimentConfig
+from tfmtl.data.history import add_history
 from tfmtl.data.pipeline import make_dataset
 from tfmtl.data.schema import InteractionData
 from tfmtl.data.sources import load_data
@@ -38,7 +39,10 @@ logger = logging.getLogger("tfmtl")
 
 
 class Prepared(NamedTuple):
-  """Data, its split and the vocabularies learnt from the training split."""
+  """Data, its split and the vocabularies learnt from the training split.
+
+  With a sequence model, every part of the split has the `history` column.
+  """
   data: InteractionData
   split: Split
   vocabulary: FeatureVocabulary
@@ -52,6 +56,10 @@ def prepare(config: ExperimentConfig) -> Prepared:
     if task.type == "classification" and task.label not in features:
       raise ConfigError(f"tasks.{name}.label: {task.label!r} is not a user or item "
                         f"feature (features: {sorted(features)})")
+    if task.type == "reconstruction" and getattr(
+        data.item_features.get(task.label), "type", None) != "multi_categorical":
+      raise ConfigError(f"tasks.{name}.label: {task.label!r} is not a multi_categorical "
+                        f"item feature (item features: {sorted(data.item_features)})")
     if task.type in ("regression", "binary") and task.label not in data.label_columns:
       raise ConfigError(f"tasks.{name}.label: column {task.label!r} is not in the "
                         f"interactions (numeric columns: {data.label_columns})")
@@ -59,7 +67,10 @@ def prepare(config: ExperimentConfig) -> Prepared:
   logger.info("%s; split %s: %d train, %d validation, %d test", data.summary(),
               config.split.protocol, len(split.train), len(split.validation),
               len(split.test))
-  return Prepared(data, split, FeatureVocabulary.build(data, split.train))
+  if config.history_length:
+    split = add_history(split, config.history_length)
+  return Prepared(data, split,
+                  FeatureVocabulary.build(data, split.train, config.history_length))
 
 
 def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,

@@ -37,6 +37,8 @@ import pandas as pd
 from tfmtl.config import FeatureConfig
 
 USER_ID, ITEM_ID, RATING, TIMESTAMP = "user_id", "item_id", "rating", "timestamp"
+# The user's earlier items, `|`-joined, added by `tfmtl.data.history`.
+HISTORY, HISTORY_SEPARATOR = "history", "|"
 
 logger = logging.getLogger("tfmtl")
 
@@ -87,21 +89,23 @@ class InteractionData:
   def label_columns(self) -> list[str]:
     """Numeric interaction columns a task can predict (e.g. `rating`)."""
     return [c for c in self.interactions.columns
-            if c not in (USER_ID, ITEM_ID, TIMESTAMP)]
+            if c not in (USER_ID, ITEM_ID, TIMESTAMP, HISTORY)]
 
   def examples(self, interactions: pd.DataFrame) -> dict[str, np.ndarray]:
     """Raw feature and label arrays, one row per interaction.
 
     `interactions` is this data's interactions or a split of them; user and
-    item features are joined on by id.
+    item features are joined on by id. A `history` column (see
+    `tfmtl.data.history`) is kept.
     """
-    frame = interactions[[USER_ID, ITEM_ID, *self.label_columns]]
+    own = [USER_ID, ITEM_ID, *self.label_columns,
+           *([HISTORY] if HISTORY in interactions.columns else [])]
+    frame = interactions[own]
     frame = frame.merge(self.users[[USER_ID, *self.user_features]], on=USER_ID,
                         how="left", validate="many_to_one")
     frame = frame.merge(self.items[[ITEM_ID, *self.item_features]], on=ITEM_ID,
                         how="left", validate="many_to_one")
-    return table_arrays(frame, [USER_ID, ITEM_ID, *self.user_features,
-                                *self.item_features, *self.label_columns])
+    return table_arrays(frame, [*own, *self.user_features, *self.item_features])
 
   def summary(self) -> str:
     return (f"{self.name}: {len(self.interactions):,} interactions, "

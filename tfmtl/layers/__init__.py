@@ -1,8 +1,9 @@
-"""Layers: the two towers, multi-task blocks and the ranking heads."""
+"""Layers: the two towers, sequence pooling, multi-task blocks and the task heads."""
 
 from tfmtl.layers.heads import PredictionHead, RankingHeads
 from tfmtl.layers.multitask import MMoE, PLE, Independent, SharedBottom, make_block
+from tfmtl.layers.sequence import SequencePooling
 from tfmtl.layers.towers import FeatureTower
 
-__all__ = ["MMoE", "PLE", "FeatureTower", "Independent", "RankingHeads", "SharedBottom",
-           "PredictionHead", "make_block"]
+__all__ = ["MMoE", "PLE", "FeatureTower", "Independent", "PredictionHead", "RankingHeads",
+           "SequencePooling", "SharedBottom", "make_block"]

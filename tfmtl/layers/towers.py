@@ -2,7 +2,8 @@
 
 A `FeatureTower` embeds an id (user or item) and each encoded feature, joins
 them and maps them through a small MLP to the shared embedding space. The
-query tower is a `FeatureTower` over the user id and user features, the
+query tower is a `FeatureTower` over the user id, user features and,
+optionally, the user's recent items pooled by a `SequencePooling`; the
 candidate tower one over the item id and item features.
 
 Example:
@@ -19,13 +20,15 @@ TensorShape([2, 16])
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.config import FeatureConfig
+from tfmtl.data.schema import HISTORY
 from tfmtl.layers.mlp import apply_stack, dense_stack
+from tfmtl.layers.sequence import SequencePooling
 
 
 class FeatureTower(keras.layers.Layer):
@@ -40,15 +43,18 @@ class FeatureTower(keras.layers.Layer):
     hidden_layers: widths of the hidden ReLU layers.
     l2: L2 penalty on the id embedding.
     normalize: L2-normalise the output (dot products become cosines).
+    sequence: pools the `history` feature into the tower's input (optional).
   """
 
   def __init__(self, id_feature: str, sizes: dict[str, int],
                features: dict[str, FeatureConfig], embedding_dim: int = 32,
                id_embedding_dim: int = 32, feature_embedding_dim: int = 8,
                hidden_layers: Sequence[int] = (64,), l2: float = 0.0,
-               normalize: bool = True, **kwargs):
+               normalize: bool = True, sequence: Optional[SequencePooling] = None,
+               **kwargs):
     super().__init__(**kwargs)
     self.id_feature = id_feature
+    self.sequence = sequence
     self.normalize = normalize
     self.features = dict(features)
     self.id_embedding = keras.layers.Embedding(
@@ -73,5 +79,7 @@ class FeatureTower(keras.layers.Layer):
       if self.features[name].type == "multi_categorical":  # mean of the tokens
         values = values / tf.maximum(tf.reduce_sum(values, axis=-1, keepdims=True), 1.0)
       parts.append(embedding(values))
+    if self.sequence is not None:
+      parts.append(self.sequence(features[HISTORY]))
     embeddings = apply_stack(self.dense_layers, tf.concat(parts, axis=-1))
     return tf.math.l2_normalize(embeddings, axis=-1) if self.normalize else embeddings

@@ -4,9 +4,10 @@ The export answers from raw features (ids as strings); vocabularies, the item
 catalogue and its candidate embeddings travel inside. Signatures (all
 batched, outputs sorted best first where they are lists):
 
-- `retrieve`: the user's raw features (`user_id` and each user feature
-  column) -> `item_ids` [batch, k] string and `scores` [batch, k] float32,
-  brute force over the whole catalogue.
+- `retrieve`: the user's raw features (`user_id`, each user feature column
+  and, for a sequence model, `history`: the user's recent item ids joined by
+  `|`, most recent first) -> `item_ids` [batch, k] string and `scores`
+  [batch, k] float32, brute force over the whole catalogue.
 - `rank`: the same user features plus `item_id` [batch, n] string ->
   one [batch, n] float32 output per ranking task (binary tasks give a
   probability). Unknown items and users map to the OOV bucket.
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.data.schema import ITEM_ID, USER_ID
+from tfmtl.data.schema import ITEM_ID
 from tfmtl.tasks import task_predictions
 
 
@@ -59,8 +60,7 @@ class ServingModule(tf.Module):
                           name=f"item_{name}")
         for name, values in model.catalogue_features.items()}
     raw_signature = model.encoder.raw_signature
-    user_signature = {name: raw_signature[name]
-                      for name in (USER_ID, *model.vocabulary.user_features)}
+    user_signature = {name: raw_signature[name] for name in model.encoder.user_inputs}
     rank_signature = {**user_signature,
                       ITEM_ID: tf.TensorSpec([None, None], tf.string, name=ITEM_ID)}
     self.retrieve = tf.function(self._retrieve, input_signature=[user_signature])

@@ -1,0 +1,229 @@
+"""Multi-task ablation on MovieLens 100K: tasks, multi-task blocks, loss weighting.
+
+Each row of `ROWS` is a list of `--set` overrides on tfmtl's default config
+(retrieval, rating and like tasks over shared towers, `independent` heads),
+trained and evaluated on protocols A and B (see protocols.py) once per model
+seed. Metrics are on the test split, and protocol B rows also hold
+`validation_recall@10`, `validation_ndcg@10` and `validation_rmse` on its
+validation split, which the best model is chosen on; a metric a row's model
+does not produce (RMSE of `retrieval_only`) is absent from its row. To add a row, add it to
+`ROWS`.
+
+    python benchmarks/ablation.py [--rows NAME ...] [--protocols A B]
+        [--seeds 0 1 2] [--set KEY=VALUE ...] [--results-dir DIR]
+        [--markdown FILE | --no-table] [--update-protocols --best NAME]
+    python benchmarks/ablation.py --table-only [--results-dir DIR]
+
+Writes <results-dir>/ablation.json (default benchmarks/results):
+{"rows": [{"config", "protocol", "overrides", "metrics": {METRIC: {"mean",
+"std"}}}, ...], "seeds", ...}. Rows not run keep their entries from an
+earlier ablation.json, which must then have the same seeds. Every config is
+checked before training starts: a row that does not validate stops the run
+(leave it out with --rows). Each finished (row, protocol) is saved at once
+in ablation.partial.json: after an interruption, the same command reuses
+them and goes on. The partial file is removed once ablation.json is written.
+
+The table of ablation.json then goes into BENCHMARKS.md between the
+`<!-- ablation:start -->` and `<!-- ablation:end -->` lines (the section is
+appended when they are absent); `--table-only` only does that.
+
+`--update-protocols --best NAME` also rewrites protocol_a.json and
+protocol_b.json with row NAME's runs, as protocols.py writes them. NAME must
+be a joint model (retrieval and rating tasks) chosen on validation data
+(protocol B's validation split, a validation cut of protocol A's training
+data), never on this benchmark's numbers: they are test metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tfmtl.config import ConfigError
+
+from common import RESULTS, write_result
+from protocols import PROTOCOLS, protocol_config, run_protocol
+
+_DEFAULT_TASKS = ("retrieval: {type: retrieval, temperature: 0.1}, "
+                  "rating: {type: regression, label: rating}, "
+                  "like: {type: binary, label: rating, threshold: 4.0, weight: 0.5}")
+
+ROWS = {
+    "retrieval_only": ["tasks={retrieval: {type: retrieval, temperature: 0.1}}"],
+    "rating_only": ["tasks={rating: {type: regression, label: rating}}"],
+    "independent": [],
+    "shared_bottom": ["model.multitask={type: shared_bottom, layers: [64]}"],
+    "mmoe": ["model.multitask={type: mmoe, layers: [64], num_experts: 4}"],
+    "ple": ["model.multitask={type: ple, layers: [64], num_task_experts: 2, "
+            "num_shared_experts: 2, num_levels: 2}"],
+    "dcn_cross": ["model.multitask.cross_layers=2"],
+    "uncertainty": ["model.loss_weighting.type=uncertainty"],
+    "dwa": ["model.loss_weighting.type=dwa"],
+    "aux_user": ["tasks={" + _DEFAULT_TASKS
+                 + ", occupation: {type: classification, label: occupation, weight: 0.1}"
+                 + ", genre_profile: {type: reconstruction, label: genres, weight: 0.1}}"],
+    "aux_item_genre": ["tasks={" + _DEFAULT_TASKS
+                       + ", genre: {type: classification, label: genres, weight: 0.1}}"],
+    "sequence": ["model.sequence.type=gru"],
+    "sequence_attention": ["model.sequence.type=attention"],
+}
+
+# (column, protocol, metric) of the Markdown table.
+COLUMNS = [("A top-100", "A", "top100_accuracy"), ("A top-10", "A", "top10_accuracy"),
+           ("A RMSE", "A", "rmse"), ("B Recall@10", "B", "recall@10"),
+           ("B NDCG@10", "B", "ndcg@10"), ("B RMSE", "B", "rmse"),
+           ("B validation NDCG@10", "B", "validation_ndcg@10")]
+START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
+SECTION = f"""## Multi-task ablation
+
+`python benchmarks/ablation.py` → [`benchmarks/results/ablation.json`](benchmarks/results/ablation.json)
+
+The default joint model changed one way per row (the overrides of `ROWS` in
+`benchmarks/ablation.py`), on protocols A and B: test metrics, means ± std
+over the seeds, `-` where the row's model has no such task. These numbers
+compare configs; they do not choose the model above (validation data does).
+
+{START}
+{END}
+"""
+
+
+def check_rows(names: list[str], protocols: list[str], seeds: list[int],
+               extra: list[str], best: str | None) -> list[str]:
+  """What is wrong with the requested rows' configs, one line each."""
+  errors = []
+  for name in names:
+    for protocol in protocols:
+      try:
+        config = protocol_config(protocol, seeds[0], [*ROWS[name], *extra])
+      except ConfigError as error:
+        errors.append(f"row {name!r} (protocol {protocol}): {error} "
+                      "(leave the row out with --rows)")
+        break
+      types = {task.type for task in config.tasks.values()}
+      if name == best and not {"retrieval", "regression"} <= types:
+        errors.append(f"--best {name}: not a joint model (tasks: {sorted(config.tasks)})")
+        break
+  return errors
+
+
+def render_table(result: dict) -> str:
+  """ablation.json's rows as a Markdown table, `mean ± std` per cell."""
+  metrics = {(row["config"], row["protocol"]): row["metrics"] for row in result["rows"]}
+  lines = ["| config | " + " | ".join(column for column, _, _ in COLUMNS) + " |",
+           "|---" * (len(COLUMNS) + 1) + "|"]
+  for config in dict.fromkeys(row["config"] for row in result["rows"]):
+    cells = [metrics.get((config, protocol), {}).get(metric) for _, protocol, metric in COLUMNS]
+    lines.append(f"| {config} | " + " | ".join(
+        "-" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+        for cell in cells) + " |")
+  return "\n".join(lines)
+
+
+def write_markdown(path: Path, block: str) -> None:
+  """Replaces what is between the ablation markers of `path` with `block`."""
+  text = path.read_text() if path.exists() else ""
+  if START not in text or END not in text:
+    text = (text.rstrip("\n") + "\n\n" if text else "") + SECTION
+  head, rest = text.split(START, 1)
+  tail = rest.split(END, 1)[1]
+  staging = path.with_name(path.name + ".tmp")
+  staging.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+  staging.replace(path)
+
+
+def publish_table(result: dict, markdown: Path | None) -> None:
+  block = (f"Seeds {', '.join(map(str, result['seeds']))}; {result['machine']}; "
+           f"{result['date']}.\n\n{render_table(result)}")
+  print(block)
+  if markdown is not None:
+    write_markdown(markdown, block)
+    print(f"-> {markdown}")
+
+
+def run_rows(args) -> dict[tuple[str, str], dict]:
+  """run_protocol's summary per (row, protocol), reusing ablation.partial.json's."""
+  partial = args.results_dir / "ablation.partial.json"
+  saved = json.loads(partial.read_text())["runs"] if partial.exists() else []
+  summaries = {}
+  for name in args.rows:
+    for protocol in args.protocols:
+      key = {"config": name, "protocol": protocol, "overrides": [*ROWS[name], *args.set],
+             "seeds": args.seeds}
+      run = next((run for run in saved if {k: run[k] for k in key} == key), None)
+      if run is None:
+        print(f"== {name}, protocol {protocol}: {key['overrides']}", flush=True)
+        run = {**key, "summary": run_protocol(protocol, args.seeds, key["overrides"])}
+        saved.append(run)
+        write_result("ablation.partial", {"runs": saved}, args.results_dir)
+      else:
+        print(f"== {name}, protocol {protocol}: reused from {partial}", flush=True)
+      summaries[name, protocol] = run["summary"]
+  return summaries
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS),
+                      metavar="NAME", help=f"rows to run (default all: {', '.join(ROWS)})")
+  parser.add_argument("--protocols", nargs="+", default=["A", "B"], choices=list(PROTOCOLS))
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override applied to every row, e.g. train.epochs=1")
+  parser.add_argument("--results-dir", type=Path, default=RESULTS)
+  parser.add_argument("--markdown", type=Path,
+                      default=Path(__file__).resolve().parent.parent / "BENCHMARKS.md",
+                      help="Markdown file the table goes into (default BENCHMARKS.md)")
+  parser.add_argument("--no-table", action="store_true",
+                      help="print the table but write no Markdown file")
+  parser.add_argument("--table-only", action="store_true",
+                      help="only render the existing ablation.json's table")
+  parser.add_argument("--update-protocols", action="store_true",
+                      help="rewrite protocol_a/b.json with the --best row's runs")
+  parser.add_argument("--best", choices=list(ROWS), metavar="NAME",
+                      help="the joint row chosen on validation data (never on test metrics)")
+  args = parser.parse_args()
+  if args.update_protocols != (args.best is not None):
+    parser.error("--update-protocols and --best NAME go together")
+  if args.best and args.best not in args.rows:
+    parser.error(f"--best {args.best}: not among --rows")
+  markdown = None if args.no_table else args.markdown
+  path = args.results_dir / "ablation.json"
+  previous = json.loads(path.read_text()) if path.exists() else {"rows": [], "seeds": []}
+  if args.table_only:
+    if not previous["rows"]:
+      sys.exit(f"{path}: no ablation results to render")
+    return publish_table(previous, markdown)
+
+  errors = check_rows(args.rows, args.protocols, args.seeds, args.set, args.best)
+  if errors:
+    sys.exit("\n".join(errors))
+  kept = [row for row in previous["rows"]
+          if not (row["config"] in args.rows and row["protocol"] in args.protocols)]
+  if kept and previous["seeds"] != args.seeds:
+    sys.exit(f"{path} has rows run with seeds {previous['seeds']}, which this run "
+             f"would not replace; use those seeds, or another --results-dir")
+
+  summaries = run_rows(args)
+  rows = kept + [{"config": name, "protocol": protocol, "overrides": [*ROWS[name], *args.set],
+                  "metrics": {**summary["metrics"],
+                              **{f"validation_{metric}": value for metric, value
+                                 in summary.get("validation_metrics", {}).items()}}}
+                 for (name, protocol), summary in summaries.items()]
+  order = list(ROWS)
+  rows.sort(key=lambda row: (order.index(row["config"]) if row["config"] in ROWS
+                             else len(order), row["protocol"]))
+  path = write_result("ablation", {"rows": rows, "seeds": args.seeds}, args.results_dir)
+  (args.results_dir / "ablation.partial.json").unlink(missing_ok=True)
+  print(f"-> {path}")
+  if args.best:
+    for protocol in args.protocols:
+      print("-> " + str(write_result(f"protocol_{protocol.lower()}",
+                                     summaries[args.best, protocol], args.results_dir)))
+  publish_table(json.loads(path.read_text()), markdown)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,59 @@
+"""Pooling of a user's recent items (the `history` feature) into one vector.
+
+The history arrives as item indices, most recent first, 0-padded
+([batch, length]). Items are embedded (index 0 masked) and pooled:
+
+- `gru`: a GRU reads them oldest to newest; its last state is the vector;
+- `attention`: each item plus a learned recency (position) embedding is
+  scored by a small MLP; the vector is the softmax-weighted sum.
+
+A user without history gets a zero vector.
+
+Example:
+
+>>> import tensorflow as tf
+>>> from tfmtl.layers import SequencePooling
+>>> pooling = SequencePooling("attention", num_items=10, dim=4, length=3)
+>>> pooled = pooling(tf.constant([[3, 1, 0], [0, 0, 0]]))
+>>> pooled.shape, float(tf.reduce_sum(tf.abs(pooled[1])))
+(TensorShape([2, 4]), 0.0)
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+
+class SequencePooling(keras.layers.Layer):
+  """Embeds and pools a 0-padded sequence of item indices (see module doc).
+
+  Args:
+    kind: `gru` or `attention`.
+    num_items: number of item indices (OOV / padding 0 included).
+    dim: width of the item embeddings and of the output.
+    length: sequence length (the recency embedding of `attention`).
+  """
+
+  def __init__(self, kind: str, num_items: int, dim: int, length: int, **kwargs):
+    super().__init__(**kwargs)
+    if kind not in ("gru", "attention"):
+      raise ValueError(f"unknown sequence pooling {kind!r}; expected gru or attention")
+    self.kind = kind
+    self.item_embedding = keras.layers.Embedding(num_items, dim, name="item_embedding")
+    if kind == "gru":
+      self.gru = keras.layers.GRU(dim, name="gru")
+    else:
+      self.recency_embedding = keras.layers.Embedding(length, dim, name="recency_embedding")
+      self.score_hidden = keras.layers.Dense(dim, activation="tanh", name="score_hidden")
+      self.score = keras.layers.Dense(1, name="score")
+
+  def call(self, items: tf.Tensor) -> tf.Tensor:
+    mask = items > 0
+    embedded = self.item_embedding(items)
+    if self.kind == "gru":  # oldest first; masked steps keep the state
+      return self.gru(tf.reverse(embedded, [1]), mask=tf.reverse(mask, [1]))
+    embedded += self.recency_embedding(tf.range(tf.shape(items)[1]))
+    logits = tf.squeeze(self.score(self.score_hidden(embedded)), -1)
+    weights = tf.nn.softmax(tf.where(mask, logits, -1e9)) * tf.cast(mask, tf.float32)
+    return tf.einsum("bl,bld->bd", weights, embedded)
