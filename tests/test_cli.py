@@ -80,3 +80,23 @@ def test_evaluate_of_a_missing_run_names_it(tmp_path):
   result = _tfmtl("evaluate", "--run", "runs/nothing", cwd=tmp_path)
   assert result.returncode == 2
   assert "runs/nothing: not a tfmtl run" in result.stderr
+
+
+def test_the_auxiliary_config_runs_on_movielens_and_exports_the_history_input(tmp_path,
+                                                                              movielens):
+  import tensorflow as tf
+  from pathlib import Path
+  config = Path(__file__).resolve().parents[1] / "configs" / "movielens_100k_auxiliary.yaml"
+  result = _tfmtl("run", "--config", str(config), "--set", "train.epochs=1", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  log = result.stdout + result.stderr
+  for name in ("occupation", "genre_profile", "rating", "retrieval"):
+    assert f"{name}_loss" in log and f"{name}_weight" in log, name
+  export = tmp_path / "saved_models" / "movielens_100k_auxiliary" / "1"
+  retrieve = tf.saved_model.load(str(export)).signatures["retrieve"]
+  assert set(retrieve.structured_input_signature[1]) == {
+      "user_id", "age", "gender", "occupation", "zip_code", "history"}
+  recommended = retrieve(user_id=tf.constant(["1"]), age=tf.constant([24.0]),
+                         gender=tf.constant(["M"]), occupation=tf.constant(["technician"]),
+                         zip_code=tf.constant(["85711"]), history=tf.constant(["50|172|133"]))
+  assert recommended["item_ids"].shape == (1, 100)

@@ -235,7 +235,7 @@ def test_a_reconstruction_task_decodes_the_history_genre_profile(tiny_data):
   assert set(model.candidate_tower.features) == {"genres", "year"}  # still an input
   batch = next(iter(make_dataset(tiny_data, train, model.encoder, 64)))
   # The target: each genre's share among the genres of the history's items.
-  profile = model._history_profile("profile", batch["history"]).numpy()
+  profile = model._history_profile("genres", batch["history"]).numpy()
   genres = tiny_data.items.set_index("item_id")["genres"]
   row = int(np.flatnonzero([len(h) > 0 for h in train["history"][:64]])[0])
   tokens = [t for item in train["history"][row].split("|") for t in genres[item].split("|")]

@@ -201,14 +201,11 @@ class MultiTaskModel(tfrs.Model):
             candidate_ids=features[ITEM_ID], compute_metrics=False)
         if compute_metrics:
           self.retrieval_metric.update_state(embeddings["query"], embeddings["candidate"])
-      elif config.type == "classification":
+      elif name in self.task_sides:  # classification, reconstruction: one tower
         side, feature = self.task_sides[name]
-        per_example_loss = task(features[feature],
-                                self.feature_heads[name](embeddings[side]),
-                                compute_metrics=compute_metrics)
-      elif config.type == "reconstruction":
-        per_example_loss = task(self._history_profile(name, features[HISTORY]),
-                                self.feature_heads[name](embeddings["query"]),
+        labels = (self._history_profile(feature, features[HISTORY])
+                  if config.type == "reconstruction" else features[feature])
+        per_example_loss = task(labels, self.feature_heads[name](embeddings[side]),
                                 compute_metrics=compute_metrics)
       elif config.type == "implicit":
         negative_logits = self._sampled_item_logits(name, config.num_negatives,
@@ -227,9 +224,9 @@ class MultiTaskModel(tfrs.Model):
         self.task_weights[name].update_state(weights[name])
     return total_loss
 
-  def _history_profile(self, task: str, history: tf.Tensor) -> tf.Tensor:
+  def _history_profile(self, feature: str, history: tf.Tensor) -> tf.Tensor:
     """Each token's share among the history items' tokens, [batch, tokens]."""
-    table = self.item_feature_tables[self.task_sides[task][1]]
+    table = self.item_feature_tables[feature]
     counts = tf.reduce_sum(tf.gather(table, history), axis=1)  # padding rows are zero
     return counts / tf.maximum(tf.reduce_sum(counts, axis=-1, keepdims=True), 1.0)
 
