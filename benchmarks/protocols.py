@@ -5,13 +5,21 @@ Protocol A (the TFRS multitask recipe's): one global shuffle with seed 42,
 movies kept, and RMSE. Protocol B (RecBole's): each user's ratings cut
 8:1:1 with seed 42, full-catalogue ranking with train and validation items
 removed, every test rating relevant; and RMSE. Protocol B's results also
-hold the same metrics on its validation split (what configs are chosen on). The split is fixed; the
-model seed (initialisation and shuffling) varies. The popularity baseline
-(most-rated training movies first) is reported beside the model.
+hold the same metrics on its validation split (what configs are chosen on).
+The split is fixed; the model seed (initialisation and shuffling) varies.
+The popularity baseline (most-rated training movies first) is reported
+beside the model.
 
-    python benchmarks/protocols.py [--seeds 0 1 2] [--set KEY=VALUE ...]
+Protocol T (not one of protocol.md's; for next-item models such as the
+sequence tower): temporal leave-last-out, each user's latest rating is
+test and the one before it validation, full-catalogue ranking of the unseen
+movies (Hit@10 is Recall@10 with one relevant item).
 
-Writes benchmarks/results/protocol_a.json and protocol_b.json.
+    python benchmarks/protocols.py [--protocols A B] [--seeds 0 1 2]
+        [--set KEY=VALUE ...] [--output NAME]
+
+Writes benchmarks/results/protocol_a.json and protocol_b.json (or
+NAME_a.json, NAME_b.json, ...).
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ PROTOCOLS = {
           {**{f"{m}@{k}": f"{m}@{k}" for k in (10, 50, 100)
               for m in ("recall", "ndcg", "mrr", "hit")},
            "rmse": "rating_rmse", "mae": "rating_mae", "like_auc": "like_auc"}),
+    "T": (["split.protocol=temporal"],
+          {"hit@10": "hit@10", "ndcg@10": "ndcg@10", "mrr@10": "mrr@10",
+           "hit@50": "hit@50", "rmse": "rating_rmse"}),
 }
 
 
@@ -94,12 +105,14 @@ def run_protocol(name: str, seeds: list[int], overrides: list[str]) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--protocols", nargs="+", default=["A", "B"], choices=["A", "B"])
+  parser.add_argument("--protocols", nargs="+", default=["A", "B"], choices=list(PROTOCOLS))
   parser.add_argument("--set", action="append", default=[])
+  parser.add_argument("--output", default="protocol",
+                      help="results are written to <output>_<protocol>.json")
   args = parser.parse_args()
   for name in args.protocols:
     result = run_protocol(name, args.seeds, args.set)
-    path = write_result(f"protocol_{name.lower()}", result)
+    path = write_result(f"{args.output}_{name.lower()}", result)
     print(f"protocol {name}: " + ", ".join(
         f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in result["metrics"].items())
         + f" -> {path}")

@@ -251,8 +251,9 @@ class SequenceConfig:
   """The query tower's view of the user's recent items (the `history` feature).
 
   Attributes:
-    type: `none`, `gru` (a GRU over the items, oldest to newest) or
-      `attention` (attention pooling with a learned recency embedding).
+    type: `none`, `mean` (the average item embedding, order-free), `gru` (a
+      GRU over the items, oldest to newest) or `attention` (attention
+      pooling with a learned recency embedding).
     length: number of most recent earlier training interactions used; only
       interactions strictly before an example's timestamp are ever used.
   """
@@ -260,7 +261,7 @@ class SequenceConfig:
   length: int = 20
 
   def _validate(self):
-    _one_of("type", self.type, ("none", "gru", "attention"))
+    _one_of("type", self.type, ("none", "mean", "gru", "attention"))
     if self.length < 1:
       raise ConfigError("length: must be at least 1")
 

@@ -56,3 +56,9 @@ def test_history_needs_timestamps():
   train = pd.DataFrame({"user_id": ["u"], "item_id": ["a"]})
   with pytest.raises(DataError, match=r"history feature needs a 'timestamp' column"):
     add_history_column(train, train, length=2)
+
+
+def test_item_ids_with_the_separator_are_refused():
+  train = pd.DataFrame({"user_id": ["u"], "item_id": ["a|b"], "timestamp": [1]})
+  with pytest.raises(DataError, match=r"item_id: 'a\|b' contains '\|'"):
+    add_history_column(train, train, length=2)

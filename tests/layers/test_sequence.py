@@ -7,7 +7,7 @@ import tensorflow as tf
 from tfmtl.layers import SequencePooling
 
 
-@pytest.mark.parametrize("kind", ["gru", "attention"])
+@pytest.mark.parametrize("kind", ["mean", "gru", "attention"])
 def test_pooling_shape_padding_and_gradients(kind):
   pooling = SequencePooling(kind, num_items=10, dim=6, length=4)
   items = tf.constant([[3, 1, 2, 0], [5, 0, 0, 0], [0, 0, 0, 0]])
@@ -19,8 +19,8 @@ def test_pooling_shape_padding_and_gradients(kind):
   np.testing.assert_allclose(pooled[2].numpy(), 0.0)  # no history, zero vector
   # One item then padding pools to that one item alone: padding adds nothing.
   item = pooling.item_embedding(tf.constant([[5]]))
-  alone = (pooling.gru(item) if kind == "gru" else
-           item[:, 0] + pooling.recency_embedding(tf.constant([0])))
+  alone = {"mean": lambda: item[:, 0], "gru": lambda: pooling.gru(item),
+           "attention": lambda: item[:, 0] + pooling.recency_embedding(tf.constant([0]))}[kind]()
   np.testing.assert_allclose(pooled[1].numpy(), alone[0].numpy(), atol=1e-6)
 
 

@@ -74,6 +74,10 @@ def add_history_column(train: pd.DataFrame, interactions: pd.DataFrame,
   """`interactions` with a `history` column built from `train` (module doc)."""
   _require_timestamps(train, "train interactions")
   _require_timestamps(interactions, "interactions")
+  joined_ids = train[ITEM_ID].astype(str).str.contains(HISTORY_SEPARATOR, regex=False)
+  if joined_ids.any():
+    raise DataError(f"{ITEM_ID}: {train[ITEM_ID][joined_ids].iloc[0]!r} contains "
+                    f"{HISTORY_SEPARATOR!r}, which separates the items of the history feature")
   history = _items_before(train, interactions[USER_ID].to_numpy(object),
                           interactions[TIMESTAMP].to_numpy(np.float64), length)
   return interactions.assign(**{HISTORY: history})

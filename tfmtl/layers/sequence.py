@@ -3,6 +3,7 @@
 The history arrives as item indices, most recent first, 0-padded
 ([batch, length]). Items are embedded (index 0 masked) and pooled:
 
+- `mean`: the average of the item embeddings (order-free: a bag of items);
 - `gru`: a GRU reads them oldest to newest; its last state is the vector;
 - `attention`: each item plus a learned recency (position) embedding is
   scored by a small MLP; the vector is the softmax-weighted sum.
@@ -29,7 +30,7 @@ class SequencePooling(keras.layers.Layer):
   """Embeds and pools a 0-padded sequence of item indices (see module doc).
 
   Args:
-    kind: `gru` or `attention`.
+    kind: `mean`, `gru` or `attention`.
     num_items: number of item indices (OOV / padding 0 included).
     dim: width of the item embeddings and of the output.
     length: sequence length (the recency embedding of `attention`).
@@ -37,13 +38,13 @@ class SequencePooling(keras.layers.Layer):
 
   def __init__(self, kind: str, num_items: int, dim: int, length: int, **kwargs):
     super().__init__(**kwargs)
-    if kind not in ("gru", "attention"):
-      raise ValueError(f"unknown sequence pooling {kind!r}; expected gru or attention")
+    if kind not in ("mean", "gru", "attention"):
+      raise ValueError(f"unknown sequence pooling {kind!r}; expected mean, gru or attention")
     self.kind = kind
     self.item_embedding = keras.layers.Embedding(num_items, dim, name="item_embedding")
     if kind == "gru":
       self.gru = keras.layers.GRU(dim, name="gru")
-    else:
+    elif kind == "attention":
       self.recency_embedding = keras.layers.Embedding(length, dim, name="recency_embedding")
       self.score_hidden = keras.layers.Dense(dim, activation="tanh", name="score_hidden")
       self.score = keras.layers.Dense(1, name="score")
@@ -51,6 +52,10 @@ class SequencePooling(keras.layers.Layer):
   def call(self, items: tf.Tensor) -> tf.Tensor:
     mask = items > 0
     embedded = self.item_embedding(items)
+    if self.kind == "mean":
+      weights = tf.cast(mask, tf.float32)
+      weights /= tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1.0)
+      return tf.einsum("bl,bld->bd", weights, embedded)
     if self.kind == "gru":  # oldest first; masked steps keep the state
       return self.gru(tf.reverse(embedded, [1]), mask=tf.reverse(mask, [1]))
     embedded += self.recency_embedding(tf.range(tf.shape(items)[1]))
