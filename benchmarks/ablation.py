@@ -11,7 +11,7 @@ does not produce (RMSE of `retrieval_only`) is absent from its row. To add a row
 
     python benchmarks/ablation.py [--rows NAME ...] [--protocols A B]
         [--seeds 0 1 2] [--set KEY=VALUE ...] [--results-dir DIR]
-        [--markdown FILE | --no-table] [--update-protocols --best NAME]
+        [--markdown FILE | --no-table] [--keep-protocols]
     python benchmarks/ablation.py --table-only [--results-dir DIR]
 
 Writes <results-dir>/ablation.json (default benchmarks/results):
@@ -27,11 +27,10 @@ The table of ablation.json then goes into BENCHMARKS.md between the
 `<!-- ablation:start -->` and `<!-- ablation:end -->` lines (the section is
 appended when they are absent); `--table-only` only does that.
 
-`--update-protocols --best NAME` also rewrites protocol_a.json and
-protocol_b.json with row NAME's runs, as protocols.py writes them. NAME must
-be a joint model (retrieval and rating tasks) chosen on validation data
-(protocol B's validation split, a validation cut of protocol A's training
-data), never on this benchmark's numbers: they are test metrics.
+The run also rewrites protocol_a.json and protocol_b.json, as protocols.py
+writes them, with the best joint row (retrieval and rating tasks, run on
+both protocols): the one with the highest protocol B *validation* NDCG@10,
+never chosen on the test metrics. `--keep-protocols` leaves them alone.
 """
 
 from __future__ import annotations
@@ -91,7 +90,7 @@ compare configs; they do not choose the model above (validation data does).
 
 
 def check_rows(names: list[str], protocols: list[str], seeds: list[int],
-               extra: list[str], best: str | None) -> list[str]:
+               extra: list[str]) -> list[str]:
   """What is wrong with the requested rows' configs, one line each."""
   errors = []
   for name in names:
@@ -102,11 +101,18 @@ def check_rows(names: list[str], protocols: list[str], seeds: list[int],
         errors.append(f"row {name!r} (protocol {protocol}): {error} "
                       "(leave the row out with --rows)")
         break
-      types = {task.type for task in config.tasks.values()}
-      if name == best and not {"retrieval", "regression"} <= types:
-        errors.append(f"--best {name}: not a joint model (tasks: {sorted(config.tasks)})")
-        break
   return errors
+
+
+def best_joint_row(summaries: dict[tuple[str, str], dict]) -> str | None:
+  """The row with retrieval and rating metrics on A and B whose protocol B
+  validation NDCG@10 is highest (None without such a row)."""
+  scores = {name: summary["validation_metrics"]["ndcg@10"]["mean"]
+            for (name, protocol), summary in summaries.items()
+            if protocol == "B" and (name, "A") in summaries
+            and {"recall@10", "rmse"} <= set(summary["metrics"])
+            and "ndcg@10" in summary.get("validation_metrics", {})}
+  return max(scores, key=scores.get) if scores else None
 
 
 def render_table(result: dict) -> str:
@@ -180,15 +186,9 @@ def main():
                       help="print the table but write no Markdown file")
   parser.add_argument("--table-only", action="store_true",
                       help="only render the existing ablation.json's table")
-  parser.add_argument("--update-protocols", action="store_true",
-                      help="rewrite protocol_a/b.json with the --best row's runs")
-  parser.add_argument("--best", choices=list(ROWS), metavar="NAME",
-                      help="the joint row chosen on validation data (never on test metrics)")
+  parser.add_argument("--keep-protocols", action="store_true",
+                      help="do not rewrite protocol_a/b.json with the best joint row")
   args = parser.parse_args()
-  if args.update_protocols != (args.best is not None):
-    parser.error("--update-protocols and --best NAME go together")
-  if args.best and args.best not in args.rows:
-    parser.error(f"--best {args.best}: not among --rows")
   markdown = None if args.no_table else args.markdown
   path = args.results_dir / "ablation.json"
   previous = json.loads(path.read_text()) if path.exists() else {"rows": [], "seeds": []}
@@ -197,7 +197,7 @@ def main():
       sys.exit(f"{path}: no ablation results to render")
     return publish_table(previous, markdown)
 
-  errors = check_rows(args.rows, args.protocols, args.seeds, args.set, args.best)
+  errors = check_rows(args.rows, args.protocols, args.seeds, args.set)
   if errors:
     sys.exit("\n".join(errors))
   kept = [row for row in previous["rows"]
@@ -218,10 +218,12 @@ def main():
   path = write_result("ablation", {"rows": rows, "seeds": args.seeds}, args.results_dir)
   (args.results_dir / "ablation.partial.json").unlink(missing_ok=True)
   print(f"-> {path}")
-  if args.best:
-    for protocol in args.protocols:
+  best = best_joint_row(summaries)
+  if best and not args.keep_protocols:
+    print(f"best joint row on protocol B validation NDCG@10: {best}")
+    for protocol in ("A", "B"):
       print("-> " + str(write_result(f"protocol_{protocol.lower()}",
-                                     summaries[args.best, protocol], args.results_dir)))
+                                     summaries[best, protocol], args.results_dir)))
   publish_table(json.loads(path.read_text()), markdown)
 
 
