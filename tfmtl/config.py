@@ -124,6 +124,7 @@ class SplitConfig:
 TASK_TYPES = ("retrieval", "regression", "binary", "implicit", "classification",
               "reconstruction")
 RANKING_TASK_TYPES = ("regression", "binary", "implicit")
+TOWER_TASK_TYPES = ("classification", "reconstruction")
 
 
 @dataclasses.dataclass
@@ -383,12 +384,8 @@ class ExperimentConfig:
 
   @property
   def history_length(self) -> int:
-    """Length of the `history` feature: 0 unless the sequence tower or a
-    reconstruction task reads it."""
-    if self.model.sequence.type == "none" and not any(
-        task.type == "reconstruction" for task in self.tasks.values()):
-      return 0
-    return self.model.sequence.length
+    """Length of the `history` feature (see `history_length`)."""
+    return history_length(self.model, self.tasks)
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
@@ -438,6 +435,15 @@ class ExperimentConfig:
       except yaml.YAMLError:
         raise ConfigError(f"override {override!r}: value is not valid YAML") from None
     return ExperimentConfig.from_dict(values)
+
+
+def history_length(model: ModelConfig, tasks: dict[str, TaskConfig]) -> int:
+  """Length of the `history` feature: 0 unless the sequence tower or a
+  reconstruction task reads it."""
+  if model.sequence.type == "none" and not any(
+      task.type == "reconstruction" for task in tasks.values()):
+    return 0
+  return model.sequence.length
 
 
 def _one_of(field: str, value: Any, allowed: tuple[str, ...], what: str = "value"):

@@ -37,13 +37,14 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfmtl.config import RANKING_TASK_TYPES, ModelConfig, TaskConfig, default_tasks
+from tfmtl.config import (RANKING_TASK_TYPES, TOWER_TASK_TYPES, ModelConfig, TaskConfig,
+                          default_tasks, history_length)
 from tfmtl.data.pipeline import encode_examples
 from tfmtl.data.schema import HISTORY, ITEM_ID, USER_ID, table_arrays
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers import (FeatureTower, PredictionHead, RankingHeads, SequencePooling,
                           make_block)
-from tfmtl.tasks import make_task, task_labels, task_predictions
+from tfmtl.tasks import make_task, task_labels, task_predictions, tower_task_side
 from tfmtl.weighting import make_weighting
 
 
@@ -93,9 +94,10 @@ class MultiTaskModel(tfrs.Model):
     self.task_configs = dict(tasks or default_tasks())
     self.training_metrics = training_metrics
     self.encoder = vocabulary.encoder()
-    self.task_sides = {name: _label_side(name, task, vocabulary)
+    self.task_sides = {name: tower_task_side(name, task, vocabulary.user_features,
+                                             vocabulary.item_features)
                        for name, task in self.task_configs.items()
-                       if task.type in ("classification", "reconstruction")}
+                       if task.type in TOWER_TASK_TYPES}
     predicted = {side for name, side in self.task_sides.items()
                  if self.task_configs[name].type == "classification"}
     sizes = {name: vocabulary.size(name) for name in
@@ -106,8 +108,7 @@ class MultiTaskModel(tfrs.Model):
                       hidden_layers=config.tower_layers, l2=config.l2,
                       normalize=config.normalize_embeddings)
     sequence = config.sequence
-    reads_history = sequence.type != "none" or "reconstruction" in {
-        task.type for task in self.task_configs.values()}
+    reads_history = bool(history_length(config, self.task_configs))
     if reads_history != bool(vocabulary.history_length):
       raise ValueError(
           f"the model {'reads' if reads_history else 'does not read'} the history feature "
@@ -264,21 +265,3 @@ def _by_item_index(item_indices: np.ndarray, values: np.ndarray, num_items: int)
   known = item_indices > 0
   table[item_indices[known]] = values[known]
   return table
-
-
-def _label_side(name: str, task: TaskConfig,
-                vocabulary: FeatureVocabulary) -> tuple[str, str]:
-  """(`query` | `candidate`, feature): the tower a task reads, and its label."""
-  if task.type == "reconstruction":
-    if getattr(vocabulary.item_features.get(task.label), "type", None) != "multi_categorical":
-      raise ValueError(f"tasks.{name}.label: {task.label!r} is not a multi_categorical item "
-                       f"feature (item features: {sorted(vocabulary.item_features)})")
-    return "query", task.label
-  if task.label in vocabulary.user_features:
-    return "query", task.label
-  if task.label in vocabulary.item_features:
-    return "candidate", task.label
-  raise ValueError(
-      f"tasks.{name}.label: {task.label!r} is not a user or item feature "
-      f"(user features: {sorted(vocabulary.user_features)}, item features: "
-      f"{sorted(vocabulary.item_features)})")

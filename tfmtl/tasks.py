@@ -36,7 +36,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfmtl.config import FeatureConfig, TaskConfig
+from tfmtl.config import ConfigError, FeatureConfig, TaskConfig
 
 _NONE = keras.losses.Reduction.NONE
 
@@ -72,6 +72,25 @@ def make_task(name: str, config: TaskConfig,
   return tfrs.tasks.Ranking(
       loss=keras.losses.BinaryCrossentropy(from_logits=True, reduction=_NONE),
       metrics=metrics, name=name)
+
+
+def tower_task_side(name: str, task: TaskConfig, user_features: dict[str, FeatureConfig],
+                    item_features: dict[str, FeatureConfig]) -> tuple[str, str]:
+  """(`query` | `candidate`, feature): the tower a classification or
+  reconstruction task reads, and its label; `ConfigError` if the label is
+  not a feature it can predict."""
+  if task.type == "reconstruction":
+    if getattr(item_features.get(task.label), "type", None) != "multi_categorical":
+      raise ConfigError(f"tasks.{name}.label: {task.label!r} is not a multi_categorical item "
+                        f"feature (item features: {sorted(item_features)})")
+    return "query", task.label
+  if task.label in user_features:
+    return "query", task.label
+  if task.label in item_features:
+    return "candidate", task.label
+  raise ConfigError(f"tasks.{name}.label: {task.label!r} is not a user or item feature "
+                    f"(user features: {sorted(user_features)}, item features: "
+                    f"{sorted(item_features)})")
 
 
 def task_labels(config: TaskConfig, features: dict[str, tf.Tensor]) -> tf.Tensor:

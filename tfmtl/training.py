@@ -26,7 +26,7 @@ from typing import NamedTuple, Optional
 import pandas as pd
 import tf_keras as keras
 
-from tfmtl.config import ConfigError, ExperimentConfig
+from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig
 from tfmtl.data.history import add_history
 from tfmtl.data.pipeline import make_dataset
 from tfmtl.data.schema import InteractionData
@@ -34,6 +34,7 @@ from tfmtl.data.sources import load_data
 from tfmtl.data.splits import Split, split_interactions
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
+from tfmtl.tasks import tower_task_side
 
 logger = logging.getLogger("tfmtl")
 
@@ -51,15 +52,9 @@ class Prepared(NamedTuple):
 def prepare(config: ExperimentConfig) -> Prepared:
   """Loads the data, splits it and builds vocabularies from the train split."""
   data = load_data(config.data)
-  features = {**data.user_features, **data.item_features}
   for name, task in config.tasks.items():
-    if task.type == "classification" and task.label not in features:
-      raise ConfigError(f"tasks.{name}.label: {task.label!r} is not a user or item "
-                        f"feature (features: {sorted(features)})")
-    if task.type == "reconstruction" and getattr(
-        data.item_features.get(task.label), "type", None) != "multi_categorical":
-      raise ConfigError(f"tasks.{name}.label: {task.label!r} is not a multi_categorical "
-                        f"item feature (item features: {sorted(data.item_features)})")
+    if task.type in TOWER_TASK_TYPES:
+      tower_task_side(name, task, data.user_features, data.item_features)
     if task.type in ("regression", "binary") and task.label not in data.label_columns:
       raise ConfigError(f"tasks.{name}.label: column {task.label!r} is not in the "
                         f"interactions (numeric columns: {data.label_columns})")
