@@ -49,3 +49,9 @@ def tiny_data():
   interactions, users, items = make_tiny_frames()
   return tfmtl.data.InteractionData.from_frames(
       interactions, users, items, TINY_USER_FEATURES, TINY_ITEM_FEATURES, name="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_frames():
+  """`make_tiny_frames` and the tiny user features, to build variants of the set."""
+  return make_tiny_frames, TINY_USER_FEATURES

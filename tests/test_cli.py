@@ -67,6 +67,10 @@ def test_data_summarises_the_source(tmp_path, config_file):
     (["--set", "model.embeding_dim=3"], "unknown key 'model.embeding_dim'"),
     (["--set", "data.interactions=missing.csv"], "missing.csv: file not found"),
     (["--set", "train.optimizer=nesterov"], "train.optimizer: unknown optimizer 'nesterov'"),
+    (["--set", "content.encoder=minilm", "--set", "content.table=no_table"],
+     "no_table: not a readable item content table"),
+    (["--set", "content.encoder=minilm", "--set", "content.text='{plot}'"],
+     "content.text: '{plot}' names item column(s) ['plot']"),
 ])
 def test_errors_are_one_clear_line_without_a_traceback(tmp_path, config_file, args, message):
   result = _tfmtl("train", "--config", str(config_file), *args, cwd=tmp_path)
@@ -100,3 +104,16 @@ def test_the_auxiliary_config_runs_on_movielens_and_exports_the_history_input(tm
                          gender=tf.constant(["M"]), occupation=tf.constant(["technician"]),
                          zip_code=tf.constant(["85711"]), history=tf.constant(["50|172|133"]))
   assert recommended["item_ids"].shape == (1, 100)
+
+
+def test_encode_items_writes_a_table_that_training_reads(tmp_path):
+  from tfmtl.content import ItemContentTable
+  table = tmp_path / "minilm_titles"
+  result = _tfmtl("encode-items", "--set", "content.encoder=minilm", "--set",
+                  "content.text='{title} ({year})'", "--output", str(table), cwd=tmp_path)
+  assert "1682 items, 384-d vectors" in result.stdout, result.stderr[-2000:]
+  loaded = ItemContentTable.load(table)
+  assert loaded.recipe == "{title} ({year})" and loaded.vectors.shape == (1682, 384)
+  result = _tfmtl("data", "--set", f"content.table={table}", "--set", "content.encoder=minilm",
+                  cwd=tmp_path)
+  assert result.returncode == 0 and "100,000 interactions" in result.stdout, result.stderr[-2000:]

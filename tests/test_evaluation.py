@@ -44,6 +44,16 @@ def test_validation_items_are_removed_too():
   assert retrieval_metrics(scorer, split, ks=[1])["hit@1"] == 1.0
 
 
+def test_candidates_limit_the_ranking_to_the_held_out_items():
+  # a and b are better scored but are not candidates: c ranks first.
+  scorer = FixedScorer(list("abcde"), [5, 4, 3, 2, 1])
+  split = Split(_frame([("v", "a")]), _frame([]), _frame([("u", "d")]))
+  everything = retrieval_metrics(scorer, split, ks=[1, 2])
+  held_out = retrieval_metrics(scorer, split, ks=[1, 2], candidates=["c", "d"])
+  assert everything["hit@2"] == 0.0
+  assert held_out["hit@1"] == 0.0 and held_out["hit@2"] == 1.0 and held_out["mrr@2"] == 0.5
+
+
 def test_metrics_average_over_users_with_test_items():
   scorer = FixedScorer(list("abc"), [3, 2, 1])
   split = Split(_frame([("v", "c")]), _frame([]), _frame([("u", "a"), ("w", "c")]))

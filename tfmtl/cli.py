@@ -1,6 +1,8 @@
 """The `tfmtl` command: thin subcommands over the Python API.
 
     tfmtl data     [--config FILE] [--set KEY=VALUE ...]   fetch and check the data
+    tfmtl encode-items [--config FILE] [--set ...] [--output DIR]
+                                                           item text -> content vectors
     tfmtl train    [--config FILE] [--set KEY=VALUE ...]   fit; write runs/<name>/
     tfmtl evaluate --run DIR                               test-split metrics
     tfmtl export   --run DIR [--base-path P] [--version N] SavedModel for TF Serving
@@ -41,12 +43,15 @@ def _print_metrics(metrics: dict, baseline: dict) -> None:
 
 def _evaluate(config, prepared, model) -> dict:
   from tfmtl import evaluation
+  from tfmtl.data.splits import held_out_candidates
   logging.getLogger("tfmtl").info("Evaluating on %d test interactions over %d items",
                                   len(prepared.split.test), len(prepared.data.items))
   ks = config.evaluate.ks
+  candidates = held_out_candidates(config.split, prepared.split.test)
   return {"model": evaluation.evaluate_model(model, prepared.data, prepared.split, ks,
-                                             config.evaluate.batch_size),
-          "popularity": evaluation.evaluate_popularity(prepared.data, prepared.split, ks)}
+                                             config.evaluate.batch_size, candidates),
+          "popularity": evaluation.evaluate_popularity(prepared.data, prepared.split, ks,
+                                                       candidates)}
 
 
 def _export(config, model, base_path=None, version=None) -> Path:
@@ -61,6 +66,24 @@ def cmd_data(args) -> None:
   from tfmtl import training
   prepared = training.prepare(_config(args))
   print(prepared.data.summary())
+
+
+def cmd_encode_items(args) -> None:
+  from tfmtl.config import ConfigError
+  from tfmtl.content import encode_item_content
+  from tfmtl.data.sources import load_data
+  config = _config(args)
+  if config.content.encoder == "none":
+    raise ConfigError("content.encoder: is none; name an encoder, e.g. "
+                      "--set content.encoder=minilm")
+  table = encode_item_content(load_data(config.data).items, config.content,
+                              config.data.cache_dir)
+  if args.output:
+    table.save(args.output)
+  print(f"{len(table.item_ids)} items, {table.dim}-d vectors from {table.encoder}, "
+        f"text {table.recipe!r}" + (f" -> {args.output} (train with "
+                                     f"--set content.table={args.output})"
+                                     if args.output else " (cached for training)"))
 
 
 def cmd_train(args) -> dict:
@@ -111,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
 
   with_config(commands.add_parser("data", help="fetch, check and summarise the data")
               ).set_defaults(handler=cmd_data)
+  encode = with_config(commands.add_parser(
+      "encode-items", help="encode item text with the content encoder (cached)"))
+  encode.add_argument("--output", help="also write the table to this folder")
+  encode.set_defaults(handler=cmd_encode_items)
   with_config(commands.add_parser("train", help="train and save a run")
               ).set_defaults(handler=cmd_train)
   evaluate = commands.add_parser("evaluate", help="evaluate a saved run")

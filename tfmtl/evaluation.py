@@ -97,10 +97,17 @@ def _columns(scorer: Scorer, item_ids: pd.Series) -> np.ndarray:
 
 
 def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50, 100),
-                      batch_size: int = 512) -> dict[str, float]:
-  """Protocol A top-k accuracy and protocol B full-ranking metrics on `split.test`."""
+                      batch_size: int = 512,
+                      candidates: Optional[Sequence[str]] = None) -> dict[str, float]:
+  """Protocol A top-k accuracy and protocol B full-ranking metrics on `split.test`.
+
+  `candidates` (item ids) limits the ranking to those items (protocol C's
+  held-out items); by default every catalogue item is a candidate.
+  """
   ks = sorted(set(ks))
-  max_k = min(max(ks), len(scorer.catalogue))
+  excluded = (np.empty(0, np.int64) if candidates is None else np.flatnonzero(
+      ~pd.Index(scorer.catalogue).isin(pd.Index(candidates))))
+  max_k = min(max(ks), len(scorer.catalogue) - len(excluded))
   seen = pd.concat([split.train, split.validation])
   seen = seen.assign(column=_columns(scorer, seen[ITEM_ID]))
   test = split.test.assign(column=_columns(scorer, split.test[ITEM_ID]))
@@ -114,6 +121,7 @@ def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50,
   for start in range(0, len(users), batch_size):
     batch = users[start:start + batch_size]
     scores = np.array(scorer.scores(batch), dtype=np.float32)
+    scores[:, excluded] = -np.inf
     # Protocol A: the test item's score against each user's k-th best score.
     kth_best = tf.math.top_k(scores, k=max_k).values.numpy()
     for row, user in enumerate(batch):
@@ -177,19 +185,22 @@ def ranking_metrics(model, data: InteractionData, test: pd.DataFrame,
 
 
 def evaluate_model(model, data: InteractionData, split: Split,
-                   ks: Sequence[int] = (10, 50, 100),
-                   batch_size: int = 512) -> dict[str, float]:
-  """Every retrieval and ranking metric of `model` on `split.test`."""
+                   ks: Sequence[int] = (10, 50, 100), batch_size: int = 512,
+                   candidates: Optional[Sequence[str]] = None) -> dict[str, float]:
+  """Every retrieval and ranking metric of `model` on `split.test`
+  (`candidates`: see `retrieval_metrics`)."""
   metrics = {}
   if any(t.type == "retrieval" for t in model.task_configs.values()):
     metrics.update(retrieval_metrics(ModelScorer(model, data, split.train), split, ks,
-                                     batch_size))
+                                     batch_size, candidates))
   metrics.update(ranking_metrics(model, data, split.test))
   return metrics
 
 
 def evaluate_popularity(data: InteractionData, split: Split,
-                        ks: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
+                        ks: Sequence[int] = (10, 50, 100),
+                        candidates: Optional[Sequence[str]] = None) -> dict[str, float]:
   """The popularity baseline's retrieval metrics on `split.test`."""
   catalogue = data.items[ITEM_ID].to_numpy(dtype=object)
-  return retrieval_metrics(PopularityScorer(split.train, catalogue), split, ks)
+  return retrieval_metrics(PopularityScorer(split.train, catalogue), split, ks,
+                           candidates=candidates)

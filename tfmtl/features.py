@@ -74,6 +74,8 @@ class FeatureVocabulary:
       seen = table[table[id_column].isin(train[id_column])]
       for name, spec in specs.items():
         values = seen[name]
+        if spec.type == "vector":
+          continue  # read as is
         if spec.type == "bucketized":
           quantiles = np.linspace(0, 1, spec.num_buckets + 1)[1:-1]
           finite = values.to_numpy(dtype=np.float64)
@@ -143,6 +145,8 @@ class FeatureEncoder(keras.layers.Layer):
         ITEM_ID: keras.layers.StringLookup(vocabulary=vocabulary.item_ids),
     }
     for name, spec in self.specs.items():
+      if spec.type == "vector":
+        continue  # passes through
       if spec.type == "bucketized":
         self.lookups[name] = keras.layers.Discretization(
             bin_boundaries=vocabulary.boundaries[name])
@@ -160,13 +164,18 @@ class FeatureEncoder(keras.layers.Layer):
   @property
   def raw_signature(self) -> dict[str, tf.TensorSpec]:
     """Dtypes of the raw features, by name."""
-    return {name: tf.TensorSpec([None], tf.float32 if name in self.vocabulary.boundaries
-                                else tf.string, name=name)
+    def spec(name):
+      if name in self.specs and self.specs[name].type == "vector":
+        return tf.TensorSpec([None, self.specs[name].dim], tf.float32, name=name)
+      return tf.TensorSpec([None], tf.float32 if name in self.vocabulary.boundaries
+                           else tf.string, name=name)
+    return {name: spec(name)
             for name in (*self.user_inputs, ITEM_ID, *self.vocabulary.item_features)}
 
   def missing(self, batch_size: int = 1) -> dict[str, tf.Tensor]:
-    """Raw features with every value missing (they encode to OOV)."""
-    return {name: tf.fill([batch_size], float("nan") if spec.dtype == tf.float32 else "")
+    """Raw features with every value missing (OOV; zero vectors)."""
+    return {name: (tf.zeros([batch_size, *spec.shape[1:]]) if spec.shape.rank == 2 else
+                   tf.fill([batch_size], float("nan") if spec.dtype == tf.float32 else ""))
             for name, spec in self.raw_signature.items()}
 
   def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -40,7 +40,7 @@ import tf_keras as keras
 from tfmtl.config import (RANKING_TASK_TYPES, TOWER_TASK_TYPES, ModelConfig, TaskConfig,
                           default_tasks, history_length)
 from tfmtl.data.pipeline import encode_examples
-from tfmtl.data.schema import HISTORY, ITEM_ID, USER_ID, table_arrays
+from tfmtl.data.schema import HISTORY, ITEM_ID, USER_ID, table_arrays, vector_dims
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers import (FeatureTower, PredictionHead, RankingHeads, SequencePooling,
                           make_block)
@@ -100,8 +100,9 @@ class MultiTaskModel(tfrs.Model):
                        if task.type in TOWER_TASK_TYPES}
     predicted = {side for name, side in self.task_sides.items()
                  if self.task_configs[name].type == "classification"}
-    sizes = {name: vocabulary.size(name) for name in
-             (USER_ID, ITEM_ID, *vocabulary.user_features, *vocabulary.item_features)}
+    sizes = {name: vocabulary.size(name) for name, spec in
+             {USER_ID: None, ITEM_ID: None, **vocabulary.user_features,
+              **vocabulary.item_features}.items() if getattr(spec, "type", "") != "vector"}
     tower_args = dict(embedding_dim=config.embedding_dim,
                       id_embedding_dim=config.id_embedding_dim,
                       feature_embedding_dim=config.feature_embedding_dim,
@@ -156,7 +157,8 @@ class MultiTaskModel(tfrs.Model):
     self.item_probability = tf.constant(vocabulary.item_probabilities())
 
     self.catalogue_item_ids = catalogue[ITEM_ID].to_numpy(dtype=object)
-    raw = table_arrays(catalogue, [ITEM_ID, *vocabulary.item_features])
+    raw = table_arrays(catalogue, [ITEM_ID, *vocabulary.item_features],
+                       vector_dims(vocabulary.item_features))
     encoded = encode_examples(self.encoder, raw)
     self.catalogue_features = {k: tf.constant(v) for k, v in encoded.items()}
     self.item_feature_tables = {  # item index -> the feature's multi-hot

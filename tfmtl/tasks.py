@@ -84,10 +84,12 @@ def tower_task_side(name: str, task: TaskConfig, user_features: dict[str, Featur
       raise ConfigError(f"tasks.{name}.label: {task.label!r} is not a multi_categorical item "
                         f"feature (item features: {sorted(item_features)})")
     return "query", task.label
-  if task.label in user_features:
-    return "query", task.label
-  if task.label in item_features:
-    return "candidate", task.label
+  for side, features in (("query", user_features), ("candidate", item_features)):
+    if task.label in features:
+      if features[task.label].type == "vector":
+        raise ConfigError(f"tasks.{name}.label: {task.label!r} is a vector feature, "
+                          "which a classification task cannot predict")
+      return side, task.label
   raise ConfigError(f"tasks.{name}.label: {task.label!r} is not a user or item feature "
                     f"(user features: {sorted(user_features)}, item features: "
                     f"{sorted(item_features)})")

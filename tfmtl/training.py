@@ -27,6 +27,7 @@ import pandas as pd
 import tf_keras as keras
 
 from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig
+from tfmtl.content import encode_item_content, with_content
 from tfmtl.data.history import add_history
 from tfmtl.data.pipeline import make_dataset
 from tfmtl.data.schema import InteractionData
@@ -52,6 +53,9 @@ class Prepared(NamedTuple):
 def prepare(config: ExperimentConfig) -> Prepared:
   """Loads the data, splits it and builds vocabularies from the train split."""
   data = load_data(config.data)
+  if config.content.encoder != "none":
+    data = with_content(data, encode_item_content(data.items, config.content,
+                                                  config.data.cache_dir))
   for name, task in config.tasks.items():
     if task.type in TOWER_TASK_TYPES:
       tower_task_side(name, task, data.user_features, data.item_features)

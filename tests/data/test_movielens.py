@@ -3,7 +3,7 @@
 import pytest
 
 from tfmtl.data import DataError, fetch_movielens_100k, load_tfds_movielens
-from tfmtl.data import movielens
+from tfmtl.data import wheels
 
 
 def test_offline_movielens_is_the_real_100k(movielens):
@@ -26,7 +26,7 @@ def test_the_unknown_release_year_is_missing_not_a_crash(movielens):
 
 def test_fetch_reuses_the_verified_cache(tmp_path, monkeypatch):
   folder = fetch_movielens_100k(tmp_path)
-  monkeypatch.setattr(movielens, "_download_wheel",
+  monkeypatch.setattr(wheels, "download_wheel",
                       lambda *_: pytest.fail("downloaded although the cache is valid"))
   assert fetch_movielens_100k(tmp_path) == folder
 
@@ -35,14 +35,14 @@ def test_a_corrupt_cache_is_fetched_again(tmp_path):
   folder = fetch_movielens_100k(tmp_path)
   (folder / "ml-100k.inter").write_text("user_id:token\n")
   folder = fetch_movielens_100k(tmp_path)
-  assert movielens._sha256(folder / "ml-100k.inter") == movielens._FILES_SHA256["ml-100k.inter"]
+  assert wheels.sha256(folder / "ml-100k.inter") == wheels.RECBOLE_ML_100K.files["ml-100k.inter"]
 
 
 def test_a_failed_download_leaves_no_partial_folder(tmp_path, monkeypatch):
-  def fail(folder):
+  def fail(spec, folder, what):
     (folder / "partial.whl").write_text("half")
     raise DataError("network down")
-  monkeypatch.setattr(movielens, "_download_wheel", fail)
+  monkeypatch.setattr(wheels, "download_wheel", fail)
   with pytest.raises(DataError, match="network down"):
     fetch_movielens_100k(tmp_path)
   assert list(tmp_path.iterdir()) == []

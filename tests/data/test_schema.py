@@ -94,3 +94,21 @@ def test_examples_join_features_onto_interactions(tiny_data):
                            "rating"}
   assert all(len(v) == 5 for v in examples.values())
   assert examples["rating"].dtype == np.float32 and examples["genres"].dtype == object
+
+
+def test_vector_features_must_have_their_width():
+  items = pd.DataFrame({"item_id": ["i1", "i2"],
+                        "content": [np.ones(3, np.float32), np.ones(2, np.float32)]})
+  with pytest.raises(DataError, match=r"items: column 'content' must hold 3 finite floats.*row 2"):
+    InteractionData.from_frames(
+        pd.DataFrame({"user_id": ["u"], "item_id": ["i1"]}), items=items,
+        item_features={"content": FeatureConfig("vector", dim=3)})
+
+
+def test_vector_features_are_zero_where_missing_and_stack_into_examples():
+  items = pd.DataFrame({"item_id": ["i1"], "content": [np.array([1.0, 2.0], np.float32)]})
+  data = InteractionData.from_frames(
+      pd.DataFrame({"user_id": ["u", "u"], "item_id": ["i1", "i9"]}), items=items,
+      item_features={"content": FeatureConfig("vector", dim=2)})
+  examples = data.examples(data.interactions)
+  np.testing.assert_array_equal(examples["content"], [[1.0, 2.0], [0.0, 0.0]])

@@ -6,6 +6,7 @@ import pytest
 from tfmtl.config import SplitConfig
 from tfmtl.data import DataError, per_user_split, random_split, split_interactions
 from tfmtl.data import temporal_split
+from tfmtl.data.splits import cold_item_split, held_out_candidates
 
 
 def _keys(frame: pd.DataFrame) -> set:
@@ -24,7 +25,7 @@ def test_same_seed_same_split_other_seed_other_split(movielens, make_split):
   assert not first.test.equals(other.test)
 
 
-@pytest.mark.parametrize("protocol", ["random", "per_user", "temporal"])
+@pytest.mark.parametrize("protocol", ["random", "per_user", "temporal", "cold_items"])
 def test_parts_are_disjoint_and_cover_every_interaction(movielens, protocol):
   interactions = movielens.interactions
   split = split_interactions(interactions, SplitConfig(protocol=protocol))
@@ -61,3 +62,16 @@ def test_temporal_split_holds_out_each_users_latest_interactions(movielens):
 def test_temporal_split_needs_timestamps():
   with pytest.raises(DataError, match="no 'timestamp' column"):
     temporal_split(pd.DataFrame({"user_id": ["a"], "item_id": ["b"]}))
+
+
+def test_cold_item_split_holds_out_whole_items(movielens):
+  interactions = movielens.interactions
+  split = cold_item_split(interactions, (0.8, 0.1, 0.1), seed=42)
+  items = [set(part["item_id"]) for part in split]
+  assert not items[0] & items[1] and not items[0] & items[2] and not items[1] & items[2]
+  assert [len(i) for i in items] == [1346, 168, 168]  # of 1,682 movies
+  assert sum(len(part) for part in split) == len(interactions)
+  assert cold_item_split(interactions, (0.8, 0.1, 0.1), seed=42).test.equals(split.test)
+  config = SplitConfig(protocol="cold_items")
+  assert set(held_out_candidates(config, split.test)) == items[2]
+  assert held_out_candidates(SplitConfig(protocol="per_user"), split.test) is None

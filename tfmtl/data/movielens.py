@@ -24,15 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import urllib.request
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -42,18 +33,7 @@ import pandas as pd
 from tfmtl.config import FeatureConfig
 from tfmtl.data.files import read_table
 from tfmtl.data.schema import DataError, InteractionData
-
-logger = logging.getLogger("tfmtl")
-
-_WHEEL = "recbole-1.2.1-py3-none-any.whl"
-_WHEEL_URL = ("https://files.pythonhosted.org/packages/ab/fe/7d606cb7cd2b166a36b100"
-              "cb9435d21014ceee16c192d972deb0976967a8/" + _WHEEL)
-_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
-_FILES_SHA256 = {
-    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
-    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
-    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
-}
+from tfmtl.data.wheels import RECBOLE_ML_100K, default_cache_dir, fetch_wheel_files
 
 USER_FEATURES = {
     "age": FeatureConfig("bucketized", num_buckets=8),
@@ -67,62 +47,10 @@ ITEM_FEATURES = {
 }
 
 
-def default_cache_dir() -> Path:
-  """`$TFMTL_CACHE_DIR`, else the platform's user cache dir for tfmtl."""
-  if os.environ.get("TFMTL_CACHE_DIR"):
-    return Path(os.environ["TFMTL_CACHE_DIR"])
-  import platformdirs
-  return Path(platformdirs.user_cache_dir("tfmtl"))
-
-
-def _sha256(path: Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _download_wheel(folder: Path) -> Path:
-  """Fetches the RecBole wheel with pip (mirrors honoured), else over HTTPS."""
-  command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "--only-binary=:all:", "--dest", str(folder), "recbole==1.2.1"]
-  result = subprocess.run(command, capture_output=True, text=True)
-  wheel = folder / _WHEEL
-  if result.returncode != 0 or not wheel.is_file():
-    logger.info("pip download failed (%s); trying %s", result.stderr.strip()[-200:],
-                _WHEEL_URL)
-    try:
-      with urllib.request.urlopen(_WHEEL_URL, timeout=120) as response:
-        wheel.write_bytes(response.read())
-    except OSError as error:
-      raise DataError(
-          "could not download MovieLens 100K: both `pip download recbole==1.2.1` "
-          f"and {_WHEEL_URL} failed ({error}). With internet, use "
-          "data.source: tfds instead.") from None
-  if _sha256(wheel) != _WHEEL_SHA256:
-    raise DataError(f"{wheel}: downloaded wheel does not match its SHA-256 digest")
-  return wheel
-
-
 def fetch_movielens_100k(cache_dir: Optional[str | Path] = None) -> Path:
   """Returns a folder with the verified ml-100k atomic files, fetching once."""
-  folder = Path(cache_dir or default_cache_dir()) / "ml-100k"
-  if all((folder / n).is_file() and _sha256(folder / n) == digest
-         for n, digest in _FILES_SHA256.items()):
-    return folder
-  logger.info("Fetching MovieLens 100K (2 MB, from the recbole 1.2.1 wheel on PyPI)")
-  folder.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
-    wheel = _download_wheel(Path(scratch))
-    staged = Path(scratch) / "ml-100k"
-    staged.mkdir()
-    with zipfile.ZipFile(wheel) as archive:
-      for name, digest in _FILES_SHA256.items():
-        target = staged / name
-        target.write_bytes(archive.read(f"recbole/dataset_example/ml-100k/{name}"))
-        if _sha256(target) != digest:
-          raise DataError(f"{wheel}: {name} does not match its SHA-256 digest")
-    if folder.exists():
-      shutil.rmtree(folder)  # an incomplete or corrupt earlier copy
-    staged.rename(folder)  # atomic: the folder appears complete or not at all
-  return folder
+  return fetch_wheel_files(RECBOLE_ML_100K, Path(cache_dir or default_cache_dir()) / "ml-100k",
+                           "MovieLens 100K (2 MB; with internet, data.source: tfds also works)")
 
 
 def load_movielens_100k(cache_dir: Optional[str | Path] = None) -> InteractionData:

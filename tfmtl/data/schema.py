@@ -105,7 +105,8 @@ class InteractionData:
                         how="left", validate="many_to_one")
     frame = frame.merge(self.items[[ITEM_ID, *self.item_features]], on=ITEM_ID,
                         how="left", validate="many_to_one")
-    return table_arrays(frame, [*own, *self.user_features, *self.item_features])
+    return table_arrays(frame, [*own, *self.user_features, *self.item_features],
+                        vector_dims(self.item_features))
 
   def summary(self) -> str:
     return (f"{self.name}: {len(self.interactions):,} interactions, "
@@ -114,16 +115,29 @@ class InteractionData:
             f"{len(self.items):,} in the catalogue")
 
 
-def table_arrays(frame: pd.DataFrame, columns: list[str]) -> dict[str, np.ndarray]:
-  """Columns as numpy arrays TensorFlow accepts: strings as object arrays."""
+def table_arrays(frame: pd.DataFrame, columns: list[str],
+                 vector_dims: Optional[dict[str, int]] = None) -> dict[str, np.ndarray]:
+  """Columns as numpy arrays TensorFlow accepts: strings as object arrays,
+  `vector` features (named in `vector_dims`) as float32 [rows, dim], missing
+  rows zero."""
   arrays = {}
   for column in columns:
     values = frame[column]
-    if pd.api.types.is_numeric_dtype(values):
+    if column in (vector_dims or {}):
+      zeros = np.zeros(vector_dims[column], np.float32)
+      arrays[column] = np.stack([v if isinstance(v, np.ndarray) else zeros
+                                 for v in values]) if len(values) else np.zeros(
+                                     [0, vector_dims[column]], np.float32)
+    elif pd.api.types.is_numeric_dtype(values):
       arrays[column] = values.to_numpy(dtype=np.float32)
     else:  # pandas 3 strings are a StringDtype that TensorFlow rejects
       arrays[column] = values.to_numpy(dtype=object)
   return arrays
+
+
+def vector_dims(features: dict[str, FeatureConfig]) -> dict[str, int]:
+  """The `vector` features' widths, by name."""
+  return {name: spec.dim for name, spec in features.items() if spec.type == "vector"}
 
 
 def _first_bad(mask: pd.Series, frame: pd.DataFrame, column: str) -> str:
@@ -208,7 +222,9 @@ def _check_features(frame: Optional[pd.DataFrame], id_column: str,
                      source, len(unknown), id_column, unknown[0])
     added = pd.DataFrame({id_column: unknown})
     for name, spec in features.items():
-      added[name] = np.nan if spec.type == "bucketized" else ""
+      added[name] = (np.nan if spec.type == "bucketized" else
+                     pd.Series([np.zeros(spec.dim, np.float32)] * len(added), dtype=object)
+                     if spec.type == "vector" else "")
     out = pd.concat([out, added], ignore_index=True)
   return out
 
@@ -216,7 +232,18 @@ def _check_features(frame: Optional[pd.DataFrame], id_column: str,
 def _feature_values(values: pd.Series, name: str, spec: FeatureConfig,
                     source: str) -> np.ndarray:
   """Numbers for bucketized features (non-numbers warn and become NaN),
-  strings for the others (missing becomes "", the OOV token)."""
+  float32 arrays for vector features (missing becomes zeros), strings for
+  the others (missing becomes "", the OOV token)."""
+  if spec.type == "vector":
+    vectors = np.empty(len(values), dtype=object)
+    for row, value in enumerate(values):
+      vector = (np.zeros(spec.dim, np.float32) if value is None or
+                (np.isscalar(value) and pd.isna(value)) else np.asarray(value, np.float32))
+      if vector.shape != (spec.dim,) or not np.isfinite(vector).all():
+        raise DataError(f"{source}: column {name!r} must hold {spec.dim} finite floats "
+                        f"per row; row {row + 1} has shape {vector.shape}")
+      vectors[row] = vector
+    return vectors
   if spec.type == "bucketized":
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna() & values.notna() & (values.astype(str).str.strip() != "")

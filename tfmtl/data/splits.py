@@ -6,6 +6,10 @@
   RecBole cuts them (protocol B).
 - `temporal_split`: leave-last-out; each user's latest interaction is test,
   the one before it validation.
+- `cold_item_split`: items (not interactions) are shuffled and cut by
+  fractions, and every interaction goes with its item, so validation and
+  test items never occur in training (protocol C: cold-start items; rank
+  them among the held-out items only, see `held_out_candidates`).
 
 Example:
 
@@ -19,13 +23,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from tfmtl.config import SplitConfig
-from tfmtl.data.schema import TIMESTAMP, USER_ID, DataError
+from tfmtl.data.schema import ITEM_ID, TIMESTAMP, USER_ID, DataError
 
 
 class Split(NamedTuple):
@@ -106,10 +110,38 @@ def temporal_split(interactions: pd.DataFrame) -> Split:
                order[test])
 
 
+def cold_item_split(interactions: pd.DataFrame,
+                    fractions: Sequence[float] = (0.9, 0.0, 0.1),
+                    seed: int = 42) -> Split:
+  """Shuffles the items and cuts them by `fractions`; interactions follow their item."""
+  items = np.sort(pd.unique(interactions[ITEM_ID].to_numpy(object)).astype(str))
+  order = np.random.default_rng(seed).permutation(len(items))
+  n_train = int(round(fractions[0] * len(items)))
+  n_validation = int(round(fractions[1] * len(items)))
+  part_of_item = pd.Series(np.zeros(len(items), np.int64), index=items[order])
+  part_of_item.iloc[n_train:n_train + n_validation] = 1
+  part_of_item.iloc[n_train + n_validation:] = 2
+  part = part_of_item.reindex(interactions[ITEM_ID].astype(str)).to_numpy()
+  return _take(interactions, *(np.flatnonzero(part == p) for p in range(3)))
+
+
+def held_out_candidates(config: SplitConfig, held_out: pd.DataFrame) -> Optional[np.ndarray]:
+  """The items a model ranks for `held_out` (a split's validation or test).
+
+  None (the whole catalogue) except under `cold_items`, where the candidates
+  are the held-out items only (protocol C).
+  """
+  if config.protocol != "cold_items":
+    return None
+  return pd.unique(held_out[ITEM_ID].to_numpy(object))
+
+
 def split_interactions(interactions: pd.DataFrame, config: SplitConfig) -> Split:
   """The split a `SplitConfig` names."""
   if config.protocol == "random":
     return random_split(interactions, config.fractions, config.seed)
+  if config.protocol == "cold_items":
+    return cold_item_split(interactions, config.fractions, config.seed)
   if config.protocol == "per_user":
     return per_user_split(interactions, config.fractions, config.seed)
   return temporal_split(interactions)

@@ -62,10 +62,14 @@ class FeatureTower(keras.layers.Layer):
         embeddings_regularizer=keras.regularizers.l2(l2) if l2 else None,
         name=f"{id_feature}_embedding")
     self.feature_embeddings = {
-        # A multi-hot vector times a matrix is the sum of its tokens' embeddings.
+        # A multi-hot vector times a matrix is the sum of its tokens' embeddings;
+        # a vector (e.g. pretrained text) gets a trainable linear adapter as wide
+        # as the id embedding, whose role it takes for unseen ids.
         name: (keras.layers.Dense(feature_embedding_dim, use_bias=False,
                                   name=f"{name}_embedding")
                if spec.type == "multi_categorical" else
+               keras.layers.Dense(id_embedding_dim, name=f"{name}_adapter")
+               if spec.type == "vector" else
                keras.layers.Embedding(sizes[name], feature_embedding_dim,
                                       name=f"{name}_embedding"))
         for name, spec in self.features.items()}

