@@ -96,7 +96,7 @@ def check_rows(names: list[str], protocols: list[str], seeds: list[int],
   for name in names:
     for protocol in protocols:
       try:
-        config = protocol_config(protocol, seeds[0], [*ROWS[name], *extra])
+        protocol_config(protocol, seeds[0], [*ROWS[name], *extra])  # validates the row
       except ConfigError as error:
         errors.append(f"row {name!r} (protocol {protocol}): {error} "
                       "(leave the row out with --rows)")

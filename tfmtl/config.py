@@ -350,6 +350,60 @@ class ModelConfig:
       raise ConfigError("l2: must be non-negative")
 
 
+TRANSFER_COMPONENTS = ("embeddings", "towers", "experts", "heads")
+
+
+@dataclasses.dataclass
+class TransferConfig:
+  """Fine-tuning from a pretrained model (see `tfmtl.transfer`).
+
+  Attributes:
+    pretrained: a run directory (`tfmtl train` writes `runs/<name>`) whose
+      weights start this model; ids and tokens known to both keep their rows.
+    components: what is loaded: some of `embeddings`, `towers`, `experts`,
+      `heads`.
+    freeze_epochs: component -> number of first epochs it stays frozen (-1:
+      always), e.g. `{embeddings: 2}`.
+    learning_rate_scale: the pretrained weights' learning rate as a fraction
+      of `train.learning_rate`.
+    l2sp: strength of the L2-SP pull toward the pretrained weights (0: off).
+  """
+  pretrained: Optional[str] = None
+  components: list[str] = dataclasses.field(default_factory=lambda: list(TRANSFER_COMPONENTS))
+  freeze_epochs: dict[str, int] = dataclasses.field(default_factory=dict)
+  learning_rate_scale: float = 1.0
+  l2sp: float = 0.0
+
+  def _validate(self):
+    for component in [*self.components, *self.freeze_epochs]:
+      _one_of("components", component, TRANSFER_COMPONENTS, what="component")
+    if any(epochs < -1 for epochs in self.freeze_epochs.values()):
+      raise ConfigError("freeze_epochs: a number of epochs, or -1 for always")
+    if self.learning_rate_scale < 0 or self.l2sp < 0:
+      raise ConfigError("learning_rate_scale and l2sp: must be non-negative")
+
+
+@dataclasses.dataclass
+class DistillationConfig:
+  """Knowledge distillation from a trained teacher (see `tfmtl.distillation`).
+
+  Attributes:
+    teacher: a run directory (`tfmtl train`) trained on the same data; the
+      model trained now is its student.
+    weight: weight of the soft losses toward the teacher.
+    temperature: softening temperature of the teacher's and student's scores.
+  """
+  teacher: Optional[str] = None
+  weight: float = 1.0
+  temperature: float = 2.0
+
+  def _validate(self):
+    if self.weight < 0:
+      raise ConfigError("weight: must be non-negative")
+    if self.temperature <= 0:
+      raise ConfigError("temperature: must be positive")
+
+
 @dataclasses.dataclass
 class TrainConfig:
   """Keras `fit` settings.
@@ -419,6 +473,8 @@ class ExperimentConfig:
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   tasks: dict[str, TaskConfig] = dataclasses.field(default_factory=default_tasks)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
+  distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
   evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
   export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 

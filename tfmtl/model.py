@@ -40,11 +40,13 @@ import tf_keras as keras
 from tfmtl.config import (RANKING_TASK_TYPES, TOWER_TASK_TYPES, ModelConfig, TaskConfig,
                           default_tasks, history_length)
 from tfmtl.data.pipeline import encode_examples
+from tfmtl.distillation import Distillation
 from tfmtl.data.schema import HISTORY, ITEM_ID, USER_ID, table_arrays, vector_dims
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers import (FeatureTower, PredictionHead, RankingHeads, SequencePooling,
                           make_block)
 from tfmtl.tasks import make_task, task_labels, task_predictions, tower_task_side
+from tfmtl.transfer import FineTuning, FineTuningCallback
 from tfmtl.weighting import make_weighting
 
 
@@ -93,6 +95,8 @@ class MultiTaskModel(tfrs.Model):
     self.vocabulary = vocabulary
     self.task_configs = dict(tasks or default_tasks())
     self.training_metrics = training_metrics
+    self.fine_tuning: Optional[FineTuning] = None  # see `tfmtl.transfer`
+    self.distillation: Optional[Distillation] = None  # see `tfmtl.distillation`
     self.encoder = vocabulary.encoder()
     self.task_sides = {name: tower_task_side(name, task, vocabulary.user_features,
                                              vocabulary.item_features)
@@ -151,6 +155,7 @@ class MultiTaskModel(tfrs.Model):
                         for name in self.task_configs}
     self.task_weights = {name: keras.metrics.Mean(name=f"{name}_weight")
                          for name in self.task_configs}
+    self.distillation_loss = keras.metrics.Mean(name="distillation_loss")
     if any(task.type == "retrieval" for task in self.task_configs.values()):
       self.retrieval_metric = tfrs.metrics.FactorizedTopK(
           CatalogueTopK(self.catalogue_embeddings))
@@ -225,6 +230,11 @@ class MultiTaskModel(tfrs.Model):
       self.task_losses[name].update_state(loss)
       if training:
         self.task_weights[name].update_state(weights[name])
+    if self.distillation is not None and training:
+      soft_loss = self.distillation.loss(self, features, embeddings["query"],
+                                         embeddings["candidate"], logits)
+      self.distillation_loss.update_state(soft_loss)
+      total_loss += soft_loss
     return total_loss
 
   def _history_profile(self, feature: str, history: tf.Tensor) -> tf.Tensor:
@@ -245,20 +255,41 @@ class MultiTaskModel(tfrs.Model):
     return tf.reshape(self.ranking(queries, items)[task], [batch, num_negatives])
 
   def fit(self, *args, callbacks=None, **kwargs):
-    """Keras `fit`, with the loss weighting's own callbacks (DWA) added."""
-    callbacks = [*(callbacks or []), *self.loss_weighting.callbacks()]
+    """Keras `fit`, with the callbacks of the loss weighting (DWA) and of
+    fine-tuning (the freezing schedule) added."""
+    callbacks = [*(callbacks or []), *self.loss_weighting.callbacks(),
+                 *([FineTuningCallback(self.fine_tuning)] if self.fine_tuning else [])]
     return super().fit(*args, callbacks=callbacks, **kwargs)
 
   def train_step(self, inputs):
-    logs = super().train_step(inputs)
+    """TFRS's train step, plus fine-tuning: the L2-SP penalty joins the
+    regularization loss, and updates are scaled (0 while frozen)."""
+    with tf.GradientTape() as tape:
+      loss = self.compute_loss(inputs, training=True)
+      variables = self.trainable_variables  # after the first call has created them
+      regularization_loss = tf.reduce_sum([tf.reduce_sum(term) for term in self.losses])
+      if self.fine_tuning:
+        regularization_loss += self.fine_tuning.penalty(variables)
+      total_loss = loss + regularization_loss
+    gradients = tape.gradient(total_loss, variables)
+    scales = self.fine_tuning.update_scales(variables) if self.fine_tuning else {}
+    before = {i: tf.identity(variables[i]) for i in scales}
+    self.optimizer.apply_gradients(zip(gradients, variables))
+    for i, scale in scales.items():
+      variables[i].assign(before[i] + scale * (variables[i] - before[i]))
+    logs = {metric.name: metric.result() for metric in self.metrics}
+    logs.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
     if not self.training_metrics:  # the other metrics were not computed
       logs = {name: value for name, value in logs.items()
               if name.endswith("loss") or name.endswith("_weight")}
+    if self.distillation is None:
+      logs.pop("distillation_loss", None)
     return logs
 
   def test_step(self, inputs):
     logs = super().test_step(inputs)
-    return {name: value for name, value in logs.items() if not name.endswith("_weight")}
+    return {name: value for name, value in logs.items()
+            if not name.endswith("_weight") and name != "distillation_loss"}
 
 
 def _by_item_index(item_indices: np.ndarray, values: np.ndarray, num_items: int) -> np.ndarray:

@@ -29,6 +29,7 @@ import tf_keras as keras
 from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig
 from tfmtl.content import encode_item_content, with_content
 from tfmtl.data.history import add_history
+from tfmtl.distillation import Distillation
 from tfmtl.data.pipeline import make_dataset
 from tfmtl.data.schema import InteractionData
 from tfmtl.data.sources import load_data
@@ -36,6 +37,7 @@ from tfmtl.data.splits import Split, split_interactions
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
 from tfmtl.tasks import tower_task_side
+from tfmtl.transfer import fine_tune_from
 
 logger = logging.getLogger("tfmtl")
 
@@ -89,9 +91,17 @@ def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
 
 
 def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2) -> MultiTaskModel:
-  """Builds the model and fits it on the training split."""
+  """Builds the model (from a pretrained run, with a teacher, as the config
+  says) and fits it on the training split."""
   keras.utils.set_random_seed(config.seed)
   model = build_model(config, prepared.vocabulary, prepared.data.items)
+  if config.transfer.pretrained:
+    fine_tune_from(model, load_run(config.transfer.pretrained)[1], config.transfer)
+  if config.distillation.teacher:
+    model.distillation = Distillation(load_run(config.distillation.teacher)[1],
+                                      config.distillation.weight,
+                                      config.distillation.temperature)
+    model.distillation.check_student(model)
   train = make_dataset(prepared.data, prepared.split.train, model.encoder,
                        config.train.batch_size, shuffle=True, seed=config.seed)
   model.fit(train, epochs=config.train.epochs, verbose=verbose)

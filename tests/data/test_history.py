@@ -1,6 +1,5 @@
 """The history feature: earlier training items only, most recent first."""
 
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -1,0 +1,85 @@
+"""Distillation: soft losses toward a teacher, zero when the student is the teacher."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+import tfmtl
+from tfmtl import training
+from tfmtl.config import ExperimentConfig, ModelConfig, default_tasks
+from tfmtl.data import Split, make_dataset
+from tfmtl.distillation import Distillation
+from tfmtl.features import FeatureVocabulary
+
+
+def _model(data, vocabulary, tasks=None, **model_args):
+  model = tfmtl.MultiTaskModel(vocabulary, data.items, ModelConfig(**model_args), tasks)
+  model.compile(optimizer=keras.optimizers.Adam(0.01))
+  model(model.encoder(model.encoder.missing()))
+  return model
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_data):
+  vocabulary = FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  model = _model(tiny_data, vocabulary, embedding_dim=16)
+  model.fit(make_dataset(tiny_data, tiny_data.interactions, model.encoder, 64), epochs=5,
+            verbose=0)
+  return model
+
+
+def _batch(model, data):
+  return next(iter(make_dataset(data, data.interactions, model.encoder, 128)))
+
+
+def _soft_loss(student, distillation, batch):
+  query, candidate = student.query_tower(batch), student.candidate_tower(batch)
+  logits = student.ranking(query, candidate)
+  return float(distillation.loss(student, batch, query, candidate, logits))
+
+
+def test_the_soft_loss_is_zero_when_the_student_is_the_teacher(tiny_data, teacher):
+  student = _model(tiny_data, teacher.vocabulary, embedding_dim=16)
+  student.set_weights(teacher.get_weights())
+  distillation = Distillation(teacher, weight=1.0, temperature=2.0)
+  batch = _batch(student, tiny_data)
+  assert _soft_loss(student, distillation, batch) == pytest.approx(0.0, abs=1e-5)
+  stranger = _model(tiny_data, teacher.vocabulary, embedding_dim=4)
+  assert _soft_loss(stranger, distillation, batch) > 0.01
+
+
+def test_a_student_trained_on_the_soft_loss_alone_moves_toward_the_teacher(tiny_data, teacher):
+  unweighted = {name: dataclasses.replace(task, weight=0.0)  # no hard-label loss
+                for name, task in default_tasks().items()}
+  student = _model(tiny_data, teacher.vocabulary, unweighted, embedding_dim=4,
+                   id_embedding_dim=4, tower_layers=[])
+  student.distillation = Distillation(teacher, weight=1.0, temperature=1.0)
+  batch = _batch(student, tiny_data)
+
+  def gap():
+    return np.abs(student(batch)["rating"].numpy() - teacher(batch)["rating"].numpy()).mean()
+  before = gap()
+  history = student.fit(make_dataset(tiny_data, tiny_data.interactions, student.encoder, 64),
+                        epochs=10, verbose=0)
+  assert history.history["distillation_loss"][-1] < history.history["distillation_loss"][0]
+  assert gap() < 0.5 * before
+
+
+def test_a_config_distills_from_a_saved_teacher_run(tiny_data, teacher, tmp_path):
+  empty = tiny_data.interactions.iloc[:0]
+  prepared = training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
+                               teacher.vocabulary)
+  run = training.save_run(tmp_path / "teacher",
+                          ExperimentConfig().with_overrides(["model.embedding_dim=16"]),
+                          prepared, teacher)
+  config = ExperimentConfig().with_overrides([
+      "model.embedding_dim=4", "train.epochs=1", "train.batch_size=64",
+      f"distillation.teacher={run}", "distillation.weight=2.0"])
+  student = training.fit(config, prepared, verbose=0)
+  assert student.distillation.weight == 2.0
+  assert "distillation_loss" in student.history.history
+  other = FeatureVocabulary.build(tiny_data, tiny_data.interactions.iloc[:100])
+  with pytest.raises(ValueError, match=r"distillation.teacher: its vocabulary \(user_ids\)"):
+    training.fit(config, training.Prepared(tiny_data, prepared.split, other), verbose=0)

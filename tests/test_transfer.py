@@ -1,0 +1,170 @@
+"""Fine-tuning: pretrained weights with remapped vocabularies, freezing,
+learning-rate scales and L2-SP."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import tfmtl
+from tfmtl import training
+from tfmtl.config import ExperimentConfig, ModelConfig, TransferConfig
+from tfmtl.data import Split, make_dataset
+from tfmtl.features import FeatureVocabulary
+from tfmtl.transfer import FineTuning, component_of, fine_tune_from, load_pretrained
+
+
+def _model(data, interactions, **model_args):
+  vocabulary = FeatureVocabulary.build(data, interactions)
+  model = tfmtl.MultiTaskModel(vocabulary, data.items, ModelConfig(embedding_dim=8, **model_args))
+  model.compile(optimizer=keras.optimizers.Adam(0.01))
+  model(model.encoder(model.encoder.missing()))
+  return model
+
+
+def _fit(model, data, interactions, epochs=1):
+  model.fit(make_dataset(data, interactions, model.encoder, 64, shuffle=True, seed=0),
+            epochs=epochs, verbose=0)
+
+
+def _table(model, name):
+  return next(v for v in model.trainable_variables if f"/{name}/" in v.name).numpy()
+
+
+def _rows(model, name, ids):
+  vocabulary = {"user_id_embedding": model.vocabulary.user_ids,
+                "item_id_embedding": model.vocabulary.item_ids}[name]
+  return _table(model, name)[[vocabulary.index(i) + 1 for i in ids]]
+
+
+@pytest.fixture(scope="module")
+def source(tiny_data):
+  """Pretrained on the first 40 users' interactions."""
+  interactions = tiny_data.interactions
+  source_part = interactions[interactions["user_id"].str[1:].astype(int) < 40]
+  model = _model(tiny_data, source_part)
+  _fit(model, tiny_data, source_part, epochs=2)
+  return model
+
+
+def _target_part(tiny_data):
+  interactions = tiny_data.interactions
+  return interactions[interactions["user_id"].str[1:].astype(int) >= 20]
+
+
+def test_components_cover_every_layer_kind():
+  assert component_of("query_tower/user_id_embedding/embeddings") == "embeddings"
+  assert component_of("candidate_tower/content_adapter/kernel") == "embeddings"
+  assert component_of("query_tower/history/item_embedding/embeddings") == "embeddings"
+  assert component_of("query_tower/history/gru/gru_cell/kernel") == "towers"
+  assert component_of("candidate_tower/hidden_0/kernel") == "towers"
+  assert component_of("ranking/mmoe/expert_0_0/kernel") == "experts"
+  assert component_of("ranking/rating_head/logit/kernel") == "heads"
+  assert component_of("occupation_head/logit/kernel") == "heads"
+
+
+def test_remapping_keeps_shared_rows_bit_identical_and_new_rows_fresh(tiny_data, source):
+  target_part = _target_part(tiny_data)
+  target = _model(tiny_data, target_part)
+  fresh = _table(target, "user_id_embedding").copy()
+  load_pretrained(target, source)
+  shared = [f"u{u}" for u in range(20, 40)]
+  new = [f"u{u}" for u in range(40, 60)]
+  np.testing.assert_array_equal(_rows(target, "user_id_embedding", shared),
+                                _rows(source, "user_id_embedding", shared))
+  new_rows = [target.vocabulary.user_ids.index(u) + 1 for u in new]
+  np.testing.assert_array_equal(_table(target, "user_id_embedding")[new_rows], fresh[new_rows])
+  items = sorted(set(target.vocabulary.item_ids) & set(source.vocabulary.item_ids))
+  np.testing.assert_array_equal(_rows(target, "item_id_embedding", items),
+                                _rows(source, "item_id_embedding", items))
+  np.testing.assert_array_equal(_table(target, "hidden_0"), _table(source, "hidden_0"))
+
+
+def test_a_shape_mismatch_names_the_variable(tiny_data, source):
+  target = _model(tiny_data, _target_part(tiny_data), tower_layers=[32])
+  with pytest.raises(ValueError, match=r"'query_tower/hidden_0/kernel' has shape \(\d+, 32\)"):
+    load_pretrained(target, source, ["towers"])
+  load_pretrained(target, source, ["embeddings"])  # what does fit still loads
+
+
+def test_a_variable_missing_from_the_pretrained_model_is_named(tiny_data, source):
+  from tfmtl.config import MultiTaskConfig
+  target = _model(tiny_data, _target_part(tiny_data),
+                  multitask=MultiTaskConfig(type="shared_bottom", layers=[8]))
+  with pytest.raises(ValueError, match=r"'ranking/shared_bottom/.*' \(experts\) is not in"):
+    load_pretrained(target, source, ["experts"])
+
+
+def test_frozen_components_do_not_move_and_unfreeze_on_schedule(tiny_data, source):
+  target_part = _target_part(tiny_data)
+  target = _model(tiny_data, target_part)
+  target.fine_tuning = FineTuning(load_pretrained(target, source),
+                                  freeze_epochs={"embeddings": 1})
+  before = {v.name: v.numpy() for v in target.trainable_variables}
+  _fit(target, tiny_data, target_part, epochs=1)
+  for variable in target.trainable_variables:
+    moved = not np.array_equal(variable.numpy(), before[variable.name])
+    assert moved == (component_of(variable.name.split("/", 1)[1]) != "embeddings"), variable.name
+  frozen = _table(target, "user_id_embedding")
+  target.fit(make_dataset(tiny_data, target_part, target.encoder, 64), initial_epoch=1,
+             epochs=2, verbose=0)
+  assert not np.array_equal(_table(target, "user_id_embedding"), frozen)
+
+
+def test_the_learning_rate_scale_scales_the_pretrained_updates(tiny_data, source):
+  target_part = _target_part(tiny_data)
+  batch = next(iter(make_dataset(tiny_data, target_part, _model(tiny_data, target_part).encoder,
+                                 64)))
+  steps = {}
+  for scale in (1.0, 0.25):
+    keras.utils.set_random_seed(0)  # the same fresh rows for the new users
+    target = _model(tiny_data, target_part)
+    target.compile(optimizer=keras.optimizers.SGD(0.1))
+    target.fine_tuning = FineTuning(load_pretrained(target, source),  # the same start
+                                    learning_rate_scale=scale)
+    start = _table(target, "projection")
+    target.train_step(batch)
+    steps[scale] = _table(target, "projection") - start
+  np.testing.assert_allclose(steps[0.25], 0.25 * steps[1.0], rtol=1e-4, atol=1e-7)
+  assert np.abs(steps[1.0]).max() > 0
+
+
+def test_the_l2sp_gradient_points_back_to_the_pretrained_weights(tiny_data, source):
+  target = _model(tiny_data, _target_part(tiny_data))
+  fine_tuning = FineTuning(load_pretrained(target, source), l2sp=0.5)
+  for variable in target.trainable_variables:
+    variable.assign_add(tf.random.normal(variable.shape, seed=1))
+  with tf.GradientTape() as tape:
+    penalty = fine_tuning.penalty(target.trainable_variables)
+  gradients = tape.gradient(penalty, target.trainable_variables)
+  assert float(penalty) > 0
+  for variable, gradient in zip(target.trainable_variables, gradients):
+    path = variable.name.split("/", 1)[1].split(":")[0]
+    np.testing.assert_allclose(tf.convert_to_tensor(gradient).numpy(),
+                               0.5 * (variable.numpy() - fine_tuning.pretrained[path].numpy()),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_config_fine_tunes_from_a_saved_run(tiny_data, source, tmp_path):
+  empty = tiny_data.interactions.iloc[:0]
+  source_run = training.save_run(
+      tmp_path / "source", ExperimentConfig().with_overrides(["model.embedding_dim=8"]),
+      training.Prepared(tiny_data, Split(empty, empty, empty), source.vocabulary), source)
+  target_part = _target_part(tiny_data)
+  config = ExperimentConfig().with_overrides([
+      "model.embedding_dim=8", "train.epochs=1", "train.batch_size=64",
+      f"transfer.pretrained={source_run}", "transfer.freeze_epochs={embeddings: -1}",
+      "transfer.l2sp=0.01"])
+  prepared = training.Prepared(tiny_data, Split(target_part, empty, empty),
+                               FeatureVocabulary.build(tiny_data, target_part))
+  model = training.fit(config, prepared, verbose=0)
+  shared = [f"u{u}" for u in range(20, 40)]
+  np.testing.assert_array_equal(_rows(model, "user_id_embedding", shared),
+                                _rows(source, "user_id_embedding", shared))
+  assert model.fine_tuning.l2sp == 0.01
+
+
+def test_fine_tune_from_rejects_an_unknown_component(tiny_data, source):
+  target = _model(tiny_data, _target_part(tiny_data))
+  with pytest.raises(ValueError, match="unknown component"):
+    fine_tune_from(target, source, TransferConfig(freeze_epochs={"everything": 1}))
