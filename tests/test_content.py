@@ -174,3 +174,43 @@ def test_a_saved_run_keeps_the_content_vectors(tiny_frames, encoder, tmp_path):
   _, loaded = training.load_run(run_dir)
   np.testing.assert_allclose(loaded.catalogue_embeddings().numpy(),
                              model.catalogue_embeddings().numpy(), atol=1e-6)
+
+
+def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_text(
+    tiny_frames, encoder, tmp_path):
+  import subprocess
+  import sys
+
+  import tensorflow as tf
+  from tfmtl.serving import add_items, export_model
+  model, data, split = _cold_item_model(tiny_frames, encoder, with_text=True)
+  config = ExperimentConfig().with_overrides(
+      ["name=tiny", "content.encoder=minilm", "content.text='{genres}'", "export.top_k=5"])
+  run = training.save_run(tmp_path / "run", config,
+                          training.Prepared(data, split, model.vocabulary), model)
+  base = tmp_path / "saved_models"
+  first = export_model(model, base, "tiny")
+  new = pd.DataFrame({"item_id": ["n1", "n2"], "genres": ["Action|Extra0", "Drama|Extra1"]})
+  second = add_items(run, new, base_path=str(base))
+  assert (first.name, second.name) == ("1", "2")
+  old, grown = (tf.saved_model.load(str(path)) for path in (first, second))
+  assert (old.catalogue_embeddings.shape[0], grown.catalogue_embeddings.shape[0]) == (60, 62)
+  users = data.users.set_index("user_id").loc[["u0", "u1"]]
+  answer = grown.signatures["rank"](
+      user_id=tf.constant(users.index.to_numpy(str)), taste=tf.constant(users["taste"].to_numpy(str)),
+      age=tf.constant(users["age"].to_numpy(np.float32)),
+      item_id=tf.constant([["n1", "n2"], ["n1", "n2"]]))["rating"].numpy()
+  assert np.isfinite(answer).all() and abs(answer[0, 0] - answer[0, 1]) > 1e-3
+
+  with pytest.raises(DataError, match="item 'n1' is already in the catalogue"):
+    add_items(run, new.iloc[:1], base_path=str(base))
+  with pytest.raises(ConfigError, match=r"content.text.*\['genres'\]"):
+    add_items(run, pd.DataFrame({"item_id": ["n3"]}), base_path=str(base))
+  pd.DataFrame({"item_id": ["n3"], "genres": ["Comedy"]}).to_csv(tmp_path / "new.csv", index=False)
+  result = subprocess.run([sys.executable, "-m", "tfmtl.cli", "add-items", "--run", str(run),
+                           "--items", str(tmp_path / "new.csv"), "--base-path", str(base)],
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().endswith(str(base / "tiny" / "3"))
+  assert sorted(p.name for p in (base / "tiny").iterdir()) == ["1", "2", "3"]
+  assert tf.saved_model.load(str(base / "tiny" / "3")).catalogue_embeddings.shape[0] == 63

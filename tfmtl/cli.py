@@ -7,6 +7,7 @@
     tfmtl evaluate --run DIR                               test-split metrics
     tfmtl export   --run DIR [--base-path P] [--version N] SavedModel for TF Serving
     tfmtl run      [--config FILE] [--set KEY=VALUE ...]   all of the above
+    tfmtl add-items --run DIR --items FILE [--base-path P]  export with new items
 
 Without `--config` the defaults apply: MovieLens 100K, per-user 8:1:1 split,
 retrieval + rating + like. `--set` overrides any config key, e.g.
@@ -110,6 +111,13 @@ def cmd_export(args) -> None:
   print(_export(config, model, args.base_path, args.version))
 
 
+def cmd_add_items(args) -> None:
+  from tfmtl.data import read_table
+  from tfmtl.serving import add_items
+  items = read_table(args.items, args.format)
+  print(add_items(args.run, items, args.base_path, args.version, source=args.items))
+
+
 def cmd_run(args) -> None:
   trained = cmd_train(args)
   metrics = _evaluate(trained["config"], trained["prepared"], trained["model"])
@@ -148,6 +156,15 @@ def _parser() -> argparse.ArgumentParser:
   export.add_argument("--base-path", help="TF Serving base path (default from config)")
   export.add_argument("--version", type=int, help="version number (default: next)")
   export.set_defaults(handler=cmd_export)
+  new_items = commands.add_parser(
+      "add-items", help="export a run with new items (their text encoded), no retraining")
+  new_items.add_argument("--run", required=True, help="run directory (runs/<name>)")
+  new_items.add_argument("--items", required=True,
+                         help="item table: item_id, the item features, the text columns")
+  new_items.add_argument("--format", default="auto", help="auto, csv, tsv, parquet, atomic")
+  new_items.add_argument("--base-path", help="TF Serving base path (default from config)")
+  new_items.add_argument("--version", type=int, help="version number (default: next)")
+  new_items.set_defaults(handler=cmd_add_items)
   run = with_config(commands.add_parser(
       "run", help="train, evaluate, export and print the metrics"))
   run.add_argument("--base-path", help="TF Serving base path (default from config)")

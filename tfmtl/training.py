@@ -29,11 +29,11 @@ import tf_keras as keras
 from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig
 from tfmtl.content import encode_item_content, with_content
 from tfmtl.data.history import add_history
-from tfmtl.distillation import Distillation
 from tfmtl.data.pipeline import make_dataset
 from tfmtl.data.schema import InteractionData
 from tfmtl.data.sources import load_data
 from tfmtl.data.splits import Split, split_interactions
+from tfmtl.distillation import Distillation
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
 from tfmtl.tasks import tower_task_side
@@ -138,8 +138,10 @@ def _replace_dir(staging: Path, target: Path) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
-def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, MultiTaskModel]:
-  """Rebuilds a saved run's model with its trained weights."""
+def load_run(run_dir: str | Path, catalogue: Optional[pd.DataFrame] = None
+             ) -> tuple[ExperimentConfig, MultiTaskModel]:
+  """Rebuilds a saved run's model with its trained weights (over `catalogue`,
+  by default the run's own)."""
   run_dir = Path(run_dir)
   for name in ("config.yaml", "vocabulary.json", "catalogue.parquet", "weights"):
     if not (run_dir / name).exists():
@@ -147,7 +149,8 @@ def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, MultiTaskModel]:
                               "train one with `tfmtl train`")
   config = ExperimentConfig.from_file(run_dir / "config.yaml")
   vocabulary = FeatureVocabulary.load(run_dir / "vocabulary.json")
-  catalogue = pd.read_parquet(run_dir / "catalogue.parquet")
+  if catalogue is None:
+    catalogue = pd.read_parquet(run_dir / "catalogue.parquet")
   model = build_model(config, vocabulary, catalogue)
   model(model.encoder(model.encoder.missing()))  # create the variables
   try:

@@ -192,6 +192,12 @@ def _check_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
   return out
 
 
+def check_feature_table(frame: pd.DataFrame, id_column: str,
+                        features: dict[str, FeatureConfig], source: str) -> pd.DataFrame:
+  """A validated user or item feature table on its own (e.g. new items)."""
+  return _check_features(frame, id_column, features, pd.DataFrame({id_column: []}), source)
+
+
 def _check_features(frame: Optional[pd.DataFrame], id_column: str,
                     features: dict[str, FeatureConfig],
                     interactions: pd.DataFrame, source: str) -> pd.DataFrame:

@@ -1,5 +1,6 @@
-"""Serving: SavedModel export in TF Serving's layout."""
+"""Serving: SavedModel export in TF Serving's layout, and new items in an export."""
 
 from tfmtl.serving.export import ServingModule, export_model
+from tfmtl.serving.new_items import add_items
 
-__all__ = ["ServingModule", "export_model"]
+__all__ = ["ServingModule", "add_items", "export_model"]

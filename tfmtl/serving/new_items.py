@@ -1,0 +1,64 @@
+"""New items in an exported model, without retraining the towers.
+
+`add_items(run_dir, items)` takes a trained run and a table of new items (their
+id, the run's item feature columns and the columns its content recipe reads),
+encodes their text with the run's content encoder, and exports the run's
+model over the grown catalogue as the next version; the run keeps the grown
+catalogue, so later exports and additions include these items. The towers are the
+trained ones: a new item's id is out of vocabulary, so its features and its
+text place it (a model without content features can only tell new items
+apart by their features).
+
+Example (`runs/movielens_100k` trained with `content.encoder: minilm`):
+
+    from tfmtl.serving import add_items
+    import pandas as pd
+    new = pd.DataFrame({"item_id": ["2001"], "title": ["Arrival"],
+                        "genres": ["Drama|Sci-Fi"], "year": [2016]})
+    add_items("runs/movielens_100k", new)  # saved_models/movielens_100k/<next>/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from tfmtl import training
+from tfmtl.content import CONTENT, TextEncoder, item_texts
+from tfmtl.data.schema import ITEM_ID, DataError, check_feature_table
+from tfmtl.serving.export import export_model
+
+
+def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str] = None,
+              version: Optional[int] = None, source: str = "items") -> Path:
+  """Exports the run's model with `items` added to its catalogue (module doc).
+
+  `source` names the items in errors (e.g. their file). Ids already in the
+  catalogue (first trained on, or added before) are refused.
+  """
+  run_dir = Path(run_dir)
+  config, model = training.load_run(run_dir)
+  catalogue = pd.read_parquet(run_dir / "catalogue.parquet")
+  features = model.vocabulary.item_features
+  new = check_feature_table(items, ITEM_ID, {name: spec for name, spec in features.items()
+                                            if name != CONTENT}, source)
+  known = new[ITEM_ID].isin(catalogue[ITEM_ID].astype(str))
+  if known.any():
+    raise DataError(f"{source}: item {new[ITEM_ID][known].iloc[0]!r} is already in the "
+                    f"catalogue of {run_dir} ({int(known.sum())} such items)")
+  if CONTENT in features:
+    encoder = TextEncoder(config.content.encoder, config.content.sequence_length,
+                          config.data.cache_dir)
+    new[CONTENT] = list(encoder.encode(item_texts(new, config.content.text),
+                                       config.content.batch_size))
+  grown = pd.concat([catalogue, new[[c for c in catalogue.columns if c in new.columns]]],
+                    ignore_index=True)
+  _, model = training.load_run(run_dir, catalogue=grown)
+  path = export_model(model, base_path or config.export.base_path, config.name,
+                      config.export.top_k, version)
+  staged = run_dir / "catalogue.parquet.tmp"  # later exports keep the new items
+  grown.to_parquet(staged, index=False)
+  staged.replace(run_dir / "catalogue.parquet")
+  return path
