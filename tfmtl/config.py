@@ -143,6 +143,35 @@ class ContentConfig:
 
 
 @dataclasses.dataclass
+class PropagationConfig:
+  """Interests spread over a user-user kNN graph (see `tfmtl.propagation`).
+
+  Adds the user feature `propagated_<feature>` (a vector the query tower
+  reads), built from the training split only.
+
+  Attributes:
+    feature: `none`, or the multi_categorical item feature whose shares
+      spread (e.g. `genres`).
+    k: neighbours per user.
+    alpha: damping: how much of a user's result comes from the neighbours.
+    min_interactions: users with at least this many training interactions
+      give labels; the others only receive them.
+    dim: width of the SVD user vectors the graph is built on.
+  """
+  feature: str = "none"
+  k: int = 10
+  alpha: float = 0.8
+  min_interactions: int = 20
+  dim: int = 32
+
+  def _validate(self):
+    if not 0 < self.alpha < 1:
+      raise ConfigError("alpha: must be between 0 and 1")
+    if self.k < 1 or self.dim < 1 or self.min_interactions < 1:
+      raise ConfigError("k, dim and min_interactions: must be at least 1")
+
+
+@dataclasses.dataclass
 class SplitConfig:
   """How interactions are cut into train / validation / test.
 
@@ -470,6 +499,7 @@ class ExperimentConfig:
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   content: ContentConfig = dataclasses.field(default_factory=ContentConfig)
   split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+  propagation: PropagationConfig = dataclasses.field(default_factory=PropagationConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   tasks: dict[str, TaskConfig] = dataclasses.field(default_factory=default_tasks)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -40,7 +40,8 @@ import tensorflow as tf
 
 from tfmtl.data.history import latest_history
 from tfmtl.data.pipeline import make_dataset
-from tfmtl.data.schema import HISTORY, ITEM_ID, USER_ID, InteractionData, table_arrays
+from tfmtl.data.schema import (HISTORY, ITEM_ID, USER_ID, InteractionData, table_arrays,
+                               vector_dims)
 from tfmtl.data.splits import Split
 
 
@@ -82,10 +83,8 @@ class ModelScorer:
     self._catalogue_embeddings = model.catalogue_embeddings()
 
   def scores(self, user_ids: np.ndarray) -> np.ndarray:
-    rows = self._users.reindex(user_ids).reset_index()
-    if HISTORY in rows:
-      rows[HISTORY] = rows[HISTORY].fillna("")
-    raw = table_arrays(rows, self._user_inputs)
+    rows = self._users.reindex(user_ids).reset_index()  # unknown users: all missing
+    raw = table_arrays(rows, self._user_inputs, vector_dims(self.model.vocabulary.user_features))
     query = self.model.query_tower(self.model.encoder(raw))
     return tf.linalg.matmul(query, self._catalogue_embeddings, transpose_b=True).numpy()
 

@@ -36,6 +36,7 @@ from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
+from tfmtl.propagation import add_propagated_feature
 from tfmtl.tasks import tower_task_side
 from tfmtl.transfer import fine_tune_from
 
@@ -70,6 +71,8 @@ def prepare(config: ExperimentConfig) -> Prepared:
               len(split.test))
   if config.history_length:
     split = add_history(split, config.history_length)
+  if config.propagation.feature != "none":
+    data = add_propagated_feature(data, split.train, config.propagation)
   return Prepared(data, split,
                   FeatureVocabulary.build(data, split.train, config.history_length))
 

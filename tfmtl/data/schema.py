@@ -106,7 +106,7 @@ class InteractionData:
     frame = frame.merge(self.items[[ITEM_ID, *self.item_features]], on=ITEM_ID,
                         how="left", validate="many_to_one")
     return table_arrays(frame, [*own, *self.user_features, *self.item_features],
-                        vector_dims(self.item_features))
+                        vector_dims({**self.user_features, **self.item_features}))
 
   def summary(self) -> str:
     return (f"{self.name}: {len(self.interactions):,} interactions, "
@@ -130,8 +130,8 @@ def table_arrays(frame: pd.DataFrame, columns: list[str],
                                      [0, vector_dims[column]], np.float32)
     elif pd.api.types.is_numeric_dtype(values):
       arrays[column] = values.to_numpy(dtype=np.float32)
-    else:  # pandas 3 strings are a StringDtype that TensorFlow rejects
-      arrays[column] = values.to_numpy(dtype=object)
+    else:  # pandas 3 strings are a StringDtype that TensorFlow rejects; missing is ""
+      arrays[column] = values.fillna("").to_numpy(dtype=object)
   return arrays
 
 
