@@ -29,6 +29,11 @@ def summary(values: list[float]) -> dict[str, float]:
   return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
+def format_summaries(metrics: dict[str, dict[str, float]]) -> str:
+  """`name mean ± std, ...` for a row's summarised metrics."""
+  return ", ".join(f"{name} {v['mean']:.4f} ± {v['std']:.4f}" for name, v in metrics.items())
+
+
 def write_result(name: str, result: dict, directory: Path = RESULTS) -> Path:
   """Writes <directory>/<name>.json (default benchmarks/results) atomically, with
   provenance."""

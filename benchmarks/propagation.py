@@ -29,7 +29,7 @@ from tfmtl.config import ExperimentConfig
 from tfmtl.data import Split
 from tfmtl.propagation import knn_graph, spread_labels
 
-from common import summary, write_result
+from common import format_summaries, summary, write_result
 
 SPLIT = ["split.protocol=per_user", "split.fractions=[0.8, 0.1, 0.1]"]
 ROWS = {"default": [], "propagated_genres": ["propagation.feature=genres"]}
@@ -87,8 +87,7 @@ def main():
   path = write_result("propagation", {"protocol": "B", "seeds": args.seeds,
                                       "light_threshold": LIGHT, "rows": rows, "scale": cost})
   for row in rows:
-    print(f"{row['config']:<18} " + ", ".join(
-        f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in row["metrics"].items()))
+    print(f"{row['config']:<18} {format_summaries(row['metrics'])}")
   print(f"scale: {cost}\n-> {path}")
 
 

@@ -33,7 +33,7 @@ from tfmtl.content import CONTENT
 from tfmtl.data.splits import held_out_candidates
 from tfmtl.features import FeatureVocabulary
 
-from common import summary, write_result
+from common import format_summaries, summary, write_result
 
 SPLIT = ["split.protocol=cold_items", "split.fractions=[0.9, 0.0, 0.1]"]
 ROWS = {  # name: (item features kept, config overrides)
@@ -115,8 +115,7 @@ def main():
   rows = [run_row(name, args.seeds) for name in args.rows]
   path = write_result("protocol_c", {"protocol": "C", "seeds": args.seeds, "rows": rows})
   for row in rows:
-    print(f"{row['config']:<12} " + ", ".join(
-        f"{m} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in row["metrics"].items()))
+    print(f"{row['config']:<12} {format_summaries(row['metrics'])}")
   print(f"-> {path}")
 
 

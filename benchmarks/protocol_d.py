@@ -41,7 +41,7 @@ from tfmtl.config import ExperimentConfig
 from tfmtl.data import Split, load_movielens_100k, per_user_split
 from tfmtl.features import FeatureVocabulary
 
-from common import summary, write_result
+from common import format_summaries, summary, write_result
 
 TARGET_GENRE = "Comedy"
 METHODS = {
@@ -117,8 +117,7 @@ def main():
       "source_ratings": len(source), "target_movies": len(candidates),
       "target_split": [len(part) for part in target], "rows": rows})
   for row in rows:
-    print(f"{row['fraction']:<5} {row['method']:<16} " + ", ".join(
-        f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in row["metrics"].items()))
+    print(f"{row['fraction']:<5} {row['method']:<16} {format_summaries(row['metrics'])}")
   print(f"-> {path}")
 
 

@@ -34,7 +34,7 @@ from tfmtl import evaluation, training
 from tfmtl.config import ExperimentConfig
 from tfmtl.serving import export_model
 
-from common import summary, write_result
+from common import format_summaries, summary, write_result
 
 SPLIT = ["split.protocol=per_user", "split.fractions=[0.8, 0.1, 0.1]"]
 STUDENT = ["model.embedding_dim=8", "model.id_embedding_dim=4",
@@ -92,9 +92,8 @@ def main():
   path = write_result("protocol_e", {"protocol": "E", "split": "B", "seeds": args.seeds,
                                      "student": STUDENT, "rows": rows})
   for row in rows:
-    print(f"{row['config']:<14} params {row['params']:>7}  " + ", ".join(
-        f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in row["metrics"].items())
-        + f"  ({row['ndcg@10_of_teacher']:.1%} of the teacher's NDCG@10)")
+    print(f"{row['config']:<14} params {row['params']:>7}  {format_summaries(row['metrics'])}"
+          f"  ({row['ndcg@10_of_teacher']:.1%} of the teacher's NDCG@10)")
   print(f"-> {path}")
 
 

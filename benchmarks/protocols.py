@@ -32,7 +32,7 @@ from tfmtl import evaluation, training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data import Split
 
-from common import summary, write_result
+from common import format_summaries, summary, write_result
 
 PROTOCOLS = {
     "A": (["split.protocol=random", "split.fractions=[0.8, 0.0, 0.2]"],
@@ -113,9 +113,7 @@ def main():
   for name in args.protocols:
     result = run_protocol(name, args.seeds, args.set)
     path = write_result(f"{args.output}_{name.lower()}", result)
-    print(f"protocol {name}: " + ", ".join(
-        f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in result["metrics"].items())
-        + f" -> {path}")
+    print(f"protocol {name}: {format_summaries(result['metrics'])} -> {path}")
 
 
 if __name__ == "__main__":
