@@ -197,7 +197,8 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
   assert (old.catalogue_embeddings.shape[0], grown.catalogue_embeddings.shape[0]) == (60, 62)
   users = data.users.set_index("user_id").loc[["u0", "u1"]]
   answer = grown.signatures["rank"](
-      user_id=tf.constant(users.index.to_numpy(str)), taste=tf.constant(users["taste"].to_numpy(str)),
+      user_id=tf.constant(users.index.to_numpy(str)),
+      taste=tf.constant(users["taste"].to_numpy(str)),
       age=tf.constant(users["age"].to_numpy(np.float32)),
       item_id=tf.constant([["n1", "n2"], ["n1", "n2"]]))["rating"].numpy()
   assert np.isfinite(answer).all() and abs(answer[0, 0] - answer[0, 1]) > 1e-3

@@ -1,13 +1,15 @@
 """Label propagation: kNN graphs (exact and LSH), label spreading, the user feature."""
 
 import numpy as np
+import pytest
 import pandas as pd
 import scipy.sparse as sp
 import tf_keras as keras
 
 import tfmtl
-from tfmtl.config import ModelConfig, PropagationConfig
-from tfmtl.data import make_dataset
+from tfmtl import training
+from tfmtl.config import ExperimentConfig, ModelConfig, PropagationConfig
+from tfmtl.data import Split, make_dataset
 from tfmtl.evaluation import ModelScorer
 from tfmtl.features import FeatureVocabulary
 from tfmtl.propagation import (add_propagated_feature, interest_labels, knn_graph,
@@ -68,7 +70,7 @@ def test_interest_labels_are_each_users_share_of_each_token(tiny_data):
   np.testing.assert_allclose(labels[users.get_loc("u0")], expected)
 
 
-def test_the_propagated_feature_reaches_light_users_and_trains(tiny_data):
+def test_the_propagated_feature_reaches_light_users(tiny_data):
   interactions = tiny_data.interactions
   light = interactions["user_id"].isin(["u0", "u1", "u2"])
   train = pd.concat([interactions[~light], interactions[light].groupby("user_id").head(2)])
@@ -83,9 +85,35 @@ def test_the_propagated_feature_reaches_light_users_and_trains(tiny_data):
     row = users.get_loc(user)
     assert (spread[row] > 0).sum() > (own[row] > 0).sum()  # neighbours add genres
 
-  vocabulary = FeatureVocabulary.build(data, train)
-  model = tfmtl.MultiTaskModel(vocabulary, data.items, ModelConfig(embedding_dim=8))
+
+
+def test_an_export_looks_the_propagated_vector_up_by_user_id(tiny_data, tmp_path):
+  import tensorflow as tf
+  from tfmtl.serving import export_model
+  config = PropagationConfig(feature="genres", k=5, min_interactions=10, dim=8)
+  data = add_propagated_feature(tiny_data, tiny_data.interactions, config)
+  vocabulary = FeatureVocabulary.build(data, data.interactions)
+  with pytest.raises(ValueError, match="pass `users`"):
+    tfmtl.MultiTaskModel(vocabulary, data.items, ModelConfig(embedding_dim=8))
+  model = tfmtl.MultiTaskModel(vocabulary, data.items, ModelConfig(embedding_dim=8),
+                               users=data.users)
   model.compile(optimizer=keras.optimizers.Adam(0.01))
-  model.fit(make_dataset(data, train, model.encoder, 64), epochs=1, verbose=0)
-  scores = ModelScorer(model, data).scores(np.array(["u0", "nobody"], dtype=object))
-  assert np.isfinite(scores).all()
+  model.fit(make_dataset(data, data.interactions, model.encoder, 64), epochs=2, verbose=0)
+  retrieve = tf.saved_model.load(str(export_model(model, tmp_path, "tiny", top_k=5))
+                                 ).signatures["retrieve"]
+  assert set(retrieve.structured_input_signature[1]) == {"user_id", "taste", "age"}
+  users = data.users.set_index("user_id").loc[["u0", "u7"]]
+  served = retrieve(user_id=tf.constant(users.index.to_numpy(str)),
+                    taste=tf.constant(users["taste"].to_numpy(str)),
+                    age=tf.constant(users["age"].to_numpy(np.float32)))["scores"].numpy()
+  expected = ModelScorer(model, data).scores(users.index.to_numpy(object))
+  np.testing.assert_allclose(served, -np.sort(-expected, axis=1)[:, :5], atol=1e-5)
+
+  empty = data.interactions.iloc[:0]
+  config = ExperimentConfig().with_overrides(["model.embedding_dim=8"])
+  run = training.save_run(tmp_path / "run", config,
+                          training.Prepared(data, Split(data.interactions, empty, empty),
+                                            vocabulary), model)
+  _, loaded = training.load_run(run)
+  np.testing.assert_array_equal(np.stack(loaded.user_vectors["propagated_genres"]),
+                                np.stack(model.user_vectors["propagated_genres"]))

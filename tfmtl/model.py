@@ -84,15 +84,24 @@ class MultiTaskModel(tfrs.Model):
     config: towers, multi-task block and loss weighting.
     tasks: the tasks by name (default: retrieval, rating, like).
     training_metrics: also compute metrics on training batches (slow).
+    users: the user table (`data.users`); needed only when a user feature
+      is a vector (exports look it up by user id).
   """
 
   def __init__(self, vocabulary: FeatureVocabulary, catalogue: pd.DataFrame,
                config: Optional[ModelConfig] = None,
                tasks: Optional[dict[str, TaskConfig]] = None,
-               training_metrics: bool = False, **kwargs):
+               training_metrics: bool = False, users: Optional[pd.DataFrame] = None,
+               **kwargs):
     super().__init__(**kwargs)
     config = config or ModelConfig()
     self.vocabulary = vocabulary
+    vectors = vector_dims(vocabulary.user_features)
+    if vectors and users is None:
+      raise ValueError(f"user features {sorted(vectors)} are vectors (e.g. propagated "
+                       "interests) that exports look up by user id: pass `users`")
+    self.user_vectors = (users[[USER_ID, *vectors]].reset_index(drop=True) if vectors
+                         else None)
     self.task_configs = dict(tasks or default_tasks())
     self.training_metrics = training_metrics
     self.fine_tuning: Optional[FineTuning] = None  # see `tfmtl.transfer`

@@ -78,10 +78,11 @@ def prepare(config: ExperimentConfig) -> Prepared:
 
 
 def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
-                catalogue: pd.DataFrame) -> MultiTaskModel:
+                catalogue: pd.DataFrame, users: Optional[pd.DataFrame] = None
+                ) -> MultiTaskModel:
   """The compiled model a config describes."""
   model = MultiTaskModel(vocabulary, catalogue, config.model, config.tasks,
-                         training_metrics=config.train.training_metrics)
+                         training_metrics=config.train.training_metrics, users=users)
   try:
     optimizer = keras.optimizers.get(
         {"class_name": config.train.optimizer,
@@ -97,7 +98,7 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2) -> Multi
   """Builds the model (from a pretrained run, with a teacher, as the config
   says) and fits it on the training split."""
   keras.utils.set_random_seed(config.seed)
-  model = build_model(config, prepared.vocabulary, prepared.data.items)
+  model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
   if config.transfer.pretrained:
     fine_tune_from(model, load_run(config.transfer.pretrained)[1], config.transfer)
   if config.distillation.teacher:
@@ -125,6 +126,8 @@ def save_run(run_dir: str | Path, config: ExperimentConfig, prepared: Prepared,
   (staging / "config.yaml").write_text(config.to_yaml())
   prepared.vocabulary.save(staging / "vocabulary.json")
   prepared.data.items.to_parquet(staging / "catalogue.parquet", index=False)
+  if model.user_vectors is not None:
+    model.user_vectors.to_parquet(staging / "user_vectors.parquet", index=False)
   model.save_weights(str(staging / "weights" / "model"))
   if metrics is not None:
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -154,7 +157,9 @@ def load_run(run_dir: str | Path, catalogue: Optional[pd.DataFrame] = None
   vocabulary = FeatureVocabulary.load(run_dir / "vocabulary.json")
   if catalogue is None:
     catalogue = pd.read_parquet(run_dir / "catalogue.parquet")
-  model = build_model(config, vocabulary, catalogue)
+  user_vectors = run_dir / "user_vectors.parquet"
+  model = build_model(config, vocabulary, catalogue,
+                      pd.read_parquet(user_vectors) if user_vectors.exists() else None)
   model(model.encoder(model.encoder.missing()))  # create the variables
   try:
     status = model.load_weights(str(run_dir / "weights" / "model"))

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.data.schema import ITEM_ID
+from tfmtl.data.schema import ITEM_ID, USER_ID
 from tfmtl.tasks import task_predictions
 
 
@@ -59,14 +59,30 @@ class ServingModule(tf.Module):
         name: tf.Variable(tf.concat([unknown[name], values], axis=0), trainable=False,
                           name=f"item_{name}")
         for name, values in model.catalogue_features.items()}
+    # Vector user features (e.g. propagated interests) are looked up by user id.
+    self.user_vectors = {}
+    if model.user_vectors is not None:
+      self.user_rows = keras.layers.StringLookup(
+          vocabulary=model.user_vectors[USER_ID].astype(str).to_numpy())
+      self.user_vectors = {
+          name: tf.Variable(np.concatenate([np.zeros([1, spec.shape[1]], np.float32),
+                                            np.stack(model.user_vectors[name])]),
+                            trainable=False, name=f"user_{name}")
+          for name, spec in model.encoder.raw_signature.items()
+          if name in model.user_vectors.columns and name != USER_ID}
     raw_signature = model.encoder.raw_signature
-    user_signature = {name: raw_signature[name] for name in model.encoder.user_inputs}
+    user_signature = {name: raw_signature[name] for name in model.encoder.user_inputs
+                      if name not in self.user_vectors}
     rank_signature = {**user_signature,
                       ITEM_ID: tf.TensorSpec([None, None], tf.string, name=ITEM_ID)}
     self.retrieve = tf.function(self._retrieve, input_signature=[user_signature])
     self.rank = tf.function(self._rank, input_signature=[rank_signature])
 
   def _query_embeddings(self, features):
+    if self.user_vectors:
+      rows = self.user_rows(features[USER_ID])
+      features = {**features, **{name: tf.gather(table, rows)
+                                 for name, table in self.user_vectors.items()}}
     return self.query_tower(self.encoder(features))
 
   def _retrieve(self, features):
