@@ -1,12 +1,14 @@
 """SavedModel export in TF Serving's layout: `<base_path>/<name>/<version>/`.
 
 The export answers from raw features (ids as strings); vocabularies, the item
-catalogue and its candidate embeddings travel inside. Signatures (all
-batched, outputs sorted best first where they are lists):
+catalogue with its features (text vectors included) and candidate embeddings,
+and any vector user features (propagated interests, looked up by `user_id`)
+travel inside. Signatures (all batched, outputs sorted best first where they
+are lists):
 
 - `retrieve`: the user's raw features (`user_id`, each user feature column
-  and, for a sequence model, `history`: the user's recent item ids joined by
-  `|`, most recent first) -> `item_ids` [batch, k] string and `scores`
+  but vectors and, for a sequence model, `history`: the user's recent item
+  ids joined by `|`, most recent first) -> `item_ids` [batch, k] string and `scores`
   [batch, k] float32, brute force over the whole catalogue.
 - `rank`: the same user features plus `item_id` [batch, n] string ->
   one [batch, n] float32 output per ranking task (binary tasks give a
