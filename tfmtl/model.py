@@ -40,8 +40,8 @@ import tf_keras as keras
 from tfmtl.config import (RANKING_TASK_TYPES, TOWER_TASK_TYPES, ModelConfig, TaskConfig,
                           default_tasks, history_length)
 from tfmtl.data.pipeline import encode_examples
-from tfmtl.distillation import Distillation
 from tfmtl.data.schema import HISTORY, ITEM_ID, USER_ID, table_arrays, vector_dims
+from tfmtl.distillation import Distillation
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers import (FeatureTower, PredictionHead, RankingHeads, SequencePooling,
                           make_block)
@@ -113,9 +113,9 @@ class MultiTaskModel(tfrs.Model):
                        if task.type in TOWER_TASK_TYPES}
     predicted = {side for name, side in self.task_sides.items()
                  if self.task_configs[name].type == "classification"}
-    sizes = {name: vocabulary.size(name) for name, spec in
-             {USER_ID: None, ITEM_ID: None, **vocabulary.user_features,
-              **vocabulary.item_features}.items() if getattr(spec, "type", "") != "vector"}
+    features = {**vocabulary.user_features, **vocabulary.item_features}
+    sizes = {name: vocabulary.size(name) for name in (USER_ID, ITEM_ID, *features)
+             if name not in vector_dims(features)}  # vectors have no indices
     tower_args = dict(embedding_dim=config.embedding_dim,
                       id_embedding_dim=config.id_embedding_dim,
                       feature_embedding_dim=config.feature_embedding_dim,
@@ -153,7 +153,6 @@ class MultiTaskModel(tfrs.Model):
         for name, (_, feature) in self.task_sides.items()}
     for head in self.feature_heads.values():  # create the variables: call() skips them
       head(tf.zeros([1, config.embedding_dim]))
-    features = {**vocabulary.user_features, **vocabulary.item_features}
     self.tasks = {name: make_task(name, task, features.get(task.label))
                   for name, task in self.task_configs.items()}
     self.loss_weighting = make_weighting(

@@ -132,18 +132,29 @@ def interest_labels(train: pd.DataFrame, items: pd.DataFrame, users: pd.Index,
                     feature: str, separator: str = "|") -> tuple[np.ndarray, list[str]]:
   """Each user's share of each token of an item feature among their training
   items ([users, tokens]), and the tokens."""
-  tokens = items.set_index(items[ITEM_ID].astype(str))[feature].fillna("").astype(str)
-  exploded = tokens.str.split(separator).explode()
+  item_tokens, tokens = _item_tokens(items, feature, separator)
+  matrix = interaction_matrix(train, users, pd.Index(items[ITEM_ID].astype(str)))
+  return _token_shares(matrix, item_tokens), tokens
+
+
+def _item_tokens(items: pd.DataFrame, feature: str,
+                 separator: str) -> tuple[sp.csr_matrix, list[str]]:
+  """Items x tokens multi-hot matrix of a `separator`-joined item feature."""
+  values = items[feature].fillna("").astype(str).reset_index(drop=True)
+  exploded = values.str.split(separator).explode()
   exploded = exploded[exploded != ""]
-  vocabulary = sorted(exploded.unique())
-  item_tokens = sp.csr_matrix(
-      (np.ones(len(exploded)), (pd.Index(tokens.index).get_indexer(exploded.index),
-                                pd.Index(vocabulary).get_indexer(exploded.to_numpy()))),
-      shape=(len(tokens), len(vocabulary)))
-  counts = interaction_matrix(train, users, pd.Index(tokens.index)) @ item_tokens
-  counts = np.asarray(counts.todense())
+  tokens = sorted(exploded.unique())
+  matrix = sp.csr_matrix(
+      (np.ones(len(exploded)), (exploded.index.to_numpy(),
+                                pd.Index(tokens).get_indexer(exploded.to_numpy()))),
+      shape=(len(values), len(tokens)))
+  return matrix, tokens
+
+
+def _token_shares(interactions: sp.csr_matrix, item_tokens: sp.csr_matrix) -> np.ndarray:
+  counts = np.asarray((interactions @ item_tokens).todense())
   totals = counts.sum(axis=1, keepdims=True)
-  return np.where(totals > 0, counts / np.maximum(totals, 1.0), 0.0), vocabulary
+  return np.where(totals > 0, counts / np.maximum(totals, 1.0), 0.0)
 
 
 def add_propagated_feature(data: InteractionData, train: pd.DataFrame,
@@ -155,9 +166,10 @@ def add_propagated_feature(data: InteractionData, train: pd.DataFrame,
     raise DataError(f"propagation.feature: {config.feature!r} is not a multi_categorical item "
                     f"feature (item features: {sorted(data.item_features)})")
   users = pd.Index(data.users[USER_ID].astype(str))
-  labels, tokens = interest_labels(train, data.items, users, config.feature,
-                                   data.item_features[config.feature].separator)
   matrix = interaction_matrix(train, users, pd.Index(data.items[ITEM_ID].astype(str)))
+  item_tokens, tokens = _item_tokens(data.items, config.feature,
+                                     data.item_features[config.feature].separator)
+  labels = _token_shares(matrix, item_tokens)
   counts = np.asarray(matrix.sum(axis=1)).ravel()
   known = counts >= config.min_interactions
   graph = knn_graph(user_vectors(matrix, config.dim), config.k)

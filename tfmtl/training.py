@@ -144,19 +144,25 @@ def _replace_dir(staging: Path, target: Path) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
-def load_run(run_dir: str | Path, catalogue: Optional[pd.DataFrame] = None
-             ) -> tuple[ExperimentConfig, MultiTaskModel]:
-  """Rebuilds a saved run's model with its trained weights (over `catalogue`,
-  by default the run's own)."""
+def read_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureVocabulary, pd.DataFrame]:
+  """A saved run's config, vocabulary and catalogue (no model is built)."""
   run_dir = Path(run_dir)
   for name in ("config.yaml", "vocabulary.json", "catalogue.parquet", "weights"):
     if not (run_dir / name).exists():
       raise FileNotFoundError(f"{run_dir}: not a tfmtl run ({name} is missing); "
                               "train one with `tfmtl train`")
-  config = ExperimentConfig.from_file(run_dir / "config.yaml")
-  vocabulary = FeatureVocabulary.load(run_dir / "vocabulary.json")
-  if catalogue is None:
-    catalogue = pd.read_parquet(run_dir / "catalogue.parquet")
+  return (ExperimentConfig.from_file(run_dir / "config.yaml"),
+          FeatureVocabulary.load(run_dir / "vocabulary.json"),
+          pd.read_parquet(run_dir / "catalogue.parquet"))
+
+
+def load_run(run_dir: str | Path, catalogue: Optional[pd.DataFrame] = None
+             ) -> tuple[ExperimentConfig, MultiTaskModel]:
+  """Rebuilds a saved run's model with its trained weights (over `catalogue`,
+  by default the run's own)."""
+  run_dir = Path(run_dir)
+  config, vocabulary, own_catalogue = read_run(run_dir)
+  catalogue = own_catalogue if catalogue is None else catalogue
   user_vectors = run_dir / "user_vectors.parquet"
   model = build_model(config, vocabulary, catalogue,
                       pd.read_parquet(user_vectors) if user_vectors.exists() else None)

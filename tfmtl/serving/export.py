@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.data.schema import ITEM_ID, USER_ID
+from tfmtl.data.schema import ITEM_ID, USER_ID, vector_dims
 from tfmtl.tasks import task_predictions
 
 
@@ -67,11 +67,10 @@ class ServingModule(tf.Module):
       self.user_rows = keras.layers.StringLookup(
           vocabulary=model.user_vectors[USER_ID].astype(str).to_numpy())
       self.user_vectors = {
-          name: tf.Variable(np.concatenate([np.zeros([1, spec.shape[1]], np.float32),
+          name: tf.Variable(np.concatenate([np.zeros([1, dim], np.float32),  # unknown users
                                             np.stack(model.user_vectors[name])]),
                             trainable=False, name=f"user_{name}")
-          for name, spec in model.encoder.raw_signature.items()
-          if name in model.user_vectors.columns and name != USER_ID}
+          for name, dim in vector_dims(model.vocabulary.user_features).items()}
     raw_signature = model.encoder.raw_signature
     user_signature = {name: raw_signature[name] for name in model.encoder.user_inputs
                       if name not in self.user_vectors}

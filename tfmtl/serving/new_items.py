@@ -39,9 +39,8 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
   catalogue (first trained on, or added before) are refused.
   """
   run_dir = Path(run_dir)
-  config, model = training.load_run(run_dir)
-  catalogue = pd.read_parquet(run_dir / "catalogue.parquet")
-  features = model.vocabulary.item_features
+  config, vocabulary, catalogue = training.read_run(run_dir)
+  features = vocabulary.item_features
   new = check_feature_table(items, ITEM_ID, {name: spec for name, spec in features.items()
                                             if name != CONTENT}, source)
   known = new[ITEM_ID].isin(catalogue[ITEM_ID].astype(str))
