@@ -16,13 +16,16 @@ Methods (the default multi-task model; target training with batch 256):
 - `finetune_frozen`: the same with embeddings and towers frozen for the
   first 3 epochs (`transfer.freeze_epochs`);
 - `finetune+l2sp`: `finetune` with L2-SP (`transfer.l2sp: 0.001`);
-- `joint`: one model trained on the source ratings and the target fraction
-  together.
+- `joint`: sample-based transfer: one model trained on the target fraction
+  with every source rating mixed in (`transfer.source`), at each source
+  weight of `--source-weights` (`transfer.source_weight`; 1 and 0.5, the
+  best on the target's validation ratings at 10%: `--on validation`).
 
 The target vocabulary holds the ids of both domains, so users the target
 fraction lacks keep their pretrained rows (and get fresh ones from scratch).
 
     python benchmarks/protocol_d.py [--seeds 0 1 2] [--fractions 0.1 0.25 0.5]
+        [--methods ...] [--source-weights 1 0.5] [--on test|validation]
 
 Writes benchmarks/results/protocol_d.json.
 """
@@ -30,6 +33,7 @@ Writes benchmarks/results/protocol_d.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -76,15 +80,21 @@ def pretrain(data, source: pd.DataFrame, seed: int, folder: Path) -> Path:
   return training.save_run(folder / f"source_{seed}", config, prepared, model)
 
 
-def run_method(method, data, source, target: Split, fraction, seed, run, candidates):
+def run_method(method, data, source, target: Split, fraction, seed, run, candidates,
+               source_weight, on):
+  """Target metrics of one method (`source_weight`: joint's, else None)."""
   train = target.train.sample(frac=fraction, random_state=42).reset_index(drop=True)
   both = pd.concat([source, train], ignore_index=True)
   overrides = [f"seed={seed}", "train.batch_size=256",
                *(o.format(run=run) for o in METHODS[method])]
   config = ExperimentConfig().with_overrides(overrides)
-  split = Split(both if method == "joint" else train, target.validation, target.test)
-  prepared = training.Prepared(data, split, FeatureVocabulary.build(data, both))
+  mixed_in = None if source_weight is None else dataclasses.replace(
+      data, interactions=source.assign(sample_weight=source_weight))
+  split = Split(train, target.validation, target.test)
+  prepared = training.Prepared(data, split, FeatureVocabulary.build(data, both), mixed_in)
   model = training.fit(config, prepared, verbose=0)
+  if on == "validation":
+    split = Split(train, target.validation.iloc[:0], target.validation)
   metrics = evaluation.evaluate_model(model, data, split, [10], candidates=candidates)
   return {short: metrics[name] for short, name in METRICS.items()}
 
@@ -94,30 +104,35 @@ def main():
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5])
   parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+  parser.add_argument("--source-weights", type=float, nargs="+", default=[1.0, 0.5])
+  parser.add_argument("--on", choices=["test", "validation"], default="test")
   args = parser.parse_args()
   data, source, target, candidates = domains()
   print(f"source: {len(source)} ratings; target: {len(candidates)} movies, "
         f"{len(target.train)} / {len(target.validation)} / {len(target.test)} ratings")
-  runs = {(f, m): [] for f in args.fractions for m in args.methods}
+  runs = {}
   with tempfile.TemporaryDirectory() as folder:
     for seed in args.seeds:
       run = pretrain(data, source, seed, Path(folder)) if any(
           "finetune" in m for m in args.methods) else None
       for fraction in args.fractions:
         for method in args.methods:
-          metrics = run_method(method, data, source, target, fraction, seed, run, candidates)
-          runs[fraction, method].append(metrics)
-          print(f"fraction {fraction} {method} seed {seed}: " + ", ".join(
-              f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
-  rows = [{"fraction": f, "method": m,
+          for weight in args.source_weights if method == "joint" else [None]:
+            metrics = run_method(method, data, source, target, fraction, seed, run,
+                                 candidates, weight, args.on)
+            runs.setdefault((fraction, method, weight), []).append(metrics)
+            print(f"fraction {fraction} {method} source_weight {weight} seed {seed}: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+  rows = [{"fraction": f, "method": m, **({} if w is None else {"source_weight": w}),
            "metrics": {k: summary([r[k] for r in results]) for k in METRICS}}
-          for (f, m), results in runs.items()]
-  path = write_result("protocol_d", {
-      "protocol": "D", "seeds": args.seeds, "target_genre": TARGET_GENRE,
+          for (f, m, w), results in runs.items()]
+  path = write_result("protocol_d" if args.on == "test" else "protocol_d_validation", {
+      "protocol": "D", "on": args.on, "seeds": args.seeds, "target_genre": TARGET_GENRE,
       "source_ratings": len(source), "target_movies": len(candidates),
       "target_split": [len(part) for part in target], "rows": rows})
   for row in rows:
-    print(f"{row['fraction']:<5} {row['method']:<16} {format_summaries(row['metrics'])}")
+    print(f"{row['fraction']:<5} {row['method']:<16} {row.get('source_weight', ''):<5} "
+          f"{format_summaries(row['metrics'])}")
   print(f"-> {path}")
 
 

@@ -2,6 +2,7 @@
 learning-rate scales and L2-SP."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 import tf_keras as keras
@@ -168,3 +169,108 @@ def test_fine_tune_from_rejects_an_unknown_component(tiny_data, source):
   target = _model(tiny_data, _target_part(tiny_data))
   with pytest.raises(ValueError, match="unknown component"):
     fine_tune_from(target, source, TransferConfig(freeze_epochs={"everything": 1}))
+
+
+# Sample-based transfer: source examples mixed into training with a weight.
+
+def _batch(data, interactions, model, weight=None):
+  if weight is not None:
+    interactions = interactions.assign(sample_weight=weight)
+  return next(iter(make_dataset(data, interactions, model.encoder, 256)))
+
+
+def test_sample_weights_scale_every_task_loss(tiny_data):
+  model = _model(tiny_data, tiny_data.interactions)
+  rows = tiny_data.interactions.iloc[:256]
+  unweighted = float(model.compute_loss(_batch(tiny_data, rows, model)))
+  assert float(model.compute_loss(_batch(tiny_data, rows, model, 1.0))) == pytest.approx(
+      unweighted, rel=1e-6)
+  assert float(model.compute_loss(_batch(tiny_data, rows, model, 0.25))) == pytest.approx(
+      0.25 * unweighted, rel=1e-6)
+
+
+def test_a_zero_weight_example_teaches_its_user_nothing(tiny_data):
+  model = _model(tiny_data, tiny_data.interactions)
+  rows = tiny_data.interactions.iloc[:256]
+  batch = _batch(tiny_data, rows, model, np.where(rows["user_id"] == "u0", 0.0, 1.0))
+  table = next(v for v in model.trainable_variables if "user_id_embedding" in v.name)
+  with tf.GradientTape() as tape:
+    loss = model.compute_loss(batch)
+  gradient = tf.convert_to_tensor(tape.gradient(loss, table)).numpy()
+  index = {u: model.vocabulary.user_ids.index(u) + 1 for u in ("u0", "u1")}
+  np.testing.assert_array_equal(gradient[index["u0"]], 0.0)
+  assert np.abs(gradient[index["u1"]]).sum() > 0
+
+
+def _domain_files(tiny_frames, tmp_path):
+  """Target: items i0-i19; source: items i20-i39 and 20 more users."""
+  make_frames, user_features = tiny_frames
+  interactions, users, items = make_frames(num_users=80)
+  item_number = interactions["item_id"].str[1:].astype(int)
+  paths = {}
+  for name, frame in {"target": interactions[(item_number < 20) & (
+                          interactions["user_id"].str[1:].astype(int) < 60)],
+                      "source": interactions[item_number >= 20],
+                      "users": users, "items": items.iloc[:20],
+                      "source_items": items.iloc[20:]}.items():
+    paths[name] = tmp_path / f"{name}.csv"
+    frame.to_csv(paths[name], index=False)
+  return paths, {"taste": "categorical"}
+
+
+def _source_config(paths, user_features, *overrides):
+  data = {"source": "files", "interactions": str(paths["target"]),
+          "users": str(paths["users"]), "items": str(paths["items"]),
+          "user_features": user_features}
+  source = {"source": "files", "interactions": str(paths["source"]),
+            "users": str(paths["users"]), "items": str(paths["source_items"])}
+  return ExperimentConfig.from_dict({"data": data, "transfer": {"source": source}}
+                                    ).with_overrides(["model.embedding_dim=8", *overrides])
+
+
+def test_a_source_domain_joins_training_at_its_weight(tiny_frames, tmp_path):
+  paths, user_features = _domain_files(tiny_frames, tmp_path)
+  config = _source_config(paths, user_features, "transfer.source_weight=0.25",
+                          "train.epochs=2", "train.batch_size=64")
+  prepared = training.prepare(config)
+  data, rows = prepared.training_examples()
+  source_rows = pd.read_csv(paths["source"])
+  assert len(rows) == len(prepared.split.train) + len(source_rows)
+  assert rows["sample_weight"].value_counts().to_dict() == {
+      1.0: len(prepared.split.train), 0.25: len(source_rows)}
+  # The vocabulary knows both domains; the catalogue and the evaluation are the target's.
+  assert set(source_rows["item_id"]) <= set(prepared.vocabulary.item_ids)
+  assert {"u70", "u79"} <= set(prepared.vocabulary.user_ids)
+  assert set(prepared.data.items["item_id"]) == {f"i{i}" for i in range(20)}
+  model = training.fit(config, prepared, verbose=0)
+  assert set(model.catalogue_item_ids) == {f"i{i}" for i in range(20)}
+  history = model.history.history["loss"]
+  assert history[-1] < history[0]
+  metrics = tfmtl.evaluation.evaluate_model(model, prepared.data, prepared.split, [5])
+  assert 0 < metrics["recall@5"] <= 1
+
+
+def test_a_source_without_the_target_labels_is_named(tiny_frames, tmp_path):
+  paths, user_features = _domain_files(tiny_frames, tmp_path)
+  pd.read_csv(paths["source"]).drop(columns="rating").to_csv(paths["source"], index=False)
+  with pytest.raises(tfmtl.data.DataError, match=r"transfer.source: .*\['rating'\]"):
+    training.prepare(_source_config(paths, user_features))
+
+
+def test_a_source_without_the_target_features_is_named(tiny_frames, tmp_path):
+  paths, user_features = _domain_files(tiny_frames, tmp_path)
+  pd.read_csv(paths["users"]).drop(columns="taste").to_csv(tmp_path / "bare.csv", index=False)
+  config = _source_config(paths, user_features,
+                          f"transfer.source.users={tmp_path / 'bare.csv'}")
+  with pytest.raises(tfmtl.data.DataError, match=r"transfer.source: .*bare.csv.*taste"):
+    training.prepare(config)
+
+
+def test_bad_sample_weights_are_refused(tiny_frames, tmp_path):
+  paths, user_features = _domain_files(tiny_frames, tmp_path)
+  frame = pd.read_csv(paths["target"]).assign(sample_weight=-1.0)
+  frame.to_csv(paths["target"], index=False)
+  with pytest.raises(tfmtl.data.DataError, match="target.csv.*sample_weight.*negative"):
+    training.prepare(_source_config(paths, user_features))
+  with pytest.raises(tfmtl.config.ConfigError, match="transfer.source_weight: must be positive"):
+    _source_config(paths, user_features, "transfer.source_weight=0")

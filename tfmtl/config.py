@@ -384,7 +384,8 @@ TRANSFER_COMPONENTS = ("embeddings", "towers", "experts", "heads")
 
 @dataclasses.dataclass
 class TransferConfig:
-  """Fine-tuning from a pretrained model (see `tfmtl.transfer`).
+  """Transfer from a source domain: fine-tuning from a pretrained model (see
+  `tfmtl.transfer`) and sample-based transfer (source examples mixed in).
 
   Attributes:
     pretrained: a run directory (`tfmtl train` writes `runs/<name>`) whose
@@ -396,14 +397,24 @@ class TransferConfig:
     learning_rate_scale: the pretrained weights' learning rate as a fraction
       of `train.learning_rate`.
     l2sp: strength of the L2-SP pull toward the pretrained weights (0: off).
+    source: a `data` section naming a source domain's data (by default read
+      with this data's feature columns); all its interactions join the
+      training split, weighted `source_weight`, while validation, test and
+      the catalogue stay this data's. Ids of both domains get vocabulary rows.
+    source_weight: each source interaction's loss weight (a target
+      interaction's is 1, or its own `sample_weight`).
   """
   pretrained: Optional[str] = None
   components: list[str] = dataclasses.field(default_factory=lambda: list(TRANSFER_COMPONENTS))
   freeze_epochs: dict[str, int] = dataclasses.field(default_factory=dict)
   learning_rate_scale: float = 1.0
   l2sp: float = 0.0
+  source: Optional[DataConfig] = None
+  source_weight: float = 1.0
 
   def _validate(self):
+    if self.source_weight <= 0:
+      raise ConfigError("source_weight: must be positive")
     for component in [*self.components, *self.freeze_epochs]:
       _one_of("components", component, TRANSFER_COMPONENTS, what="component")
     if any(epochs < -1 for epochs in self.freeze_epochs.values()):

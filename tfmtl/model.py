@@ -4,7 +4,8 @@ The query tower (user id + user features) and the candidate tower (item id +
 item features) produce embeddings that every task shares: the retrieval task
 scores query . candidate with an in-batch softmax, and each ranking task
 (rating regression, like classification, ...) reads the pair through its own
-head. The loss is the weighted sum of the tasks' losses.
+head. The loss is the weighted sum of the tasks' losses; a `sample_weight`
+feature, when the examples have one, weights every task's per-example loss.
 
 Inputs are encoded features (`make_dataset(..., model.encoder, ...)` makes
 them); the model carries its vocabularies (`model.encoder`) and its item
@@ -40,7 +41,8 @@ import tf_keras as keras
 from tfmtl.config import (RANKING_TASK_TYPES, TOWER_TASK_TYPES, ModelConfig, TaskConfig,
                           default_tasks, history_length)
 from tfmtl.data.pipeline import encode_examples
-from tfmtl.data.schema import HISTORY, ITEM_ID, USER_ID, table_arrays, vector_dims
+from tfmtl.data.schema import (HISTORY, ITEM_ID, SAMPLE_WEIGHT, USER_ID, table_arrays,
+                               vector_dims)
 from tfmtl.distillation import Distillation
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers import (FeatureTower, PredictionHead, RankingHeads, SequencePooling,
@@ -205,7 +207,7 @@ class MultiTaskModel(tfrs.Model):
     compute_metrics = self.training_metrics or not training
     logits = ({} if self.ranking is None else
               self.ranking(embeddings["query"], embeddings["candidate"]))
-    losses = {}
+    losses, sample_weight = {}, features.get(SAMPLE_WEIGHT)
     for name, config in self.task_configs.items():
       task = self.tasks[name]
       if config.type == "retrieval":
@@ -214,7 +216,8 @@ class MultiTaskModel(tfrs.Model):
             candidate_sampling_probability=(
                 tf.gather(self.item_probability, features[ITEM_ID])
                 if config.logq_correction else None),
-            candidate_ids=features[ITEM_ID], compute_metrics=False)
+            candidate_ids=features[ITEM_ID], sample_weight=sample_weight,
+            compute_metrics=False)
         if compute_metrics:
           self.retrieval_metric.update_state(embeddings["query"], embeddings["candidate"])
       elif name in self.task_sides:  # classification, reconstruction: one tower
@@ -222,16 +225,17 @@ class MultiTaskModel(tfrs.Model):
         labels = (self._history_profile(feature, features[HISTORY])
                   if config.type == "reconstruction" else features[feature])
         per_example_loss = task(labels, self.feature_heads[name](embeddings[side]),
-                                compute_metrics=compute_metrics)
+                                sample_weight=sample_weight, compute_metrics=compute_metrics)
       elif config.type == "implicit":
         negative_logits = self._sampled_item_logits(name, config.num_negatives,
                                                     embeddings["query"])
         per_example_loss = task(
             tf.concat([tf.ones_like(logits[name]), tf.zeros_like(negative_logits)], 1),
-            tf.concat([logits[name], negative_logits], 1), compute_metrics=compute_metrics)
+            tf.concat([logits[name], negative_logits], 1), sample_weight=sample_weight,
+            compute_metrics=compute_metrics)
       else:
         per_example_loss = task(task_labels(config, features), logits[name],
-                                compute_metrics=compute_metrics)
+                                sample_weight=sample_weight, compute_metrics=compute_metrics)
       losses[name] = tf.nn.compute_average_loss(per_example_loss)
     total_loss, weights = self.loss_weighting(losses)
     for name, loss in losses.items():

@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -28,10 +29,10 @@ import tf_keras as keras
 
 from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig
 from tfmtl.content import encode_item_content, with_content
-from tfmtl.data.history import add_history
+from tfmtl.data.history import add_history, add_history_column
 from tfmtl.data.pipeline import make_dataset
 from tfmtl.data.schema import InteractionData
-from tfmtl.data.sources import load_data
+from tfmtl.data.sources import load_data, load_source, mix_source
 from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
 from tfmtl.features import FeatureVocabulary
@@ -44,21 +45,32 @@ logger = logging.getLogger("tfmtl")
 
 
 class Prepared(NamedTuple):
-  """Data, its split and the vocabularies learnt from the training split.
+  """Data, its split and the vocabularies learnt from the training split
+  (with the source domain's interactions, which sample-based transfer adds
+  to training; `tfmtl.data.sources.mix_source`).
 
   With a sequence model, every part of the split has the `history` column.
   """
   data: InteractionData
   split: Split
   vocabulary: FeatureVocabulary
+  source: Optional[InteractionData] = None
+
+  def training_examples(self) -> tuple[InteractionData, pd.DataFrame]:
+    """The data and rows `fit` trains on."""
+    return mix_source(self.data, self.split.train, self.source)
 
 
 def prepare(config: ExperimentConfig) -> Prepared:
   """Loads the data, splits it and builds vocabularies from the train split."""
   data = load_data(config.data)
+  source = (load_source(config.transfer.source, data, config.transfer.source_weight)
+            if config.transfer.source else None)
   if config.content.encoder != "none":
-    data = with_content(data, encode_item_content(data.items, config.content,
-                                                  config.data.cache_dir))
+    def encoded(part: InteractionData) -> InteractionData:
+      return with_content(part, encode_item_content(part.items, config.content,
+                                                    config.data.cache_dir))
+    data, source = encoded(data), source and encoded(source)
   for name, task in config.tasks.items():
     if task.type in TOWER_TASK_TYPES:
       tower_task_side(name, task, data.user_features, data.item_features)
@@ -71,10 +83,17 @@ def prepare(config: ExperimentConfig) -> Prepared:
               len(split.test))
   if config.history_length:
     split = add_history(split, config.history_length)
+  if config.history_length and source:
+    source = dataclasses.replace(source, interactions=add_history_column(
+        source.interactions, source.interactions, config.history_length))
   if config.propagation.feature != "none":
     data = add_propagated_feature(data, split.train, config.propagation)
-  return Prepared(data, split,
-                  FeatureVocabulary.build(data, split.train, config.history_length))
+  prepared = Prepared(data, split, None, source)
+  if source:
+    logger.info("%s joins training, weight %g", source.summary(),
+                config.transfer.source_weight)
+  return prepared._replace(vocabulary=FeatureVocabulary.build(
+      *prepared.training_examples(), config.history_length))
 
 
 def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
@@ -106,7 +125,7 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2) -> Multi
                                       config.distillation.weight,
                                       config.distillation.temperature)
     model.distillation.check_student(model)
-  train = make_dataset(prepared.data, prepared.split.train, model.encoder,
+  train = make_dataset(*prepared.training_examples(), model.encoder,
                        config.train.batch_size, shuffle=True, seed=config.seed)
   model.fit(train, epochs=config.train.epochs, verbose=verbose)
   return model

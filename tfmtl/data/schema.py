@@ -4,7 +4,9 @@ Every source (offline MovieLens, TFDS, local files) ends in an
 `InteractionData`, checked by `InteractionData.from_frames`:
 
 - interactions: `user_id`, `item_id` (strings), optional `rating` (float32)
-  and `timestamp` (int64), plus any numeric label columns;
+  and `timestamp` (int64), plus any numeric label columns; a numeric
+  `sample_weight` column, if present, weights each interaction's losses
+  (as Keras' `sample_weight` does; sample-based transfer sets it);
 - users / items: one row per id, with the feature columns named in
   `user_features` / `item_features` (a `FeatureConfig` each); other columns
   (e.g. titles) are kept as they are.
@@ -39,6 +41,7 @@ from tfmtl.config import FeatureConfig
 USER_ID, ITEM_ID, RATING, TIMESTAMP = "user_id", "item_id", "rating", "timestamp"
 # The user's earlier items, `|`-joined, added by `tfmtl.data.history`.
 HISTORY, HISTORY_SEPARATOR = "history", "|"
+SAMPLE_WEIGHT = "sample_weight"
 
 logger = logging.getLogger("tfmtl")
 
@@ -89,7 +92,7 @@ class InteractionData:
   def label_columns(self) -> list[str]:
     """Numeric interaction columns a task can predict (e.g. `rating`)."""
     return [c for c in self.interactions.columns
-            if c not in (USER_ID, ITEM_ID, TIMESTAMP, HISTORY)]
+            if c not in (USER_ID, ITEM_ID, TIMESTAMP, HISTORY, SAMPLE_WEIGHT)]
 
   def examples(self, interactions: pd.DataFrame) -> dict[str, np.ndarray]:
     """Raw feature and label arrays, one row per interaction.
@@ -99,7 +102,7 @@ class InteractionData:
     `tfmtl.data.history`) is kept.
     """
     own = [USER_ID, ITEM_ID, *self.label_columns,
-           *([HISTORY] if HISTORY in interactions.columns else [])]
+           *(c for c in (SAMPLE_WEIGHT, HISTORY) if c in interactions.columns)]
     frame = interactions[own]
     frame = frame.merge(self.users[[USER_ID, *self.user_features]], on=USER_ID,
                         how="left", validate="many_to_one")
@@ -185,6 +188,12 @@ def _check_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     out[TIMESTAMP] = _numbers(frame, TIMESTAMP, source, np.float64).astype(np.int64)
   if RATING in frame.columns:
     out[RATING] = _numbers(frame, RATING, source, np.float32)
+  if SAMPLE_WEIGHT in frame.columns:
+    out[SAMPLE_WEIGHT] = _numbers(frame, SAMPLE_WEIGHT, source, np.float32)
+    negative = pd.Series(out[SAMPLE_WEIGHT] < 0)
+    if negative.any():
+      raise DataError(f"{source}: column {SAMPLE_WEIGHT!r} has negative weights "
+                      f"({_first_bad(negative, out, SAMPLE_WEIGHT)})")
   for column in frame.columns.difference(out.columns):  # other numeric labels
     numbers = pd.to_numeric(frame[column], errors="coerce")
     if numbers.notna().all():

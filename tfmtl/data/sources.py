@@ -1,9 +1,33 @@
-"""The data a `DataConfig` names, from whichever source it names."""
+"""The data a `DataConfig` names, from whichever source it names, and the
+source domain that sample-based transfer mixes into training.
+
+Example (sample-based transfer: a source domain's interactions join the
+target's training rows at half weight; the feature tables are joined):
+
+>>> import pandas as pd
+>>> from tfmtl.data import InteractionData
+>>> from tfmtl.data.sources import mix_source
+>>> target = InteractionData.from_frames(pd.DataFrame(
+...     {"user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "rating": [4, 5]}))
+>>> source = InteractionData.from_frames(pd.DataFrame(
+...     {"user_id": ["u1", "u9"], "item_id": ["s1", "s2"], "rating": [3, 1],
+...      "sample_weight": [0.5, 0.5]}))
+>>> data, train = mix_source(target, target.interactions, source)
+>>> train["sample_weight"].tolist(), sorted(data.items["item_id"])
+([1.0, 1.0, 0.5, 0.5], ['i1', 'i2', 's1', 's2'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pandas as pd
 
 from tfmtl.config import DataConfig
 from tfmtl.data.files import load_files
 from tfmtl.data.movielens import load_movielens_100k, load_tfds_movielens
-from tfmtl.data.schema import InteractionData
+from tfmtl.data.schema import ITEM_ID, SAMPLE_WEIGHT, USER_ID, DataError, InteractionData
 
 
 def load_data(config: DataConfig) -> InteractionData:
@@ -25,3 +49,43 @@ def load_data(config: DataConfig) -> InteractionData:
         config.user_features or data.user_features,
         config.item_features or data.item_features, name=data.name)
   return data
+
+
+def load_source(config: DataConfig, target: InteractionData, weight: float) -> InteractionData:
+  """The source domain (`transfer.source`), read with the target's feature
+  columns unless `config` names its own, each interaction weighted `weight`
+  (times its own `sample_weight`). Errors name `transfer.source`."""
+  config = dataclasses.replace(config,
+                               user_features=config.user_features or target.user_features,
+                               item_features=config.item_features or target.item_features)
+  try:
+    source = load_data(config)
+  except DataError as error:
+    raise DataError(f"transfer.source: {error}") from None
+  interactions = source.interactions.copy()
+  interactions[SAMPLE_WEIGHT] = weight * interactions.get(SAMPLE_WEIGHT, 1.0)
+  return dataclasses.replace(source, interactions=interactions, name=f"source {source.name}")
+
+
+def mix_source(target: InteractionData, train: pd.DataFrame,
+               source: Optional[InteractionData]) -> tuple[InteractionData, pd.DataFrame]:
+  """The training examples: the target's `train` rows (weight 1 unless they
+  carry their own) and every source interaction, over feature tables joined
+  (for an id in both, the target's row wins). Without a source, as given.
+
+  The source must have the target's label columns; its other columns are
+  dropped."""
+  if source is None:
+    return target, train
+  missing = [c for c in target.label_columns if c not in source.interactions]
+  if missing:
+    raise DataError(f"transfer.source: the interactions lack the label column(s) "
+                    f"{missing} that the target's have")
+  train = train.assign(**{SAMPLE_WEIGHT: train.get(SAMPLE_WEIGHT, 1.0)})
+  rows = pd.concat([train, source.interactions[train.columns.intersection(
+      source.interactions.columns)]], ignore_index=True)
+  tables = {name: pd.concat([getattr(target, name), table[~table[id_column].isin(
+                getattr(target, name)[id_column])]], ignore_index=True)
+            for name, id_column, table in (("users", USER_ID, source.users),
+                                           ("items", ITEM_ID, source.items))}
+  return dataclasses.replace(target, interactions=rows, **tables), rows
