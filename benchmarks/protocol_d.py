@@ -15,6 +15,10 @@ Methods (the default multi-task model; target training with batch 256):
   `transfer.pretrained` (every component, nothing frozen);
 - `finetune_frozen`: the same with embeddings and towers frozen for the
   first 3 epochs (`transfer.freeze_epochs`);
+- `finetune_frozen_embeddings`: the pretrained embeddings frozen throughout
+  (`freeze_epochs: {embeddings: -1}`), the rest trained;
+- `finetune_slow`: the pretrained weights at a tenth of the learning rate
+  (`transfer.learning_rate_scale: 0.1`);
 - `finetune+l2sp`: `finetune` with L2-SP (`transfer.l2sp: 0.001`);
 - `joint`: sample-based transfer: one model trained on the target fraction
   with every source rating mixed in (`transfer.source`), at each source
@@ -53,6 +57,9 @@ METHODS = {
     "finetune": ["transfer.pretrained={run}"],
     "finetune_frozen": ["transfer.pretrained={run}",
                         "transfer.freeze_epochs={{embeddings: 3, towers: 3}}"],
+    "finetune_frozen_embeddings": ["transfer.pretrained={run}",
+                                   "transfer.freeze_epochs={{embeddings: -1}}"],
+    "finetune_slow": ["transfer.pretrained={run}", "transfer.learning_rate_scale=0.1"],
     "finetune+l2sp": ["transfer.pretrained={run}", "transfer.l2sp=0.001"],
     "joint": [],
 }
