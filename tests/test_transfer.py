@@ -248,6 +248,8 @@ def test_a_source_domain_joins_training_at_its_weight(tiny_frames, tmp_path):
   assert history[-1] < history[0]
   metrics = tfmtl.evaluation.evaluate_model(model, prepared.data, prepared.split, [5])
   assert 0 < metrics["recall@5"] <= 1
+  _, loaded = training.load_run(training.save_run(tmp_path / "run", config, prepared, model))
+  np.testing.assert_allclose(loaded.catalogue_embeddings(), model.catalogue_embeddings())
 
 
 def test_a_source_without_the_target_labels_is_named(tiny_frames, tmp_path):
