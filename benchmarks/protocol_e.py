@@ -47,7 +47,7 @@ METRICS = {"ndcg@10": "ndcg@10", "recall@10": "recall@10", "rmse": "rating_rmse"
 
 def retrieve_p50_ms(model, folder: Path, prepared) -> float:
   served = tf.saved_model.load(str(export_model(model, folder, "latency")))
-  retrieve = served.signatures["retrieve"]
+  retrieve = served.signatures["serving_default"]
   user = prepared.data.users.iloc[[0]]
   inputs = {name: tf.constant(user[name].to_numpy(np.float32 if name == "age" else str))
             for name in model.encoder.user_inputs}

@@ -55,6 +55,11 @@ def test_train_then_evaluate_then_export_a_new_version(tmp_path, config_file):
     exported = _tfmtl("export", "--run", "runs/tiny", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert exported.stdout.strip().endswith(f"saved_models/tiny/{version}")
+  validated = _tfmtl("validate", "--run", "runs/tiny", cwd=tmp_path)
+  assert validated.returncode == 0, validated.stderr[-3000:]
+  assert validated.stdout.count("\nok ") == 3 and "saved_models/tiny/2: ready" in validated.stdout
+  refused = _tfmtl("validate", "--run", "runs/tiny", "--export", "runs", cwd=tmp_path)
+  assert refused.returncode == 2 and "runs: no saved_model.pb" in refused.stderr
 
 
 def test_data_summarises_the_source(tmp_path, config_file):
@@ -97,7 +102,7 @@ def test_the_auxiliary_config_runs_on_movielens_and_exports_the_history_input(tm
   for name in ("occupation", "genre_profile", "rating", "retrieval"):
     assert f"{name}_loss" in log and f"{name}_weight" in log, name
   export = tmp_path / "saved_models" / "movielens_100k_auxiliary" / "1"
-  retrieve = tf.saved_model.load(str(export)).signatures["retrieve"]
+  retrieve = tf.saved_model.load(str(export)).signatures["serving_default"]
   assert set(retrieve.structured_input_signature[1]) == {
       "user_id", "age", "gender", "occupation", "zip_code", "history"}
   recommended = retrieve(user_id=tf.constant(["1"]), age=tf.constant([24.0]),

@@ -91,3 +91,12 @@ def test_implicit_task_needs_no_label_but_classification_does():
   assert config.tasks["watched"].num_negatives == 4
   with pytest.raises(ConfigError, match=r"tasks.genre.label: a classification task needs"):
     ExperimentConfig.from_dict({"tasks": {"genre": {"type": "classification"}}})
+
+
+def test_recommend_weights_name_retrieval_or_ranking_tasks():
+  config = ExperimentConfig().with_overrides(["export.recommend_weights={like: 2, retrieval: 1}"])
+  assert config.export.recommend_weights == {"like": 2.0, "retrieval": 1.0}
+  with pytest.raises(ConfigError, match=r"export.recommend_weights: 'likes' is not a retrieval"):
+    ExperimentConfig().with_overrides(["export.recommend_weights={likes: 1}"])
+  with pytest.raises(ConfigError, match=r"export.keep_versions: must be non-negative"):
+    ExperimentConfig().with_overrides(["export.keep_versions=-1"])

@@ -29,7 +29,7 @@ def trained(tmp_path_factory, tiny_data):
   model.compile(optimizer=keras.optimizers.Adam(0.01))
   model.fit(make_dataset(data, data.interactions, model.encoder, 64), epochs=2, verbose=0)
   base = tmp_path_factory.mktemp("saved_models")
-  return model, base, export_model(model, base, "tiny", top_k=5)
+  return model, base, export_model(model, base, "tiny", top_k=5, recommend_candidates=10)
 
 
 def _fresh_process(code: str) -> dict:
@@ -84,55 +84,101 @@ def test_saved_model_cli_shows_the_documented_signatures(trained):
   cli = Path(sys.executable).with_name("saved_model_cli")
   shown = subprocess.run([str(cli), "show", "--dir", str(path), "--all"],
                          capture_output=True, text=True, timeout=300).stdout
-  for signature in ("serving_default", "retrieve", "rank"):
+  for signature in ("serving_default", "retrieve", "rank", "recommend", "query_embedding",
+                    "candidate_embedding"):
     assert f"signature_def['{signature}']" in shown
   for tensor in ("inputs['user_id']", "inputs['taste']", "inputs['age']",
-                 "inputs['item_id']", "outputs['item_ids']", "outputs['scores']",
-                 "outputs['rating']", "outputs['like']"):
+                 "inputs['item_id']", "inputs['k']", "inputs['exclude_item_ids']",
+                 "outputs['item_ids']", "outputs['scores']", "outputs['score']",
+                 "outputs['rating']", "outputs['like']", "outputs['retrieval']",
+                 "outputs['embedding']"):
     assert tensor in shown, tensor
   assert "inputs['rating']" not in shown  # labels are never inputs
 
 
+def _raw(users: dict) -> dict:
+  return {k: np.array(v, dtype=np.float32 if k == "age" else object) for k, v in users.items()}
+
+
+def _in_memory_predictions(model, users: dict, item_ids: np.ndarray) -> dict:
+  """The model's ranking predictions for each user (row) and item (column)."""
+  per_row = item_ids.shape[1]
+  pairs = {k: np.repeat(v, per_row) for k, v in _raw(users).items()}
+  pairs["item_id"] = item_ids.reshape(-1)
+  items = model.catalogue_item_ids.tolist()
+  rows = [items.index(i) if i in items else None for i in pairs["item_id"]]
+  encoded = model.encoder(pairs)
+  missing = model.encoder(model.encoder.missing(1))
+  for name, values in model.catalogue_features.items():  # item features: the catalogue's
+    if name != "item_id":
+      encoded[name] = tf.stack([values[r] if r is not None else missing[name][0] for r in rows])
+  return {name: value.numpy().reshape(item_ids.shape)
+          for name, value in model(encoded).items() if name in ("rating", "like")}
+
+
 def test_fresh_process_without_tfmtl_gives_the_in_memory_scores(trained):
   model, _, path = trained
+  query = model.query_tower(model.encoder(_raw(USERS)))
+  scores = tf.linalg.matmul(query, model.catalogue_embeddings(), transpose_b=True).numpy()
+  order = np.argsort(-scores, axis=1)
+  best = model.catalogue_item_ids[order[0, 0]]
+  exclude = [[best, ""], ["no-such-item", ""], ["", ""]]
   loaded = _fresh_process(f"""
 import json, tensorflow as tf
 nan = float("nan")
 model = tf.saved_model.load({str(path)!r})
 users = {{k: tf.constant(v) for k, v in {USERS!r}.items()}}
-retrieved = model.signatures["retrieve"](**users)
-ranked = model.signatures["rank"](item_id=tf.constant({CANDIDATES!r}), **users)
-default = model.signatures["serving_default"](**users)
-print(json.dumps({{"item_ids": retrieved["item_ids"].numpy().astype(str).tolist(),
-                   "scores": retrieved["scores"].numpy().tolist(),
-                   "default_ids": default["item_ids"].numpy().astype(str).tolist(),
-                   "rating": ranked["rating"].numpy().tolist(),
-                   "like": ranked["like"].numpy().tolist()}}))
+asked = dict(k=tf.constant([3, 3, 3]), exclude_item_ids=tf.constant({exclude!r}), **users)
+answers = {{"retrieve": model.signatures["retrieve"](**asked),
+            "recommend": model.signatures["recommend"](**asked),
+            "rank": model.signatures["rank"](item_id=tf.constant({CANDIDATES!r}), **users),
+            "default": model.signatures["serving_default"](**users),
+            "query": model.signatures["query_embedding"](**users),
+            "candidate": model.signatures["candidate_embedding"](
+                item_id=tf.constant(["i1", "no-such-item"]))}}
+print(json.dumps({{signature: {{name: (value.numpy().astype(str) if value.dtype == tf.string
+                                     else value.numpy()).tolist()
+                              for name, value in outputs.items()}}
+                  for signature, outputs in answers.items()}}))
 """)
-  raw_users = {k: np.array(v, dtype=np.float32 if k == "age" else object)
-               for k, v in USERS.items()}
-  query = model.query_tower(model.encoder(raw_users))
-  scores = tf.linalg.matmul(query, model.catalogue_embeddings(), transpose_b=True).numpy()
-  order = np.argsort(-scores, axis=1)[:, :5]
-  assert loaded["item_ids"] == model.catalogue_item_ids[order].tolist()
-  assert loaded["default_ids"] == loaded["item_ids"]
-  np.testing.assert_allclose(loaded["scores"], np.take_along_axis(scores, order, 1), atol=1e-5)
-
-  pairs = {k: np.repeat(v, 4) for k, v in raw_users.items()}
-  pairs["item_id"] = np.array(CANDIDATES, dtype=object).reshape(-1)
-  items = model.catalogue_item_ids.tolist()
-  catalogue = model.catalogue_features
-  rows = [items.index(i) if i in items else None for i in pairs["item_id"]]
-  encoded = model.encoder(pairs)
-  for name, values in catalogue.items():  # item features come from the catalogue
-    if name != "item_id":
-      missing = model.encoder(model.encoder.missing(1))[name][0]
-      encoded[name] = tf.stack([values[r] if r is not None else missing for r in rows])
-  expected = model(encoded)
-  np.testing.assert_allclose(loaded["rating"], expected["rating"].numpy().reshape(3, 4),
+  # serving_default: the top 5 over the catalogue.
+  top5 = order[:, :5]
+  assert loaded["default"]["item_ids"] == model.catalogue_item_ids[top5].tolist()
+  np.testing.assert_allclose(loaded["default"]["scores"], np.take_along_axis(scores, top5, 1),
                              atol=1e-5)
-  np.testing.assert_allclose(loaded["like"], expected["like"].numpy().reshape(3, 4),
+  # retrieve: the top 3 once the excluded item is gone (unknown and "" ids ignored).
+  kept = np.array([[c for c in row if model.catalogue_item_ids[c] != best or i > 0][:3]
+          for i, row in enumerate(order)])
+  assert loaded["retrieve"]["item_ids"] == model.catalogue_item_ids[kept].tolist()
+  assert best not in loaded["retrieve"]["item_ids"][0]
+  np.testing.assert_allclose(loaded["retrieve"]["scores"], np.take_along_axis(scores, kept, 1),
                              atol=1e-5)
+  # recommend: the 10 best retrieved (excluded gone), blended rating + like, top 3.
+  shortlist = np.array([[c for c in row if model.catalogue_item_ids[c] != best or i > 0][:10]
+                        for i, row in enumerate(order)])
+  predicted = _in_memory_predictions(model, USERS, model.catalogue_item_ids[shortlist])
+  blend = predicted["rating"] + predicted["like"]
+  top3 = np.argsort(-blend, axis=1)[:, :3]
+  assert loaded["recommend"]["item_ids"] == np.take_along_axis(
+      model.catalogue_item_ids[shortlist], top3, 1).tolist()
+  np.testing.assert_allclose(loaded["recommend"]["score"], np.take_along_axis(blend, top3, 1),
+                             atol=1e-4)
+  for name in ("rating", "like"):
+    np.testing.assert_allclose(loaded["recommend"][name],
+                               np.take_along_axis(predicted[name], top3, 1), atol=1e-5)
+  np.testing.assert_allclose(loaded["recommend"]["retrieval"], np.take_along_axis(
+      np.take_along_axis(scores, shortlist, 1), top3, 1), atol=1e-5)
+  # rank: every task's prediction for the given candidates, unknown items included.
+  predicted = _in_memory_predictions(model, USERS, np.array(CANDIDATES, dtype=object))
+  for name in ("rating", "like"):
+    np.testing.assert_allclose(loaded["rank"][name], predicted[name], atol=1e-5)
+  # The embeddings.
+  np.testing.assert_allclose(loaded["query"]["embedding"], query.numpy(), atol=1e-5)
+  i1 = model.catalogue_item_ids.tolist().index("i1")
+  np.testing.assert_allclose(loaded["candidate"]["embedding"][0],
+                             model.catalogue_embeddings().numpy()[i1], atol=1e-5)
+  missing = model.candidate_tower(model.encoder(model.encoder.missing(1)))
+  np.testing.assert_allclose(loaded["candidate"]["embedding"][1], missing.numpy()[0], atol=1e-5)
 
 
 def test_unknown_users_and_items_still_answer(trained):
@@ -144,13 +190,41 @@ def test_unknown_users_and_items_still_answer(trained):
   assert out["rating"].shape == (1, 2) and np.isfinite(out["rating"].numpy()).all()
 
 
-def test_retrieve_k_is_clipped_to_the_catalogue(trained, tmp_path):
-  model, _, _ = trained
-  path = export_model(model, tmp_path, "big_k", top_k=10_000)
+def test_k_is_clipped_to_the_catalogue(trained, tmp_path):
+  model, _, path = trained
   loaded = tf.saved_model.load(str(path))
-  out = loaded.signatures["retrieve"](user_id=tf.constant(["u1"]), taste=tf.constant(["t1"]),
-                                      age=tf.constant([30.0]))
+  user = dict(user_id=tf.constant(["u1"]), taste=tf.constant(["t1"]), age=tf.constant([30.0]))
+  nothing = tf.zeros([1, 0], tf.string)
+  for signature, most in (("retrieve", len(model.catalogue_item_ids)), ("recommend", 10)):
+    for k, returned in ((10_000, most), (0, 1), (-5, 1)):
+      out = loaded.signatures[signature](k=tf.constant([k]), exclude_item_ids=nothing, **user)
+      assert out["item_ids"].shape == (1, returned), (signature, k)
+  big = export_model(model, tmp_path, "big_k", top_k=10_000)
+  out = tf.saved_model.load(str(big)).signatures["serving_default"](**user)
   assert out["item_ids"].shape == (1, len(model.catalogue_item_ids))
+
+
+def test_excluding_everything_leaves_empty_places(trained):
+  model, _, path = trained
+  loaded = tf.saved_model.load(str(path))
+  every_item = tf.constant([model.catalogue_item_ids[1:].astype(str)])
+  out = loaded.signatures["retrieve"](user_id=tf.constant(["u1"]), taste=tf.constant(["t1"]),
+                                      age=tf.constant([30.0]), k=tf.constant([3]),
+                                      exclude_item_ids=every_item)
+  assert out["item_ids"].numpy().astype(str).tolist() == [[model.catalogue_item_ids[0], "", ""]]
+
+
+@pytest.mark.parametrize("signature", ["retrieve", "recommend", "rank", "query_embedding"])
+def test_inputs_of_different_batch_sizes_are_an_invalid_argument(trained, signature):
+  _, _, path = trained
+  function = tf.saved_model.load(str(path)).signatures[signature]
+  inputs = dict(user_id=tf.constant(["u1", "u2"]), taste=tf.constant(["t1"]),
+                age=tf.constant([30.0, 20.0]))
+  extra = {"retrieve": dict(k=tf.constant([3, 3]), exclude_item_ids=tf.zeros([2, 0], tf.string)),
+           "rank": dict(item_id=tf.constant([["i1"], ["i2"]]))}
+  extra["recommend"] = extra["retrieve"]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="batch sizes .* differ"):
+    function(**inputs, **extra.get(signature, {}))
 
 
 def test_a_sequence_model_exports_with_a_history_input(tiny_data, tmp_path):
@@ -166,7 +240,7 @@ def test_a_sequence_model_exports_with_a_history_input(tiny_data, tmp_path):
   model.compile(optimizer=keras.optimizers.Adam(0.01))
   model.fit(make_dataset(tiny_data, split.train, model.encoder, 64), epochs=2, verbose=0)
   retrieve = tf.saved_model.load(str(export_model(model, tmp_path, "seq"))).signatures[
-      "retrieve"]
+      "serving_default"]
   assert set(retrieve.structured_input_signature[1]) == {"user_id", "taste", "age", "history"}
   scorer = ModelScorer(model, tiny_data, split.train)
   users = np.array(["u1", "u7"], dtype=object)
@@ -180,3 +254,43 @@ def test_a_sequence_model_exports_with_a_history_input(tiny_data, tmp_path):
   other = retrieve(user_id=tf.constant(users.astype(str)), taste=tf.constant(["t1", "t1"]),
                    age=tf.constant([30.0, 30.0]), history=tf.constant(["i3|i6", ""]))
   assert not np.allclose(other["scores"].numpy(), served["scores"].numpy())
+
+
+def test_warmup_requests_are_prediction_logs_that_replay(trained):
+  from tensorflow_serving.apis import prediction_log_pb2
+  _, _, path = trained
+  loaded = tf.saved_model.load(str(path))
+  seen = set()
+  for record in tf.data.TFRecordDataset(str(path / "assets.extra" / "tf_serving_warmup_requests")):
+    log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+    request = log.predict_log.request
+    assert request.model_spec.name == "tiny"
+    inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+    signature = loaded.signatures[request.model_spec.signature_name]
+    assert set(inputs) == set(signature.structured_input_signature[1])
+    batch = len(next(iter(inputs.values())))
+    outputs = signature(**inputs)
+    assert all(value.shape[0] == batch for value in outputs.values())
+    seen.add((request.model_spec.signature_name, batch))
+  assert seen == {(s, b) for s in loaded.signatures for b in (1, 8)}
+
+
+def test_the_base_path_gets_a_models_config_and_batching_parameters(trained):
+  from google.protobuf import text_format
+  from tensorflow_serving.config import model_server_config_pb2
+  model, base, _ = trained
+  export_model(model, base, "second")
+  config = text_format.Parse((base / "models.config").read_text(),
+                             model_server_config_pb2.ModelServerConfig())
+  assert {(c.name, c.base_path, c.model_platform) for c in config.model_config_list.config} == {
+      ("tiny", "/models/tiny", "tensorflow"), ("second", "/models/second", "tensorflow")}
+  batching = (base / "batching.config").read_text()
+  for field in ("max_batch_size", "batch_timeout_micros", "num_batch_threads"):
+    assert f"{field} {{ value: " in batching
+
+
+def test_keep_versions_prunes_the_oldest(trained, tmp_path):
+  model, _, _ = trained
+  for _ in range(3):
+    export_model(model, tmp_path, "m", keep_versions=2)
+  assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["2", "3"]

@@ -100,7 +100,7 @@ def test_an_export_looks_the_propagated_vector_up_by_user_id(tiny_data, tmp_path
   model.compile(optimizer=keras.optimizers.Adam(0.01))
   model.fit(make_dataset(data, data.interactions, model.encoder, 64), epochs=2, verbose=0)
   retrieve = tf.saved_model.load(str(export_model(model, tmp_path, "tiny", top_k=5))
-                                 ).signatures["retrieve"]
+                                 ).signatures["serving_default"]
   assert set(retrieve.structured_input_signature[1]) == {"user_id", "taste", "age"}
   users = data.users.set_index("user_id").loc[["u0", "u7"]]
   served = retrieve(user_id=tf.constant(users.index.to_numpy(str)),

@@ -6,6 +6,7 @@
     tfmtl train    [--config FILE] [--set KEY=VALUE ...]   fit; write runs/<name>/
     tfmtl evaluate --run DIR                               test-split metrics
     tfmtl export   --run DIR [--base-path P] [--version N] SavedModel for TF Serving
+    tfmtl validate --run DIR [--export DIR]               check an export as TF Serving will
     tfmtl run      [--config FILE] [--set KEY=VALUE ...]   all of the above
     tfmtl add-items --run DIR --items FILE [--base-path P]  export with new items
 
@@ -56,9 +57,8 @@ def _evaluate(config, prepared, model) -> dict:
 
 
 def _export(config, model, base_path=None, version=None) -> Path:
-  from tfmtl.serving import export_model
-  path = export_model(model, base_path or config.export.base_path, config.name,
-                      config.export.top_k, version)
+  from tfmtl.serving.export import export_configured
+  path = export_configured(model, config, base_path, version)
   logging.getLogger("tfmtl").info("Exported %s", path)
   return path
 
@@ -111,6 +111,21 @@ def cmd_export(args) -> None:
   print(_export(config, model, args.base_path, args.version))
 
 
+def cmd_validate(args) -> None:
+  from tfmtl import training
+  from tfmtl.serving.export import latest_export
+  from tfmtl.serving.validate import validate_export
+  export = args.export or latest_export(training.read_run(args.run)[0])
+  checks = validate_export(args.run, export)
+  for check in checks:
+    print(f"{'ok' if check.passed else 'FAILED':<8}{check.name}: {check.detail}")
+  failed = [check.name for check in checks if not check.passed]
+  if failed:
+    raise ValueError(f"{export}: {len(failed)} of {len(checks)} checks failed: "
+                     f"{'; '.join(failed)}")
+  print(f"{export}: ready for TF Serving")
+
+
 def cmd_add_items(args) -> None:
   from tfmtl.data import read_table
   from tfmtl.serving import add_items
@@ -156,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
   export.add_argument("--base-path", help="TF Serving base path (default from config)")
   export.add_argument("--version", type=int, help="version number (default: next)")
   export.set_defaults(handler=cmd_export)
+  validate = commands.add_parser(
+      "validate", help="check an export the way TF Serving will use it")
+  validate.add_argument("--run", required=True, help="the run it was exported from")
+  validate.add_argument("--export", help="version folder (default: the run's latest export)")
+  validate.set_defaults(handler=cmd_validate)
   new_items = commands.add_parser(
       "add-items", help="export a run with new items (their text encoded), no retraining")
   new_items.add_argument("--run", required=True, help="run directory (runs/<name>)")

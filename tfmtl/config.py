@@ -492,14 +492,25 @@ class ExportConfig:
 
   Attributes:
     base_path: TF Serving model base path.
-    top_k: number of items the `retrieve` signature returns.
+    top_k: number of items `serving_default` returns (`retrieve` and
+      `recommend` take k per request).
+    recommend_candidates: items `recommend` retrieves before ranking them.
+    recommend_weights: task name -> weight of its score in `recommend`'s
+      blend (the retrieval task's score is the retrieval score); empty: 1
+      for every ranking task.
+    keep_versions: keep only this many newest versions of the model (0: all).
   """
   base_path: str = "saved_models"
   top_k: int = 100
+  recommend_candidates: int = 100
+  recommend_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+  keep_versions: int = 0
 
   def _validate(self):
-    if self.top_k < 1:
-      raise ConfigError("top_k: must be at least 1")
+    if self.top_k < 1 or self.recommend_candidates < 1:
+      raise ConfigError("top_k, recommend_candidates: must be at least 1")
+    if self.keep_versions < 0:
+      raise ConfigError("keep_versions: must be non-negative (0 keeps every version)")
 
 
 @dataclasses.dataclass
@@ -527,6 +538,12 @@ class ExperimentConfig:
       raise ConfigError(f"tasks: at most one retrieval task, got {retrieval}")
     if not self.tasks:
       raise ConfigError("tasks: at least one task is required")
+    scored = [n for n, t in self.tasks.items()
+              if t.type in ("retrieval", *RANKING_TASK_TYPES)]
+    for name in self.export.recommend_weights:
+      if name not in scored:
+        raise ConfigError(f"export.recommend_weights: {name!r} is not a retrieval or "
+                          f"ranking task (those are: {scored})")
 
   @property
   def history_length(self) -> int:

@@ -28,7 +28,7 @@ import pandas as pd
 from tfmtl import training
 from tfmtl.content import CONTENT, TextEncoder, item_texts
 from tfmtl.data.schema import ITEM_ID, DataError, check_feature_table
-from tfmtl.serving.export import export_model
+from tfmtl.serving.export import export_configured
 
 
 def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str] = None,
@@ -55,8 +55,7 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
   grown = pd.concat([catalogue, new[[c for c in catalogue.columns if c in new.columns]]],
                     ignore_index=True)
   _, model = training.load_run(run_dir, catalogue=grown)
-  path = export_model(model, base_path or config.export.base_path, config.name,
-                      config.export.top_k, version)
+  path = export_configured(model, config, base_path, version)
   staged = run_dir / "catalogue.parquet.tmp"  # later exports keep the new items
   grown.to_parquet(staged, index=False)
   staged.replace(run_dir / "catalogue.parquet")

@@ -1,0 +1,54 @@
+"""`tfmtl validate`: an export checked the way TF Serving will use it."""
+
+import pytest
+
+from tfmtl import training
+from tfmtl.config import ExperimentConfig
+from tfmtl.data import Split
+from tfmtl.features import FeatureVocabulary
+from tfmtl.serving.export import export_configured
+from tfmtl.serving.validate import validate_export
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_data):
+  """Two runs of the same model trained with different seeds, each exported."""
+  folder = tmp_path_factory.mktemp("runs")
+  empty = tiny_data.interactions.iloc[:0]
+  prepared = training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
+                               FeatureVocabulary.build(tiny_data, tiny_data.interactions))
+  made = {}
+  for seed in (0, 1):
+    config = ExperimentConfig().with_overrides([
+        "name=tiny", f"seed={seed}", "model.embedding_dim=8", "train.epochs=1",
+        "export.recommend_candidates=10", "export.top_k=5"])
+    model = training.fit(config, prepared, verbose=0)
+    run = training.save_run(folder / f"run{seed}", config, prepared, model)
+    made[seed] = run, export_configured(model, config, folder / f"saved_models{seed}")
+  return made
+
+
+def test_an_export_passes_every_check(runs):
+  run, export = runs[0]
+  checks = validate_export(run, export)
+  assert [check.name for check in checks] == [
+      "saved_model_cli scan: no ops TF Serving refuses",
+      "fresh process loads it and replays the warm-up requests",
+      "signatures and inputs as documented", "answers match the in-memory model"]
+  assert all(check.passed for check in checks), checks
+  assert "12 requests replayed without tfmtl" in checks[1].detail  # 6 signatures x 2 batches
+
+
+def test_an_export_of_another_model_fails_the_answers_check(runs):
+  run, _ = runs[0]
+  _, other_export = runs[1]
+  checks = {check.name: check for check in validate_export(run, other_export)}
+  assert checks["signatures and inputs as documented"].passed
+  failed = checks["answers match the in-memory model"]
+  assert not failed.passed and "serving_default.scores (request 0)" in failed.detail
+
+
+def test_a_folder_that_is_not_an_export_is_named(runs, tmp_path):
+  run, _ = runs[0]
+  with pytest.raises(FileNotFoundError, match="no saved_model.pb"):
+    validate_export(run, tmp_path)

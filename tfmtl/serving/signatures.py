@@ -1,0 +1,237 @@
+"""The signatures of an exported model: what TF Serving answers.
+
+Every input and output is batched (first dimension: the batch), so REST's
+row (`instances`) and column (`inputs`) formats and gRPC PredictRequests
+reach every signature. The *user inputs* are the raw user features:
+`user_id` and each user feature column (strings; bucketized ones float32)
+and, for a sequence model, `history` (recent item ids joined by `|`, most
+recent first). Vector user features (propagated interests) travel inside
+and are looked up by `user_id`.
+
+| signature | inputs | outputs |
+|---|---|---|
+| `serving_default` | user inputs | `item_ids` string, `scores`: [batch, top_k] |
+| `retrieve` | user inputs, `k` int32 [batch], `exclude_item_ids` string [batch, n] | `item_ids`, `scores`: [batch, k] |
+| `rank` | user inputs, `item_id` string [batch, n] | one float32 [batch, n] per ranking task |
+| `recommend` | as `retrieve` | `item_ids`, `score` (the blend) and one output per task: [batch, k] |
+| `query_embedding` | user inputs | `embedding` [batch, dim] |
+| `candidate_embedding` | `item_id` string [batch] | `embedding` [batch, dim] |
+
+`retrieve` scores the whole catalogue by brute force (query . candidate).
+`recommend` is the two-stage cascade in one call: it retrieves the best
+`candidates` items, scores each with every ranking task (binary tasks as a
+probability) and returns the top k by the blend
+`sum(weights[task] * task score)`, where the retrieval task's score is the
+retrieval score. Outputs are sorted best first.
+
+Requests that are wrong but answerable are answered: unknown user and item
+ids map to the out-of-vocabulary row; `k` is clipped to [1, catalogue] (one
+k serves the batch: its largest); `exclude_item_ids` is padded with "" (n
+may be 0) and unknown ids in it are ignored; when exclusions leave fewer
+than k items, the missing places have item id "" and the lowest float
+score. Inputs whose batch sizes differ fail with INVALID_ARGUMENT naming
+them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmtl.config import RANKING_TASK_TYPES, TaskConfig
+from tfmtl.data.schema import ITEM_ID, USER_ID, vector_dims
+from tfmtl.tasks import task_predictions
+
+K, EXCLUDE = "k", "exclude_item_ids"
+EXCLUDED_SCORE = float(np.finfo(np.float32).min)  # JSON-safe, unlike -inf
+
+
+class ServingModule(tf.Module):
+  """The signatures of an exported `MultiTaskModel` (see module doc).
+
+  Args:
+    model: a trained `MultiTaskModel`.
+    top_k: items `serving_default` returns (clipped to the catalogue).
+    recommend_candidates: items `recommend` retrieves before ranking.
+    recommend_weights: task name -> blend weight (default: 1 for every
+      ranking task, or the retrieval score alone without ranking tasks).
+  """
+
+  def __init__(self, model, top_k: int = 100, recommend_candidates: int = 100,
+               recommend_weights: Optional[dict[str, float]] = None):
+    super().__init__(name="tfmtl_serving")
+    self.encoder = model.encoder
+    self.query_tower = model.query_tower
+    self.candidate_tower = model.candidate_tower
+    self.ranking = model.ranking
+    self.task_configs = dict(model.task_configs)
+    self.num_items = len(model.catalogue_item_ids)
+    self.top_k = min(top_k, self.num_items)
+    self.recommend_candidates = min(recommend_candidates, self.num_items)
+    self.retrieval_task = retrieval_task_name(self.task_configs)
+    self.recommend_weights = recommend_weights or default_blend(self.task_configs)
+    self.catalogue_item_ids = tf.constant(model.catalogue_item_ids.astype(str))
+    self.catalogue_embeddings = tf.Variable(model.catalogue_embeddings(),
+                                            trainable=False, name="catalogue_embeddings")
+    # Row 0 is an unknown item (all features OOV); row i+1 is catalogue item i.
+    unknown = model.encoder(model.encoder.missing(1))
+    self.item_rows = keras.layers.StringLookup(
+        vocabulary=model.catalogue_item_ids.astype(str))
+    self.item_features = {
+        name: tf.Variable(tf.concat([unknown[name], values], axis=0), trainable=False,
+                          name=f"item_{name}")
+        for name, values in model.catalogue_features.items()}
+    self.user_vectors = {}
+    if model.user_vectors is not None:
+      self.user_rows = keras.layers.StringLookup(
+          vocabulary=model.user_vectors[USER_ID].astype(str).to_numpy())
+      self.user_vectors = {
+          name: tf.Variable(np.concatenate([np.zeros([1, dim], np.float32),  # unknown users
+                                            np.stack(model.user_vectors[name])]),
+                            trainable=False, name=f"user_{name}")
+          for name, dim in vector_dims(model.vocabulary.user_features).items()}
+    raw = model.encoder.raw_signature
+    self.user_signature = {name: raw[name] for name in model.encoder.user_inputs
+                           if name not in self.user_vectors}
+    retrieve_signature = {**self.user_signature,
+                          K: tf.TensorSpec([None], tf.int32, name=K),
+                          EXCLUDE: tf.TensorSpec([None, None], tf.string, name=EXCLUDE)}
+    self.signature_specs = {
+        "serving_default": (self._serving_default, self.user_signature),
+        "retrieve": (self._retrieve, retrieve_signature),
+        "recommend": (self._recommend, retrieve_signature),
+        "query_embedding": (self._query_embedding, self.user_signature),
+        "candidate_embedding": (self._candidate_embedding,
+                                {ITEM_ID: tf.TensorSpec([None], tf.string, name=ITEM_ID)}),
+    }
+    if self.ranking is not None:
+      self.signature_specs["rank"] = (self._rank, {
+          **self.user_signature, ITEM_ID: tf.TensorSpec([None, None], tf.string, name=ITEM_ID)})
+    for name, (method, signature) in self.signature_specs.items():
+      setattr(self, name, tf.function(_checked(method), input_signature=[signature]))
+
+  def concrete_functions(self) -> dict:
+    """Signature name -> concrete function, for `tf.saved_model.save`."""
+    return {name: getattr(self, name).get_concrete_function() for name in self.signature_specs}
+
+  # The signatures.
+
+  def _serving_default(self, features):
+    return self._top_items(self._scores(features), tf.constant(self.top_k))
+
+  def _retrieve(self, features):
+    scores = self._excluding(self._scores(features), features[EXCLUDE])
+    return self._top_items(scores, self._clipped_k(features[K], self.num_items))
+
+  def _rank(self, features):
+    item_ids = features[ITEM_ID]
+    batch, candidates = tf.shape(item_ids)[0], tf.shape(item_ids)[1]
+    query = self._query(features)
+    candidate = self._candidates(tf.reshape(item_ids, [-1]))
+    return {name: tf.reshape(scores, [batch, candidates])
+            for name, scores in self._task_scores(query, candidate, candidates).items()}
+
+  def _recommend(self, features):
+    query = self._query(features)
+    scores = self._excluding(_dot(query, self.catalogue_embeddings), features[EXCLUDE])
+    shortlist = tf.math.top_k(scores, k=self.recommend_candidates)
+    candidates = tf.gather(self.catalogue_embeddings, shortlist.indices)  # [b, n, d]
+    batch, n = tf.shape(candidates)[0], self.recommend_candidates
+    task_scores = {name: tf.reshape(values, [batch, n]) for name, values in self._task_scores(
+        query, tf.reshape(candidates, [batch * n, -1]), n).items()}
+    task_scores[self.retrieval_task] = shortlist.values
+    blend = tf.add_n([weight * task_scores[name]
+                      for name, weight in self.recommend_weights.items()])
+    blend = tf.where(shortlist.values > EXCLUDED_SCORE, blend, EXCLUDED_SCORE)
+    best = tf.math.top_k(blend, k=self._clipped_k(features[K], n))
+    kept = best.values > EXCLUDED_SCORE
+    outputs = {"item_ids": tf.where(kept, tf.gather(self.catalogue_item_ids, tf.gather(
+        shortlist.indices, best.indices, batch_dims=1)), ""),
+               "score": best.values}
+    outputs.update({name: tf.gather(values, best.indices, batch_dims=1)
+                    for name, values in task_scores.items()})
+    return outputs
+
+  def _query_embedding(self, features):
+    return {"embedding": self._query(features)}
+
+  def _candidate_embedding(self, features):
+    return {"embedding": self._candidates(features[ITEM_ID])}
+
+  # Their parts.
+
+  def _query(self, features):
+    features = {name: features[name] for name in self.user_signature}
+    if self.user_vectors:
+      rows = self.user_rows(features[USER_ID])
+      features.update({name: tf.gather(table, rows)
+                       for name, table in self.user_vectors.items()})
+    return self.query_tower(self.encoder(features))
+
+  def _candidates(self, item_ids):
+    rows = self.item_rows(item_ids)
+    return self.candidate_tower({name: tf.gather(values, rows)
+                                 for name, values in self.item_features.items()})
+
+  def _scores(self, features):
+    return _dot(self._query(features), self.catalogue_embeddings)
+
+  def _task_scores(self, query, candidates, per_query):
+    """Each ranking task's score for `candidates`, `per_query` per query row."""
+    if self.ranking is None:
+      return {}
+    query = tf.repeat(query, per_query, axis=0)
+    return {name: task_predictions(self.task_configs[name], logits)
+            for name, logits in self.ranking(query, candidates).items()}
+
+  def _excluding(self, scores, exclude_item_ids):
+    """`scores` with the excluded catalogue items at `EXCLUDED_SCORE`."""
+    columns = tf.cast(self.item_rows(exclude_item_ids), tf.int32) - 1  # -1: unknown, ""
+    known = tf.where(columns >= 0)  # [m, 2]: (row, position)
+    indices = tf.stack([tf.cast(known[:, 0], tf.int32), tf.gather_nd(columns, known)], axis=1)
+    return tf.tensor_scatter_nd_update(
+        scores, indices, tf.fill([tf.shape(indices)[0]], EXCLUDED_SCORE))
+
+  def _top_items(self, scores, k):
+    top = tf.math.top_k(scores, k=k)
+    return {"item_ids": tf.where(top.values > EXCLUDED_SCORE,
+                                 tf.gather(self.catalogue_item_ids, top.indices), ""),
+            "scores": top.values}
+
+  @staticmethod
+  def _clipped_k(k, limit: int):
+    return tf.clip_by_value(tf.reduce_max(tf.concat([k, [1]], 0)), 1, limit)
+
+
+def default_blend(task_configs: dict[str, TaskConfig]) -> dict[str, float]:
+  """`recommend`'s default weights: 1 per ranking task, else the retrieval score."""
+  ranking = [name for name, task in task_configs.items() if task.type in RANKING_TASK_TYPES]
+  return ({name: 1.0 for name in ranking} if ranking
+          else {retrieval_task_name(task_configs): 1.0})
+
+
+def retrieval_task_name(task_configs: dict[str, TaskConfig]) -> str:
+  """The name `recommend` gives the retrieval score: the retrieval task's."""
+  return next((name for name, task in task_configs.items() if task.type == "retrieval"),
+              "retrieval")
+
+
+def _dot(query, candidates):
+  return tf.linalg.matmul(query, candidates, transpose_b=True)
+
+
+def _checked(method):
+  """`method` behind a check that every input has the same batch size."""
+  def checked(features):
+    names = sorted(features)
+    sizes = tf.stack([tf.shape(features[name])[0] for name in names])
+    check = tf.debugging.Assert(
+        tf.reduce_all(sizes == sizes[0]),
+        ["the inputs' batch sizes (first dimensions) differ:", *names, sizes],
+        summarize=len(names))
+    with tf.control_dependencies([check]):
+      return method({name: tf.identity(value) for name, value in features.items()})
+  return checked

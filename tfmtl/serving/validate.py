@@ -1,0 +1,139 @@
+"""Checks an export the way TF Serving will use it (`tfmtl validate`).
+
+1. `saved_model_cli scan` finds none of the ops TF Serving refuses.
+2. A fresh Python process that never imports tfmtl loads the SavedModel,
+   lists its signatures and replays every warm-up request in
+   `assets.extra/tf_serving_warmup_requests`.
+3. The signatures and their inputs (names, dtypes, ranks) are the ones the
+   run's model documents (`ServingModule`).
+4. Every replayed answer matches the run's in-memory model on the same
+   request (strings equal, numbers within `atol`).
+
+Example (after `tfmtl run`): `tfmtl validate --run runs/movielens_100k`, or
+
+    from tfmtl.serving.validate import validate_export
+    checks = validate_export("runs/movielens_100k", "saved_models/movielens_100k/1")
+    assert all(check.passed for check in checks)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from tfmtl import training
+from tfmtl.serving.signatures import ServingModule
+from tfmtl.serving.tf_serving import WARMUP_FILE
+
+# Run by a fresh interpreter: argv = export folder, output .npz path.
+_REPLAY = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+export, out = sys.argv[1], sys.argv[2]
+model = tf.saved_model.load(export)
+signatures = {name: {key: [spec.dtype.name, spec.shape.rank]
+                     for key, spec in function.structured_input_signature[1].items()}
+              for name, function in model.signatures.items()}
+answers, replayed = {}, 0
+for record in tf.data.TFRecordDataset(export + "/assets.extra/tf_serving_warmup_requests"):
+  request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+  outputs = model.signatures[request.model_spec.signature_name](
+      **{name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()})
+  for name, value in outputs.items():
+    value = value.numpy()
+    answers[f"{replayed}/{name}"] = value.astype(bytes) if value.dtype == object else value
+  replayed += 1
+np.savez(out, **answers)
+print(json.dumps({"signatures": signatures, "replayed": replayed,
+                  "tfmtl_imported": "tfmtl" in sys.modules}))
+"""
+
+
+class Check(NamedTuple):
+  name: str
+  passed: bool
+  detail: str
+
+
+def validate_export(run_dir: str | Path, export_dir: str | Path,
+                    atol: float = 1e-4) -> list[Check]:
+  """The checks of the module doc, for `export_dir` made from `run_dir`."""
+  export_dir = Path(export_dir).resolve()
+  if not (export_dir / "saved_model.pb").is_file():
+    raise FileNotFoundError(f"{export_dir}: no saved_model.pb (not an export version folder)")
+  config, model = training.load_run(run_dir)
+  module = ServingModule(model, config.export.top_k, config.export.recommend_candidates,
+                         config.export.recommend_weights or None)
+  checks = [_scan(export_dir)]
+  with tempfile.TemporaryDirectory() as folder:
+    replay, answers = _replay_in_fresh_process(export_dir, Path(folder) / "answers.npz")
+    checks.append(Check("fresh process loads it and replays the warm-up requests",
+                        replay["replayed"] > 0 and not replay["tfmtl_imported"],
+                        f"{replay['replayed']} requests replayed without tfmtl"))
+    checks.append(_signatures_check(module, replay["signatures"]))
+    checks.append(_answers_check(module, export_dir, answers, atol))
+  return checks
+
+
+def _scan(export_dir: Path) -> Check:
+  cli = Path(sys.executable).with_name("saved_model_cli")
+  result = subprocess.run([str(cli), "scan", "--dir", str(export_dir)],
+                          capture_output=True, text=True, timeout=600)
+  found = [line for line in result.stdout.splitlines() if "denylisted ops" in line]
+  passed = result.returncode == 0 and bool(found) and all("does not contain" in line
+                                                          for line in found)
+  return Check("saved_model_cli scan: no ops TF Serving refuses", passed,
+               "; ".join(found) or result.stderr.strip()[-500:])
+
+
+def _replay_in_fresh_process(export_dir: Path, out: Path) -> tuple[dict, dict]:
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  result = subprocess.run([sys.executable, "-c", _REPLAY, str(export_dir), str(out)],
+                          capture_output=True, text=True, timeout=900, env=env, cwd="/")
+  if result.returncode != 0:
+    raise RuntimeError(f"{export_dir}: a fresh process could not load it and replay the "
+                       f"warm-up requests:\n{result.stderr.strip()[-2000:]}")
+  with np.load(out) as answers:
+    return json.loads(result.stdout.strip().splitlines()[-1]), dict(answers)
+
+
+def _signatures_check(module: ServingModule, saved: dict) -> Check:
+  expected = {name: {key: [spec.dtype.name, spec.shape.rank] for key, spec in specs.items()}
+              for name, (_, specs) in module.signature_specs.items()}
+  differences = [f"{name}: saved {saved.get(name)}, documented {inputs}"
+                 for name, inputs in expected.items() if saved.get(name) != inputs]
+  differences += [f"{name}: not documented" for name in saved if name not in expected]
+  return Check("signatures and inputs as documented", not differences,
+               "; ".join(differences) or ", ".join(sorted(saved)))
+
+
+def _answers_check(module: ServingModule, export_dir: Path, answers: dict,
+                   atol: float) -> Check:
+  worst, mismatches = 0.0, []
+  records = tf.data.TFRecordDataset(str(export_dir / WARMUP_FILE))
+  for index, record in enumerate(records):
+    request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+    signature = request.model_spec.signature_name
+    inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+    for name, value in getattr(module, signature)(inputs).items():
+      served, expected = answers[f"{index}/{name}"], value.numpy()
+      if expected.dtype == object:
+        same = served.tolist() == expected.astype(bytes).tolist()
+      else:
+        gap = float(np.max(np.abs(served - expected), initial=0.0))
+        worst, same = max(worst, gap), gap <= atol
+      if not same:
+        mismatches.append(f"{signature}.{name} (request {index})")
+  return Check("answers match the in-memory model", not mismatches,
+               "; ".join(mismatches[:5]) or f"largest difference {worst:.2g} (tolerance {atol})")
