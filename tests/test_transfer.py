@@ -9,7 +9,7 @@ import tf_keras as keras
 
 import tfmtl
 from tfmtl import training
-from tfmtl.config import ExperimentConfig, ModelConfig, TransferConfig
+from tfmtl.config import EmbeddingBlock, ExperimentConfig, ModelConfig, TransferConfig
 from tfmtl.data import Split, make_dataset
 from tfmtl.features import FeatureVocabulary
 from tfmtl.transfer import FineTuning, component_of, fine_tune_from, load_pretrained
@@ -94,6 +94,39 @@ def test_a_variable_missing_from_the_pretrained_model_is_named(tiny_data, source
                   multitask=MultiTaskConfig(type="shared_bottom", layers=[8]))
   with pytest.raises(ValueError, match=r"'ranking/shared_bottom/.*' \(experts\) is not in"):
     load_pretrained(target, source, ["experts"])
+
+
+def test_mixed_dimension_blocks_keep_the_ids_that_stay_in_their_block(tiny_data):
+  blocks = {"user_id": [EmbeddingBlock(0.3, 4), EmbeddingBlock(0.7, 2)]}
+  interactions = tiny_data.interactions
+  source_part = interactions[interactions["user_id"].str[1:].astype(int) < 40]
+  source = _model(tiny_data, source_part, id_embedding_blocks=blocks)
+  _fit(source, tiny_data, source_part)
+  target = _model(tiny_data, _target_part(tiny_data), id_embedding_blocks=blocks)
+  assert component_of("query_tower/user_id_embedding/block_0_embeddings") == "embeddings"
+  fresh = [table.numpy() for table in target.query_tower.id_embedding.tables]
+  load_pretrained(target, source)
+  source_rows, target_rows = (_block_rows(m) for m in (source, target))
+  source_tables, target_tables = ([t.numpy() for t in m.query_tower.id_embedding.tables]
+                                  for m in (source, target))
+  kept = moved = 0
+  for user, (block, row) in target_rows.items():
+    if source_rows.get(user, (None,))[0] == block:
+      kept += 1
+      np.testing.assert_array_equal(target_tables[block][row],
+                                    source_tables[block][source_rows[user][1]])
+    else:  # new, or in another block there
+      moved += user in source_rows
+      np.testing.assert_array_equal(target_tables[block][row], fresh[block][row])
+  assert kept > 0 and moved > 0
+
+
+def _block_rows(model):
+  """User id -> (block, row in the block's table) of a mixed user embedding."""
+  bounds = model.query_tower.id_embedding.bounds
+  return {user: next((block, index - start) for block, (start, end)
+                     in enumerate(zip(bounds, bounds[1:])) if start <= index < end)
+          for index, user in enumerate(["<oov>", *model.vocabulary.user_ids])}
 
 
 def test_frozen_components_do_not_move_and_unfreeze_on_schedule(tiny_data, source):

@@ -345,12 +345,37 @@ class SequenceConfig:
 
 
 @dataclasses.dataclass
+class EmbeddingBlock:
+  """One block of a mixed-dimension id embedding (see `ModelConfig`).
+
+  Attributes:
+    share: the block's share of the ids, taken in order of training
+      frequency (the first block holds the most frequent ids).
+    dim: the width of the block's own rows, projected to `id_embedding_dim`.
+  """
+  share: float
+  dim: int
+
+  def _validate(self):
+    if not 0 < self.share <= 1:
+      raise ConfigError("share: must be in (0, 1]")
+    if self.dim < 1:
+      raise ConfigError("dim: must be at least 1")
+
+
+@dataclasses.dataclass
 class ModelConfig:
   """The two towers.
 
   Attributes:
     embedding_dim: width of the query and candidate embeddings.
     id_embedding_dim: width of the user-id and item-id embeddings.
+    id_embedding_blocks: mixed-dimension id embeddings (Ginart et al. 2019),
+      by id feature (`user_id`, `item_id`): its ids, most frequent first, cut
+      into blocks of their own widths, each projected to `id_embedding_dim`,
+      e.g. `{item_id: [{share: 0.2, dim: 16}, {share: 0.8, dim: 2}]}`; the
+      shares sum to 1. An id feature not named has one plain table
+      `id_embedding_dim` wide (the history's item embedding always has one).
     feature_embedding_dim: width of each other feature's embedding.
     tower_layers: hidden layer widths of each tower.
     normalize_embeddings: L2-normalise both towers' outputs, so retrieval
@@ -362,6 +387,8 @@ class ModelConfig:
   """
   embedding_dim: int = 32
   id_embedding_dim: int = 32
+  id_embedding_blocks: dict[str, list[EmbeddingBlock]] = dataclasses.field(
+      default_factory=dict)
   feature_embedding_dim: int = 8
   tower_layers: list[int] = dataclasses.field(default_factory=lambda: [64])
   normalize_embeddings: bool = True
@@ -377,6 +404,12 @@ class ModelConfig:
         raise ConfigError(f"{name}: must be at least 1")
     if self.l2 < 0:
       raise ConfigError("l2: must be non-negative")
+    for feature, blocks in self.id_embedding_blocks.items():
+      _one_of("id_embedding_blocks", feature, ("user_id", "item_id"), what="id feature")
+      shares = sum(block.share for block in blocks)
+      if abs(shares - 1.0) > 1e-6:
+        raise ConfigError(f"id_embedding_blocks.{feature}: the shares must sum to 1, "
+                          f"got {shares:g}")
 
 
 TRANSFER_COMPONENTS = ("embeddings", "towers", "experts", "heads")

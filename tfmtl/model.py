@@ -137,11 +137,11 @@ class MultiTaskModel(tfrs.Model):
         sequence=None if sequence.type == "none" else SequencePooling(
             sequence.type, sizes[ITEM_ID], config.id_embedding_dim,
             vocabulary.history_length, name="history"),
-        name="query_tower", **tower_args)
+        id_embedding_blocks=_blocks(config, USER_ID), name="query_tower", **tower_args)
     self.candidate_tower = FeatureTower(
         ITEM_ID, sizes, {n: f for n, f in vocabulary.item_features.items()
                          if ("candidate", n) not in predicted},
-        name="candidate_tower", **tower_args)
+        id_embedding_blocks=_blocks(config, ITEM_ID), name="candidate_tower", **tower_args)
     ranking_tasks = {name: task for name, task in self.task_configs.items()
                      if task.type in RANKING_TASK_TYPES}
     self.ranking = RankingHeads(
@@ -310,3 +310,8 @@ def _by_item_index(item_indices: np.ndarray, values: np.ndarray, num_items: int)
   known = item_indices > 0
   table[item_indices[known]] = values[known]
   return table
+
+
+def _blocks(config: ModelConfig, id_feature: str) -> list[tuple[float, int]]:
+  """The (share, width) blocks of an id feature's mixed-dimension embedding."""
+  return [(block.share, block.dim) for block in config.id_embedding_blocks.get(id_feature, [])]

@@ -9,7 +9,9 @@ source model's weights into a new model, variable by variable name:
   feature's token embeddings, the history's item embedding) are remapped:
   ids and tokens known to both models keep their learned rows, new ones
   keep their fresh rows (bucketized features only when their bucket
-  boundaries are the same);
+  boundaries are the same); a mixed-dimension id embedding's block tables
+  are remapped the same way over the ids each block holds, so an id keeps
+  its row when it is in the same block in both models;
 - every other variable must have the same shape, or a `ValueError` names it.
 
 Variables belong to one of four components: `embeddings` (id, feature and
@@ -39,6 +41,7 @@ import tf_keras as keras
 
 from tfmtl.config import TRANSFER_COMPONENTS, TransferConfig
 from tfmtl.features import FeatureVocabulary
+from tfmtl.layers.mixed_embedding import MixedDimensionEmbedding
 
 logger = logging.getLogger("tfmtl")
 
@@ -65,13 +68,25 @@ def component_of(path: str) -> Optional[str]:
   return None
 
 
-def _rows(path: str, vocabulary: FeatureVocabulary) -> Optional[list[str]]:
+def _block_ranges(model) -> dict[str, tuple[int, int]]:
+  """The index range of each mixed-dimension id embedding block table, by path."""
+  return {variable_path(table): (start, end)
+          for layer in model.submodules if isinstance(layer, MixedDimensionEmbedding)
+          for table, start, end in zip(layer.tables, layer.bounds, layer.bounds[1:])}
+
+
+def _rows(path: str, vocabulary: FeatureVocabulary, block_ranges: dict[str, tuple[int, int]]
+          ) -> Optional[list[str]]:
   """What each row of a vocabulary-indexed table stands for; None otherwise."""
   parts = path.split("/")
   layer = parts[1] if len(parts) > 1 else ""
-  if layer == "user_id_embedding":
-    return ["<oov>", *vocabulary.user_ids]
-  if layer == "item_id_embedding" or parts[1:3] == ["history", "item_embedding"]:
+  if layer in ("user_id_embedding", "item_id_embedding"):
+    ids = ["<oov>", *(vocabulary.user_ids if layer == "user_id_embedding"
+                      else vocabulary.item_ids)]
+    if path in block_ranges:
+      return ids[slice(*block_ranges[path])]
+    return ids if parts[2] == "embeddings" else None  # not a block's projection
+  if parts[1:3] == ["history", "item_embedding"]:
     return ["<oov>", *vocabulary.item_ids]
   feature = layer[:-len("_embedding")] if layer.endswith("_embedding") else None
   if feature in vocabulary.tokens:
@@ -94,6 +109,7 @@ def load_pretrained(model, source, components: Sequence[str] = COMPONENTS
     raise ValueError(f"transfer.components: unknown {sorted(unknown)}; expected some of "
                      f"{list(COMPONENTS)}")
   sources = {variable_path(v): v for v in source.trainable_variables}
+  target_blocks, source_blocks = _block_ranges(model), _block_ranges(source)
   loaded = {}
   for variable in model.trainable_variables:
     path = variable_path(variable)
@@ -103,9 +119,10 @@ def load_pretrained(model, source, components: Sequence[str] = COMPONENTS
       raise ValueError(f"transfer: variable {path!r} ({component_of(path)}) is not in the "
                        "pretrained model; leave its component out of transfer.components")
     value = sources[path].numpy()
-    target_rows = _rows(path, model.vocabulary)
+    target_rows = _rows(path, model.vocabulary, target_blocks)
     if target_rows is not None:
-      positions = pd.Index(_rows(path, source.vocabulary)).get_indexer(target_rows)
+      positions = pd.Index(_rows(path, source.vocabulary, source_blocks)).get_indexer(
+          target_rows)
       remapped = variable.numpy()
       known = positions >= 0
       remapped[known] = value[positions[known]]

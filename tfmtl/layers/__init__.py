@@ -1,9 +1,11 @@
-"""Layers: the two towers, sequence pooling, multi-task blocks and the task heads."""
+"""Layers: the two towers, their id embeddings (plain or mixed-dimension),
+sequence pooling, multi-task blocks and the task heads."""
 
 from tfmtl.layers.heads import PredictionHead, RankingHeads
+from tfmtl.layers.mixed_embedding import MixedDimensionEmbedding
 from tfmtl.layers.multitask import MMoE, PLE, Independent, SharedBottom, make_block
 from tfmtl.layers.sequence import SequencePooling
 from tfmtl.layers.towers import FeatureTower
 
-__all__ = ["MMoE", "PLE", "FeatureTower", "Independent", "PredictionHead", "RankingHeads",
-           "SequencePooling", "SharedBottom", "make_block"]
+__all__ = ["MMoE", "PLE", "FeatureTower", "Independent", "MixedDimensionEmbedding",
+           "PredictionHead", "RankingHeads", "SequencePooling", "SharedBottom", "make_block"]

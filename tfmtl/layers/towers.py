@@ -27,6 +27,7 @@ import tf_keras as keras
 
 from tfmtl.config import FeatureConfig
 from tfmtl.data.schema import HISTORY
+from tfmtl.layers.mixed_embedding import MixedDimensionEmbedding
 from tfmtl.layers.mlp import apply_stack, dense_stack
 from tfmtl.layers.sequence import SequencePooling
 
@@ -40,6 +41,8 @@ class FeatureTower(keras.layers.Layer):
     features: the features to embed, with their encoding.
     embedding_dim: output width.
     id_embedding_dim, feature_embedding_dim: widths of the input embeddings.
+    id_embedding_blocks: (share of the ids, width) blocks of a
+      `MixedDimensionEmbedding` for the id; empty: one plain table.
     hidden_layers: widths of the hidden ReLU layers.
     l2: L2 penalty on the id embedding.
     normalize: L2-normalise the output (dot products become cosines).
@@ -49,6 +52,7 @@ class FeatureTower(keras.layers.Layer):
   def __init__(self, id_feature: str, sizes: dict[str, int],
                features: dict[str, FeatureConfig], embedding_dim: int = 32,
                id_embedding_dim: int = 32, feature_embedding_dim: int = 8,
+               id_embedding_blocks: Sequence[tuple[float, int]] = (),
                hidden_layers: Sequence[int] = (64,), l2: float = 0.0,
                normalize: bool = True, sequence: Optional[SequencePooling] = None,
                **kwargs):
@@ -57,10 +61,15 @@ class FeatureTower(keras.layers.Layer):
     self.sequence = sequence
     self.normalize = normalize
     self.features = dict(features)
-    self.id_embedding = keras.layers.Embedding(
-        sizes[id_feature], id_embedding_dim,
-        embeddings_regularizer=keras.regularizers.l2(l2) if l2 else None,
-        name=f"{id_feature}_embedding")
+    regularizer = keras.regularizers.l2(l2) if l2 else None
+    self.id_embedding = (
+        MixedDimensionEmbedding(sizes[id_feature], id_embedding_dim, id_embedding_blocks,
+                                embeddings_regularizer=regularizer,
+                                name=f"{id_feature}_embedding")
+        if id_embedding_blocks else
+        keras.layers.Embedding(sizes[id_feature], id_embedding_dim,
+                               embeddings_regularizer=regularizer,
+                               name=f"{id_feature}_embedding"))
     self.feature_embeddings = {
         # A multi-hot vector times a matrix is the sum of its tokens' embeddings;
         # a vector (e.g. pretrained text) gets a trainable linear adapter as wide
