@@ -83,3 +83,45 @@ def test_a_config_distills_from_a_saved_teacher_run(tiny_data, teacher, tmp_path
   other = FeatureVocabulary.build(tiny_data, tiny_data.interactions.iloc[:100])
   with pytest.raises(ValueError, match=r"distillation.teacher: its vocabulary \(user_ids\)"):
     training.fit(config, training.Prepared(tiny_data, prepared.split, other), verbose=0)
+
+
+def _distances(table):
+  return np.linalg.norm(table[:, None] - table[None], axis=-1)
+
+
+@pytest.mark.parametrize("blocks", [{}, {"item_id": [{"share": 0.3, "dim": 32},
+                                                     {"share": 0.7, "dim": 32}]}])
+def test_pca_initialisation_keeps_the_teachers_id_geometry(tiny_data, teacher, blocks):
+  """At the teacher's width the principal coordinates are the teacher's
+  (centred) embeddings rotated: every distance between two ids is kept."""
+  from tfmtl.config import EmbeddingBlock
+  blocks = {k: [EmbeddingBlock(**b) for b in v] for k, v in blocks.items()}
+  student = _model(tiny_data, teacher.vocabulary, embedding_dim=4, id_embedding_dim=32,
+                   id_embedding_blocks=blocks, tower_layers=[])
+  Distillation(teacher).initialize_student(student)
+  for tower in ("query_tower", "candidate_tower"):
+    size = getattr(teacher, tower).id_embedding.input_dim
+    taught = getattr(teacher, tower).id_embedding(np.arange(size)).numpy()
+    layer = getattr(student, tower).id_embedding
+    tables = getattr(layer, "tables", None) or [layer.embeddings]
+    bounds = getattr(layer, "bounds", (0, size))
+    for table, start, end in zip(tables, bounds, bounds[1:]):
+      np.testing.assert_allclose(_distances(table.numpy()), _distances(taught[start:end]),
+                                 atol=1e-4)
+
+
+def test_a_config_initialises_the_student_from_the_teacher(tiny_data, teacher, tmp_path):
+  empty = tiny_data.interactions.iloc[:0]
+  prepared = training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
+                               teacher.vocabulary)
+  run = training.save_run(tmp_path / "teacher", ExperimentConfig().with_overrides(
+      ["model.embedding_dim=16"]), prepared, teacher)
+  config = ExperimentConfig().with_overrides([
+      "model.embedding_dim=4", "model.id_embedding_dim=2", "model.tower_layers=[]",
+      "train.epochs=1", "train.learning_rate=1.0e-9", f"distillation.teacher={run}",
+      "distillation.weight=0", "distillation.initialize=pca"])
+  student = training.fit(config, prepared, verbose=0)
+  assert student.distillation is None  # weight 0: no soft losses, only the start
+  taught = teacher.query_tower.id_embedding.embeddings.numpy()
+  np.testing.assert_allclose(student.query_tower.id_embedding.embeddings.numpy(),
+                             tfmtl.distillation.principal_coordinates(taught, 2), atol=1e-4)

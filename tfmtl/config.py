@@ -463,14 +463,18 @@ class DistillationConfig:
   Attributes:
     teacher: a run directory (`tfmtl train`) trained on the same data; the
       model trained now is its student.
-    weight: weight of the soft losses toward the teacher.
+    weight: weight of the soft losses toward the teacher (0: none).
     temperature: softening temperature of the teacher's and student's scores.
+    initialize: `none`, or `pca`: the student's id embeddings start at the
+      teacher's, on their principal axes (as many as the student's are wide).
   """
   teacher: Optional[str] = None
   weight: float = 1.0
   temperature: float = 2.0
+  initialize: str = "none"
 
   def _validate(self):
+    _one_of("initialize", self.initialize, ("none", "pca"))
     if self.weight < 0:
       raise ConfigError("weight: must be non-negative")
     if self.temperature <= 0:
@@ -499,7 +503,7 @@ class TrainConfig:
   run_dir: Optional[str] = None
 
   def _validate(self):
-    if self.batch_size < 1 or self.epochs < 0 or self.learning_rate <= 0:
+    if self.batch_size < 1 or self.epochs < 1 or self.learning_rate <= 0:
       raise ConfigError("batch_size, epochs and learning_rate must be positive")
 
 

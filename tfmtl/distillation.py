@@ -13,6 +13,10 @@ Teacher and student read the same encoded batch, so they share a vocabulary
 (train both on the same data); the student may be far smaller (narrower
 embeddings, fewer or no experts). The teacher is never updated.
 
+`initialize_student` also starts the student's id embeddings from the
+teacher's: each id's teacher embedding on the first principal axes of all
+of them, as many as the student's table (or mixed-dimension block) is wide.
+
 Example (`teacher` a trained `MultiTaskModel`, `student` a new, smaller one):
 
     student.distillation = Distillation(teacher, weight=1.0, temperature=2.0)
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -40,6 +45,21 @@ class Distillation:
       if getattr(mine, field) != getattr(theirs, field):
         raise ValueError(f"distillation.teacher: its vocabulary ({field}) differs from the "
                          "student's; train teacher and student on the same data")
+
+  def initialize_student(self, student) -> None:
+    """The student's user and item id tables <- the teacher's id embeddings
+    projected on their principal axes (see module doc); the student's
+    variables must exist."""
+    for tower in ("query_tower", "candidate_tower"):
+      theirs = getattr(self.teacher, tower).id_embedding
+      taught = theirs(tf.range(theirs.input_dim)).numpy()  # [ids, width], any table kind
+      mine = getattr(student, tower).id_embedding
+      tables = getattr(mine, "tables", None) or [mine.embeddings]
+      bounds = getattr(mine, "bounds", (0, len(taught)))
+      for table, start, end in zip(tables, bounds, bounds[1:]):
+        coordinates = principal_coordinates(taught, int(table.shape[1]))[start:end]
+        width = coordinates.shape[1]
+        table.assign(tf.concat([coordinates, table[:, width:]], axis=1))
 
   def loss(self, student, features: dict[str, tf.Tensor], query: tf.Tensor,
            candidate: tf.Tensor, logits: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -70,3 +90,10 @@ class Distillation:
             tf.nn.sigmoid_cross_entropy_with_logits(soft_labels, logits[name] / t)
             - tf.nn.sigmoid_cross_entropy_with_logits(soft_labels, taught)))
     return self.weight * tf.add_n(terms) if terms else tf.constant(0.0)
+
+
+def principal_coordinates(rows: np.ndarray, width: int) -> np.ndarray:
+  """`rows` (centred) on their first `width` principal axes, [rows, <= width]."""
+  centred = rows - rows.mean(axis=0)
+  u, singular_values, _ = np.linalg.svd(centred, full_matrices=False)
+  return (u[:, :width] * singular_values[:width]).astype(np.float32)

@@ -121,10 +121,13 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2) -> Multi
   if config.transfer.pretrained:
     fine_tune_from(model, load_run(config.transfer.pretrained)[1], config.transfer)
   if config.distillation.teacher:
-    model.distillation = Distillation(load_run(config.distillation.teacher)[1],
-                                      config.distillation.weight,
-                                      config.distillation.temperature)
-    model.distillation.check_student(model)
+    distillation = Distillation(load_run(config.distillation.teacher)[1],
+                                config.distillation.weight, config.distillation.temperature)
+    distillation.check_student(model)
+    if config.distillation.initialize == "pca":
+      model(model.encoder(model.encoder.missing()))  # create the variables
+      distillation.initialize_student(model)
+    model.distillation = distillation if distillation.weight else None
   train = make_dataset(*prepared.training_examples(), model.encoder,
                        config.train.batch_size, shuffle=True, seed=config.seed)
   model.fit(train, epochs=config.train.epochs, verbose=verbose)

@@ -51,6 +51,7 @@ class MixedDimensionEmbedding(keras.layers.Layer):
       room = input_dim - (len(blocks) - 1 - i)
       bounds.append(input_dim if i == len(blocks) - 1 else
                     int(min(max(end, bounds[-1] + 1), room)))
+    self.input_dim = input_dim
     self.bounds = tuple(bounds)  # block i holds indices bounds[i] to bounds[i + 1] - 1
     self.output_dim = output_dim
     self.blocks = tuple((float(share), int(width)) for share, width in blocks)
