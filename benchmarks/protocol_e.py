@@ -81,7 +81,7 @@ def main():
       teacher_run = Path(folder) / f"teacher_{seed}"
       for name, overrides in ROWS.items():
         config = ExperimentConfig().with_overrides(
-            [*SPLIT, f"seed={seed}", *(o.format(teacher=teacher_run) for o in overrides)])
+            [*SPLIT, f"seed={seed}", *(o.replace("{teacher}", str(teacher_run)) for o in overrides)])
         prepared = training.prepare(config)
         model = training.fit(config, prepared, verbose=0)
         if name == "teacher":
