@@ -141,7 +141,7 @@ class ServingModule(tf.Module):
     candidates = tf.gather(self.catalogue_embeddings, shortlist.indices)  # [b, n, d]
     batch, n = tf.shape(candidates)[0], self.recommend_candidates
     task_scores = {name: tf.reshape(values, [batch, n]) for name, values in self._task_scores(
-        query, tf.reshape(candidates, [batch * n, -1]), n).items()}
+        query, tf.reshape(candidates, [-1, candidates.shape[-1]]), n).items()}
     task_scores[self.retrieval_task] = shortlist.values
     blend = tf.add_n([weight * task_scores[name]
                       for name, weight in self.recommend_weights.items()])
