@@ -81,11 +81,18 @@ def mix_source(target: InteractionData, train: pd.DataFrame,
   if missing:
     raise DataError(f"transfer.source: the interactions lack the label column(s) "
                     f"{missing} that the target's have")
-  train = train.assign(**{SAMPLE_WEIGHT: train.get(SAMPLE_WEIGHT, 1.0)})
-  rows = pd.concat([train, source.interactions[train.columns.intersection(
-      source.interactions.columns)]], ignore_index=True)
-  tables = {name: pd.concat([getattr(target, name), table[~table[id_column].isin(
-                getattr(target, name)[id_column])]], ignore_index=True)
-            for name, id_column, table in (("users", USER_ID, source.users),
-                                           ("items", ITEM_ID, source.items))}
-  return dataclasses.replace(target, interactions=rows, **tables), rows
+  train, extra = _weighted(train), _weighted(source.interactions)
+  rows = pd.concat([train, extra[train.columns.intersection(extra.columns)]],
+                   ignore_index=True)
+  return dataclasses.replace(target, interactions=rows,
+                             users=_joined(target.users, source.users, USER_ID),
+                             items=_joined(target.items, source.items, ITEM_ID)), rows
+
+
+def _weighted(interactions: pd.DataFrame) -> pd.DataFrame:
+  return interactions.assign(**{SAMPLE_WEIGHT: interactions.get(SAMPLE_WEIGHT, 1.0)})
+
+
+def _joined(table: pd.DataFrame, more: pd.DataFrame, id_column: str) -> pd.DataFrame:
+  """`table` plus the rows of `more` whose ids it lacks."""
+  return pd.concat([table, more[~more[id_column].isin(table[id_column])]], ignore_index=True)
