@@ -74,8 +74,10 @@ class ServingModule(tf.Module):
     self.retrieval_task = retrieval_task_name(self.task_configs)
     self.recommend_weights = recommend_weights or default_blend(self.task_configs)
     self.catalogue_item_ids = tf.constant(model.catalogue_item_ids.astype(str))
-    self.catalogue_embeddings = tf.Variable(model.catalogue_embeddings(),
-                                            trainable=False, name="catalogue_embeddings")
+    # The catalogue's embeddings stored transposed, [dim, items]: a plain
+    # matmul against it is several times faster on CPU than one with transpose_b.
+    self.candidate_matrix = tf.Variable(tf.transpose(model.catalogue_embeddings()),
+                                        trainable=False, name="candidate_matrix")
     # Row 0 is an unknown item (all features OOV); row i+1 is catalogue item i.
     unknown = model.encoder(model.encoder.missing(1))
     self.item_rows = keras.layers.StringLookup(
@@ -136,9 +138,10 @@ class ServingModule(tf.Module):
 
   def _recommend(self, features):
     query = self._query(features)
-    scores = self._excluding(_dot(query, self.catalogue_embeddings), features[EXCLUDE])
+    scores = self._excluding(tf.linalg.matmul(query, self.candidate_matrix), features[EXCLUDE])
     shortlist = tf.math.top_k(scores, k=self.recommend_candidates)
-    candidates = tf.gather(self.catalogue_embeddings, shortlist.indices)  # [b, n, d]
+    candidates = tf.transpose(tf.gather(self.candidate_matrix, shortlist.indices, axis=1),
+                              [1, 2, 0])  # [b, n, d]
     batch, n = tf.shape(candidates)[0], self.recommend_candidates
     task_scores = {name: tf.reshape(values, [batch, n]) for name, values in self._task_scores(
         query, tf.reshape(candidates, [-1, candidates.shape[-1]]), n).items()}
@@ -177,7 +180,7 @@ class ServingModule(tf.Module):
                                  for name, values in self.item_features.items()})
 
   def _scores(self, features):
-    return _dot(self._query(features), self.catalogue_embeddings)
+    return tf.linalg.matmul(self._query(features), self.candidate_matrix)
 
   def _task_scores(self, query, candidates, per_query):
     """Each ranking task's score for `candidates`, `per_query` per query row."""
@@ -217,10 +220,6 @@ def retrieval_task_name(task_configs: dict[str, TaskConfig]) -> str:
   """The name `recommend` gives the retrieval score: the retrieval task's."""
   return next((name for name, task in task_configs.items() if task.type == "retrieval"),
               "retrieval")
-
-
-def _dot(query, candidates):
-  return tf.linalg.matmul(query, candidates, transpose_b=True)
 
 
 def _checked(method):
