@@ -194,7 +194,7 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
   second = add_items(run, new, base_path=str(base))
   assert (first.name, second.name) == ("1", "2")
   old, grown = (tf.saved_model.load(str(path)) for path in (first, second))
-  assert (old.catalogue_embeddings.shape[0], grown.catalogue_embeddings.shape[0]) == (60, 62)
+  assert (old.candidate_matrix.shape[1], grown.candidate_matrix.shape[1]) == (60, 62)
   users = data.users.set_index("user_id").loc[["u0", "u1"]]
   answer = grown.signatures["rank"](
       user_id=tf.constant(users.index.to_numpy(str)),
@@ -214,4 +214,4 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().endswith(str(base / "tiny" / "3"))
   assert sorted(p.name for p in (base / "tiny").iterdir()) == ["1", "2", "3"]
-  assert tf.saved_model.load(str(base / "tiny" / "3")).catalogue_embeddings.shape[0] == 63
+  assert tf.saved_model.load(str(base / "tiny" / "3")).candidate_matrix.shape[1] == 63
