@@ -34,10 +34,6 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2
 
-# The dtype each input of a tfmtl export takes, where it is not a string.
-INPUT_DTYPES = {"k": np.int32, "age": np.float32}
-
-
 def rest_url(host: str, model_name: str, version: Optional[int] = None) -> str:
   """The REST predict URL, e.g. `http://localhost:8501/v1/models/m:predict`."""
   versioned = f"/versions/{version}" if version else ""
@@ -75,15 +71,20 @@ def parse_rest_response(body: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def grpc_request(model_name: str, signature: str, inputs: Mapping[str, Any],
                  version: Optional[int] = None) -> predict_pb2.PredictRequest:
-  """A gRPC `PredictRequest` for one signature."""
+  """A gRPC `PredictRequest` for one signature (numbers sent as a tfmtl
+  export takes them: floats as float32, integers as int32)."""
   request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
       name=model_name, signature_name=signature))
   if version:
     request.model_spec.version.value = version
   for name, values in inputs.items():
-    array = np.asarray(values, dtype=INPUT_DTYPES.get(name))
+    array = np.asarray(values)
     if array.dtype.kind in "OU":
       array = array.astype(bytes)
+    elif array.dtype.kind in "iu":
+      array = array.astype(np.int32)
+    elif array.dtype.kind == "f":
+      array = array.astype(np.float32)
     request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
   return request
 

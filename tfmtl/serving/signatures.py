@@ -122,10 +122,10 @@ class ServingModule(tf.Module):
   # The signatures.
 
   def _serving_default(self, features):
-    return self._top_items(self._scores(features), tf.constant(self.top_k))
+    return self._top_items(self._scores(self._query(features)), tf.constant(self.top_k))
 
   def _retrieve(self, features):
-    scores = self._excluding(self._scores(features), features[EXCLUDE])
+    scores = self._excluding(self._scores(self._query(features)), features[EXCLUDE])
     return self._top_items(scores, self._clipped_k(features[K], self.num_items))
 
   def _rank(self, features):
@@ -138,7 +138,7 @@ class ServingModule(tf.Module):
 
   def _recommend(self, features):
     query = self._query(features)
-    scores = self._excluding(tf.linalg.matmul(query, self.candidate_matrix), features[EXCLUDE])
+    scores = self._excluding(self._scores(query), features[EXCLUDE])
     shortlist = tf.math.top_k(scores, k=self.recommend_candidates)
     candidates = tf.transpose(tf.gather(self.candidate_matrix, shortlist.indices, axis=1),
                               [1, 2, 0])  # [b, n, d]
@@ -179,8 +179,9 @@ class ServingModule(tf.Module):
     return self.candidate_tower({name: tf.gather(values, rows)
                                  for name, values in self.item_features.items()})
 
-  def _scores(self, features):
-    return tf.linalg.matmul(self._query(features), self.candidate_matrix)
+  def _scores(self, query):
+    """Brute force: every catalogue item's score for each query, [batch, items]."""
+    return tf.linalg.matmul(query, self.candidate_matrix)
 
   def _task_scores(self, query, candidates, per_query):
     """Each ranking task's score for `candidates`, `per_query` per query row."""

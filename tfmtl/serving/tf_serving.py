@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
 from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID
+from tfmtl.serving.client import grpc_request
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 WARMUP_BATCHES = (1, 8)
@@ -76,11 +77,7 @@ def write_warmup_requests(module, export_dir: Path, model_name: str) -> Path:
   with tf.io.TFRecordWriter(str(path)) as writer:
     for signature in module.signature_specs:
       for batch in WARMUP_BATCHES:
-        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
-            name=model_name, signature_name=signature))
-        for name, values in warmup_inputs(module, signature, batch).items():
-          request.inputs[name].CopyFrom(tf.make_tensor_proto(
-              values.astype(bytes) if values.dtype == object else values))
+        request = grpc_request(model_name, signature, warmup_inputs(module, signature, batch))
         log = prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request))
         writer.write(log.SerializeToString())
