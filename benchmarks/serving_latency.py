@@ -15,13 +15,17 @@ Rows: signature x batch x catalogue, with `p50_ms`, `p99_ms` (over 200
 calls at batch 1, 30 at batch 256) and the process's peak RSS after all of
 them (`peak_rss_gb`).
 
-    python benchmarks/serving_latency.py
+    python benchmarks/serving_latency.py                # brute force
+    python benchmarks/serving_latency.py --index scann  # in the scann extra's env
 
-Writes benchmarks/results/serving_latency.json.
+Writes benchmarks/results/serving_latency.json, or serving_latency_scann.json
+whose `retrieve` rows also hold `recall_at_100`: the share of the exact
+(brute-force) top 100 that ScaNN returns, over 256 users without exclusions.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 import tfmtl  # noqa: F401  (binds Keras 2 first)
 from tfmtl import training
@@ -43,12 +48,14 @@ from common import write_result
 
 SYNTHETIC_ITEMS = 1_000_000
 
-# Run by a fresh interpreter: argv = export folder, a JSON file of input values.
+# Run by a fresh interpreter: argv = export folder, a JSON file of input values, index.
 _MEASURE = r"""
 import json, resource, sys, time
 import numpy as np
 import tensorflow as tf
 export, sample = sys.argv[1], json.loads(open(sys.argv[2]).read())
+if sys.argv[3] == "scann":
+  import scann  # ScaNN's ops, as in a TF Serving build with ScaNN
 model = tf.saved_model.load(export)
 rng = np.random.default_rng(0)
 
@@ -87,7 +94,7 @@ print(json.dumps({"rows": rows, "peak_rss_gb": peak, "tfmtl_imported": "tfmtl" i
 """
 
 
-def movielens_export(folder: Path) -> tuple[Path, dict]:
+def movielens_model():
   config = ExperimentConfig().with_overrides(["train.epochs=1"])
   prepared = training.prepare(config)
   model = training.fit(config, prepared, verbose=0)
@@ -95,10 +102,10 @@ def movielens_export(folder: Path) -> tuple[Path, dict]:
   sample = {name: users[name].astype(str if name != "age" else float).tolist()[:500]
             for name in model.encoder.user_inputs}
   sample["item_id"] = prepared.data.items["item_id"].tolist()
-  return export_model(model, folder, "movielens_100k"), sample
+  return model, sample
 
 
-def synthetic_export(folder: Path) -> tuple[Path, dict]:
+def synthetic_model():
   """1M items, ids only; one interaction per item (so every id is known)."""
   items = np.char.add("i", np.arange(SYNTHETIC_ITEMS).astype(str)).astype(object)
   users = np.char.add("u", (np.arange(SYNTHETIC_ITEMS) % 10_000).astype(str)).astype(object)
@@ -110,14 +117,26 @@ def synthetic_export(folder: Path) -> tuple[Path, dict]:
   model = training.build_model(config, FeatureVocabulary.build(data, interactions), data.items)
   model(model.encoder(model.encoder.missing()))
   sample = {"user_id": users[:10_000].tolist(), "item_id": items.tolist()}
-  return export_model(model, folder, "synthetic_1m"), sample
+  return model, sample
 
 
-def measure(export: Path, sample: dict) -> dict:
+def recall_at_100(approximate: Path, exact: Path, model, sample: dict) -> float:
+  """Share of the exact top 100 that `approximate` retrieves, 256 users."""
+  users = np.random.default_rng(1).choice(sample["user_id"], 256)
+  request = {name: tf.constant(np.resize(np.asarray(sample[name]), 256)
+                               if name != "user_id" else users)
+             for name in model.encoder.user_inputs}
+  request.update(k=tf.fill([256], 100), exclude_item_ids=tf.zeros([256, 0], tf.string))
+  found = [tf.saved_model.load(str(path)).signatures["retrieve"](**request)["item_ids"].numpy()
+           for path in (approximate, exact)]
+  return float(np.mean([len(set(a) & set(b)) / 100 for a, b in zip(*found)]))
+
+
+def measure(export: Path, sample: dict, index: str) -> dict:
   sample_file = export.parent / "sample.json"
   sample_file.write_text(json.dumps(sample))
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  result = subprocess.run([sys.executable, "-c", _MEASURE, str(export), str(sample_file)],
+  result = subprocess.run([sys.executable, "-c", _MEASURE, str(export), str(sample_file), index],
                           capture_output=True, text=True, env=env, cwd="/", check=False)
   if result.returncode != 0:
     raise RuntimeError(result.stderr[-3000:])
@@ -127,18 +146,29 @@ def measure(export: Path, sample: dict) -> dict:
 
 
 def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--index", choices=["brute_force", "scann"], default="brute_force")
+  index = parser.parse_args().index
   rows = []
   with tempfile.TemporaryDirectory() as folder:
-    for catalogue, make in (("movielens_1682", movielens_export),
-                            ("synthetic_1000000", synthetic_export)):
-      export, sample = make(Path(folder))
-      measured = measure(export, sample)
+    for catalogue, make in (("movielens_1682", movielens_model),
+                            ("synthetic_1000000", synthetic_model)):
+      model, sample = make()
+      export = export_model(model, folder, catalogue, index=index)
+      measured = measure(export, sample, index)
+      recall = {}
+      if index == "scann":
+        exact = export_model(model, folder, f"{catalogue}_exact")
+        recall = {"recall_at_100": recall_at_100(export, exact, model, sample)}
+        print(f"{catalogue}: ScaNN recall@100 {recall['recall_at_100']:.3f}", flush=True)
       for row in measured["rows"]:
-        rows.append({"catalogue": catalogue, **row, "peak_rss_gb": measured["peak_rss_gb"]})
+        rows.append({"catalogue": catalogue, **row, "peak_rss_gb": measured["peak_rss_gb"],
+                     **(recall if row["signature"] == "retrieve" else {})})
         print(f"{catalogue:<18} {row['signature']:<10} batch {row['batch']:>3}: "
               f"p50 {row['p50_ms']:8.2f} ms, p99 {row['p99_ms']:8.2f} ms", flush=True)
       print(f"{catalogue}: peak RSS {measured['peak_rss_gb']:.2f} GB", flush=True)
-  print(f"-> {write_result('serving_latency', {'rows': rows})}")
+  name = "serving_latency" if index == "brute_force" else "serving_latency_scann"
+  print(f"-> {write_result(name, {'index': index, 'tensorflow': tf.__version__, 'rows': rows})}")
 
 
 if __name__ == "__main__":

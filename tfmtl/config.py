@@ -524,6 +524,42 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass
+class ScannConfig:
+  """Options of the ScaNN index (`export.index: scann`; TFRS's `ScaNN` layer).
+
+  0 picks a value from the catalogue's size and the most items a signature
+  returns by default (`wanted`, the larger of `top_k` and
+  `recommend_candidates`); see `tfmtl.serving.index.scann_parameters`.
+
+  Attributes:
+    num_leaves: partitions of the catalogue (0: about sqrt(items)).
+    num_leaves_to_search: partitions scored per query (0: a tenth of them,
+      and at least enough to hold 4 x wanted items).
+    num_reordering_candidates: items rescored exactly after the approximate
+      pass (0: 4 x wanted); a request for more items than this gets ""
+      in the places beyond it.
+    dimensions_per_block: asymmetric-hashing compression (larger: smaller
+      and faster, less exact).
+    training_iterations: k-means iterations that build the partitions.
+  """
+  num_leaves: int = 0
+  num_leaves_to_search: int = 0
+  num_reordering_candidates: int = 0
+  dimensions_per_block: int = 2
+  training_iterations: int = 12
+
+  def _validate(self):
+    if min(self.num_leaves, self.num_leaves_to_search, self.num_reordering_candidates) < 0:
+      raise ConfigError("num_leaves, num_leaves_to_search, num_reordering_candidates: "
+                        "must be non-negative (0 picks one)")
+    if self.dimensions_per_block < 1 or self.training_iterations < 1:
+      raise ConfigError("dimensions_per_block, training_iterations: must be at least 1")
+
+
+INDEXES = ("brute_force", "scann")
+
+
+@dataclasses.dataclass
 class ExportConfig:
   """SavedModel export in TF Serving's layout `<base_path>/<name>/<version>/`.
 
@@ -536,14 +572,23 @@ class ExportConfig:
       blend (the retrieval task's score is the retrieval score); empty: 1
       for every ranking task.
     keep_versions: keep only this many newest versions of the model (0: all).
+    index: how `retrieve`, `recommend` and `serving_default` find the best
+      items: `brute_force` (exact; stock TF Serving serves it) or `scann`
+      (approximate; needs the `scann` extra, TensorFlow 2.20, and a TF
+      Serving build with ScaNN's ops).
+    scann: the ScaNN index's options.
   """
   base_path: str = "saved_models"
   top_k: int = 100
   recommend_candidates: int = 100
   recommend_weights: dict[str, float] = dataclasses.field(default_factory=dict)
   keep_versions: int = 0
+  index: str = "brute_force"
+  scann: ScannConfig = dataclasses.field(default_factory=ScannConfig)
 
   def _validate(self):
+    if self.index not in INDEXES:
+      raise ConfigError(f"index: {self.index!r} is not one of {', '.join(INDEXES)}")
     if self.top_k < 1 or self.recommend_candidates < 1:
       raise ConfigError("top_k, recommend_candidates: must be at least 1")
     if self.keep_versions < 0:

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tfmtl.config import ExperimentConfig
+from tfmtl.config import ExperimentConfig, ScannConfig
 from tfmtl.serving.signatures import ServingModule
 from tfmtl.serving.tf_serving import write_server_configs, write_warmup_requests
 
@@ -53,13 +53,15 @@ def export_configured(model, config: ExperimentConfig, base_path: Optional[str] 
   options = config.export
   return export_model(model, base_path or options.base_path, config.name, options.top_k,
                       version, options.recommend_candidates,
-                      options.recommend_weights or None, options.keep_versions)
+                      options.recommend_weights or None, options.keep_versions,
+                      options.index, options.scann)
 
 
 def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
                  version: Optional[int] = None, recommend_candidates: int = 100,
                  recommend_weights: Optional[dict[str, float]] = None,
-                 keep_versions: int = 0) -> Path:
+                 keep_versions: int = 0, index: str = "brute_force",
+                 scann: Optional[ScannConfig] = None) -> Path:
   """Exports `model` as `<base_path>/<name>/<version>/` and returns that path.
 
   Args:
@@ -72,6 +74,8 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
     recommend_candidates, recommend_weights: `recommend`'s shortlist size and
       blend weights (see `ServingModule`).
     keep_versions: keep only this many newest versions (0: keep all).
+    index, scann: the retrieval index, `brute_force` or `scann`, and the
+      ScaNN options (see `tfmtl.serving.index`).
   """
   if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
     raise ValueError(f"export name {name!r}: use letters, digits, '-', '_' and '.', "
@@ -84,7 +88,7 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
   if target.exists():
     raise FileExistsError(f"{target}: version {version} already exists; "
                           "exports never overwrite a version")
-  module = ServingModule(model, top_k, recommend_candidates, recommend_weights)
+  module = ServingModule(model, top_k, recommend_candidates, recommend_weights, index, scann)
   signatures = module.concrete_functions()
   model_dir.mkdir(parents=True, exist_ok=True)
   staging = model_dir / f".tmp-{version}-{np.random.randint(1 << 30)}"

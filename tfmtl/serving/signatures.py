@@ -17,8 +17,9 @@ and are looked up by `user_id`.
 | `query_embedding` | user inputs | `embedding` [batch, dim] |
 | `candidate_embedding` | `item_id` string [batch] | `embedding` [batch, dim] |
 
-`retrieve` scores the whole catalogue by brute force (query . candidate).
-`recommend` is the two-stage cascade in one call: it retrieves the best
+`retrieve` finds the best items (query . candidate) with the export's index
+(`export.index`: exact brute force by default, or ScaNN; see
+`tfmtl.serving.index`). `recommend` is the two-stage cascade in one call: it retrieves the best
 `candidates` items, scores each with every ranking task (binary tasks as a
 probability) and returns the top k by the blend
 `sum(weights[task] * task score)`, where the retrieval task's score is the
@@ -41,12 +42,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.config import RANKING_TASK_TYPES, TaskConfig
+from tfmtl.config import RANKING_TASK_TYPES, ExportConfig, ScannConfig, TaskConfig
 from tfmtl.data.schema import ITEM_ID, USER_ID, vector_dims
+from tfmtl.serving.index import EXCLUDED_SCORE, BruteForceIndex, ScannIndex
 from tfmtl.tasks import task_predictions
 
 K, EXCLUDE = "k", "exclude_item_ids"
-EXCLUDED_SCORE = float(np.finfo(np.float32).min)  # JSON-safe, unlike -inf
 
 
 class ServingModule(tf.Module):
@@ -58,10 +59,19 @@ class ServingModule(tf.Module):
     recommend_candidates: items `recommend` retrieves before ranking.
     recommend_weights: task name -> blend weight (default: 1 for every
       ranking task, or the retrieval score alone without ranking tasks).
+    index: `brute_force` or `scann` (see `tfmtl.serving.index`).
+    scann: the ScaNN index's options.
   """
 
+  @classmethod
+  def from_config(cls, model, export: ExportConfig) -> "ServingModule":
+    """The signatures as a config's `export` section says."""
+    return cls(model, export.top_k, export.recommend_candidates,
+               export.recommend_weights or None, export.index, export.scann)
+
   def __init__(self, model, top_k: int = 100, recommend_candidates: int = 100,
-               recommend_weights: Optional[dict[str, float]] = None):
+               recommend_weights: Optional[dict[str, float]] = None,
+               index: str = "brute_force", scann: Optional[ScannConfig] = None):
     super().__init__(name="tfmtl_serving")
     self.encoder = model.encoder
     self.query_tower = model.query_tower
@@ -76,8 +86,12 @@ class ServingModule(tf.Module):
     self.catalogue_item_ids = tf.constant(model.catalogue_item_ids.astype(str))
     # The catalogue's embeddings stored transposed, [dim, items]: a plain
     # matmul against it is several times faster on CPU than one with transpose_b.
-    self.candidate_matrix = tf.Variable(tf.transpose(model.catalogue_embeddings()),
+    candidates = model.catalogue_embeddings()
+    self.candidate_matrix = tf.Variable(tf.transpose(candidates),
                                         trainable=False, name="candidate_matrix")
+    self.index = (ScannIndex(np.asarray(candidates), max(self.top_k, self.recommend_candidates),
+                             scann or ScannConfig())
+                  if index == "scann" else BruteForceIndex(self.candidate_matrix))
     # Row 0 is an unknown item (all features OOV); row i+1 is catalogue item i.
     unknown = model.encoder(model.encoder.missing(1))
     self.item_rows = keras.layers.StringLookup(
@@ -122,11 +136,14 @@ class ServingModule(tf.Module):
   # The signatures.
 
   def _serving_default(self, features):
-    return self._top_items(self._scores(self._query(features)), tf.constant(self.top_k))
+    query = self._query(features)
+    nothing = tf.fill([tf.shape(query)[0], 0], -1)
+    return self._top_items(*self.index.top(query, self.top_k, nothing))
 
   def _retrieve(self, features):
-    scores = self._excluding(self._scores(self._query(features)), features[EXCLUDE])
-    return self._top_items(scores, self._clipped_k(features[K], self.num_items))
+    k = self._clipped_k(features[K], self.num_items)
+    return self._top_items(*self.index.top(self._query(features), k,
+                                           self._columns(features[EXCLUDE])))
 
   def _rank(self, features):
     item_ids = features[ITEM_ID]
@@ -138,21 +155,21 @@ class ServingModule(tf.Module):
 
   def _recommend(self, features):
     query = self._query(features)
-    scores = self._excluding(self._scores(query), features[EXCLUDE])
-    shortlist = tf.math.top_k(scores, k=self.recommend_candidates)
-    candidates = tf.transpose(tf.gather(self.candidate_matrix, shortlist.indices, axis=1),
+    n = self.recommend_candidates
+    shortlist_scores, shortlist = self.index.top(query, n, self._columns(features[EXCLUDE]))
+    candidates = tf.transpose(tf.gather(self.candidate_matrix, shortlist, axis=1),
                               [1, 2, 0])  # [b, n, d]
-    batch, n = tf.shape(candidates)[0], self.recommend_candidates
+    batch = tf.shape(candidates)[0]
     task_scores = {name: tf.reshape(values, [batch, n]) for name, values in self._task_scores(
         query, tf.reshape(candidates, [-1, candidates.shape[-1]]), n).items()}
-    task_scores[self.retrieval_task] = shortlist.values
+    task_scores[self.retrieval_task] = shortlist_scores
     blend = tf.add_n([weight * task_scores[name]
                       for name, weight in self.recommend_weights.items()])
-    blend = tf.where(shortlist.values > EXCLUDED_SCORE, blend, EXCLUDED_SCORE)
+    blend = tf.where(shortlist_scores > EXCLUDED_SCORE, blend, EXCLUDED_SCORE)
     best = tf.math.top_k(blend, k=self._clipped_k(features[K], n))
     kept = best.values > EXCLUDED_SCORE
     outputs = {"item_ids": tf.where(kept, tf.gather(self.catalogue_item_ids, tf.gather(
-        shortlist.indices, best.indices, batch_dims=1)), ""),
+        shortlist, best.indices, batch_dims=1)), ""),
                "score": best.values}
     outputs.update({name: tf.gather(values, best.indices, batch_dims=1)
                     for name, values in task_scores.items()})
@@ -179,10 +196,6 @@ class ServingModule(tf.Module):
     return self.candidate_tower({name: tf.gather(values, rows)
                                  for name, values in self.item_features.items()})
 
-  def _scores(self, query):
-    """Brute force: every catalogue item's score for each query, [batch, items]."""
-    return tf.linalg.matmul(query, self.candidate_matrix)
-
   def _task_scores(self, query, candidates, per_query):
     """Each ranking task's score for `candidates`, `per_query` per query row."""
     if self.ranking is None:
@@ -191,19 +204,14 @@ class ServingModule(tf.Module):
     return {name: task_predictions(self.task_configs[name], logits)
             for name, logits in self.ranking(query, candidates).items()}
 
-  def _excluding(self, scores, exclude_item_ids):
-    """`scores` with the excluded catalogue items at `EXCLUDED_SCORE`."""
-    columns = tf.cast(self.item_rows(exclude_item_ids), tf.int32) - 1  # -1: unknown, ""
-    known = tf.where(columns >= 0)  # [m, 2]: (row, position)
-    indices = tf.stack([tf.cast(known[:, 0], tf.int32), tf.gather_nd(columns, known)], axis=1)
-    return tf.tensor_scatter_nd_update(
-        scores, indices, tf.fill([tf.shape(indices)[0]], EXCLUDED_SCORE))
+  def _columns(self, item_ids):
+    """Catalogue columns of `item_ids`; -1 for unknown ids and ""."""
+    return tf.cast(self.item_rows(item_ids), tf.int32) - 1
 
-  def _top_items(self, scores, k):
-    top = tf.math.top_k(scores, k=k)
-    return {"item_ids": tf.where(top.values > EXCLUDED_SCORE,
-                                 tf.gather(self.catalogue_item_ids, top.indices), ""),
-            "scores": top.values}
+  def _top_items(self, scores, columns):
+    return {"item_ids": tf.where(scores > EXCLUDED_SCORE,
+                                 tf.gather(self.catalogue_item_ids, columns), ""),
+            "scores": scores}
 
   @staticmethod
   def _clipped_k(k, limit: int):

@@ -3,7 +3,9 @@
 1. `saved_model_cli scan` finds none of the ops TF Serving refuses.
 2. A fresh Python process that never imports tfmtl loads the SavedModel,
    lists its signatures and replays every warm-up request in
-   `assets.extra/tf_serving_warmup_requests`.
+   `assets.extra/tf_serving_warmup_requests`. For a ScaNN index it first
+   imports scann, which registers ScaNN's ops, as a TF Serving build with
+   ScaNN has them; a brute-force export loads with TensorFlow alone.
 3. The signatures and their inputs (names, dtypes, ranks) are the ones the
    run's model documents (`ServingModule`).
 4. Every replayed answer matches the run's in-memory model on the same
@@ -34,13 +36,15 @@ from tfmtl import training
 from tfmtl.serving.signatures import ServingModule
 from tfmtl.serving.tf_serving import WARMUP_FILE
 
-# Run by a fresh interpreter: argv = export folder, output .npz path.
+# Run by a fresh interpreter: argv = export folder, output .npz path, index.
 _REPLAY = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
-export, out = sys.argv[1], sys.argv[2]
+export, out, index = sys.argv[1:4]
+if index == "scann":
+  import scann  # ScaNN's ops, as in a TF Serving build with ScaNN
 model = tf.saved_model.load(export)
 signatures = {name: {key: [spec.dtype.name, spec.shape.rank]
                      for key, spec in function.structured_input_signature[1].items()}
@@ -73,11 +77,11 @@ def validate_export(run_dir: str | Path, export_dir: str | Path,
   if not (export_dir / "saved_model.pb").is_file():
     raise FileNotFoundError(f"{export_dir}: no saved_model.pb (not an export version folder)")
   config, model = training.load_run(run_dir)
-  module = ServingModule(model, config.export.top_k, config.export.recommend_candidates,
-                         config.export.recommend_weights or None)
+  module = ServingModule.from_config(model, config.export)
   checks = [_scan(export_dir)]
   with tempfile.TemporaryDirectory() as folder:
-    replay, answers = _replay_in_fresh_process(export_dir, Path(folder) / "answers.npz")
+    replay, answers = _replay_in_fresh_process(export_dir, Path(folder) / "answers.npz",
+                                               config.export.index)
     checks.append(Check("fresh process loads it and replays the warm-up requests",
                         replay["replayed"] > 0 and not replay["tfmtl_imported"],
                         f"{replay['replayed']} requests replayed without tfmtl"))
@@ -97,9 +101,9 @@ def _scan(export_dir: Path) -> Check:
                "; ".join(found) or result.stderr.strip()[-500:])
 
 
-def _replay_in_fresh_process(export_dir: Path, out: Path) -> tuple[dict, dict]:
+def _replay_in_fresh_process(export_dir: Path, out: Path, index: str) -> tuple[dict, dict]:
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  result = subprocess.run([sys.executable, "-c", _REPLAY, str(export_dir), str(out)],
+  result = subprocess.run([sys.executable, "-c", _REPLAY, str(export_dir), str(out), index],
                           capture_output=True, text=True, timeout=900, env=env, cwd="/")
   if result.returncode != 0:
     raise RuntimeError(f"{export_dir}: a fresh process could not load it and replay the "
