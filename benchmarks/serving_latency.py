@@ -122,10 +122,10 @@ def synthetic_model():
 
 def recall_at_100(approximate: Path, exact: Path, model, sample: dict) -> float:
   """Share of the exact top 100 that `approximate` retrieves, 256 users."""
-  users = np.random.default_rng(1).choice(sample["user_id"], 256)
-  request = {name: tf.constant(np.resize(np.asarray(sample[name]), 256)
-                               if name != "user_id" else users)
-             for name in model.encoder.user_inputs}
+  request = {name: np.resize(np.asarray(sample[name]), 256) for name in model.encoder.user_inputs}
+  request["user_id"] = np.random.default_rng(1).choice(sample["user_id"], 256)
+  request = {name: tf.constant(value.astype(np.float32) if value.dtype.kind == "f" else value)
+             for name, value in request.items()}
   request.update(k=tf.fill([256], 100), exclude_item_ids=tf.zeros([256, 0], tf.string))
   found = [tf.saved_model.load(str(path)).signatures["retrieve"](**request)["item_ids"].numpy()
            for path in (approximate, exact)]
