@@ -235,6 +235,9 @@ class TaskConfig:
     logq_correction: subtract log(item frequency) from retrieval logits (the
       sampling-bias correction of in-batch negatives).
     remove_accidental_hits: ignore in-batch negatives that are the positive.
+    cross_replica_negatives: under a strategy with several replicas, score
+      each query against the whole global batch's candidates, not only its
+      replica's (`tfmtl.distribute`); false does as TFRS's task does.
     layers: hidden layer widths of a ranking task's head.
   """
   type: str
@@ -244,6 +247,7 @@ class TaskConfig:
   temperature: float = 1.0
   logq_correction: bool = True
   remove_accidental_hits: bool = True
+  cross_replica_negatives: bool = True
   num_negatives: int = 4
   layers: list[int] = dataclasses.field(default_factory=lambda: [64])
 
@@ -494,6 +498,16 @@ class TrainConfig:
       retrieval metric scores the whole catalogue).
     run_dir: where the trained model, vocabularies and metrics are written
       (default `runs/<name>`).
+    strategy: the `tf.distribute` strategy: default, mirrored,
+      multi_worker (TF_CONFIG) or tpu (see `tfmtl.distribute`).
+    devices: the mirrored strategy's devices (default: every GPU, else CPU).
+    tpu: the TPU's name or address ("": Colab's or the local one).
+    checkpoint_steps: while training, checkpoints go to
+      `<run_dir>.checkpoints/` at the end of every epoch and, if N > 0,
+      every N steps; a rerun after a crash resumes from the last one, and
+      the folder is removed when training completes.
+    resume: resume from that folder's checkpoint (false: remove it and
+      start over).
   """
   batch_size: int = 1024
   epochs: int = 15
@@ -501,10 +515,18 @@ class TrainConfig:
   learning_rate: float = 0.01
   training_metrics: bool = False
   run_dir: Optional[str] = None
+  strategy: str = "default"
+  devices: list[str] = dataclasses.field(default_factory=list)
+  tpu: str = ""
+  checkpoint_steps: int = 0
+  resume: bool = True
 
   def _validate(self):
     if self.batch_size < 1 or self.epochs < 1 or self.learning_rate <= 0:
       raise ConfigError("batch_size, epochs and learning_rate must be positive")
+    _one_of("strategy", self.strategy, STRATEGIES)
+    if self.checkpoint_steps < 0:
+      raise ConfigError("checkpoint_steps: must be non-negative (0: every epoch)")
 
 
 @dataclasses.dataclass
@@ -557,6 +579,7 @@ class ScannConfig:
 
 
 INDEXES = ("brute_force", "scann")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
 @dataclasses.dataclass
@@ -587,8 +610,7 @@ class ExportConfig:
   scann: ScannConfig = dataclasses.field(default_factory=ScannConfig)
 
   def _validate(self):
-    if self.index not in INDEXES:
-      raise ConfigError(f"index: {self.index!r} is not one of {', '.join(INDEXES)}")
+    _one_of("index", self.index, INDEXES)
     if self.top_k < 1 or self.recommend_candidates < 1:
       raise ConfigError("top_k, recommend_candidates: must be at least 1")
     if self.keep_versions < 0:

@@ -44,6 +44,7 @@ from tfmtl.data.pipeline import encode_examples
 from tfmtl.data.schema import (HISTORY, ITEM_ID, SAMPLE_WEIGHT, USER_ID, table_arrays,
                                vector_dims)
 from tfmtl.distillation import Distillation
+from tfmtl.distribute import agreed_logs, all_replicas_own_first, replica_device_scope
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers import (FeatureTower, PredictionHead, RankingHeads, SequencePooling,
                           make_block)
@@ -96,6 +97,7 @@ class MultiTaskModel(tfrs.Model):
                training_metrics: bool = False, users: Optional[pd.DataFrame] = None,
                **kwargs):
     super().__init__(**kwargs)
+    self.distribute_reduction_method = "first"  # the steps' logs are agreed
     config = config or ModelConfig()
     self.vocabulary = vocabulary
     vectors = vector_dims(vocabulary.user_features)
@@ -211,12 +213,14 @@ class MultiTaskModel(tfrs.Model):
     for name, config in self.task_configs.items():
       task = self.tasks[name]
       if config.type == "retrieval":
+        candidates = [embeddings["candidate"], features[ITEM_ID],
+                      tf.gather(self.item_probability, features[ITEM_ID])]
+        if config.cross_replica_negatives:
+          candidates = all_replicas_own_first(*candidates)
         per_example_loss = task(
-            embeddings["query"], embeddings["candidate"],
-            candidate_sampling_probability=(
-                tf.gather(self.item_probability, features[ITEM_ID])
-                if config.logq_correction else None),
-            candidate_ids=features[ITEM_ID], sample_weight=sample_weight,
+            embeddings["query"], candidates[0],
+            candidate_sampling_probability=candidates[2] if config.logq_correction else None,
+            candidate_ids=candidates[1], sample_weight=sample_weight,
             compute_metrics=False)
         if compute_metrics:
           self.retrieval_metric.update_state(embeddings["query"], embeddings["candidate"])
@@ -238,15 +242,18 @@ class MultiTaskModel(tfrs.Model):
                                 sample_weight=sample_weight, compute_metrics=compute_metrics)
       losses[name] = tf.nn.compute_average_loss(per_example_loss)
     total_loss, weights = self.loss_weighting(losses)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
     for name, loss in losses.items():
-      self.task_losses[name].update_state(loss)
+      # `loss` is this replica's share of the global mean; the metric
+      # averages the replicas' own means.
+      self.task_losses[name].update_state(loss * replicas)
       if training:
         self.task_weights[name].update_state(weights[name])
     if self.distillation is not None and training:
       soft_loss = self.distillation.loss(self, features, embeddings["query"],
                                          embeddings["candidate"], logits)
-      self.distillation_loss.update_state(soft_loss)
-      total_loss += soft_loss
+      self.distillation_loss.update_state(soft_loss)  # this replica's mean
+      total_loss += soft_loss / replicas
     return total_loss
 
   def _history_profile(self, feature: str, history: tf.Tensor) -> tf.Tensor:
@@ -276,12 +283,18 @@ class MultiTaskModel(tfrs.Model):
   def train_step(self, inputs):
     """TFRS's train step, plus fine-tuning: the L2-SP penalty joins the
     regularization loss, and updates are scaled (0 while frozen)."""
+    with replica_device_scope():
+      return self._train_step(inputs)
+
+  def _train_step(self, inputs):
     with tf.GradientTape() as tape:
       loss = self.compute_loss(inputs, training=True)
       variables = self.trainable_variables  # after the first call has created them
       regularization_loss = tf.reduce_sum([tf.reduce_sum(term) for term in self.losses])
       if self.fine_tuning:
         regularization_loss += self.fine_tuning.penalty(variables)
+      # Each replica's gradients are summed: its share of the penalty.
+      regularization_loss = tf.nn.scale_regularization_loss(regularization_loss)
       total_loss = loss + regularization_loss
     gradients = tape.gradient(total_loss, variables)
     scales = self.fine_tuning.update_scales(variables) if self.fine_tuning else {}
@@ -289,19 +302,24 @@ class MultiTaskModel(tfrs.Model):
     self.optimizer.apply_gradients(zip(gradients, variables))
     for i, scale in scales.items():
       variables[i].assign(before[i] + scale * (variables[i] - before[i]))
-    logs = {metric.name: metric.result() for metric in self.metrics}
-    logs.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
+    logs = {metric.name: metric.result() for metric in self.metrics}  # this replica's
     if not self.training_metrics:  # the other metrics were not computed
       logs = {name: value for name, value in logs.items()
               if name.endswith("loss") or name.endswith("_weight")}
     if self.distillation is None:
       logs.pop("distillation_loss", None)
-    return logs
+    return agreed_logs(logs, {"loss": loss, "regularization_loss": regularization_loss,
+                              "total_loss": total_loss})
 
   def test_step(self, inputs):
-    logs = super().test_step(inputs)
-    return {name: value for name, value in logs.items()
-            if not name.endswith("_weight") and name != "distillation_loss"}
+    with replica_device_scope():
+      loss = self.compute_loss(inputs, training=False)
+      regularization_loss = tf.nn.scale_regularization_loss(
+          tf.reduce_sum([tf.reduce_sum(term) for term in self.losses]))
+      logs = {metric.name: metric.result() for metric in self.metrics
+              if not metric.name.endswith("_weight") and metric.name != "distillation_loss"}
+      return agreed_logs(logs, {"loss": loss, "regularization_loss": regularization_loss,
+                                "total_loss": loss + regularization_loss})
 
 
 def _by_item_index(item_indices: np.ndarray, values: np.ndarray, num_items: int) -> np.ndarray:

@@ -17,16 +17,19 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import pandas as pd
 import tf_keras as keras
 
+from tfmtl.checkpoints import backup_and_restore, checkpoint_folder
 from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig
 from tfmtl.content import encode_item_content, with_content
 from tfmtl.data.history import add_history, add_history_column
@@ -35,6 +38,7 @@ from tfmtl.data.schema import InteractionData
 from tfmtl.data.sources import load_data, load_source, mix_source
 from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
+from tfmtl.distribute import is_chief, make_strategy
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
 from tfmtl.propagation import add_propagated_feature
@@ -113,24 +117,33 @@ def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
   return model
 
 
-def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2) -> MultiTaskModel:
+def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
+        callbacks: Sequence[keras.callbacks.Callback] = ()) -> MultiTaskModel:
   """Builds the model (from a pretrained run, with a teacher, as the config
-  says) and fits it on the training split."""
+  says) under the configured strategy and fits it on the training split,
+  checkpointing as it goes (`tfmtl.checkpoints`); `callbacks` join `fit`'s."""
   keras.utils.set_random_seed(config.seed)
-  model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
-  if config.transfer.pretrained:
-    fine_tune_from(model, load_run(config.transfer.pretrained)[1], config.transfer)
-  if config.distillation.teacher:
-    distillation = Distillation(load_run(config.distillation.teacher)[1],
-                                config.distillation.weight, config.distillation.temperature)
-    distillation.check_student(model)
-    if config.distillation.initialize == "pca":
-      model(model.encoder(model.encoder.missing()))  # create the variables
-      distillation.initialize_student(model)
-    model.distillation = distillation if distillation.weight else None
+  options = config.train
+  strategy = make_strategy(options.strategy, options.devices, options.tpu)
+  with strategy.scope():
+    model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
+    model(model.encoder(model.encoder.missing()))  # create the variables
+    if config.transfer.pretrained:
+      fine_tune_from(model, load_run(config.transfer.pretrained)[1], config.transfer)
+    if config.distillation.teacher:
+      distillation = Distillation(load_run(config.distillation.teacher)[1],
+                                  config.distillation.weight, config.distillation.temperature)
+      distillation.check_student(model)
+      if config.distillation.initialize == "pca":
+        distillation.initialize_student(model)
+      model.distillation = distillation if distillation.weight else None
+    checkpoints = checkpoint_folder(default_run_dir(config))
+    backup = backup_and_restore(model, checkpoints, options.checkpoint_steps, options.resume)
   train = make_dataset(*prepared.training_examples(), model.encoder,
-                       config.train.batch_size, shuffle=True, seed=config.seed)
-  model.fit(train, epochs=config.train.epochs, verbose=verbose)
+                       options.batch_size, shuffle=True, seed=config.seed)
+  model.fit(train, epochs=options.epochs, verbose=verbose, callbacks=[backup, *callbacks])
+  with contextlib.suppress(OSError):
+    checkpoints.rmdir()  # Keras has removed the checkpoints, not their folder
   return model
 
 
@@ -140,21 +153,34 @@ def default_run_dir(config: ExperimentConfig) -> Path:
 
 def save_run(run_dir: str | Path, config: ExperimentConfig, prepared: Prepared,
              model: MultiTaskModel, metrics: Optional[dict] = None) -> Path:
-  """Writes config, vocabularies, catalogue and weights; replaces atomically."""
+  """Writes config, vocabularies, catalogue and weights; replaces atomically.
+
+  A multi-worker run's other workers write theirs to a temporary folder,
+  which is removed: the chief's is the run (`tfmtl.distribute.is_chief`).
+  """
   run_dir = Path(run_dir)
+  if not is_chief():
+    with tempfile.TemporaryDirectory() as scratch:
+      _write_run(Path(scratch), config, prepared, model, metrics)
+    return run_dir
   staging = run_dir.with_name(run_dir.name + ".tmp")
   shutil.rmtree(staging, ignore_errors=True)
-  staging.mkdir(parents=True)
-  (staging / "config.yaml").write_text(config.to_yaml())
-  prepared.vocabulary.save(staging / "vocabulary.json")
-  prepared.data.items.to_parquet(staging / "catalogue.parquet", index=False)
-  if model.user_vectors is not None:
-    model.user_vectors.to_parquet(staging / "user_vectors.parquet", index=False)
-  model.save_weights(str(staging / "weights" / "model"))
-  if metrics is not None:
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+  _write_run(staging, config, prepared, model, metrics)
   _replace_dir(staging, run_dir)
   return run_dir
+
+
+def _write_run(folder: Path, config: ExperimentConfig, prepared: Prepared,
+               model: MultiTaskModel, metrics: Optional[dict]) -> None:
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "config.yaml").write_text(config.to_yaml())
+  prepared.vocabulary.save(folder / "vocabulary.json")
+  prepared.data.items.to_parquet(folder / "catalogue.parquet", index=False)
+  if model.user_vectors is not None:
+    model.user_vectors.to_parquet(folder / "user_vectors.parquet", index=False)
+  model.save_weights(str(folder / "weights" / "model"))
+  if metrics is not None:
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
 def _replace_dir(staging: Path, target: Path) -> None:

@@ -62,7 +62,10 @@ class LossWeighting(keras.layers.Layer):
   def call(self, losses: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     stacked = tf.stack([tf.cast(losses[name], tf.float32) for name in self.task_names])
     weights = self.task_weights * self.factors()
-    total = tf.reduce_sum(weights * stacked) + self.regularizer()
+    # Per replica: the losses are its shares of the global means, and its
+    # share of the regularizer is scaled the same way.
+    total = (tf.reduce_sum(weights * stacked)
+             + tf.nn.scale_regularization_loss(self.regularizer()))
     return total, dict(zip(self.task_names, tf.unstack(weights)))
 
 

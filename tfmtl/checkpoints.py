@@ -1,0 +1,109 @@
+"""Crash-safe training: Keras' `BackupAndRestore`, checked before it resumes.
+
+While `fit` trains, checkpoints of the model and its optimizer go to
+`<run_dir>.checkpoints/chief/` at the end of every epoch (and every
+`train.checkpoint_steps` steps). TensorFlow writes a checkpoint's files
+before the `checkpoint` index that names it, so a crash while writing
+leaves the previous checkpoint current. Rerunning the same config resumes
+from the last checkpoint: completed epochs are not run again. The folder is
+removed when training completes.
+
+Before resuming, the checkpoint is read into the model. A corrupt one, or
+one of another config's model, raises `CheckpointError` naming the file:
+never a silent fresh start. `train.resume: false` removes the folder and
+starts over.
+
+Example:
+
+>>> checkpoint_folder("runs/movielens_100k")
+PosixPath('runs/movielens_100k.checkpoints')
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import tensorflow as tf
+import tf_keras as keras
+
+logger = logging.getLogger("tfmtl")
+
+
+class CheckpointError(ValueError):
+  """A training checkpoint that cannot be resumed from."""
+
+
+def checkpoint_folder(run_dir: str | Path) -> Path:
+  """Where a run's training checkpoints live while it trains."""
+  run_dir = Path(run_dir)
+  return run_dir.with_name(run_dir.name + ".checkpoints")
+
+
+def backup_and_restore(model, folder: Path, steps: int = 0, resume: bool = True
+                       ) -> keras.callbacks.BackupAndRestore:
+  """The `fit` callback that checkpoints to and resumes from `folder`.
+
+  `model` (built, in its strategy's scope) is checked against a checkpoint
+  already there; see the module doc.
+  """
+  if not resume:
+    shutil.rmtree(folder, ignore_errors=True)
+  latest = check_resumable(model, folder)
+  if latest:
+    logger.info("resuming from %s", latest)
+  return keras.callbacks.BackupAndRestore(str(folder), save_freq=steps or "epoch")
+
+
+def check_resumable(model, folder: Path) -> Optional[str]:
+  """The checkpoint in `folder` that `model` will resume from, read into it
+  to prove it can be; None when there is none."""
+  chief = folder / "chief"
+  if not chief.is_dir() or not any(chief.iterdir()):
+    return None
+  try:
+    latest = tf.train.latest_checkpoint(str(chief))
+  except tf.errors.OpError:
+    latest = None
+  if latest is None:
+    raise CheckpointError(f"{chief / 'checkpoint'}: training checkpoints are there but "
+                          "their index cannot be read. " + _REMEDY.format(folder=folder))
+  try:
+    saved = _model_variables(latest)
+  except (ValueError, IndexError, tf.errors.OpError) as error:
+    _cannot_resume(latest, folder, error, "It is corrupt")
+  with tempfile.TemporaryDirectory() as scratch:
+    own = _model_variables(tf.train.Checkpoint(model=model).write(f"{scratch}/model"))
+  if saved != own:
+    name = min(set(saved.items()) ^ set(own.items()))[0]
+    raise CheckpointError(
+        f"{latest}: cannot resume training from this checkpoint: it was written for "
+        f"another model ({name} is {saved.get(name, 'missing')} there, "
+        f"{own.get(name, 'missing')} in this config's model). "
+        + _REMEDY.format(folder=folder))
+  try:
+    status = tf.train.Checkpoint(model=model).read(latest)
+    status.expect_partial()  # the optimizer's slots: Keras restores them
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError, IndexError, KeyError, tf.errors.OpError) as error:
+    _cannot_resume(latest, folder, error, "It is corrupt")
+  return latest
+
+
+def _model_variables(checkpoint: str) -> dict[str, tuple]:
+  """The model's (not the optimizer's) variables in a checkpoint: name -> shape."""
+  return {name.split("/.ATTRIBUTES")[0]: tuple(shape)
+          for name, shape in tf.train.list_variables(checkpoint)
+          if name.startswith("model/") and "optimizer" not in name}
+
+
+def _cannot_resume(checkpoint: str, folder: Path, error: Exception, why: str):
+  reason = str(error).strip().splitlines()[0][:300]
+  raise CheckpointError(f"{checkpoint}: cannot resume training from this checkpoint "
+                        f"({reason}). {why}. " + _REMEDY.format(folder=folder)) from None
+
+
+_REMEDY = "Remove {folder} (or set train.resume=false) to train from the start."
