@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 from tfmtl import training
@@ -131,6 +132,10 @@ def test_tpu_falls_back_to_the_default_strategy_off_tpu(caplog):
   strategy = make_strategy("tpu")
   assert strategy.num_replicas_in_sync == 1
   assert "no TPU was found" in caplog.text
+
+
+def test_auto_on_a_cpu_machine_is_the_default_strategy():
+  assert make_strategy("auto") is tf.distribute.get_strategy()
 
 
 def test_multi_worker_without_tf_config_is_a_config_error(monkeypatch):

@@ -498,8 +498,9 @@ class TrainConfig:
       retrieval metric scores the whole catalogue).
     run_dir: where the trained model, vocabularies and metrics are written
       (default `runs/<name>`).
-    strategy: the `tf.distribute` strategy: default, mirrored,
-      multi_worker (TF_CONFIG) or tpu (see `tfmtl.distribute`).
+    strategy: the `tf.distribute` strategy: auto (TPU, else GPUs, else
+      one device), default, mirrored, multi_worker (TF_CONFIG) or tpu (see
+      `tfmtl.distribute`).
     devices: the mirrored strategy's devices (default: every GPU, else CPU).
     tpu: the TPU's name or address ("": Colab's or the local one).
     checkpoint_steps: while training, checkpoints go to
@@ -579,7 +580,7 @@ class ScannConfig:
 
 
 INDEXES = ("brute_force", "scann")
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 
 
 @dataclasses.dataclass

@@ -2,6 +2,8 @@
 
 `train.strategy` names it:
 
+- `auto`: a TPU where one is found, else every GPU where there are several,
+  else one device: what a Colab notebook wants on any runtime.
 - `default`: one device (TensorFlow's default strategy).
 - `mirrored`: `MirroredStrategy` over `train.devices` (default: every GPU,
   else the CPU).
@@ -54,6 +56,13 @@ def make_strategy(name: str, devices: Sequence[str] = (), tpu: str = ""
 
 @functools.lru_cache(maxsize=None)
 def _strategy(name: str, devices: tuple[str, ...], tpu: str) -> tf.distribute.Strategy:
+  if name == "auto":
+    if _tpu_resolver(tpu, quiet=True):
+      return _strategy("tpu", devices, tpu)
+    gpus = tf.config.list_logical_devices("GPU")
+    logger.info("train.strategy: auto: no TPU, %d GPU(s): %s", len(gpus),
+                "mirrored" if len(gpus) > 1 else "default")
+    return _strategy("mirrored" if len(gpus) > 1 else "default", devices, tpu)
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":
@@ -68,16 +77,24 @@ def _strategy(name: str, devices: tuple[str, ...], tpu: str) -> tf.distribute.St
       raise ConfigError(f"TF_CONFIG: not JSON ({error})") from None
     return tf.distribute.MultiWorkerMirroredStrategy()
   if name == "tpu":
-    try:
-      resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu)
-      tf.config.experimental_connect_to_cluster(resolver)
-      tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
-      logger.warning("train.strategy: tpu, but no TPU was found (%s); training with "
-                     "the default strategy", error)
+    resolver = _tpu_resolver(tpu)
+    if resolver is None:
       return tf.distribute.get_strategy()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
   raise ConfigError(f"train.strategy: {name!r} is not one of {', '.join(STRATEGIES)}")
+
+
+def _tpu_resolver(tpu: str, quiet: bool = False):
+  """The TPU's cluster resolver, or None (logged unless `quiet`) where none is found."""
+  try:
+    return tf.distribute.cluster_resolver.TPUClusterResolver(tpu)
+  except (ValueError, tf.errors.NotFoundError) as error:
+    if not quiet:
+      logger.warning("train.strategy: tpu, but no TPU was found (%s); training with "
+                     "the default strategy", error)
+    return None
 
 
 def all_replicas_own_first(*tensors: tf.Tensor) -> list[tf.Tensor]:

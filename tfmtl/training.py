@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import pandas as pd
+import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.checkpoints import backup_and_restore, checkpoint_folder
@@ -140,7 +141,8 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
     checkpoints = checkpoint_folder(default_run_dir(config))
     backup = backup_and_restore(model, checkpoints, options.checkpoint_steps, options.resume)
   train = make_dataset(*prepared.training_examples(), model.encoder,
-                       options.batch_size, shuffle=True, seed=config.seed)
+                       options.batch_size, shuffle=True, seed=config.seed,
+                       drop_remainder=isinstance(strategy, tf.distribute.TPUStrategy))
   model.fit(train, epochs=options.epochs, verbose=verbose, callbacks=[backup, *callbacks])
   with contextlib.suppress(OSError):
     checkpoints.rmdir()  # Keras has removed the checkpoints, not their folder
