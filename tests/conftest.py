@@ -1,5 +1,7 @@
 """Shared fixtures: the real MovieLens 100K and a small structured data set."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,3 +57,17 @@ def tiny_data():
 def tiny_frames():
   """`make_tiny_frames` and the tiny user features, to build variants of the set."""
   return make_tiny_frames, TINY_USER_FEATURES
+
+
+def _last_epoch_losses(stdout: str) -> dict:
+  """Each task's mean loss over the last epoch `tfmtl train` printed (`loss`
+  itself is the last batch's)."""
+  line = [line for line in stdout.splitlines() if " - loss: " in line][-1]
+  return {name: float(value) for name, value in re.findall(r"(\w+_loss): ([\d.]+)", line)
+          if name not in ("total_loss", "regularization_loss")}
+
+
+@pytest.fixture(scope="session")
+def last_epoch_losses():
+  """`_last_epoch_losses`: a training command's output -> its task losses."""
+  return _last_epoch_losses

@@ -102,15 +102,8 @@ def test_an_unreadable_index_is_an_error_not_a_fresh_start(crashed, prepared, tm
     training.fit(_config(run_dir), prepared, verbose=0)
 
 
-def _last_epoch_losses(stdout: str) -> dict:
-  """Each task's mean loss over the last epoch (`loss` itself is the last batch's)."""
-  line = [line for line in stdout.splitlines() if " - loss: " in line][-1]
-  return {name: float(value) for name, value in re.findall(r"(\w+_loss): ([\d.]+)", line)
-          if name not in ("total_loss", "regularization_loss")}
-
-
 def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(
-    tmp_path, tiny_frames):
+    tmp_path, tiny_frames, last_epoch_losses):
   make_frames, _ = tiny_frames
   interactions, users, items = make_frames(num_users=2_000)  # 375 steps per epoch
   for name, frame in (("ratings", interactions), ("users", users), ("items", items)):
@@ -143,5 +136,5 @@ def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(
                                  cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
   # Epochs 3-4 see the data in another shuffled order after a restart: close, not equal.
-  expected = _last_epoch_losses(uninterrupted.stdout)
-  assert _last_epoch_losses(resumed.stdout) == pytest.approx(expected, rel=0.05)
+  expected = last_epoch_losses(uninterrupted.stdout)
+  assert last_epoch_losses(resumed.stdout) == pytest.approx(expected, rel=0.05)

@@ -128,6 +128,36 @@ def test_two_worker_processes_train_as_one_device(config_file, tmp_path):
         _run_weights(tmp_path / "runs" / "two_workers"))
 
 
+def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
+    config_file, tmp_path, last_epoch_losses):
+  ports = iter(_free_ports(5))
+  cluster = {"worker": [f"localhost:{next(ports)}" for _ in range(2)],
+             "ps": [f"localhost:{next(ports)}" for _ in range(2)],
+             "chief": [f"localhost:{next(ports)}"]}
+  def tf_config(kind, index):
+    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})}
+  servers = [subprocess.Popen([sys.executable, "-m", "tfmtl.cli", "worker"], cwd=tmp_path,
+                              env={**os.environ, **tf_config(kind, index)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for kind, index in (("worker", 0), ("worker", 1), ("ps", 0), ("ps", 1))]
+  try:
+    chief = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
+                     "--set", "train.strategy=parameter_server",
+                     "--set", "train.shard_min_bytes=1024", "--set", "train.run_dir=runs/ps"],
+                    cwd=tmp_path, env=tf_config("chief", 0))
+  finally:
+    for server in servers:
+      server.kill()
+  sharded = chief.stderr.split("split across the parameter servers: ")[1].splitlines()[0]
+  assert "user_id_embedding" in sharded and "item_id_embedding" in sharded
+  one_device = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
+                        "--set", "train.run_dir=runs/one_device"], cwd=tmp_path)
+  # Two workers update the parameters asynchronously: close to one device, not equal.
+  assert last_epoch_losses(chief.stdout) == pytest.approx(
+      last_epoch_losses(one_device.stdout), rel=0.1)
+  training.load_run(tmp_path / "runs" / "ps")  # the sharded tables reload whole
+
+
 def test_tpu_falls_back_to_the_default_strategy_off_tpu(caplog):
   strategy = make_strategy("tpu")
   assert strategy.num_replicas_in_sync == 1

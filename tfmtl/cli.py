@@ -9,6 +9,8 @@
     tfmtl validate --run DIR [--export DIR]               check an export as TF Serving will
     tfmtl run      [--config FILE] [--set KEY=VALUE ...]   all of the above
     tfmtl add-items --run DIR --items FILE [--base-path P]  export with new items
+    tfmtl worker                                           a parameter-server cluster's
+                                                           worker or ps task (TF_CONFIG)
 
 Without `--config` the defaults apply: MovieLens 100K, per-user 8:1:1 split,
 retrieval + rating + like. `--set` overrides any config key, e.g.
@@ -111,6 +113,11 @@ def cmd_export(args) -> None:
   print(_export(config, model, args.base_path, args.version))
 
 
+def cmd_worker(args) -> None:
+  from tfmtl.distribute import serve_cluster_task
+  serve_cluster_task()
+
+
 def cmd_validate(args) -> None:
   from tfmtl import training
   from tfmtl.serving.export import latest_export
@@ -176,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
   validate.add_argument("--run", required=True, help="the run it was exported from")
   validate.add_argument("--export", help="version folder (default: the run's latest export)")
   validate.set_defaults(handler=cmd_validate)
+  commands.add_parser(
+      "worker", help="serve as TF_CONFIG's worker or ps task of a parameter-server "
+      "cluster (train.strategy=parameter_server)").set_defaults(handler=cmd_worker)
   new_items = commands.add_parser(
       "add-items", help="export a run with new items (their text encoded), no retraining")
   new_items.add_argument("--run", required=True, help="run directory (runs/<name>)")

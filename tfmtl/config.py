@@ -499,10 +499,12 @@ class TrainConfig:
     run_dir: where the trained model, vocabularies and metrics are written
       (default `runs/<name>`).
     strategy: the `tf.distribute` strategy: auto (TPU, else GPUs, else
-      one device), default, mirrored, multi_worker (TF_CONFIG) or tpu (see
-      `tfmtl.distribute`).
+      one device), default, mirrored, multi_worker (TF_CONFIG),
+      parameter_server (TF_CONFIG) or tpu (see `tfmtl.distribute`).
     devices: the mirrored strategy's devices (default: every GPU, else CPU).
     tpu: the TPU's name or address ("": Colab's or the local one).
+    shard_min_bytes: under parameter_server, variables at least this big
+      are split across the parameter servers (shards of at least this size).
     checkpoint_steps: while training, checkpoints go to
       `<run_dir>.checkpoints/` at the end of every epoch and, if N > 0,
       every N steps; a rerun after a crash resumes from the last one, and
@@ -519,6 +521,7 @@ class TrainConfig:
   strategy: str = "default"
   devices: list[str] = dataclasses.field(default_factory=list)
   tpu: str = ""
+  shard_min_bytes: int = 256 << 10
   checkpoint_steps: int = 0
   resume: bool = True
 
@@ -526,6 +529,8 @@ class TrainConfig:
     if self.batch_size < 1 or self.epochs < 1 or self.learning_rate <= 0:
       raise ConfigError("batch_size, epochs and learning_rate must be positive")
     _one_of("strategy", self.strategy, STRATEGIES)
+    if self.shard_min_bytes < 1:
+      raise ConfigError("shard_min_bytes: must be positive")
     if self.checkpoint_steps < 0:
       raise ConfigError("checkpoint_steps: must be non-negative (0: every epoch)")
 
@@ -580,7 +585,7 @@ class ScannConfig:
 
 
 INDEXES = ("brute_force", "scann")
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "parameter_server", "tpu")
 
 
 @dataclasses.dataclass

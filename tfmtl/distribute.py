@@ -9,6 +9,11 @@
   else the CPU).
 - `multi_worker`: `MultiWorkerMirroredStrategy`; the cluster and this
   process's task come from the `TF_CONFIG` environment variable.
+- `parameter_server`: `ParameterServerStrategy`, run from TF_CONFIG's chief
+  (`tfmtl train`), with each worker and parameter server a `tfmtl worker`
+  process. Variables of at least `train.shard_min_bytes` (the big embedding
+  tables) are split across the parameter servers; workers train
+  asynchronously, each on whole batches.
 - `tpu`: `TPUStrategy` on the TPU `train.tpu` names ("" finds Colab's or
   the local one). Where no TPU is found it says so in the log and trains
   with the default strategy, so one notebook runs anywhere.
@@ -36,46 +41,54 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
 from tfmtl.config import STRATEGIES, ConfigError
+from tfmtl.data.pipeline import batched_dataset
 
 logger = logging.getLogger("tfmtl")
 
 
-def make_strategy(name: str, devices: Sequence[str] = (), tpu: str = ""
-                  ) -> tf.distribute.Strategy:
+def make_strategy(name: str, devices: Sequence[str] = (), tpu: str = "",
+                  shard_min_bytes: int = 256 << 10) -> tf.distribute.Strategy:
   """The `tf.distribute.Strategy` called `name` (see module doc): one per
   process for each set of arguments, as TensorFlow wants (a second
   MirroredStrategy over the same devices breaks the first's collectives)."""
-  return _strategy(name, tuple(devices), tpu)
+  return _strategy(name, tuple(devices), tpu, shard_min_bytes)
 
 
 @functools.lru_cache(maxsize=None)
-def _strategy(name: str, devices: tuple[str, ...], tpu: str) -> tf.distribute.Strategy:
+def _strategy(name: str, devices: tuple[str, ...], tpu: str, shard_min_bytes: int
+              ) -> tf.distribute.Strategy:
   if name == "auto":
     if _tpu_resolver(tpu, quiet=True):
-      return _strategy("tpu", devices, tpu)
+      return _strategy("tpu", devices, tpu, shard_min_bytes)
     gpus = tf.config.list_logical_devices("GPU")
     logger.info("train.strategy: auto: no TPU, %d GPU(s): %s", len(gpus),
                 "mirrored" if len(gpus) > 1 else "default")
-    return _strategy("mirrored" if len(gpus) > 1 else "default", devices, tpu)
+    return _strategy("mirrored" if len(gpus) > 1 else "default", devices, tpu,
+                     shard_min_bytes)
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":
     return tf.distribute.MirroredStrategy(list(devices) or None)
   if name == "multi_worker":
-    if "TF_CONFIG" not in os.environ:
-      raise ConfigError("train.strategy: multi_worker needs the TF_CONFIG environment "
-                        "variable (the cluster's workers and this process's task)")
-    try:
-      json.loads(os.environ["TF_CONFIG"])
-    except json.JSONDecodeError as error:
-      raise ConfigError(f"TF_CONFIG: not JSON ({error})") from None
+    _tf_config(name)
     return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "parameter_server":
+    servers = len(_tf_config(name).get("cluster", {}).get("ps", []))
+    if not servers:
+      raise ConfigError("TF_CONFIG: parameter_server needs 'ps' tasks in its cluster")
+    return tf.distribute.ParameterServerStrategy(
+        tf.distribute.cluster_resolver.TFConfigClusterResolver(),
+        variable_partitioner=tf.distribute.experimental.partitioners.MinSizePartitioner(
+            min_shard_bytes=shard_min_bytes, max_shards=servers))
   if name == "tpu":
     resolver = _tpu_resolver(tpu)
     if resolver is None:
@@ -84,6 +97,47 @@ def _strategy(name: str, devices: tuple[str, ...], tpu: str) -> tf.distribute.St
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
   raise ConfigError(f"train.strategy: {name!r} is not one of {', '.join(STRATEGIES)}")
+
+
+def _tf_config(strategy: str) -> dict:
+  """TF_CONFIG, parsed; a ConfigError names what is missing."""
+  if "TF_CONFIG" not in os.environ:
+    raise ConfigError(f"train.strategy: {strategy} needs the TF_CONFIG environment "
+                      "variable (the cluster's tasks and this process's task)")
+  try:
+    return json.loads(os.environ["TF_CONFIG"])
+  except json.JSONDecodeError as error:
+    raise ConfigError(f"TF_CONFIG: not JSON ({error})") from None
+
+
+def serve_cluster_task() -> None:
+  """Runs this process as TF_CONFIG's `worker` or `ps` task of a
+  parameter-server cluster until it is stopped (`tfmtl worker`)."""
+  task = _tf_config("parameter_server").get("task", {})
+  if task.get("type") not in ("worker", "ps"):
+    raise ConfigError(f"TF_CONFIG: task type {task.get('type')!r}: `tfmtl worker` runs a "
+                      "worker or ps task; the chief runs `tfmtl train`")
+  resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  logger.info("%s %d of %s: serving", resolver.task_type, resolver.task_id,
+              resolver.cluster_spec().as_dict())
+  tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
+                       task_index=resolver.task_id, protocol=resolver.rpc_layer or "grpc",
+                       start=True).join()
+
+
+def training_input(strategy: tf.distribute.Strategy, encoded: dict[str, np.ndarray],
+                   batch_size: int, seed: int) -> tuple[Any, dict]:
+  """What `fit` takes under `strategy`, as (x, keyword arguments): shuffled
+  batches of the encoded examples; fixed-size ones on a TPU; under
+  ParameterServerStrategy a `DatasetCreator` each worker calls, repeated,
+  with `steps_per_epoch`."""
+  if isinstance(strategy, tf.distribute.ParameterServerStrategy):
+    size = len(next(iter(encoded.values())))
+    creator = keras.utils.experimental.DatasetCreator(
+        lambda context: batched_dataset(encoded, batch_size, True, seed).repeat())
+    return creator, {"steps_per_epoch": math.ceil(size / batch_size)}
+  fixed = isinstance(strategy, tf.distribute.TPUStrategy)
+  return batched_dataset(encoded, batch_size, True, seed, drop_remainder=fixed), {}
 
 
 def _tpu_resolver(tpu: str, quiet: bool = False):

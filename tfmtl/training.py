@@ -34,12 +34,12 @@ from tfmtl.checkpoints import backup_and_restore, checkpoint_folder
 from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig
 from tfmtl.content import encode_item_content, with_content
 from tfmtl.data.history import add_history, add_history_column
-from tfmtl.data.pipeline import make_dataset
+from tfmtl.data.pipeline import encode_examples
 from tfmtl.data.schema import InteractionData
 from tfmtl.data.sources import load_data, load_source, mix_source
 from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
-from tfmtl.distribute import is_chief, make_strategy
+from tfmtl.distribute import is_chief, make_strategy, training_input
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
 from tfmtl.propagation import add_propagated_feature
@@ -125,7 +125,8 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   checkpointing as it goes (`tfmtl.checkpoints`); `callbacks` join `fit`'s."""
   keras.utils.set_random_seed(config.seed)
   options = config.train
-  strategy = make_strategy(options.strategy, options.devices, options.tpu)
+  strategy = make_strategy(options.strategy, options.devices, options.tpu,
+                           options.shard_min_bytes)
   with strategy.scope():
     model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
     model(model.encoder(model.encoder.missing()))  # create the variables
@@ -140,10 +141,14 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
       model.distillation = distillation if distillation.weight else None
     checkpoints = checkpoint_folder(default_run_dir(config))
     backup = backup_and_restore(model, checkpoints, options.checkpoint_steps, options.resume)
-  train = make_dataset(*prepared.training_examples(), model.encoder,
-                       options.batch_size, shuffle=True, seed=config.seed,
-                       drop_remainder=isinstance(strategy, tf.distribute.TPUStrategy))
-  model.fit(train, epochs=options.epochs, verbose=verbose, callbacks=[backup, *callbacks])
+  if isinstance(strategy, tf.distribute.ParameterServerStrategy):
+    sharded = sorted({v.name.split("/part_")[0] for v in model.variables if "/part_1" in v.name})
+    logger.info("split across the parameter servers: %s", ", ".join(sharded) or "none")
+  data, rows = prepared.training_examples()
+  train, steps = training_input(strategy, encode_examples(model.encoder, data.examples(rows)),
+                                options.batch_size, config.seed)
+  model.fit(train, epochs=options.epochs, verbose=verbose, callbacks=[backup, *callbacks],
+            **steps)
   with contextlib.suppress(OSError):
     checkpoints.rmdir()  # Keras has removed the checkpoints, not their folder
   return model

@@ -58,11 +58,21 @@ def make_dataset(data: InteractionData,
     seed: shuffling seed.
     drop_remainder: drop a last, smaller batch (TPUs need fixed shapes).
   """
-  encoded = encode_examples(encoder, data.examples(interactions))
+  return batched_dataset(encode_examples(encoder, data.examples(interactions)), batch_size,
+                         shuffle, seed, drop_remainder)
+
+
+def batched_dataset(encoded: dict[str, np.ndarray], batch_size: int, shuffle: bool = False,
+                    seed: Optional[int] = None, drop_remainder: bool = False
+                    ) -> tf.data.Dataset:
+  """`make_dataset` from examples already encoded (`encode_examples`). It
+  runs no Python encoder, so a ParameterServerStrategy worker's dataset
+  function (traced in a `tf.function`) can call it."""
   columns = {name: tf.constant(values) for name, values in encoded.items()}
-  rows = tf.data.Dataset.range(len(interactions))
+  size = len(next(iter(encoded.values())))
+  rows = tf.data.Dataset.range(size)
   if shuffle:
-    rows = rows.shuffle(len(interactions), seed=seed, reshuffle_each_iteration=True)
+    rows = rows.shuffle(size, seed=seed, reshuffle_each_iteration=True)
   batches = rows.batch(batch_size, drop_remainder=drop_remainder)
   batches = batches.map(lambda index: {k: tf.gather(v, index) for k, v in columns.items()},
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
