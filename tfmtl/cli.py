@@ -9,6 +9,8 @@
     tfmtl validate --run DIR [--export DIR]               check an export as TF Serving will
     tfmtl run      [--config FILE] [--set KEY=VALUE ...]   all of the above
     tfmtl add-items --run DIR --items FILE [--base-path P]  export with new items
+    tfmtl synthesize --output DIR --interactions N --users U --items I [--shards S]
+                                                           synthetic data, Parquet shards
     tfmtl worker                                           a parameter-server cluster's
                                                            worker or ps task (TF_CONFIG)
 
@@ -113,6 +115,17 @@ def cmd_export(args) -> None:
   print(_export(config, model, args.base_path, args.version))
 
 
+def cmd_synthesize(args) -> None:
+  from tfmtl.data.synthetic import write_synthetic
+  folder = write_synthetic(args.output, args.interactions, args.users, args.items,
+                           args.tastes, args.shards, seed=args.seed)
+  print(f"Wrote {args.interactions} interactions to {folder}; train on them with\n"
+        f"--set data.source=files --set 'data.interactions={folder}/interactions-*.parquet' "
+        f"--set data.users={folder}/users.parquet --set data.items={folder}/items.parquet "
+        "--set data.user_features.segment=categorical "
+        "--set data.item_features.taste=categorical")
+
+
 def cmd_worker(args) -> None:
   from tfmtl.distribute import serve_cluster_task
   serve_cluster_task()
@@ -183,6 +196,14 @@ def _parser() -> argparse.ArgumentParser:
   validate.add_argument("--run", required=True, help="the run it was exported from")
   validate.add_argument("--export", help="version folder (default: the run's latest export)")
   validate.set_defaults(handler=cmd_validate)
+  synthesize = commands.add_parser(
+      "synthesize", help="write synthetic interactions (power-law skew, planted tastes) "
+      "as Parquet shards")
+  synthesize.add_argument("--output", required=True, help="a new folder")
+  for flag, default in (("interactions", None), ("users", None), ("items", None),
+                        ("tastes", 20), ("shards", 8), ("seed", 0)):
+    synthesize.add_argument(f"--{flag}", type=int, default=default, required=default is None)
+  synthesize.set_defaults(handler=cmd_synthesize)
   commands.add_parser(
       "worker", help="serve as TF_CONFIG's worker or ps task of a parameter-server "
       "cluster (train.strategy=parameter_server)").set_defaults(handler=cmd_worker)

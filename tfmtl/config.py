@@ -72,7 +72,8 @@ class DataConfig:
       PyPI and cached), `tfds` (TensorFlow Datasets, needs internet) or
       `files` (local CSV/TSV/Parquet/RecBole atomic files).
     tfds_name: TFDS ratings dataset, e.g. `movielens/1m-ratings`.
-    interactions, users, items: file paths for `source: files`.
+    interactions, users, items: file paths for `source: files` (a pattern
+      such as `interactions-*.parquet` reads every shard of one table).
     format: `auto` (from the file extension), `csv`, `tsv`, `parquet`, `atomic`.
     columns: file column for each of `user_id`, `item_id`, `rating`,
       `timestamp` when the files name them differently.

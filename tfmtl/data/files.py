@@ -30,11 +30,17 @@ def read_table(path: str | Path, format: str = "auto") -> pd.DataFrame:
   """Reads one table; text formats are read as strings (checked later).
 
   Args:
-    path: the file.
+    path: the file, or a pattern naming shards of one table (e.g.
+      `interactions-*.parquet`), read in name order.
     format: `auto` (from the extension), `csv`, `tsv`, `parquet` or `atomic`
       (RecBole: tab-separated, `name:type` headers, token lists space-separated).
   """
   path = Path(path)
+  if any(wildcard in path.name for wildcard in "*?["):
+    shards = sorted(path.parent.glob(path.name))
+    if not shards:
+      raise DataError(f"{path}: no file matches")
+    return pd.concat([read_table(shard, format) for shard in shards], ignore_index=True)
   if format == "auto":
     format = _FORMATS.get(path.suffix.lower(), "")
     if not format:
@@ -82,4 +88,5 @@ def load_files(interactions: str | Path,
       sources[role] = str(path)
   return InteractionData.from_frames(
       frames["interactions"], frames.get("users"), frames.get("items"),
-      user_features, item_features, sources=sources, name=Path(interactions).stem)
+      user_features, item_features, sources=sources,
+      name=Path(interactions).stem.split("-*")[0].rstrip("*"))

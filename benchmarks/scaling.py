@@ -1,0 +1,101 @@
+"""Scaling: one training epoch of the default model on synthetic data of growing size.
+
+For each size, a fresh Python process writes the synthetic interactions
+(`tfmtl synthesize`: power-law skew, planted tastes; users = interactions /
+50, items = interactions / 20), loads them, and trains the default model
+(retrieval + rating + like, batch 1024, Adam) for one epoch on the
+training split. Rows: `interactions`, `items`, `seconds_per_epoch` (the
+`fit` call), `examples_per_s`, `prepare_seconds` (loading, splitting,
+vocabularies) and `peak_rss_gb` (the process's peak resident memory).
+
+    python benchmarks/scaling.py                        # 1M, 5M and 20M
+    python benchmarks/scaling.py --sizes 1000000        # one size
+
+Writes benchmarks/results/scaling.json and scaling.png (log-log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import RESULTS, write_result
+
+# Run by a fresh interpreter: argv = folder, interactions.
+_MEASURE = r"""
+import json, resource, sys, time
+import tfmtl
+from tfmtl import training
+from tfmtl.config import ExperimentConfig
+from tfmtl.data.synthetic import write_synthetic
+folder, size = sys.argv[1], int(sys.argv[2])
+data = write_synthetic(folder + "/data", size, num_users=max(size // 50, 100),
+                       num_items=max(size // 20, 100), seed=0)
+config = ExperimentConfig.from_dict({
+    "name": "scaling",
+    "data": {"source": "files", "interactions": f"{data}/interactions-*.parquet",
+             "users": f"{data}/users.parquet", "items": f"{data}/items.parquet",
+             "user_features": {"segment": "categorical"},
+             "item_features": {"taste": "categorical"}},
+    "train": {"epochs": 1, "run_dir": folder + "/run"}})
+start = time.perf_counter()
+prepared = training.prepare(config)
+prepared_at = time.perf_counter()
+model = training.fit(config, prepared, verbose=0)
+fitted_at = time.perf_counter()
+rows = len(prepared.split.train)
+print(json.dumps({"interactions": size, "items": len(prepared.data.items),
+                  "training_examples": rows,
+                  "prepare_seconds": prepared_at - start,
+                  "seconds_per_epoch": fitted_at - prepared_at,
+                  "examples_per_s": rows / (fitted_at - prepared_at),
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def measure(size: int) -> dict:
+  with tempfile.TemporaryDirectory() as folder:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, "-c", _MEASURE, folder, str(size)],
+                            capture_output=True, text=True, env=env, check=False)
+  if result.returncode != 0:
+    raise RuntimeError(result.stderr[-3000:])
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  figure = Figure(figsize=(6, 4))
+  FigureCanvasAgg(figure)
+  axes = figure.add_subplot()
+  sizes = [row["interactions"] for row in rows]
+  axes.loglog(sizes, [row["seconds_per_epoch"] for row in rows], "o-", label="seconds per epoch")
+  axes.loglog(sizes, [row["peak_rss_gb"] for row in rows], "s--", label="peak RSS (GB)")
+  axes.set_xlabel("interactions")
+  axes.legend()
+  axes.grid(True, which="both", alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--sizes", type=int, nargs="+",
+                      default=[1_000_000, 5_000_000, 20_000_000])
+  rows = []
+  for size in parser.parse_args().sizes:
+    rows.append(measure(size))
+    print(json.dumps(rows[-1]), flush=True)
+  plot(rows, RESULTS / "scaling.png")
+  print(f"-> {write_result('scaling', {'rows': rows})}")
+
+
+if __name__ == "__main__":
+  main()
