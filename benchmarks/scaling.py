@@ -3,13 +3,16 @@
 For each size, a fresh Python process writes the synthetic interactions
 (`tfmtl synthesize`: power-law skew, planted tastes; users = interactions /
 50, items = interactions / 20), loads them, and trains the default model
-(retrieval + rating + like, batch 1024, Adam) for one epoch on the
-training split. Rows: `interactions`, `items`, `seconds_per_epoch` (the
+(retrieval + rating + like, batch 1024) with `--optimizer` (default
+lazy_adam, which updates only the embedding rows in the batch; Keras' Adam
+moves every row of every table each step) for one epoch on the training
+split. Rows: `interactions`, `items`, `seconds_per_epoch` (the
 `fit` call), `examples_per_s`, `prepare_seconds` (loading, splitting,
 vocabularies) and `peak_rss_gb` (the process's peak resident memory).
 
     python benchmarks/scaling.py                        # 1M, 5M and 20M
     python benchmarks/scaling.py --sizes 1000000        # one size
+    python benchmarks/scaling.py --optimizer adam       # Keras' Adam
 
 Writes benchmarks/results/scaling.json and scaling.png (log-log).
 """
@@ -26,14 +29,14 @@ from pathlib import Path
 
 from common import RESULTS, write_result
 
-# Run by a fresh interpreter: argv = folder, interactions.
+# Run by a fresh interpreter: argv = folder, interactions, optimizer.
 _MEASURE = r"""
 import json, resource, sys, time
 import tfmtl
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data.synthetic import write_synthetic
-folder, size = sys.argv[1], int(sys.argv[2])
+folder, size, optimizer = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 data = write_synthetic(folder + "/data", size, num_users=max(size // 50, 100),
                        num_items=max(size // 20, 100), seed=0)
 config = ExperimentConfig.from_dict({
@@ -42,7 +45,7 @@ config = ExperimentConfig.from_dict({
              "users": f"{data}/users.parquet", "items": f"{data}/items.parquet",
              "user_features": {"segment": "categorical"},
              "item_features": {"taste": "categorical"}},
-    "train": {"epochs": 1, "run_dir": folder + "/run"}})
+    "train": {"epochs": 1, "optimizer": optimizer, "run_dir": folder + "/run"}})
 start = time.perf_counter()
 prepared = training.prepare(config)
 prepared_at = time.perf_counter()
@@ -58,11 +61,11 @@ print(json.dumps({"interactions": size, "items": len(prepared.data.items),
 """
 
 
-def measure(size: int) -> dict:
+def measure(size: int, optimizer: str) -> dict:
   with tempfile.TemporaryDirectory() as folder:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    result = subprocess.run([sys.executable, "-c", _MEASURE, folder, str(size)],
+    result = subprocess.run([sys.executable, "-c", _MEASURE, folder, str(size), optimizer],
                             capture_output=True, text=True, env=env, check=False)
   if result.returncode != 0:
     raise RuntimeError(result.stderr[-3000:])
@@ -89,12 +92,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", type=int, nargs="+",
                       default=[1_000_000, 5_000_000, 20_000_000])
+  parser.add_argument("--optimizer", default="lazy_adam")
+  args = parser.parse_args()
   rows = []
-  for size in parser.parse_args().sizes:
-    rows.append(measure(size))
+  for size in args.sizes:
+    rows.append(measure(size, args.optimizer))
     print(json.dumps(rows[-1]), flush=True)
   plot(rows, RESULTS / "scaling.png")
-  print(f"-> {write_result('scaling', {'rows': rows})}")
+  print(f"-> {write_result('scaling', {'optimizer': args.optimizer, 'rows': rows})}")
 
 
 if __name__ == "__main__":

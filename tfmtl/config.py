@@ -493,7 +493,9 @@ class TrainConfig:
   Attributes:
     batch_size: global batch size.
     epochs: passes over the training split.
-    optimizer: a `tf_keras.optimizers` name (`adam`, `adagrad`, `sgd`, ...).
+    optimizer: a `tf_keras.optimizers` name (`adam`, `adagrad`, `sgd`, ...)
+      or `lazy_adam` (Adam that updates only the embedding rows in the
+      batch: much faster with large catalogues; `tfmtl.optimizers`).
     learning_rate: the optimizer's learning rate.
     training_metrics: compute metrics on training batches (slow: the
       retrieval metric scores the whole catalogue).

@@ -42,6 +42,7 @@ from tfmtl.distillation import Distillation
 from tfmtl.distribute import is_chief, make_strategy, training_input
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
+from tfmtl.optimizers import OPTIMIZERS
 from tfmtl.propagation import add_propagated_feature
 from tfmtl.tasks import tower_task_side
 from tfmtl.transfer import fine_tune_from
@@ -107,13 +108,14 @@ def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
   """The compiled model a config describes."""
   model = MultiTaskModel(vocabulary, catalogue, config.model, config.tasks,
                          training_metrics=config.train.training_metrics, users=users)
+  name, learning_rate = config.train.optimizer, config.train.learning_rate
   try:
-    optimizer = keras.optimizers.get(
-        {"class_name": config.train.optimizer,
-         "config": {"learning_rate": config.train.learning_rate}})
+    optimizer = (OPTIMIZERS[name](learning_rate) if name in OPTIMIZERS else
+                 keras.optimizers.get({"class_name": name,
+                                       "config": {"learning_rate": learning_rate}}))
   except ValueError:
-    raise ConfigError(f"train.optimizer: unknown optimizer {config.train.optimizer!r}"
-                      " (e.g. adam, adagrad, sgd)") from None
+    raise ConfigError(f"train.optimizer: unknown optimizer {name!r}"
+                      " (e.g. adam, lazy_adam, adagrad, sgd)") from None
   model.compile(optimizer=optimizer)
   return model
 

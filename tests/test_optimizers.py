@@ -1,0 +1,51 @@
+"""LazyAdam: Adam on the rows in the batch, nothing on the others."""
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmtl.config import ExperimentConfig
+from tfmtl.optimizers import LazyAdam
+from tfmtl.training import build_model
+
+
+def _sparse(rows, values):
+  return tf.IndexedSlices(tf.constant(values, tf.float32), tf.constant(rows))
+
+
+def _steps(optimizer, gradients):
+  table = tf.Variable(np.arange(12, dtype=np.float32).reshape(6, 2))
+  for gradient in gradients:
+    optimizer.apply_gradients([(gradient, table)])
+  return table.numpy()
+
+
+def test_dense_gradients_get_plain_adam():
+  gradients = [tf.constant(np.full([6, 2], g, np.float32)) for g in (0.5, -1.0, 2.0)]
+  np.testing.assert_allclose(_steps(LazyAdam(0.1), gradients),
+                             _steps(keras.optimizers.Adam(0.1), gradients), rtol=1e-6)
+
+
+def test_rows_in_the_batch_follow_adam_and_the_others_stay():
+  first, second = _sparse([1, 4], [[1.0, 2.0], [3.0, 4.0]]), _sparse([4], [[-1.0, 1.0]])
+  lazy = _steps(LazyAdam(0.1), [first, second])
+  adam = _steps(keras.optimizers.Adam(0.1), [first, second])
+  start = np.arange(12, dtype=np.float32).reshape(6, 2)
+  np.testing.assert_array_equal(lazy[[0, 2, 3, 5]], start[[0, 2, 3, 5]])  # never seen
+  np.testing.assert_allclose(lazy[4], adam[4], rtol=1e-6)  # seen in both steps: as Adam
+  assert not np.allclose(adam[1], _steps(keras.optimizers.Adam(0.1), [first])[1])
+  np.testing.assert_allclose(lazy[1], _steps(LazyAdam(0.1), [first])[1])  # waits unseen
+
+
+def test_a_row_twice_in_a_batch_gets_its_gradients_summed():
+  twice = _steps(LazyAdam(0.1), [_sparse([3, 3], [[1.0, 0.0], [2.0, 0.0]])])
+  once = _steps(LazyAdam(0.1), [_sparse([3], [[3.0, 0.0]])])
+  np.testing.assert_allclose(twice, once, rtol=1e-6)
+
+
+def test_the_config_names_it(tiny_data):
+  from tfmtl.features import FeatureVocabulary
+  config = ExperimentConfig().with_overrides(["train.optimizer=lazy_adam"])
+  model = build_model(config, FeatureVocabulary.build(tiny_data, tiny_data.interactions),
+                      tiny_data.items)
+  assert isinstance(model.optimizer, LazyAdam)

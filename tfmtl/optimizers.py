@@ -1,0 +1,52 @@
+"""Optimizers for large embedding tables.
+
+Keras' Adam turns a sparse (embedding) gradient into dense work: every step
+decays the moments of every row and moves every row, so a step over a
+1M-item table costs as much as the whole table. `LazyAdam` (as TF Addons'
+was) updates only the rows in the batch: their moments and weights follow
+Adam, and the other rows wait, untouched, until they are seen again. Dense
+gradients (towers, heads) get plain Adam. `train.optimizer: lazy_adam`
+picks it.
+
+Example:
+
+>>> import tensorflow as tf
+>>> table = tf.Variable(tf.ones([4, 2]))
+>>> optimizer = LazyAdam(0.1)
+>>> optimizer.apply_gradients([(tf.IndexedSlices(tf.ones([1, 2]), tf.constant([2])), table)])
+<...>
+>>> [round(float(x), 2) for x in table.numpy()[:, 0]]  # only row 2 moved
+[1.0, 1.0, 0.9, 1.0]
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+
+class LazyAdam(keras.optimizers.Adam):
+  """Adam whose sparse updates touch only the rows in the batch (module doc)."""
+
+  def update_step(self, gradient, variable):
+    if not isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
+      return super().update_step(gradient, variable)
+    rows, position = tf.unique(gradient.indices)  # a row seen twice: its gradients summed
+    values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0])
+    dtype = variable.dtype
+    step = tf.cast(self.iterations + 1, dtype)
+    beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+    alpha = (tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - tf.pow(beta_2, step))
+             / (1 - tf.pow(beta_1, step)))
+    index = self._index_dict[self._var_key(variable)]
+    m, v = self._momentums[index], self._velocities[index]
+    m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * values
+    v_rows = beta_2 * tf.gather(v, rows) + (1 - beta_2) * tf.square(values)
+    m.scatter_update(tf.IndexedSlices(m_rows, rows))
+    v.scatter_update(tf.IndexedSlices(v_rows, rows))
+    epsilon = (self.epsilon * tf.sqrt(1 - tf.pow(beta_2, step))
+               if getattr(self, "adaptive_epsilon", False) else self.epsilon)
+    variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + epsilon), rows))
+
+
+OPTIMIZERS = {"lazy_adam": LazyAdam}
