@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 import tfmtl
 from tfmtl.config import FeatureConfig
@@ -71,3 +72,37 @@ def _last_epoch_losses(stdout: str) -> dict:
 def last_epoch_losses():
   """`_last_epoch_losses`: a training command's output -> its task losses."""
   return _last_epoch_losses
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_data):
+  """The tiny set prepared for `training.fit`, all of it the training split."""
+  from tfmtl import training
+  from tfmtl.data import Split
+  empty = tiny_data.interactions.iloc[:0]
+  return training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
+                           tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions))
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path, tiny_data):
+  """`write(**sections)`: the tiny set as CSV files in tmp_path and a config
+  reading them (2 epochs of batch 64; `sections` update it); returns its path."""
+  def write(**sections):
+    for name, frame in (("ratings", tiny_data.interactions), ("users", tiny_data.users),
+                        ("items", tiny_data.items)):
+      frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    config = {
+        "name": "tiny",
+        "data": {"source": "files", "interactions": str(tmp_path / "ratings.csv"),
+                 "users": str(tmp_path / "users.csv"), "items": str(tmp_path / "items.csv"),
+                 "user_features": {"taste": "categorical", "age": "bucketized"},
+                 "item_features": {"genres": "multi_categorical", "year": "bucketized"}},
+        "train": {"epochs": 2, "batch_size": 64},
+    }
+    for section, values in sections.items():
+      config[section] = {**config.get(section, {}), **values}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+  return write

@@ -15,8 +15,6 @@ import yaml
 from tfmtl import training
 from tfmtl.checkpoints import CheckpointError, checkpoint_folder
 from tfmtl.config import ExperimentConfig
-from tfmtl.data import Split
-from tfmtl.features import FeatureVocabulary
 
 
 class _Crash(Exception):
@@ -33,13 +31,6 @@ class _CrashAfterEpoch(keras.callbacks.Callback):
       raise _Crash(f"crashed after epoch {epoch + 1}")
 
 
-@pytest.fixture(scope="module")
-def prepared(tiny_data):
-  empty = tiny_data.interactions.iloc[:0]
-  return training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
-                           FeatureVocabulary.build(tiny_data, tiny_data.interactions))
-
-
 def _config(run_dir, *overrides):
   return ExperimentConfig().with_overrides([
       "name=tiny", "model.embedding_dim=8", "train.epochs=4", "train.batch_size=64",
@@ -47,11 +38,11 @@ def _config(run_dir, *overrides):
 
 
 @pytest.fixture(scope="module")
-def crashed(tmp_path_factory, prepared):
+def crashed(tmp_path_factory, tiny_prepared):
   """The checkpoint folder a run left when it crashed after epoch 2 of 4."""
   run_dir = tmp_path_factory.mktemp("crashed") / "run"
   with pytest.raises(_Crash):
-    training.fit(_config(run_dir), prepared, verbose=0, callbacks=[_CrashAfterEpoch(1)])
+    training.fit(_config(run_dir), tiny_prepared, verbose=0, callbacks=[_CrashAfterEpoch(1)])
   return checkpoint_folder(run_dir)
 
 
@@ -66,40 +57,40 @@ def test_a_crash_leaves_the_checkpoint_of_the_last_epoch(crashed):
       'model_checkpoint_path: "ckpt-2"')
 
 
-def test_a_rerun_resumes_without_repeating_completed_epochs(crashed, prepared, tmp_path):
+def test_a_rerun_resumes_without_repeating_completed_epochs(crashed, tiny_prepared, tmp_path):
   run_dir = _copy(crashed, tmp_path)
-  model = training.fit(_config(run_dir), prepared, verbose=0)
+  model = training.fit(_config(run_dir), tiny_prepared, verbose=0)
   assert model.history.epoch == [2, 3]
   assert not checkpoint_folder(run_dir).exists()  # removed once training completes
 
 
-def test_resume_false_starts_over(crashed, prepared, tmp_path):
+def test_resume_false_starts_over(crashed, tiny_prepared, tmp_path):
   run_dir = _copy(crashed, tmp_path)
-  model = training.fit(_config(run_dir, "train.resume=false"), prepared, verbose=0)
+  model = training.fit(_config(run_dir, "train.resume=false"), tiny_prepared, verbose=0)
   assert model.history.epoch == [0, 1, 2, 3]
 
 
-def test_a_corrupt_checkpoint_is_an_error_naming_it(crashed, prepared, tmp_path):
+def test_a_corrupt_checkpoint_is_an_error_naming_it(crashed, tiny_prepared, tmp_path):
   run_dir = _copy(crashed, tmp_path)
   chief = checkpoint_folder(run_dir) / "chief"
   for data in chief.glob("ckpt-2.data-*"):
     data.write_bytes(data.read_bytes()[:100])
   with pytest.raises(CheckpointError, match=re.escape(str(chief / "ckpt-2")) + ".*corrupt"):
-    training.fit(_config(run_dir), prepared, verbose=0)
+    training.fit(_config(run_dir), tiny_prepared, verbose=0)
 
 
-def test_a_checkpoint_of_another_model_is_an_error_naming_it(crashed, prepared, tmp_path):
+def test_a_checkpoint_of_another_model_is_an_error_naming_it(crashed, tiny_prepared, tmp_path):
   run_dir = _copy(crashed, tmp_path)
   with pytest.raises(CheckpointError, match=r"ckpt-2: cannot resume .*another model "
                      r"\(model/\S+ is \([\d, ]*8,?\) there, \([\d, ]*16,?\) in"):
-    training.fit(_config(run_dir, "model.embedding_dim=16"), prepared, verbose=0)
+    training.fit(_config(run_dir, "model.embedding_dim=16"), tiny_prepared, verbose=0)
 
 
-def test_an_unreadable_index_is_an_error_not_a_fresh_start(crashed, prepared, tmp_path):
+def test_an_unreadable_index_is_an_error_not_a_fresh_start(crashed, tiny_prepared, tmp_path):
   run_dir = _copy(crashed, tmp_path)
   (checkpoint_folder(run_dir) / "chief" / "checkpoint").write_text("not a checkpoint state")
   with pytest.raises(CheckpointError, match=r"chief/checkpoint: .*index cannot be read"):
-    training.fit(_config(run_dir), prepared, verbose=0)
+    training.fit(_config(run_dir), tiny_prepared, verbose=0)
 
 
 def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(

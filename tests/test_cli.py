@@ -14,21 +14,8 @@ def _tfmtl(*args, cwd):
 
 
 @pytest.fixture
-def config_file(tmp_path, tiny_data):
-  tiny_data.interactions.to_csv(tmp_path / "ratings.csv", index=False)
-  tiny_data.users.to_csv(tmp_path / "users.csv", index=False)
-  tiny_data.items.to_csv(tmp_path / "items.csv", index=False)
-  config = {
-      "name": "tiny",
-      "data": {"source": "files", "interactions": "ratings.csv", "users": "users.csv",
-               "items": "items.csv",
-               "user_features": {"taste": "categorical", "age": "bucketized"},
-               "item_features": {"genres": "multi_categorical", "year": "bucketized"}},
-      "train": {"epochs": 2, "batch_size": 64},
-  }
-  path = tmp_path / "tiny.yaml"
-  path.write_text(yaml.safe_dump(config))
-  return path
+def config_file(tiny_config_file):
+  return tiny_config_file()
 
 
 def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file):

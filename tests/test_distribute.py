@@ -15,7 +15,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-import yaml
 
 from tfmtl import training
 from tfmtl.config import ConfigError
@@ -48,22 +47,8 @@ print(json.dumps(runs))
 
 
 @pytest.fixture
-def config_file(tmp_path, tiny_data):
-  tiny_data.interactions.to_csv(tmp_path / "ratings.csv", index=False)
-  tiny_data.users.to_csv(tmp_path / "users.csv", index=False)
-  tiny_data.items.to_csv(tmp_path / "items.csv", index=False)
-  config = {
-      "name": "tiny",
-      "data": {"source": "files", "interactions": str(tmp_path / "ratings.csv"),
-               "users": str(tmp_path / "users.csv"), "items": str(tmp_path / "items.csv"),
-               "user_features": {"taste": "categorical", "age": "bucketized"},
-               "item_features": {"genres": "multi_categorical", "year": "bucketized"}},
-      "split": {"fractions": [1.0, 0.0, 0.0]},
-      "train": {"epochs": 2, "batch_size": 64, "learning_rate": 0.01},
-  }
-  path = tmp_path / "tiny.yaml"
-  path.write_text(yaml.safe_dump(config))
-  return path
+def config_file(tiny_config_file):
+  return tiny_config_file(split={"fractions": [1.0, 0.0, 0.0]})
 
 
 def _python(code_or_args, cwd, env=None, timeout=600):

@@ -11,8 +11,6 @@ import tensorflow as tf
 
 from tfmtl import training
 from tfmtl.config import ConfigError, ExperimentConfig, ScannConfig
-from tfmtl.data import Split
-from tfmtl.features import FeatureVocabulary
 from tfmtl.serving.export import export_configured
 from tfmtl.serving.index import BruteForceIndex, ScannIndex, require_scann
 from tfmtl.serving.validate import validate_export
@@ -33,12 +31,9 @@ USERS = {"user_id": ["u1", "u7", "nobody"], "taste": ["t1", "t1", "t2"],
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_data):
+def run(tmp_path_factory, tiny_prepared):
   """A trained run and its config, saved for `tfmtl validate`."""
-  folder = tmp_path_factory.mktemp("runs")
-  empty = tiny_data.interactions.iloc[:0]
-  prepared = training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
-                               FeatureVocabulary.build(tiny_data, tiny_data.interactions))
+  folder, prepared = tmp_path_factory.mktemp("runs"), tiny_prepared
   config = ExperimentConfig().with_overrides([
       "name=tiny", "model.embedding_dim=8", "train.epochs=1", "export.index=scann",
       "export.recommend_candidates=10", "export.top_k=5"])

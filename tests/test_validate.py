@@ -4,19 +4,14 @@ import pytest
 
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
-from tfmtl.data import Split
-from tfmtl.features import FeatureVocabulary
 from tfmtl.serving.export import export_configured
 from tfmtl.serving.validate import validate_export
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_data):
+def runs(tmp_path_factory, tiny_prepared):
   """Two runs of the same model trained with different seeds, each exported."""
-  folder = tmp_path_factory.mktemp("runs")
-  empty = tiny_data.interactions.iloc[:0]
-  prepared = training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
-                               FeatureVocabulary.build(tiny_data, tiny_data.interactions))
+  folder, prepared = tmp_path_factory.mktemp("runs"), tiny_prepared
   made = {}
   for seed in (0, 1):
     config = ExperimentConfig().with_overrides([

@@ -69,9 +69,10 @@ class FeatureVocabulary:
     user_counts = train[USER_ID].value_counts(sort=True)
     item_counts = train[ITEM_ID].value_counts(sort=True)
     tokens, boundaries = {}, {}
-    for table, id_column, specs in ((data.users, USER_ID, data.user_features),
-                                    (data.items, ITEM_ID, data.item_features)):
-      seen = table[table[id_column].isin(train[id_column])]
+    for table, id_column, specs, counts in (
+        (data.users, USER_ID, data.user_features, user_counts),
+        (data.items, ITEM_ID, data.item_features, item_counts)):
+      seen = table[table[id_column].isin(counts.index)]  # the distinct ids: fast
       for name, spec in specs.items():
         values = seen[name]
         if spec.type == "vector":
@@ -84,8 +85,8 @@ class FeatureVocabulary:
           boundaries[name] = [float(c) for c in cuts]
         else:
           values = values.map(lambda v, spec=spec: _tokens(v, spec))
-          counts = values.explode().value_counts(sort=True)
-          tokens[name] = [t for t in counts.index if t] or ["<none>"]
+          token_counts = values.explode().value_counts(sort=True)
+          tokens[name] = [t for t in token_counts.index if t] or ["<none>"]
     return cls(user_ids=list(user_counts.index), item_ids=list(item_counts.index),
                item_counts=[int(c) for c in item_counts],
                user_features=dict(data.user_features),

@@ -21,6 +21,7 @@ Example:
 ...                          num_users=500, num_items=200, shards=2)
 >>> sorted(path.name for path in folder.iterdir())
 ['interactions-00000-of-00002.parquet', 'interactions-00001-of-00002.parquet', 'items.parquet', 'users.parquet']
+>>> from tfmtl.data import load_files
 >>> data = load_files(folder / "interactions-*.parquet", folder / "users.parquet",
 ...                   folder / "items.parquet")
 >>> len(data.interactions)
@@ -35,8 +36,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from tfmtl.data.files import load_files  # noqa: F401  (the example reads the shards)
 
 
 def write_synthetic(folder: str | Path, num_interactions: int, num_users: int,
