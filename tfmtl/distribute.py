@@ -43,7 +43,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -151,21 +151,23 @@ def _tpu_resolver(tpu: str, quiet: bool = False):
     return None
 
 
-def all_replicas_own_first(*tensors: tf.Tensor) -> list[tf.Tensor]:
-  """Each tensor's rows from every replica, this replica's first.
+def all_replicas_own_first(*tensors: Optional[tf.Tensor]) -> list[Optional[tf.Tensor]]:
+  """Each tensor's rows from every replica, this replica's first (None
+  stays None).
 
   Called in a replica's step, it turns the replica's in-batch candidates
   into the global batch's while keeping row i the positive of query i,
   which is where TFRS's `Retrieval` task looks for it. Gradients flow back
   to every replica. With one replica the tensors come back as they are.
   """
-  context = tf.distribute.get_replica_context()
-  if context is None or context.num_replicas_in_sync == 1:
+  context = _several_replicas()
+  if context is None:
     return list(tensors)
-  tensors = [tf.identity(tensor) for tensor in tensors]  # placed (`replica_device_scope`)
   sizes = context.all_gather(tf.shape(tensors[0])[:1], axis=0)  # [replicas]
   offset = tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
-  return [tf.roll(context.all_gather(tensor, axis=0), -offset, axis=0) for tensor in tensors]
+  return [None if tensor is None else
+          tf.roll(context.all_gather(_placed(tensor), axis=0), -offset, axis=0)
+          for tensor in tensors]
 
 
 def agreed_logs(means: dict, shares: dict) -> dict:
@@ -175,23 +177,32 @@ def agreed_logs(means: dict, shares: dict) -> dict:
   Keras then reports the first replica's (`distribute_reduction_method`
   "first"), which is right under every strategy.
   """
-  context = tf.distribute.get_replica_context()
-  if context is None or context.num_replicas_in_sync == 1:
+  context = _several_replicas()
+  if context is None:
     return {**means, **shares}
-  placed = lambda logs: {name: tf.identity(value) for name, value in logs.items()}  # noqa: E731
-  return {**context.all_reduce(tf.distribute.ReduceOp.MEAN, placed(means)),
-          **context.all_reduce(tf.distribute.ReduceOp.SUM, placed(shares))}
+  return {**context.all_reduce(tf.distribute.ReduceOp.MEAN, _placed(means)),
+          **context.all_reduce(tf.distribute.ReduceOp.SUM, _placed(shares))}
 
 
 def replica_device_scope():
   """A device scope for a replica's step: under `multi_worker` with one device
   per worker, TensorFlow leaves the step's ops unplaced, and `all_gather`
   refuses tensors without a device."""
-  context = tf.distribute.get_replica_context()
-  if context is None or context.num_replicas_in_sync == 1:
-    return contextlib.nullcontext()
-  devices = context.strategy.extended.worker_devices
+  context = _several_replicas()
+  devices = context.strategy.extended.worker_devices if context else ()
   return tf.device(devices[0]) if len(devices) == 1 else contextlib.nullcontext()
+
+
+def _several_replicas() -> Optional[tf.distribute.ReplicaContext]:
+  """The replica context of a step run on several replicas, else None."""
+  context = tf.distribute.get_replica_context()
+  return context if context is not None and context.num_replicas_in_sync > 1 else None
+
+
+def _placed(tensors):
+  """`tensors` (a structure) through `tf.identity`, so they carry the current
+  device: step inputs and metric reads have none, which collectives refuse."""
+  return tf.nest.map_structure(tf.identity, tensors)
 
 
 def is_chief() -> bool:

@@ -213,15 +213,14 @@ class MultiTaskModel(tfrs.Model):
     for name, config in self.task_configs.items():
       task = self.tasks[name]
       if config.type == "retrieval":
-        candidates = [embeddings["candidate"], features[ITEM_ID],
-                      tf.gather(self.item_probability, features[ITEM_ID])]
+        candidates, ids = embeddings["candidate"], features[ITEM_ID]
+        probability = (tf.gather(self.item_probability, ids) if config.logq_correction
+                       else None)
         if config.cross_replica_negatives:
-          candidates = all_replicas_own_first(*candidates)
+          candidates, ids, probability = all_replicas_own_first(candidates, ids, probability)
         per_example_loss = task(
-            embeddings["query"], candidates[0],
-            candidate_sampling_probability=candidates[2] if config.logq_correction else None,
-            candidate_ids=candidates[1], sample_weight=sample_weight,
-            compute_metrics=False)
+            embeddings["query"], candidates, candidate_sampling_probability=probability,
+            candidate_ids=ids, sample_weight=sample_weight, compute_metrics=False)
         if compute_metrics:
           self.retrieval_metric.update_state(embeddings["query"], embeddings["candidate"])
       elif name in self.task_sides:  # classification, reconstruction: one tower
@@ -290,11 +289,7 @@ class MultiTaskModel(tfrs.Model):
     with tf.GradientTape() as tape:
       loss = self.compute_loss(inputs, training=True)
       variables = self.trainable_variables  # after the first call has created them
-      regularization_loss = tf.reduce_sum([tf.reduce_sum(term) for term in self.losses])
-      if self.fine_tuning:
-        regularization_loss += self.fine_tuning.penalty(variables)
-      # Each replica's gradients are summed: its share of the penalty.
-      regularization_loss = tf.nn.scale_regularization_loss(regularization_loss)
+      regularization_loss = self._regularization_loss(variables)
       total_loss = loss + regularization_loss
     gradients = tape.gradient(total_loss, variables)
     scales = self.fine_tuning.update_scales(variables) if self.fine_tuning else {}
@@ -311,11 +306,19 @@ class MultiTaskModel(tfrs.Model):
     return agreed_logs(logs, {"loss": loss, "regularization_loss": regularization_loss,
                               "total_loss": total_loss})
 
+  def _regularization_loss(self, variables=None) -> tf.Tensor:
+    """This replica's share (gradients are summed over replicas) of the
+    layers' regularization and, when training (`variables` given), of the
+    fine-tuning L2-SP penalty."""
+    total = tf.reduce_sum([tf.reduce_sum(term) for term in self.losses])
+    if self.fine_tuning and variables is not None:
+      total += self.fine_tuning.penalty(variables)
+    return tf.nn.scale_regularization_loss(total)
+
   def test_step(self, inputs):
     with replica_device_scope():
       loss = self.compute_loss(inputs, training=False)
-      regularization_loss = tf.nn.scale_regularization_loss(
-          tf.reduce_sum([tf.reduce_sum(term) for term in self.losses]))
+      regularization_loss = self._regularization_loss()
       logs = {metric.name: metric.result() for metric in self.metrics
               if not metric.name.endswith("_weight") and metric.name != "distillation_loss"}
       return agreed_logs(logs, {"loss": loss, "regularization_loss": regularization_loss,

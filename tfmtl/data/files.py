@@ -89,4 +89,4 @@ def load_files(interactions: str | Path,
   return InteractionData.from_frames(
       frames["interactions"], frames.get("users"), frames.get("items"),
       user_features, item_features, sources=sources,
-      name=Path(interactions).stem.split("-*")[0].rstrip("*"))
+      name=Path(interactions).stem.split("*")[0].rstrip("-_.") or "interactions")

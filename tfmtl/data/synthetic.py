@@ -59,11 +59,11 @@ def write_synthetic(folder: str | Path, num_interactions: int, num_users: int,
   rng = np.random.default_rng(seed)
   user_taste = rng.integers(num_tastes, size=num_users)
   item_taste = rng.integers(num_tastes, size=num_items)
-  user_weight = _zipf(num_users, user_skew, rng)
+  user_cdf = _cdf(_zipf(num_users, user_skew, rng))
   item_weight = _zipf(num_items, item_skew, rng)
+  item_cdf = _cdf(item_weight)
   by_taste = [np.flatnonzero(item_taste == taste) for taste in range(num_tastes)]
-  taste_cdfs = [np.cumsum(item_weight[items]) / item_weight[items].sum() if len(items) else None
-                for items in by_taste]
+  taste_cdfs = [_cdf(item_weight[items]) if len(items) else None for items in by_taste]
   staging = folder.with_name(f".{folder.name}.tmp")
   shutil.rmtree(staging, ignore_errors=True)
   staging.mkdir(parents=True)
@@ -71,7 +71,7 @@ def write_synthetic(folder: str | Path, num_interactions: int, num_users: int,
     writers = [None] * shards
     for start in range(0, num_interactions, chunk_size):
       size = min(chunk_size, num_interactions - start)
-      chunk = _chunk(rng, start, size, user_weight, item_weight, user_taste, item_taste,
+      chunk = _chunk(rng, start, size, user_cdf, item_cdf, user_taste, item_taste,
                      by_taste, taste_cdfs, affinity)
       shard = (start // chunk_size) % shards
       if writers[shard] is None:
@@ -96,10 +96,10 @@ def write_synthetic(folder: str | Path, num_interactions: int, num_users: int,
   return folder
 
 
-def _chunk(rng, start, size, user_weight, item_weight, user_taste, item_taste, by_taste,
+def _chunk(rng, start, size, user_cdf, item_cdf, user_taste, item_taste, by_taste,
            taste_cdfs, affinity) -> pa.Table:
-  users = _draw(rng, np.cumsum(user_weight) / user_weight.sum(), size)
-  items = _draw(rng, np.cumsum(item_weight) / item_weight.sum(), size)
+  users = _draw(rng, user_cdf, size)
+  items = _draw(rng, item_cdf, size)
   own = rng.random(size) < affinity
   for taste in np.unique(user_taste[users[own]]):
     if taste_cdfs[taste] is None:
@@ -116,6 +116,10 @@ def _chunk(rng, start, size, user_weight, item_weight, user_taste, item_taste, b
 def _zipf(n: int, exponent: float, rng) -> np.ndarray:
   """Power-law weights over `n` entities in a random order."""
   return rng.permutation(1.0 / np.arange(1, n + 1) ** exponent)
+
+
+def _cdf(weights: np.ndarray) -> np.ndarray:
+  return np.cumsum(weights) / weights.sum()
 
 
 def _draw(rng, cdf: np.ndarray, size: int) -> np.ndarray:

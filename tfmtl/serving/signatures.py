@@ -19,9 +19,9 @@ and are looked up by `user_id`.
 
 `retrieve` finds the best items (query . candidate) with the export's index
 (`export.index`: exact brute force by default, or ScaNN; see
-`tfmtl.serving.index`). `recommend` is the two-stage cascade in one call: it retrieves the best
-`candidates` items, scores each with every ranking task (binary tasks as a
-probability) and returns the top k by the blend
+`tfmtl.serving.index`). `recommend` is the two-stage cascade in one call:
+it retrieves the best `candidates` items, scores each with every ranking
+task (binary tasks as a probability) and returns the top k by the blend
 `sum(weights[task] * task score)`, where the retrieval task's score is the
 retrieval score. Outputs are sorted best first.
 
