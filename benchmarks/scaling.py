@@ -13,8 +13,10 @@ vocabularies) and `peak_rss_gb` (the process's peak resident memory).
     python benchmarks/scaling.py                        # 1M, 5M and 20M
     python benchmarks/scaling.py --sizes 1000000        # one size
     python benchmarks/scaling.py --optimizer adam       # Keras' Adam
+    python benchmarks/scaling.py --input tfrecord       # streamed from TFRecord shards
 
-Writes benchmarks/results/scaling.json and scaling.png (log-log).
+Writes benchmarks/results/scaling.json and scaling.png (log-log);
+`--input tfrecord` writes scaling_tfrecord.json and .png.
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ from pathlib import Path
 
 from common import RESULTS, write_result
 
-# Run by a fresh interpreter: argv = folder, interactions, optimizer.
+# Run by a fresh interpreter: argv = folder, interactions, optimizer, input.
 _MEASURE = r"""
 import json, resource, sys, time
 import tfmtl
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data.synthetic import write_synthetic
-folder, size, optimizer = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+folder, size, optimizer, train_input = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 data = write_synthetic(folder + "/data", size, num_users=max(size // 50, 100),
                        num_items=max(size // 20, 100), seed=0)
 config = ExperimentConfig.from_dict({
@@ -45,7 +47,8 @@ config = ExperimentConfig.from_dict({
              "users": f"{data}/users.parquet", "items": f"{data}/items.parquet",
              "user_features": {"segment": "categorical"},
              "item_features": {"taste": "categorical"}},
-    "train": {"epochs": 1, "optimizer": optimizer, "run_dir": folder + "/run"}})
+    "train": {"epochs": 1, "optimizer": optimizer, "input": train_input,
+              "run_dir": folder + "/run"}})
 start = time.perf_counter()
 prepared = training.prepare(config)
 prepared_at = time.perf_counter()
@@ -61,11 +64,12 @@ print(json.dumps({"interactions": size, "items": len(prepared.data.items),
 """
 
 
-def measure(size: int, optimizer: str) -> dict:
+def measure(size: int, optimizer: str, train_input: str) -> dict:
   with tempfile.TemporaryDirectory() as folder:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    result = subprocess.run([sys.executable, "-c", _MEASURE, folder, str(size), optimizer],
+    result = subprocess.run([sys.executable, "-c", _MEASURE, folder, str(size), optimizer,
+                             train_input],
                             capture_output=True, text=True, env=env, check=False)
   if result.returncode != 0:
     raise RuntimeError(result.stderr[-3000:])
@@ -93,13 +97,15 @@ def main():
   parser.add_argument("--sizes", type=int, nargs="+",
                       default=[1_000_000, 5_000_000, 20_000_000])
   parser.add_argument("--optimizer", default="lazy_adam")
+  parser.add_argument("--input", default="memory", choices=["memory", "tfrecord"])
   args = parser.parse_args()
   rows = []
   for size in args.sizes:
-    rows.append(measure(size, args.optimizer))
+    rows.append(measure(size, args.optimizer, args.input))
     print(json.dumps(rows[-1]), flush=True)
-  plot(rows, RESULTS / "scaling.png")
-  print(f"-> {write_result('scaling', {'optimizer': args.optimizer, 'rows': rows})}")
+  name = "scaling" if args.input == "memory" else f"scaling_{args.input}"
+  plot(rows, RESULTS / f"{name}.png")
+  print(f"-> {write_result(name, {'optimizer': args.optimizer, 'input': args.input, 'rows': rows})}")
 
 
 if __name__ == "__main__":

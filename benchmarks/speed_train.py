@@ -4,7 +4,9 @@ Both train on the same data (MovieLens 100K, protocol A train split: 80,000
 ratings) in one process, in alternating rounds, so the machine's load hits
 both alike; the figure is the ratio of their median epoch throughputs.
 The recipe runs in its fastest honest form (training metrics off, cached
-batches of 8192, as TFRS advises); tfmtl runs its default config.
+batches of 8192, as TFRS advises); tfmtl runs its default config, and the
+same config compiled with XLA and 16 steps per execution
+(`train.jit_compile`, `train.steps_per_execution`).
 
     python benchmarks/speed_train.py [--rounds 3] [--set KEY=VALUE ...]
 
@@ -26,6 +28,8 @@ from tfmtl.data import make_dataset
 
 from common import summary, write_result
 from tfrs_recipe import build_recipe
+
+COMPILED = ["train.jit_compile=true", "train.steps_per_execution=16"]
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -56,39 +60,44 @@ def main():
       ["split.protocol=random", "split.fractions=[0.8, 0.0, 0.2]", *args.set])
   prepared = training.prepare(config)
   train = prepared.split.train
-  model = training.build_model(config, prepared.vocabulary, prepared.data.items)
-  dataset = make_dataset(prepared.data, train, model.encoder, config.train.batch_size,
-                         shuffle=True, seed=config.seed)
-  recipe, recipe_dataset = build_recipe(prepared.data, train)
+  contenders = {"tfmtl": config, "tfmtl_compiled": config.with_overrides(COMPILED)}
+  runs = {}
+  for name, contender in contenders.items():
+    model = training.build_model(contender, prepared.vocabulary, prepared.data.items)
+    runs[name] = model, make_dataset(prepared.data, train, model.encoder,
+                                     config.train.batch_size, shuffle=True, seed=config.seed)
+  runs["recipe"] = build_recipe(prepared.data, train)
 
-  times = {"tfmtl": [], "recipe": []}
-  epoch_seconds(model, dataset, 1)  # warm-up: tracing and caching
-  epoch_seconds(recipe, recipe_dataset, 1)
+  times = {name: [] for name in runs}
+  for model, dataset in runs.values():
+    epoch_seconds(model, dataset, 1)  # warm-up: tracing and caching
   for _ in range(args.rounds):
-    times["tfmtl"] += epoch_seconds(model, dataset, args.epochs_per_round)
-    times["recipe"] += epoch_seconds(recipe, recipe_dataset, args.epochs_per_round)
+    for name, (model, dataset) in runs.items():
+      times[name] += epoch_seconds(model, dataset, args.epochs_per_round)
 
   throughput = {name: [len(train) / t for t in values] for name, values in times.items()}
-  tfmtl_rate = float(np.median(throughput["tfmtl"]))
-  recipe_rate = float(np.median(throughput["recipe"]))
+  rate = {name: float(np.median(values)) for name, values in throughput.items()}
   path = write_result("speed_train", {
       "protocol": "speed",
       "settings": {
           "data": f"MovieLens 100K protocol A train split ({len(train)} ratings)",
           "tfmtl": {"batch_size": config.train.batch_size, "optimizer": config.train.optimizer,
                     "training_metrics": config.train.training_metrics,
-                    "overrides": args.set},
+                    "overrides": args.set, "tfmtl_compiled": COMPILED},
           "tfrs_recipe": {"batch_size": 8192, "optimizer": "adagrad",
                           "training_metrics": False},
           "rounds": args.rounds, "epochs_per_round": args.epochs_per_round,
           "threads": "TensorFlow defaults (all cores)"},
-      "metrics": {"tfmtl_examples_per_s": tfmtl_rate,
-                  "tfrs_recipe_examples_per_s": recipe_rate,
-                  "ratio": tfmtl_rate / recipe_rate},
+      "metrics": {"tfmtl_examples_per_s": rate["tfmtl"],
+                  "tfmtl_compiled_examples_per_s": rate["tfmtl_compiled"],
+                  "tfrs_recipe_examples_per_s": rate["recipe"],
+                  "ratio": rate["tfmtl"] / rate["recipe"],
+                  "ratio_compiled": rate["tfmtl_compiled"] / rate["recipe"]},
       "spread": {name: summary(values) for name, values in throughput.items()},
   })
-  print(f"tfmtl {tfmtl_rate:,.0f} examples/s, TFRS recipe {recipe_rate:,.0f} examples/s, "
-        f"ratio {tfmtl_rate / recipe_rate:.2f} -> {path}")
+  print(", ".join(f"{name} {value:,.0f} examples/s" for name, value in rate.items()),
+        f"ratio {rate['tfmtl'] / rate['recipe']:.2f}, compiled "
+        f"{rate['tfmtl_compiled'] / rate['recipe']:.2f} -> {path}")
 
 
 if __name__ == "__main__":

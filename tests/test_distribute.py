@@ -8,6 +8,7 @@ same task losses.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -94,18 +95,25 @@ def _run_weights(run_dir) -> dict:
   return {"losses": {}, "weights": [w.numpy() for w in model.trainable_weights]}
 
 
-def test_two_worker_processes_train_as_one_device(config_file, tmp_path):
+def _two_workers(config_file, cwd, *overrides) -> list[str]:
+  """Trains `config_file` with two MultiWorkerMirroredStrategy processes; their stdouts."""
   cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+  sets = [arg for override in ("train.strategy=multi_worker", *overrides)
+          for arg in ("--set", override)]
   workers = [subprocess.Popen(
-      [sys.executable, "-m", "tfmtl.cli", "train", "--config", str(config_file),
-       "--set", "train.strategy=multi_worker", "--set", "train.run_dir=runs/two_workers"],
-      cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      [sys.executable, "-m", "tfmtl.cli", "train", "--config", str(config_file), *sets],
+      cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       env={**os.environ, "TF_CONFIG": json.dumps(
           {"cluster": cluster, "task": {"type": "worker", "index": index}})})
       for index in range(2)]
   outputs = [worker.communicate(timeout=600) for worker in workers]
   for worker, (_, stderr) in zip(workers, outputs):
     assert worker.returncode == 0, stderr[-3000:]
+  return [stdout for stdout, _ in outputs]
+
+
+def test_two_worker_processes_train_as_one_device(config_file, tmp_path):
+  _two_workers(config_file, tmp_path, "train.run_dir=runs/two_workers")
   _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
            "--set", "train.run_dir=runs/one_device"], cwd=tmp_path)
   assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one_device", "two_workers"]
@@ -113,8 +121,26 @@ def test_two_worker_processes_train_as_one_device(config_file, tmp_path):
         _run_weights(tmp_path / "runs" / "two_workers"))
 
 
+def test_two_workers_split_tfrecord_input_by_file(config_file, tmp_path, last_epoch_losses):
+  stdouts = _two_workers(config_file, tmp_path, "train.run_dir=runs/two_workers",
+                         "train.input=tfrecord", "train.input_shards=4", "train.epochs=4")
+  one_device = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
+                        "--set", "train.run_dir=runs/one_device", "--set", "train.epochs=4"],
+                       cwd=tmp_path)
+  # Each worker reads 2 of the 4 files, in half batches: as many steps as one
+  # device (reading every file would take twice as many), other batches.
+  steps = [re.findall(r"^(\d+)/\d+ - ", out, re.M) for out in (stdouts[0], one_device.stdout)]
+  assert steps[0] == steps[1] and len(steps[0]) == 4
+  assert last_epoch_losses(stdouts[0]) == pytest.approx(
+      last_epoch_losses(one_device.stdout), rel=0.1)
+  weights = _run_weights(tmp_path / "runs" / "two_workers")["weights"]
+  assert all(np.isfinite(w).all() for w in weights)
+  assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one_device", "two_workers"]
+
+
+@pytest.mark.parametrize("train_input", ["memory", "tfrecord"])
 def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
-    config_file, tmp_path, last_epoch_losses):
+    config_file, tmp_path, last_epoch_losses, train_input):
   ports = iter(_free_ports(5))
   cluster = {"worker": [f"localhost:{next(ports)}" for _ in range(2)],
              "ps": [f"localhost:{next(ports)}" for _ in range(2)],
@@ -128,7 +154,8 @@ def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
   try:
     chief = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
                      "--set", "train.strategy=parameter_server",
-                     "--set", "train.shard_min_bytes=1024", "--set", "train.run_dir=runs/ps"],
+                     "--set", "train.shard_min_bytes=1024", "--set", "train.run_dir=runs/ps",
+                     "--set", f"train.input={train_input}"],
                     cwd=tmp_path, env=tf_config("chief", 0))
   finally:
     for server in servers:

@@ -78,3 +78,12 @@ def test_the_command_writes_shards_and_says_how_to_train_on_them(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(list((tmp_path / "data").glob("interactions-*-of-00003.parquet"))) == 3
   assert "'data.interactions=data/interactions-*.parquet'" in result.stdout
+
+
+def test_a_size_that_is_not_positive_is_named(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "tfmtl.cli", "synthesize", "--output", "data",
+                           "--interactions", "100", "--users", "0", "--items", "50"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert "argument --users: must be a positive integer, not 0" in result.stderr
+  assert not (tmp_path / "data").exists()

@@ -43,19 +43,22 @@ def checkpoint_folder(run_dir: str | Path) -> Path:
   return run_dir.with_name(run_dir.name + ".checkpoints")
 
 
-def backup_and_restore(model, folder: Path, steps: int = 0, resume: bool = True
-                       ) -> keras.callbacks.BackupAndRestore:
+def backup_and_restore(model, folder: Path, steps: int = 0, resume: bool = True,
+                       steps_per_execution: int = 1) -> keras.callbacks.BackupAndRestore:
   """The `fit` callback that checkpoints to and resumes from `folder`.
 
   `model` (built, in its strategy's scope) is checked against a checkpoint
-  already there; see the module doc.
+  already there; see the module doc. With `steps_per_execution` > 1, Keras
+  calls callbacks once per execution, so `steps` is rounded up to whole
+  executions.
   """
   if not resume:
     shutil.rmtree(folder, ignore_errors=True)
   latest = check_resumable(model, folder)
   if latest:
     logger.info("resuming from %s", latest)
-  return keras.callbacks.BackupAndRestore(str(folder), save_freq=steps or "epoch")
+  executions = -(-steps // steps_per_execution)
+  return keras.callbacks.BackupAndRestore(str(folder), save_freq=executions or "epoch")
 
 
 def check_resumable(model, folder: Path) -> Optional[str]:

@@ -13,6 +13,8 @@
                                                            synthetic data, Parquet shards
     tfmtl worker                                           a parameter-server cluster's
                                                            worker or ps task (TF_CONFIG)
+    tfmtl data-service [--port P] [--workers N] [--dispatcher HOST:PORT] [--work-dir DIR]
+                                                           tf.data service for training input
 
 Without `--config` the defaults apply: MovieLens 100K, per-user 8:1:1 split,
 retrieval + rating + like. `--set` overrides any config key, e.g.
@@ -131,6 +133,11 @@ def cmd_worker(args) -> None:
   serve_cluster_task()
 
 
+def cmd_data_service(args) -> None:
+  from tfmtl.data.service import serve
+  serve(args.port, args.workers, args.dispatcher, args.work_dir)
+
+
 def cmd_validate(args) -> None:
   from tfmtl import training
   from tfmtl.serving.export import latest_export
@@ -202,11 +209,22 @@ def _parser() -> argparse.ArgumentParser:
   synthesize.add_argument("--output", required=True, help="a new folder")
   for flag, default in (("interactions", None), ("users", None), ("items", None),
                         ("tastes", 20), ("shards", 8), ("seed", 0)):
-    synthesize.add_argument(f"--{flag}", type=int, default=default, required=default is None)
+    synthesize.add_argument(f"--{flag}", type=int if flag == "seed" else _positive,
+                            default=default, required=default is None)
   synthesize.set_defaults(handler=cmd_synthesize)
   commands.add_parser(
       "worker", help="serve as TF_CONFIG's worker or ps task of a parameter-server "
       "cluster (train.strategy=parameter_server)").set_defaults(handler=cmd_worker)
+  data_service = commands.add_parser(
+      "data-service", help="run a tf.data service dispatcher and workers that prepare "
+      "training input for configs with train.data_service=grpc://HOST:PORT")
+  data_service.add_argument("--port", type=int, default=5050, help="the dispatcher's port")
+  data_service.add_argument("--workers", type=_positive, default=1, help="worker servers")
+  data_service.add_argument("--dispatcher", help="HOST:PORT of a dispatcher elsewhere: "
+                            "start only workers for it")
+  data_service.add_argument("--work-dir", help="the dispatcher's state, so that a restarted "
+                            "dispatcher resumes its jobs")
+  data_service.set_defaults(handler=cmd_data_service)
   new_items = commands.add_parser(
       "add-items", help="export a run with new items (their text encoded), no retraining")
   new_items.add_argument("--run", required=True, help="run directory (runs/<name>)")
@@ -221,6 +239,13 @@ def _parser() -> argparse.ArgumentParser:
   run.add_argument("--base-path", help="TF Serving base path (default from config)")
   run.set_defaults(handler=cmd_run)
   return parser
+
+
+def _positive(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+  return value
 
 
 def main(argv=None) -> int:

@@ -514,6 +514,20 @@ class TrainConfig:
       the folder is removed when training completes.
     resume: resume from that folder's checkpoint (false: remove it and
       start over).
+    steps_per_execution: training steps run per call into TensorFlow
+      (Keras `compile`); more cuts per-step overhead, most on TPUs.
+      Callbacks then see every N-th step.
+    jit_compile: compile the training step with XLA (Keras `compile`).
+    input: where training batches come from: `memory` (the encoded
+      examples, gathered in the pipeline) or `tfrecord` (written once to
+      `<run_dir>.input/` as TFRecord shards, then streamed; the files are
+      split across workers, and the small dataset graph suits
+      parameter-server workers and the tf.data service at any scale;
+      `tfmtl.data.shards`). The folder is removed when training completes.
+    input_shards: files of `tfrecord` input (at least one per worker).
+    data_service: a tf.data service dispatcher, e.g. `grpc://host:5050`
+      (`tfmtl data-service`), whose workers then read and batch the
+      `tfrecord` input ("": this process does).
   """
   batch_size: int = 1024
   epochs: int = 15
@@ -527,6 +541,11 @@ class TrainConfig:
   shard_min_bytes: int = 256 << 10
   checkpoint_steps: int = 0
   resume: bool = True
+  steps_per_execution: int = 1
+  jit_compile: bool = False
+  input: str = "memory"
+  input_shards: int = 8
+  data_service: str = ""
 
   def _validate(self):
     if self.batch_size < 1 or self.epochs < 1 or self.learning_rate <= 0:
@@ -536,6 +555,17 @@ class TrainConfig:
       raise ConfigError("shard_min_bytes: must be positive")
     if self.checkpoint_steps < 0:
       raise ConfigError("checkpoint_steps: must be non-negative (0: every epoch)")
+    if self.steps_per_execution < 1:
+      raise ConfigError("steps_per_execution: must be positive")
+    _one_of("input", self.input, ("memory", "tfrecord"))
+    if self.input_shards < 1:
+      raise ConfigError("input_shards: must be positive")
+    if self.data_service and not self.data_service.startswith(("grpc://", "grpc+local://")):
+      raise ConfigError(f"data_service: {self.data_service!r} is not a dispatcher address "
+                        "like grpc://host:5050")
+    if self.data_service and self.input != "tfrecord":
+      raise ConfigError("data_service: needs input: tfrecord (the service hands out the "
+                        "input's files to its workers)")
 
 
 @dataclasses.dataclass

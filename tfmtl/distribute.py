@@ -43,14 +43,12 @@ import json
 import logging
 import math
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.config import STRATEGIES, ConfigError
-from tfmtl.data.pipeline import batched_dataset
 
 logger = logging.getLogger("tfmtl")
 
@@ -125,19 +123,20 @@ def serve_cluster_task() -> None:
                        start=True).join()
 
 
-def training_input(strategy: tf.distribute.Strategy, encoded: dict[str, np.ndarray],
-                   batch_size: int, seed: int) -> tuple[Any, dict]:
-  """What `fit` takes under `strategy`, as (x, keyword arguments): shuffled
-  batches of the encoded examples; fixed-size ones on a TPU; under
-  ParameterServerStrategy a `DatasetCreator` each worker calls, repeated,
-  with `steps_per_epoch`."""
+def training_input(strategy: tf.distribute.Strategy, batches: Callable[..., tf.data.Dataset],
+                   num_examples: int, batch_size: int) -> tuple[Any, dict]:
+  """What `fit` takes under `strategy`, as (x, keyword arguments).
+
+  `batches(input_context, drop_remainder)` makes one epoch of shuffled
+  batches. On a TPU they have a fixed size. Under ParameterServerStrategy,
+  `fit` takes a `DatasetCreator` that each worker calls with its input
+  context, repeated, and `steps_per_epoch`.
+  """
   if isinstance(strategy, tf.distribute.ParameterServerStrategy):
-    size = len(next(iter(encoded.values())))
     creator = keras.utils.experimental.DatasetCreator(
-        lambda context: batched_dataset(encoded, batch_size, True, seed).repeat())
-    return creator, {"steps_per_epoch": math.ceil(size / batch_size)}
-  fixed = isinstance(strategy, tf.distribute.TPUStrategy)
-  return batched_dataset(encoded, batch_size, True, seed, drop_remainder=fixed), {}
+        lambda context: batches(context, False).repeat())
+    return creator, {"steps_per_epoch": math.ceil(num_examples / batch_size)}
+  return batches(None, isinstance(strategy, tf.distribute.TPUStrategy)), {}
 
 
 def _tpu_resolver(tpu: str, quiet: bool = False):

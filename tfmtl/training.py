@@ -31,11 +31,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.checkpoints import backup_and_restore, checkpoint_folder
-from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig
+from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig, TrainConfig
 from tfmtl.content import encode_item_content, with_content
 from tfmtl.data.history import add_history, add_history_column
-from tfmtl.data.pipeline import encode_examples
+from tfmtl.data.pipeline import batched_dataset, encode_examples
 from tfmtl.data.schema import InteractionData
+from tfmtl.data.service import served
+from tfmtl.data.shards import example_shards_dataset, write_example_shards
 from tfmtl.data.sources import load_data, load_source, mix_source
 from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
@@ -116,7 +118,8 @@ def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
   except ValueError:
     raise ConfigError(f"train.optimizer: unknown optimizer {name!r}"
                       " (e.g. adam, lazy_adam, adagrad, sgd)") from None
-  model.compile(optimizer=optimizer)
+  model.compile(optimizer=optimizer, steps_per_execution=config.train.steps_per_execution,
+                jit_compile=config.train.jit_compile)
   return model
 
 
@@ -142,18 +145,55 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
         distillation.initialize_student(model)
       model.distillation = distillation if distillation.weight else None
     checkpoints = checkpoint_folder(default_run_dir(config))
-    backup = backup_and_restore(model, checkpoints, options.checkpoint_steps, options.resume)
+    backup = backup_and_restore(model, checkpoints, options.checkpoint_steps, options.resume,
+                                options.steps_per_execution)
   if isinstance(strategy, tf.distribute.ParameterServerStrategy):
     sharded = sorted({v.name.split("/part_")[0] for v in model.variables if "/part_1" in v.name})
     logger.info("split across the parameter servers: %s", ", ".join(sharded) or "none")
   data, rows = prepared.training_examples()
-  train, steps = training_input(strategy, encode_examples(model.encoder, data.examples(rows)),
-                                options.batch_size, config.seed)
-  model.fit(train, epochs=options.epochs, verbose=verbose, callbacks=[backup, *callbacks],
-            **steps)
+  encoded = encode_examples(model.encoder, data.examples(rows))
+  with _input_folder(config) as folder:
+    train, steps = training_input(strategy, _batches(options, encoded, folder, config.seed),
+                                  len(rows), options.batch_size)
+    model.fit(train, epochs=options.epochs, verbose=verbose, callbacks=[backup, *callbacks],
+              **steps)
   with contextlib.suppress(OSError):
     checkpoints.rmdir()  # Keras has removed the checkpoints, not their folder
   return model
+
+
+@contextlib.contextmanager
+def _input_folder(config: ExperimentConfig):
+  """Where `train.input: tfrecord` writes its shards while training:
+  `<run_dir>.input` on the chief, a temporary folder on other workers."""
+  if not is_chief():
+    with tempfile.TemporaryDirectory() as scratch:
+      yield Path(scratch) / "input"
+    return
+  run_dir = default_run_dir(config)
+  folder = run_dir.with_name(run_dir.name + ".input")
+  try:
+    yield folder
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _batches(options: TrainConfig, encoded: dict, folder: Path, seed: int):
+  """`training_input`'s epoch of batches: from memory, or from TFRecord
+  shards (through the tf.data service if the config names one)."""
+  if options.input == "tfrecord":
+    write_example_shards(encoded, folder, options.input_shards, seed=seed)
+
+  def batches(input_context, drop_remainder):
+    if options.input == "memory":
+      return batched_dataset(encoded, options.batch_size, True, seed, drop_remainder)
+    if options.data_service:  # the service splits the files between its workers
+      return served(example_shards_dataset(folder, options.batch_size, True, seed,
+                                           drop_remainder, shard_by_file=False),
+                    options.data_service)
+    return example_shards_dataset(folder, options.batch_size, True, seed, drop_remainder,
+                                  input_context)
+  return batches
 
 
 def default_run_dir(config: ExperimentConfig) -> Path:
