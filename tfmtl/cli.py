@@ -4,6 +4,8 @@
     tfmtl encode-items [--config FILE] [--set ...] [--output DIR]
                                                            item text -> content vectors
     tfmtl train    [--config FILE] [--set KEY=VALUE ...]   fit; write runs/<name>/
+    tfmtl tune     [--config FILE] [--set ...] [--overwrite] KerasTuner search over tune.space;
+                                                           writes tuning/<name>/best.yaml
     tfmtl evaluate --run DIR                               test-split metrics
     tfmtl export   --run DIR [--base-path P] [--version N] SavedModel for TF Serving
     tfmtl validate --run DIR [--export DIR]               check an export as TF Serving will
@@ -103,6 +105,22 @@ def cmd_train(args) -> dict:
   return {"config": config, "prepared": prepared, "model": model, "run_dir": run_dir}
 
 
+def cmd_tune(args) -> None:
+  from tfmtl import training
+  from tfmtl.tuning import Search, is_tuning_worker
+  config = _config(args)
+  search = Search(config, overwrite=args.overwrite)
+  search.search(training.prepare(config))
+  if is_tuning_worker():
+    print("This worker's trials are done; the chief writes the best config.")
+    return
+  path = search.write_best_config()
+  best = search.oracle.get_best_trials(1)
+  print(f"Best trial {best[0].trial_id}: {search.oracle.objective.name} = {best[0].score:.4f} "
+        f"({' '.join(search.best_overrides())})\n"
+        f"Its config: {path}; retrain it with: tfmtl train --config {path}")
+
+
 def cmd_evaluate(args) -> None:
   from tfmtl import training
   config, model = training.load_run(args.run)
@@ -190,6 +208,11 @@ def _parser() -> argparse.ArgumentParser:
   encode.set_defaults(handler=cmd_encode_items)
   with_config(commands.add_parser("train", help="train and save a run")
               ).set_defaults(handler=cmd_train)
+  tune = with_config(commands.add_parser(
+      "tune", help="search tune.space with KerasTuner; write the best config"))
+  tune.add_argument("--overwrite", action="store_true",
+                    help="start the search over rather than resume it")
+  tune.set_defaults(handler=cmd_tune)
   evaluate = commands.add_parser("evaluate", help="evaluate a saved run")
   evaluate.add_argument("--run", required=True, help="run directory (runs/<name>)")
   evaluate.set_defaults(handler=cmd_evaluate)

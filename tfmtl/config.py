@@ -617,6 +617,76 @@ class ScannConfig:
       raise ConfigError("dimensions_per_block, training_iterations: must be at least 1")
 
 
+@dataclasses.dataclass
+class TuneConfig:
+  """Hyperparameter search with KerasTuner (`tfmtl tune`, `tfmtl.tuning`).
+
+  Attributes:
+    space: config key -> its values: a list of choices (any YAML values,
+      e.g. `model.tower_layers: [[64], [128, 64]]`), or a range
+      `{min, max}` with optional `step` and `sampling` (linear, log,
+      reverse_log); integers give an integer range. Keys are dotted
+      (`model.embedding_dim`) or nested (`model: {embedding_dim: ...}`,
+      what `--set tune.space.model.embedding_dim=[16,32]` writes).
+    algorithm: random, bayesian (Gaussian-process Bayesian optimization)
+      or hyperband (trials of `max_epochs` and fewer; `train.epochs` is
+      then set per trial).
+    objective: a validation metric (e.g. recall@10, ndcg@10, rating_rmse),
+      or metric -> weight for a weighted blend of tasks.
+    direction: max or min; for a single metric it may be left out where the
+      name says it (rmse, mae, loss: min; recall, ndcg, mrr, hit, auc,
+      accuracy: max).
+    max_trials: trials to run (random, bayesian).
+    max_epochs: the longest trial (hyperband).
+    directory: the search's folder is `<directory>/<name>/`; rerunning the
+      same search resumes it there.
+    seed: the search's own seed.
+  """
+  space: dict[str, Any] = dataclasses.field(default_factory=dict)
+  algorithm: str = "random"
+  objective: Any = "recall@10"
+  direction: str = ""
+  max_trials: int = 10
+  max_epochs: int = 15
+  directory: str = "tuning"
+  seed: int = 0
+
+  def _validate(self):
+    _one_of("algorithm", self.algorithm, ("random", "bayesian", "hyperband"))
+    if self.direction:
+      _one_of("direction", self.direction, ("max", "min"))
+    if self.max_trials < 1 or self.max_epochs < 1:
+      raise ConfigError("max_trials, max_epochs: must be at least 1")
+    weights = ({self.objective: 1.0} if isinstance(self.objective, str) else
+               self.objective if isinstance(self.objective, dict) else None)
+    if not weights or not all(isinstance(k, str) and isinstance(v, (int, float))
+                              and not isinstance(v, bool) for k, v in weights.items()):
+      raise ConfigError(f"objective: expected a metric name or metric -> weight, got "
+                        f"{self.objective!r}")
+    self.space = _dotted(self.space)
+    for key, values in self.space.items():
+      if isinstance(values, list) and values:
+        continue
+      if not (isinstance(values, dict) and {"min", "max"} <= set(values)
+              <= {"min", "max", "step", "sampling"}):
+        raise ConfigError(f"space.{key}: expected a list of values or {{min, max}} with "
+                          f"optional step and sampling, got {values!r}")
+      if values["min"] >= values["max"]:
+        raise ConfigError(f"space.{key}: min must be below max")
+
+
+def _dotted(space: dict, prefix: str = "") -> dict:
+  """Nested mappings of a search space flattened to dotted keys; ranges
+  (mappings with `min`) are values."""
+  flat = {}
+  for key, values in space.items():
+    if isinstance(values, dict) and values and "min" not in values:
+      flat.update(_dotted(values, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = values
+  return flat
+
+
 INDEXES = ("brute_force", "scann")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "parameter_server", "tpu")
 
@@ -672,6 +742,7 @@ class ExperimentConfig:
   distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
   evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
   export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+  tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
 
   def _validate(self):
     if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -788,6 +859,8 @@ def _build(cls, values: Any, path: str):
 
 def _convert(hint, value: Any, path: str):
   """Checks `value` against a type hint and converts it."""
+  if hint is Any:  # checked by the section's `_validate`
+    return value
   origin, args = typing.get_origin(hint), typing.get_args(hint)
   if origin in (typing.Union, types.UnionType):
     if value is None and type(None) in args:
