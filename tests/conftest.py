@@ -74,6 +74,19 @@ def last_epoch_losses():
   return _last_epoch_losses
 
 
+def _is_nonempty_png(path) -> bool:
+  """A PNG whose pixels are not all one colour."""
+  from matplotlib.image import imread
+  return (path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+          and float(np.ptp(imread(path))) > 0)
+
+
+@pytest.fixture(scope="session")
+def is_nonempty_png():
+  """`_is_nonempty_png`: a plot file -> whether it is a PNG with something drawn."""
+  return _is_nonempty_png
+
+
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_data):
   """The tiny set prepared for `training.fit`, all of it the training split."""

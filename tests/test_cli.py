@@ -13,12 +13,19 @@ def _tfmtl(*args, cwd):
                         text=True, cwd=cwd, timeout=600)
 
 
+def _scalar_tags(event_files) -> set:
+  import tensorflow as tf
+  return {value.tag for path in event_files for event in tf.compat.v1.train.summary_iterator(
+      str(path)) for value in event.summary.value}
+
+
 @pytest.fixture
 def config_file(tiny_config_file):
   return tiny_config_file()
 
 
-def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file):
+def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file,
+                                                        is_nonempty_png):
   result = _tfmtl("run", "--config", str(config_file), "--set", "train.epochs=3",
                   cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -31,6 +38,19 @@ def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file):
   assert yaml.safe_load((tmp_path / "runs" / "tiny" / "config.yaml").read_text())[
       "train"]["epochs"] == 3
   assert "Epoch 3/3" in result.stdout + result.stderr  # progress is visible
+  # the history, the report and TensorBoard's logs
+  history = json.loads((tmp_path / "runs" / "tiny" / "history.json").read_text())
+  assert history["epoch"] == [0, 1, 2] and len(history["val_recall@10"]) == 3
+  assert max(history["val_recall@10"]) > 0 and len(history["learning_rate"]) == 3
+  report = tmp_path / "runs" / "tiny" / "report"
+  assert f"Report: runs/tiny/report/report.md" in result.stdout
+  for plot in ("learning_curves.png", "metrics_at_k.png", "tradeoff.png"):
+    assert is_nonempty_png(report / plot), plot
+    assert f"]({plot})" in (report / "report.md").read_text()
+  events = list((tmp_path / "logs" / "tiny").glob("*/events.out.tfevents.*"))
+  assert {path.parent.name for path in events} == {"train", "validation"}
+  assert _scalar_tags(events) >= {"epoch_retrieval_loss", "epoch_rating_weight",
+                                  "epoch_learning_rate", "epoch_recall@10"}
 
 
 def test_train_then_evaluate_then_export_a_new_version(tmp_path, config_file):

@@ -25,8 +25,8 @@ def config_file(tiny_config_file, tmp_path):
 
 
 def _validation_metrics(config, prepared, model):
-  split = prepared.split._replace(test=prepared.split.validation)
-  return evaluation.evaluate_model(model, prepared.data, split, config.evaluate.ks)
+  return evaluation.evaluate_model(model, prepared.data,
+                                   evaluation.on_validation(prepared.split), config.evaluate.ks)
 
 
 def _tfmtl(*args, cwd, env=None, timeout=600):
@@ -41,7 +41,8 @@ def _finished(process, timeout=900):
   return stdout, stderr
 
 
-def test_the_best_config_retrains_to_the_reported_metric(config_file, tmp_path):
+def test_the_best_config_retrains_to_the_reported_metric(config_file, tmp_path,
+                                                        is_nonempty_png):
   stdout, _ = _finished(_tfmtl("tune", "--config", str(config_file), cwd=tmp_path))
   best_path = tmp_path / "tuning" / "tiny" / "best.yaml"
   assert f"retrain it with: tfmtl train --config {best_path}" in stdout
@@ -51,10 +52,18 @@ def test_the_best_config_retrains_to_the_reported_metric(config_file, tmp_path):
   assert len(trials) == 3 and all(t["status"] == "COMPLETED" for t in trials)
   scores = [t["score"] for t in trials]
   assert reported == pytest.approx(max(scores), abs=1e-4)
+  assert min(scores) > 0.1 and len(set(scores)) > 1  # real, differing validation scores
   best = ExperimentConfig.from_file(best_path)
   best_trial = max(trials, key=lambda t: t["score"])["hyperparameters"]["values"]
   assert best.model.embedding_dim == best_trial["model.embedding_dim"]
   assert best.train.learning_rate == pytest.approx(best_trial["train.learning_rate"])
+  report = tmp_path / "tuning" / "tiny" / "report"
+  assert f"Report: {report / 'report.md'}" in stdout
+  for plot in ("trials.png", "importance.png", "tradeoff.png"):
+    assert is_nonempty_png(report / plot), plot
+  assert "| trial | recall@10 | model.embedding_dim |" in (report / "report.md").read_text()
+  hparams = list((tmp_path / "tuning" / "tiny").glob("trial_*/logs/tiny/events.out.tfevents.*"))
+  assert len(hparams) == 3  # each trial's values and metrics for TensorBoard's HParams view
   # `tfmtl train --config best.yaml` reproduces the trial
   _finished(_tfmtl("train", "--config", str(best_path), cwd=tmp_path))
   config, model = training.load_run(tmp_path / "runs" / "tiny")

@@ -7,6 +7,7 @@
     tfmtl tune     [--config FILE] [--set ...] [--overwrite] KerasTuner search over tune.space;
                                                            writes tuning/<name>/best.yaml
     tfmtl evaluate --run DIR                               test-split metrics
+    tfmtl report   --run DIR                               Markdown + plots: runs/<name>/report/
     tfmtl export   --run DIR [--base-path P] [--version N] SavedModel for TF Serving
     tfmtl validate --run DIR [--export DIR]               check an export as TF Serving will
     tfmtl run      [--config FILE] [--set KEY=VALUE ...]   all of the above
@@ -107,6 +108,7 @@ def cmd_train(args) -> dict:
 
 def cmd_tune(args) -> None:
   from tfmtl import training
+  from tfmtl.reports import search_report
   from tfmtl.tuning import Search, is_tuning_worker
   config = _config(args)
   search = Search(config, overwrite=args.overwrite)
@@ -115,10 +117,12 @@ def cmd_tune(args) -> None:
     print("This worker's trials are done; the chief writes the best config.")
     return
   path = search.write_best_config()
+  report = search_report(search)
   best = search.oracle.get_best_trials(1)
   print(f"Best trial {best[0].trial_id}: {search.oracle.objective.name} = {best[0].score:.4f} "
         f"({' '.join(search.best_overrides())})\n"
-        f"Its config: {path}; retrain it with: tfmtl train --config {path}")
+        f"Its config: {path}; retrain it with: tfmtl train --config {path}\n"
+        f"Report: {report}")
 
 
 def cmd_evaluate(args) -> None:
@@ -178,6 +182,11 @@ def cmd_add_items(args) -> None:
   print(add_items(args.run, items, args.base_path, args.version, source=args.items))
 
 
+def cmd_report(args) -> None:
+  from tfmtl.reports import run_report
+  print(run_report(args.run))
+
+
 def cmd_run(args) -> None:
   trained = cmd_train(args)
   metrics = _evaluate(trained["config"], trained["prepared"], trained["model"])
@@ -185,6 +194,8 @@ def cmd_run(args) -> None:
   path = _export(trained["config"], trained["model"], args.base_path)
   _print_metrics(metrics["model"], metrics["popularity"])
   print(f"SavedModel: {path}")
+  from tfmtl.reports import run_report
+  print(f"Report: {run_report(trained['run_dir'])}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -216,6 +227,10 @@ def _parser() -> argparse.ArgumentParser:
   evaluate = commands.add_parser("evaluate", help="evaluate a saved run")
   evaluate.add_argument("--run", required=True, help="run directory (runs/<name>)")
   evaluate.set_defaults(handler=cmd_evaluate)
+  report = commands.add_parser(
+      "report", help="write a run's report: Markdown and plots (learning curves, metrics at k)")
+  report.add_argument("--run", required=True, help="run directory (runs/<name>)")
+  report.set_defaults(handler=cmd_report)
   export = commands.add_parser("export", help="export a saved run for TF Serving")
   export.add_argument("--run", required=True, help="run directory (runs/<name>)")
   export.add_argument("--base-path", help="TF Serving base path (default from config)")

@@ -525,6 +525,10 @@ class TrainConfig:
       parameter-server workers and the tf.data service at any scale;
       `tfmtl.data.shards`). The folder is removed when training completes.
     input_shards: files of `tfrecord` input (at least one per worker).
+    validate_every: every N epochs, the full-catalogue metrics on the
+      validation split join the epoch's logs as `val_<metric>` (0: never).
+    log_dir: TensorBoard logs go to `<log_dir>/<name>/` ("": none): the
+      per-task losses and weights, the validation metrics, the learning rate.
     data_service: a tf.data service dispatcher, e.g. `grpc://host:5050`
       (`tfmtl data-service`), whose workers then read and batch the
       `tfrecord` input ("": this process does).
@@ -545,6 +549,8 @@ class TrainConfig:
   jit_compile: bool = False
   input: str = "memory"
   input_shards: int = 8
+  validate_every: int = 1
+  log_dir: str = "logs"
   data_service: str = ""
 
   def _validate(self):
@@ -557,6 +563,8 @@ class TrainConfig:
       raise ConfigError("checkpoint_steps: must be non-negative (0: every epoch)")
     if self.steps_per_execution < 1:
       raise ConfigError("steps_per_execution: must be positive")
+    if self.validate_every < 0:
+      raise ConfigError("validate_every: must be non-negative (0: never)")
     _one_of("input", self.input, ("memory", "tfrecord"))
     if self.input_shards < 1:
       raise ConfigError("input_shards: must be positive")

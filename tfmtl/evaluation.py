@@ -37,6 +37,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+import tf_keras as keras
 
 from tfmtl.data.history import latest_history
 from tfmtl.data.pipeline import make_dataset
@@ -203,3 +204,28 @@ def evaluate_popularity(data: InteractionData, split: Split,
   catalogue = data.items[ITEM_ID].to_numpy(dtype=object)
   return retrieval_metrics(PopularityScorer(split.train, catalogue), split, ks,
                            candidates=candidates)
+
+
+def on_validation(split: Split) -> Split:
+  """`split` with its validation part as the part evaluated: the test part,
+  with only the training items removed from the candidates."""
+  return Split(split.train, split.validation[:0], split.validation)
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+  """A `fit` callback that adds the learning rate and, every `every` epochs,
+  the full-catalogue metrics on `split.validation` (`val_recall@10`, ...)
+  to the epoch's logs: the history, the progress line and TensorBoard
+  then show them. Nothing is evaluated if the validation split is empty."""
+
+  def __init__(self, data: InteractionData, split: Split, ks: Sequence[int], every: int = 1):
+    super().__init__()
+    self.data, self.ks, self.every = data, ks, every
+    self.split = on_validation(split)
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs if logs is not None else {}
+    logs["learning_rate"] = float(keras.backend.get_value(self.model.optimizer.learning_rate))
+    if self.every and (epoch + 1) % self.every == 0 and len(self.split.test):
+      metrics = evaluate_model(self.model, self.data, self.split, self.ks)
+      logs.update({f"val_{name}": value for name, value in metrics.items()})

@@ -42,6 +42,7 @@ from tfmtl.data.sources import load_data, load_source, mix_source
 from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
 from tfmtl.distribute import is_chief, make_strategy, training_input
+from tfmtl.evaluation import ValidationMetrics
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
 from tfmtl.optimizers import OPTIMIZERS
@@ -155,8 +156,12 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   with _input_folder(config) as folder:
     train, steps = training_input(strategy, _batches(options, encoded, folder, config.seed),
                                   len(rows), options.batch_size)
-    model.fit(train, epochs=options.epochs, verbose=verbose, callbacks=[backup, *callbacks],
-              **steps)
+    logs = [ValidationMetrics(prepared.data, prepared.split, config.evaluate.ks,
+                              options.validate_every)]
+    if options.log_dir and is_chief():
+      logs.append(keras.callbacks.TensorBoard(str(Path(options.log_dir) / config.name)))
+    model.fit(train, epochs=options.epochs, verbose=verbose,
+              callbacks=[*logs, backup, *callbacks], **steps)
   with contextlib.suppress(OSError):
     checkpoints.rmdir()  # Keras has removed the checkpoints, not their folder
   return model
@@ -228,6 +233,9 @@ def _write_run(folder: Path, config: ExperimentConfig, prepared: Prepared,
   if model.user_vectors is not None:
     model.user_vectors.to_parquet(folder / "user_vectors.parquet", index=False)
   model.save_weights(str(folder / "weights" / "model"))
+  if model.history is not None and model.history.history:
+    (folder / "history.json").write_text(json.dumps(
+        {"epoch": model.history.epoch, **model.history.history}, indent=2))
   if metrics is not None:
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
 

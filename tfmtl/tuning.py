@@ -16,6 +16,10 @@ finished trials (an interrupted trial is run again); with KerasTuner's
 `KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`,
 a chief serves the oracle and workers run trials.
 
+Each trial's TensorBoard logs (its learning curves, and its values and
+validation metrics for TensorBoard's HParams view) are in its
+`trial_<id>/logs/`: `tensorboard --logdir tuning/<name>`.
+
 After the search, `best.yaml` in that folder is the base config with the
 best trial's values: `tfmtl train --config .../best.yaml` trains it again.
 
@@ -46,7 +50,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import keras_tuner
+import tensorflow as tf
 import tf_keras as keras
+from tensorboard.plugins.hparams import api as hparams_api
 
 from tfmtl import evaluation, training
 from tfmtl.config import ConfigError, ExperimentConfig
@@ -159,10 +165,17 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
     keras.backend.clear_session()
     prepared = self._prepared_for(config)
     model = training.fit(config, prepared, verbose=0)
-    split = prepared.split._replace(test=prepared.split.validation)
-    metrics = evaluation.evaluate_model(model, prepared.data, split, config.evaluate.ks)
-    return {**metrics, "blend": sum(weight * metrics[name]
-                                    for name, weight in _weights(self.config).items())}
+    metrics = evaluation.evaluate_model(model, prepared.data,
+                                        evaluation.on_validation(prepared.split),
+                                        config.evaluate.ks)
+    metrics["blend"] = sum(weight * metrics[name]
+                           for name, weight in _weights(self.config).items())
+    with tf.summary.create_file_writer(str(Path(config.train.log_dir) / config.name)).as_default():
+      hparams_api.hparams({key: value for key, value in trial.hyperparameters.values.items()},
+                          trial_id=trial.trial_id)  # TensorBoard's HParams view
+      for name, value in metrics.items():
+        tf.summary.scalar(name, value, step=config.train.epochs)
+    return metrics
 
   def _prepared_for(self, config: ExperimentConfig) -> training.Prepared:
     """The base config's prepared data, unless the trial changes what it is
@@ -175,10 +188,11 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
 
   def trial_config(self, values: dict[str, Any], trial_id: str) -> ExperimentConfig:
     """The base config with a trial's values, training (and checkpointing,
-    so an interrupted trial resumes) in the trial's folder."""
-    run_dir = Path(self.project_dir) / f"trial_{trial_id}" / "run"
+    so an interrupted trial resumes) and logging in the trial's folder."""
+    folder = Path(self.project_dir) / f"trial_{trial_id}"
     return self.config.with_overrides([*trial_overrides(self.config.tune.space, values),
-                                       f"train.run_dir={run_dir}"])
+                                       f"train.run_dir={folder / 'run'}",
+                                       f"train.log_dir={folder / 'logs'}"])
 
   def best_overrides(self) -> list[str]:
     """The best trial's values, as `key=value` overrides of the base config."""
