@@ -101,7 +101,7 @@ def run_method(method, data, source, target: Split, fraction, seed, run, candida
   prepared = training.Prepared(data, split, FeatureVocabulary.build(data, both), mixed_in)
   model = training.fit(config, prepared, verbose=0)
   if on == "validation":
-    split = Split(train, target.validation.iloc[:0], target.validation)
+    split = evaluation.on_validation(split)
   metrics = evaluation.evaluate_model(model, data, split, [10], candidates=candidates)
   return {short: metrics[name] for short, name in METRICS.items()}
 

@@ -30,7 +30,6 @@ import time
 import tfmtl  # noqa: F401  (binds Keras 2 first)
 from tfmtl import evaluation, training
 from tfmtl.config import ExperimentConfig
-from tfmtl.data import Split
 
 from common import format_summaries, summary, write_result
 
@@ -54,9 +53,8 @@ VALIDATION = {"recall@10": "recall@10", "ndcg@10": "ndcg@10", "rmse": "rating_rm
 
 def validation_metrics(model, prepared: training.Prepared) -> dict[str, float]:
   """Metrics on the validation split (only training items removed)."""
-  train, validation = prepared.split.train, prepared.split.validation
-  held_out = Split(train, validation.iloc[:0], validation)
-  return evaluation.evaluate_model(model, prepared.data, held_out, [10])
+  return evaluation.evaluate_model(model, prepared.data,
+                                   evaluation.on_validation(prepared.split), [10])
 
 
 def protocol_config(name: str, seed: int, overrides: list[str]) -> ExperimentConfig:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 import yaml
 
 from tfmtl import evaluation, training
@@ -64,6 +65,11 @@ def test_the_best_config_retrains_to_the_reported_metric(config_file, tmp_path,
   assert "| trial | recall@10 | model.embedding_dim |" in (report / "report.md").read_text()
   hparams = list((tmp_path / "tuning" / "tiny").glob("trial_*/logs/tiny/events.out.tfevents.*"))
   assert len(hparams) == 3  # each trial's values and metrics for TensorBoard's HParams view
+  summaries = [value for path in hparams
+               for event in tf.compat.v1.train.summary_iterator(str(path))
+               for value in event.summary.value]
+  assert "hparams" in {value.metadata.plugin_data.plugin_name for value in summaries}
+  assert "recall@10" in {value.tag for value in summaries}
   # `tfmtl train --config best.yaml` reproduces the trial
   _finished(_tfmtl("train", "--config", str(best_path), cwd=tmp_path))
   config, model = training.load_run(tmp_path / "runs" / "tiny")

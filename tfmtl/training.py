@@ -10,7 +10,7 @@ Example (what `tfmtl train` does, on the real MovieLens 100K):
 >>> model = training.fit(config, prepared, verbose=0)
 >>> run_dir = training.save_run(tempfile.mkdtemp() + "/run", config, prepared, model)
 >>> sorted(p.name for p in run_dir.iterdir())
-['catalogue.parquet', 'config.yaml', 'vocabulary.json', 'weights']
+['catalogue.parquet', 'config.yaml', 'history.json', 'vocabulary.json', 'weights']
 >>> training.load_run(run_dir)[0] == config
 True
 """
