@@ -659,14 +659,20 @@ class TuneConfig:
   directory: str = "tuning"
   seed: int = 0
 
+  @property
+  def objective_weights(self) -> Optional[dict]:
+    """The objective as metric -> weight (a single metric weighs 1; None if
+    it is neither a name nor a mapping)."""
+    return ({self.objective: 1.0} if isinstance(self.objective, str) else
+            self.objective if isinstance(self.objective, dict) else None)
+
   def _validate(self):
     _one_of("algorithm", self.algorithm, ("random", "bayesian", "hyperband"))
     if self.direction:
       _one_of("direction", self.direction, ("max", "min"))
     if self.max_trials < 1 or self.max_epochs < 1:
       raise ConfigError("max_trials, max_epochs: must be at least 1")
-    weights = ({self.objective: 1.0} if isinstance(self.objective, str) else
-               self.objective if isinstance(self.objective, dict) else None)
+    weights = self.objective_weights
     if not weights or not all(isinstance(k, str) and isinstance(v, (int, float))
                               and not isinstance(v, bool) for k, v in weights.items()):
       raise ConfigError(f"objective: expected a metric name or metric -> weight, got "

@@ -186,12 +186,12 @@ def _input_folder(config: ExperimentConfig):
 def _batches(options: TrainConfig, encoded: dict, folder: Path, seed: int):
   """`training_input`'s epoch of batches: from memory, or from TFRecord
   shards (through the tf.data service if the config names one)."""
-  if options.input == "tfrecord":
-    write_example_shards(encoded, folder, options.input_shards, seed=seed)
+  if options.input == "memory":
+    return lambda input_context, drop_remainder: batched_dataset(
+        encoded, options.batch_size, True, seed, drop_remainder)
+  write_example_shards(encoded, folder, options.input_shards, seed=seed)
 
   def batches(input_context, drop_remainder):
-    if options.input == "memory":
-      return batched_dataset(encoded, options.batch_size, True, seed, drop_remainder)
     if options.data_service:  # the service splits the files between its workers
       return served(example_shards_dataset(folder, options.batch_size, True, seed,
                                            drop_remainder, shard_by_file=False),

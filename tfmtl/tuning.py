@@ -75,7 +75,7 @@ def is_tuning_worker() -> bool:
 def objective(config: ExperimentConfig) -> keras_tuner.Objective:
   """The KerasTuner objective `tune.objective` and `tune.direction` name:
   the metric itself, or `blend` for a weighted blend."""
-  weights = _weights(config)
+  weights = config.tune.objective_weights
   name = next(iter(weights)) if len(weights) == 1 and 1.0 in weights.values() else "blend"
   direction = config.tune.direction
   if not direction and name != "blend":
@@ -83,11 +83,6 @@ def objective(config: ExperimentConfig) -> keras_tuner.Objective:
   if not direction:
     raise ConfigError(f"tune.direction: say max or min for the objective {name!r}")
   return keras_tuner.Objective(name, direction)
-
-
-def _weights(config: ExperimentConfig) -> dict[str, float]:
-  target = config.tune.objective
-  return {k: float(v) for k, v in target.items()} if isinstance(target, dict) else {target: 1.0}
 
 
 def declare(space: dict[str, Any], hp: keras_tuner.HyperParameters) -> None:
@@ -169,7 +164,7 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
                                         evaluation.on_validation(prepared.split),
                                         config.evaluate.ks)
     metrics["blend"] = sum(weight * metrics[name]
-                           for name, weight in _weights(self.config).items())
+                           for name, weight in self.config.tune.objective_weights.items())
     with tf.summary.create_file_writer(str(Path(config.train.log_dir) / config.name)).as_default():
       hparams_api.hparams({key: value for key, value in trial.hyperparameters.values.items()},
                           trial_id=trial.trial_id)  # TensorBoard's HParams view
