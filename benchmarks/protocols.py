@@ -16,7 +16,10 @@ test and the one before it validation, full-catalogue ranking of the unseen
 movies (Hit@10 is Recall@10 with one relevant item).
 
     python benchmarks/protocols.py [--protocols A B] [--seeds 0 1 2]
-        [--set KEY=VALUE ...] [--output NAME]
+        [--config FILE] [--set KEY=VALUE ...] [--output NAME]
+
+`--config` starts from a config file (e.g. a search's best.yaml) rather
+than the defaults; the protocol's split still overrides its split.
 
 Writes benchmarks/results/protocol_a.json and protocol_b.json (or
 NAME_a.json, NAME_b.json, ...).
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Optional
 
 import tfmtl  # noqa: F401  (binds Keras 2 first)
 from tfmtl import evaluation, training
@@ -57,21 +61,25 @@ def validation_metrics(model, prepared: training.Prepared) -> dict[str, float]:
                                    evaluation.on_validation(prepared.split), [10])
 
 
-def protocol_config(name: str, seed: int, overrides: list[str]) -> ExperimentConfig:
-  """The default config on protocol `name`'s split with model seed `seed`."""
-  return ExperimentConfig().with_overrides(
+def protocol_config(name: str, seed: int, overrides: list[str],
+                    base: Optional[ExperimentConfig] = None) -> ExperimentConfig:
+  """`base` (default: the default config) on protocol `name`'s split with
+  model seed `seed`."""
+  return (base or ExperimentConfig()).with_overrides(
       [*PROTOCOLS[name][0], f"seed={seed}", *overrides])
 
 
-def run_protocol(name: str, seeds: list[int], overrides: list[str]) -> dict:
+def run_protocol(name: str, seeds: list[int], overrides: list[str],
+                 config_file: Optional[str] = None) -> dict:
   """Trains and evaluates one model per seed: the protocol's metrics, mean and std.
 
   A metric the model does not produce (RMSE without a rating task) is left out.
   """
   split_overrides, names = PROTOCOLS[name]
+  base = ExperimentConfig.from_file(config_file) if config_file else None
   runs, validation_runs, seconds = [], [], []
   for seed in seeds:
-    config = protocol_config(name, seed, overrides)
+    config = protocol_config(name, seed, overrides, base)
     prepared = training.prepare(config)
     start = time.perf_counter()
     model = training.fit(config, prepared, verbose=0)
@@ -87,7 +95,7 @@ def run_protocol(name: str, seeds: list[int], overrides: list[str]) -> dict:
   return {
       "protocol": name,
       "seeds": seeds,
-      "config": {"base": "tfmtl defaults (configs/movielens_100k.yaml)",
+      "config": {"base": config_file or "tfmtl defaults (configs/movielens_100k.yaml)",
                  "overrides": [*split_overrides, *overrides]},
       "metrics": {short: summary([m[full] for m in runs]) for short, full in names.items()
                   if full in runs[0]},
@@ -104,12 +112,13 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--protocols", nargs="+", default=["A", "B"], choices=list(PROTOCOLS))
+  parser.add_argument("--config", help="a config file to start from (default: the defaults)")
   parser.add_argument("--set", action="append", default=[])
   parser.add_argument("--output", default="protocol",
                       help="results are written to <output>_<protocol>.json")
   args = parser.parse_args()
   for name in args.protocols:
-    result = run_protocol(name, args.seeds, args.set)
+    result = run_protocol(name, args.seeds, args.set, args.config)
     path = write_result(f"{args.output}_{name.lower()}", result)
     print(f"protocol {name}: {format_summaries(result['metrics'])} -> {path}")
 

@@ -8,9 +8,10 @@ batches of 8192, as TFRS advises); tfmtl runs its default config, and the
 same config compiled with XLA and 16 steps per execution
 (`train.jit_compile`, `train.steps_per_execution`).
 
-    python benchmarks/speed_train.py [--rounds 3] [--set KEY=VALUE ...]
+    python benchmarks/speed_train.py [--rounds 3] [--set KEY=VALUE ...] [--output NAME]
 
-Writes benchmarks/results/speed_train.json.
+`--set` changes both tfmtl contenders (e.g. `train.precision=mixed_bfloat16`).
+Writes benchmarks/results/speed_train.json (or NAME.json).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def main():
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--epochs-per-round", type=int, default=2)
   parser.add_argument("--set", action="append", default=[])
+  parser.add_argument("--output", default="speed_train")
   args = parser.parse_args()
 
   config = ExperimentConfig().with_overrides(
@@ -77,7 +79,7 @@ def main():
 
   throughput = {name: [len(train) / t for t in values] for name, values in times.items()}
   rate = {name: float(np.median(values)) for name, values in throughput.items()}
-  path = write_result("speed_train", {
+  path = write_result(args.output, {
       "protocol": "speed",
       "settings": {
           "data": f"MovieLens 100K protocol A train split ({len(train)} ratings)",

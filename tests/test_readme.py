@@ -1,9 +1,13 @@
-"""The README's Python example runs as written."""
+"""The README's examples run as written."""
 
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -18,9 +22,31 @@ def test_readme_python_example_runs(tmp_path):
   assert (tmp_path / "saved_models" / "movielens_100k" / "1" / "saved_model.pb").is_file()
 
 
+def test_readme_command_line_block_runs_in_order(tmp_path):
+  """The block under "The command line", each command as written, in
+  order: training is cut to one epoch, and `new_movies.csv` is made."""
+  section = README.read_text().split("## The command line", 1)[1]
+  block = re.search(r"^```\n(.*?)^```$", section, re.S | re.M).group(1)
+  shutil.copytree(README.parent / "configs", tmp_path / "configs")
+  pd.DataFrame({"item_id": ["new1", "new2"], "title": ["Arrival", "Paddington 2"],
+                "genres": ["Drama|Sci-Fi", "Children's|Comedy"], "year": [2016, 2017]}
+               ).to_csv(tmp_path / "new_movies.csv", index=False)
+  commands = [shlex.split(line.split(" #")[0]) for line in block.splitlines() if line.strip()]
+  assert [argv[1] for argv in commands] == ["data", "encode-items", "train", "evaluate",
+                                            "export", "validate", "run", "add-items"]
+  for argv in commands:
+    one_epoch = ["--set", "train.epochs=1"] if argv[1] in ("train", "run") else []
+    result = subprocess.run([sys.executable, "-m", "tfmtl.cli", *argv[1:], *one_epoch],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, f"{shlex.join(argv)}:\n{result.stderr[-3000:]}"
+  versions = tmp_path / "saved_models" / "movielens_100k"
+  assert sorted(p.name for p in versions.iterdir()) == ["1", "2", "3"]  # export, run, add-items
+  catalogue = pd.read_parquet(tmp_path / "runs" / "movielens_100k" / "catalogue.parquet")
+  assert len(catalogue) == 1682 + 2 and {"new1", "new2"} <= set(catalogue["item_id"])
+
+
 def _readme_commands() -> list[list[str]]:
   """Every `tfmtl ...` command in the README's shell blocks, as argv."""
-  import shlex
   commands = []
   blocks = re.findall(r"^```(\w*)\n(.*?)^```$", README.read_text(), re.S | re.M)
   for language, block in blocks:

@@ -121,6 +121,8 @@ def cmd_tune(args) -> None:
   best = search.oracle.get_best_trials(1)
   print(f"Best trial {best[0].trial_id}: {search.oracle.objective.name} = {best[0].score:.4f} "
         f"({' '.join(search.best_overrides())})\n"
+        f"Its trained model: {search.trial_run_dir(best[0].trial_id)} "
+        f"(tfmtl export --run takes it)\n"
         f"Its config: {path}; retrain it with: tfmtl train --config {path}\n"
         f"Report: {report}")
 

@@ -518,6 +518,10 @@ class TrainConfig:
       (Keras `compile`); more cuts per-step overhead, most on TPUs.
       Callbacks then see every N-th step.
     jit_compile: compile the training step with XLA (Keras `compile`).
+    precision: Keras' dtype policy for the model: `float32`, or mixed
+      precision, `mixed_float16` (GPUs; the loss is scaled) or
+      `mixed_bfloat16` (TPUs, recent CPUs): layers compute in 16 bits and
+      keep float32 weights; embeddings, logits and losses stay float32.
     input: where training batches come from: `memory` (the encoded
       examples, gathered in the pipeline) or `tfrecord` (written once to
       `<run_dir>.input/` as TFRecord shards, then streamed; the files are
@@ -547,6 +551,7 @@ class TrainConfig:
   resume: bool = True
   steps_per_execution: int = 1
   jit_compile: bool = False
+  precision: str = "float32"
   input: str = "memory"
   input_shards: int = 8
   validate_every: int = 1
@@ -566,6 +571,7 @@ class TrainConfig:
     if self.validate_every < 0:
       raise ConfigError("validate_every: must be non-negative (0: never)")
     _one_of("input", self.input, ("memory", "tfrecord"))
+    _one_of("precision", self.precision, PRECISIONS)
     if self.input_shards < 1:
       raise ConfigError("input_shards: must be positive")
     if self.data_service and not self.data_service.startswith(("grpc://", "grpc+local://")):
@@ -703,6 +709,7 @@ def _dotted(space: dict, prefix: str = "") -> dict:
 
 INDEXES = ("brute_force", "scann")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "parameter_server", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 
 
 @dataclasses.dataclass

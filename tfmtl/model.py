@@ -291,7 +291,10 @@ class MultiTaskModel(tfrs.Model):
       variables = self.trainable_variables  # after the first call has created them
       regularization_loss = self._regularization_loss(variables)
       total_loss = loss + regularization_loss
-    gradients = tape.gradient(total_loss, variables)
+      scaled_loss = self.optimizer.get_scaled_loss(total_loss) if self._loss_scaled else total_loss
+    gradients = tape.gradient(scaled_loss, variables)
+    if self._loss_scaled:  # mixed_float16: gradients computed on a scaled loss
+      gradients = self.optimizer.get_unscaled_gradients(gradients)
     scales = self.fine_tuning.update_scales(variables) if self.fine_tuning else {}
     before = {i: tf.identity(variables[i]) for i in scales}
     self.optimizer.apply_gradients(zip(gradients, variables))
@@ -305,6 +308,10 @@ class MultiTaskModel(tfrs.Model):
       logs.pop("distillation_loss", None)
     return agreed_logs(logs, {"loss": loss, "regularization_loss": regularization_loss,
                               "total_loss": total_loss})
+
+  @property
+  def _loss_scaled(self) -> bool:
+    return isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
 
   def _regularization_loss(self, variables=None) -> tf.Tensor:
     """This replica's share (gradients are summed over replicas) of the

@@ -37,16 +37,24 @@ import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 from tfmtl.config import ConfigError, FeatureConfig, TaskConfig
+from tfmtl.precision import dtype_policy
 
 _NONE = keras.losses.Reduction.NONE
 
 
 def make_task(name: str, config: TaskConfig,
               label_feature: Optional[FeatureConfig] = None) -> tfrs.tasks.Task:
-  """The TFRS task for one `TaskConfig` (see module doc).
+  """The TFRS task for one `TaskConfig` (see module doc), computing in
+  float32 under any dtype policy (`tfmtl.precision`).
 
   `label_feature` is the encoding of a classification task's label.
   """
+  with dtype_policy("float32"):
+    return _make_task(name, config, label_feature)
+
+
+def _make_task(name: str, config: TaskConfig,
+               label_feature: Optional[FeatureConfig]) -> tfrs.tasks.Task:
   if config.type == "retrieval":
     return tfrs.tasks.Retrieval(
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, reduction=_NONE),

@@ -46,6 +46,7 @@ from tfmtl.evaluation import ValidationMetrics
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
 from tfmtl.optimizers import OPTIMIZERS
+from tfmtl.precision import dtype_policy
 from tfmtl.propagation import add_propagated_feature
 from tfmtl.tasks import tower_task_side
 from tfmtl.transfer import fine_tune_from
@@ -108,9 +109,12 @@ def prepare(config: ExperimentConfig) -> Prepared:
 def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
                 catalogue: pd.DataFrame, users: Optional[pd.DataFrame] = None
                 ) -> MultiTaskModel:
-  """The compiled model a config describes."""
-  model = MultiTaskModel(vocabulary, catalogue, config.model, config.tasks,
-                         training_metrics=config.train.training_metrics, users=users)
+  """The compiled model a config describes (its layers under the dtype policy
+  `train.precision`; with `mixed_float16`, Keras wraps the optimizer in a
+  `LossScaleOptimizer`)."""
+  with dtype_policy(config.train.precision):  # layers take the policy when created
+    model = MultiTaskModel(vocabulary, catalogue, config.model, config.tasks,
+                           training_metrics=config.train.training_metrics, users=users)
   name, learning_rate = config.train.optimizer, config.train.learning_rate
   try:
     optimizer = (OPTIMIZERS[name](learning_rate) if name in OPTIMIZERS else

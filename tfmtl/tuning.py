@@ -20,8 +20,11 @@ Each trial's TensorBoard logs (its learning curves, and its values and
 validation metrics for TensorBoard's HParams view) are in its
 `trial_<id>/logs/`: `tensorboard --logdir tuning/<name>`.
 
-After the search, `best.yaml` in that folder is the base config with the
-best trial's values: `tfmtl train --config .../best.yaml` trains it again.
+Each trial's trained model is saved as a run in `trial_<id>/run/` (what
+`tfmtl export --run` and `training.load_run` read), so KerasTuner's
+`get_best_models` returns trained models. After the search, `best.yaml`
+in that folder is the base config with the best trial's values:
+`tfmtl train --config .../best.yaml` trains it again.
 
 Example (two one-epoch trials on small synthetic data):
 
@@ -39,6 +42,8 @@ Example (two one-epoch trials on small synthetic data):
 (2, True)
 >>> search.write_best_config().name
 'best.yaml'
+>>> type(search.get_best_models(1)[0]).__name__
+'MultiTaskModel'
 """
 
 from __future__ import annotations
@@ -163,6 +168,7 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
     metrics = evaluation.evaluate_model(model, prepared.data,
                                         evaluation.on_validation(prepared.split),
                                         config.evaluate.ks)
+    training.save_run(config.train.run_dir, config, prepared, model)  # get_best_models
     metrics["blend"] = sum(weight * metrics[name]
                            for name, weight in self.config.tune.objective_weights.items())
     with tf.summary.create_file_writer(str(Path(config.train.log_dir) / config.name)).as_default():
@@ -184,10 +190,10 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
   def trial_config(self, values: dict[str, Any], trial_id: str) -> ExperimentConfig:
     """The base config with a trial's values, training (and checkpointing,
     so an interrupted trial resumes) and logging in the trial's folder."""
-    folder = Path(self.project_dir) / f"trial_{trial_id}"
+    run_dir = self.trial_run_dir(trial_id)
     return self.config.with_overrides([*trial_overrides(self.config.tune.space, values),
-                                       f"train.run_dir={folder / 'run'}",
-                                       f"train.log_dir={folder / 'logs'}"])
+                                       f"train.run_dir={run_dir}",
+                                       f"train.log_dir={run_dir.parent / 'logs'}"])
 
   def best_overrides(self) -> list[str]:
     """The best trial's values, as `key=value` overrides of the base config."""
@@ -209,7 +215,12 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
     return path
 
   def save_model(self, trial_id, model, step=0):
-    """Trials keep no models: `best.yaml` retrains the best one."""
+    """`run_trial` saves each trial's run itself."""
 
-  def load_model(self, trial):
-    raise NotImplementedError("retrain the best trial with `tfmtl train --config best.yaml`")
+  def load_model(self, trial) -> keras.Model:
+    """The trained model of a finished trial (from its saved run)."""
+    return training.load_run(self.trial_run_dir(trial.trial_id))[1]
+
+  def trial_run_dir(self, trial_id: str) -> Path:
+    """Where a trial's run is saved (`tfmtl export --run` takes it)."""
+    return Path(self.project_dir) / f"trial_{trial_id}" / "run"

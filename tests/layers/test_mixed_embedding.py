@@ -81,3 +81,12 @@ def test_the_config_mixes_the_tables_it_names(tiny_data):
 def test_bad_blocks_are_config_errors_naming_the_key(blocks, message):
   with pytest.raises(ConfigError, match=message):
     ExperimentConfig().with_overrides([f"model.id_embedding_blocks={blocks}"])
+
+
+def test_blocks_compute_in_bfloat16_under_mixed_precision():
+  from tfmtl.precision import dtype_policy
+  with dtype_policy("mixed_bfloat16"):
+    embedding = MixedDimensionEmbedding(20, 4, [(0.25, 6), (0.75, 2)])
+  rows = embedding(tf.constant([[0, 19]]))
+  assert rows.dtype == tf.bfloat16 and rows.shape == (1, 2, 4)
+  assert {v.dtype for v in embedding.trainable_variables} == {tf.float32}

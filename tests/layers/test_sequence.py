@@ -29,3 +29,14 @@ def test_the_gru_reads_order():
   forward = pooling(tf.constant([[1, 2, 3]])).numpy()
   backward = pooling(tf.constant([[3, 2, 1]])).numpy()
   assert np.abs(forward - backward).max() > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["mean", "gru", "attention"])
+def test_pooling_computes_in_float16_under_mixed_precision(kind):
+  from tfmtl.precision import dtype_policy
+  with dtype_policy("mixed_float16"):
+    pooling = SequencePooling(kind, num_items=10, dim=6, length=4)
+  pooled = pooling(tf.constant([[3, 1, 2, 0], [0, 0, 0, 0]]))
+  assert pooled.dtype == tf.float16
+  assert np.isfinite(pooled.numpy()).all()
+  np.testing.assert_allclose(pooled[1].numpy(), 0.0)  # no history, zero vector

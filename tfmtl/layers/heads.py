@@ -28,7 +28,8 @@ from tfmtl.layers.mlp import apply_stack, dense_stack
 
 
 class PredictionHead(keras.layers.Layer):
-  """ReLU layers `hidden_0, ...`, then a linear `logit` layer of `units`."""
+  """ReLU layers `hidden_0, ...`, then a linear `logit` layer of `units`
+  (float32 logits under any dtype policy)."""
 
   def __init__(self, hidden_layers: Sequence[int], units: int, **kwargs):
     super().__init__(**kwargs)
@@ -36,7 +37,7 @@ class PredictionHead(keras.layers.Layer):
                          + [keras.layers.Dense(units, name="logit")])
 
   def call(self, inputs: tf.Tensor) -> tf.Tensor:
-    return apply_stack(self.dense_layers, inputs)
+    return tf.cast(apply_stack(self.dense_layers, inputs), tf.float32)  # losses in float32
 
 
 class RankingHeads(keras.layers.Layer):
@@ -58,8 +59,10 @@ class RankingHeads(keras.layers.Layer):
 
   def call(self, query_embeddings: tf.Tensor,
            candidate_embeddings: tf.Tensor) -> dict[str, tf.Tensor]:
-    pair = tf.concat([query_embeddings, candidate_embeddings,
-                      query_embeddings * candidate_embeddings], axis=-1)
+    # Keras casts only the first input to the compute dtype (16 bits when mixed).
+    query, candidate = (tf.cast(e, self.compute_dtype)
+                        for e in (query_embeddings, candidate_embeddings))
+    pair = tf.concat([query, candidate, query * candidate], axis=-1)
     crossed = pair
     for cross in self.crosses:  # x_{l+1} = x_0 * (W x_l + b) + x_l
       crossed = cross(pair, crossed)

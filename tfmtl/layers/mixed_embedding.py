@@ -70,7 +70,7 @@ class MixedDimensionEmbedding(keras.layers.Layer):
 
   def call(self, indices: tf.Tensor) -> tf.Tensor:
     indices = tf.cast(indices, tf.int32)
-    outputs = tf.zeros([tf.size(indices), self.output_dim])
+    outputs = tf.zeros([tf.size(indices), self.output_dim], self.compute_dtype)
     flat = tf.reshape(indices, [-1])
     for table, projection, start, end in zip(self.tables, self.projections, self.bounds,
                                              self.bounds[1:]):

@@ -53,12 +53,12 @@ class SequencePooling(keras.layers.Layer):
     mask = items > 0
     embedded = self.item_embedding(items)
     if self.kind == "mean":
-      weights = tf.cast(mask, tf.float32)
+      weights = tf.cast(mask, embedded.dtype)
       weights /= tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1.0)
       return tf.einsum("bl,bld->bd", weights, embedded)
     if self.kind == "gru":  # oldest first; masked steps keep the state
       return self.gru(tf.reverse(embedded, [1]), mask=tf.reverse(mask, [1]))
     embedded += self.recency_embedding(tf.range(tf.shape(items)[1]))
-    logits = tf.squeeze(self.score(self.score_hidden(embedded)), -1)
+    logits = tf.cast(tf.squeeze(self.score(self.score_hidden(embedded)), -1), tf.float32)
     weights = tf.nn.softmax(tf.where(mask, logits, -1e9)) * tf.cast(mask, tf.float32)
-    return tf.einsum("bl,bld->bd", weights, embedded)
+    return tf.einsum("bl,bld->bd", tf.cast(weights, embedded.dtype), embedded)

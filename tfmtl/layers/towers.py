@@ -33,7 +33,8 @@ from tfmtl.layers.sequence import SequencePooling
 
 
 class FeatureTower(keras.layers.Layer):
-  """Id + features -> embedding (see module doc).
+  """Id + features -> embedding (see module doc): float32, whatever the
+  layers compute in (`tfmtl.precision`).
 
   Args:
     id_feature: name of the id feature (`user_id` or `item_id`).
@@ -94,5 +95,6 @@ class FeatureTower(keras.layers.Layer):
       parts.append(embedding(values))
     if self.sequence is not None:
       parts.append(self.sequence(features[HISTORY]))
-    embeddings = apply_stack(self.dense_layers, tf.concat(parts, axis=-1))
+    parts = [tf.cast(part, self.compute_dtype) for part in parts]  # float16 when mixed
+    embeddings = tf.cast(apply_stack(self.dense_layers, tf.concat(parts, axis=-1)), tf.float32)
     return tf.math.l2_normalize(embeddings, axis=-1) if self.normalize else embeddings
