@@ -6,7 +6,8 @@ For each size, a fresh Python process writes the synthetic interactions
 (retrieval + rating + like, batch 1024) with `--optimizer` (default
 lazy_adam, which updates only the embedding rows in the batch; Keras' Adam
 moves every row of every table each step) for one epoch on the training
-split. Rows: `interactions`, `items`, `seconds_per_epoch` (the
+split (no validation metrics or TensorBoard logs: the epoch is training
+alone). Rows: `interactions`, `items`, `seconds_per_epoch` (the
 `fit` call), `examples_per_s`, `prepare_seconds` (loading, splitting,
 vocabularies) and `peak_rss_gb` (the process's peak resident memory).
 
@@ -48,7 +49,7 @@ config = ExperimentConfig.from_dict({
              "user_features": {"segment": "categorical"},
              "item_features": {"taste": "categorical"}},
     "train": {"epochs": 1, "optimizer": optimizer, "input": train_input,
-              "run_dir": folder + "/run"}})
+              "run_dir": folder + "/run", "validate_every": 0, "log_dir": ""}})
 start = time.perf_counter()
 prepared = training.prepare(config)
 prepared_at = time.perf_counter()

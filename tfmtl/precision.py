@@ -26,6 +26,7 @@ import contextlib
 
 import tf_keras as keras
 
+
 @contextlib.contextmanager
 def dtype_policy(name: str):
   """Keras' global dtype policy set to `name` inside the block, then restored
