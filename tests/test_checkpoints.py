@@ -108,11 +108,16 @@ def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(
   state = tmp_path / "runs" / "big.checkpoints" / "chief" / "checkpoint"
   process = subprocess.Popen(train, cwd=tmp_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (state.exists() and '"ckpt-2"' in state.read_text().splitlines()[0]):
+  deadline, written = time.time() + 300, {}  # checkpoint -> when it was first seen
+  while "ckpt-2" not in written:
     assert process.poll() is None and time.time() < deadline, "no checkpoint of epoch 2"
-    time.sleep(0.05)
-  time.sleep(0.5)  # into epoch 3
+    latest = state.read_text().splitlines()[0] if state.exists() else ""
+    for name in ("ckpt-1", "ckpt-2"):
+      if f'"{name}"' in latest:
+        written.setdefault(name, time.time())
+    time.sleep(0.01)
+  epoch_seconds = written["ckpt-2"] - written.get("ckpt-1", written["ckpt-2"] - 0.4)
+  time.sleep(epoch_seconds / 2)  # half of epoch 3, however fast this machine is
   assert process.poll() is None
   os.kill(process.pid, signal.SIGKILL)
   assert process.wait() == -signal.SIGKILL
