@@ -155,7 +155,7 @@ def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
     chief = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
                      "--set", "train.strategy=parameter_server",
                      "--set", "train.shard_min_bytes=1024", "--set", "train.run_dir=runs/ps",
-                     "--set", f"train.input={train_input}"],
+                     "--set", f"train.input={train_input}", "--set", "train.epochs=4"],
                     cwd=tmp_path, env=tf_config("chief", 0))
   finally:
     for server in servers:
@@ -163,8 +163,11 @@ def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
   sharded = chief.stderr.split("split across the parameter servers: ")[1].splitlines()[0]
   assert "user_id_embedding" in sharded and "item_id_embedding" in sharded
   one_device = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
-                        "--set", "train.run_dir=runs/one_device"], cwd=tmp_path)
-  # Two workers update the parameters asynchronously: close to one device, not equal.
+                        "--set", "train.run_dir=runs/one_device", "--set", "train.epochs=4"],
+                       cwd=tmp_path)
+  # Two workers update the parameters asynchronously: close to one device, not
+  # equal. Over 2 epochs how stale their updates were moved the rating loss by
+  # up to 16%; over 4, by at most 7% in 8 runs.
   assert last_epoch_losses(chief.stdout) == pytest.approx(
       last_epoch_losses(one_device.stdout), rel=0.1)
   training.load_run(tmp_path / "runs" / "ps")  # the sharded tables reload whole

@@ -192,7 +192,7 @@ def _batches(options: TrainConfig, encoded: dict, folder: Path, seed: int):
   shards (through the tf.data service if the config names one)."""
   if options.input == "memory":
     return lambda input_context, drop_remainder: batched_dataset(
-        encoded, options.batch_size, True, seed, drop_remainder)
+        encoded, options.batch_size, True, seed, drop_remainder, input_context)
   write_example_shards(encoded, folder, options.input_shards, seed=seed)
 
   def batches(input_context, drop_remainder):

@@ -1,6 +1,7 @@
 """tf.data pipelines: encoded batches, reshuffled each epoch, every row once."""
 
-from tfmtl.data import make_dataset
+from tfmtl.data import encode_examples, make_dataset
+from tfmtl.data.pipeline import batched_dataset
 from tfmtl.features import FeatureVocabulary
 
 
@@ -39,3 +40,18 @@ def test_drop_remainder_gives_fixed_batch_shapes(tiny_data):
   assert {b["item_id"].shape[0] for b in dataset} == {50}
   assert dataset.element_spec["item_id"].shape.as_list() == [50]
   assert dataset.cardinality().numpy() == len(tiny_data.interactions) // 50
+
+
+def test_workers_share_each_epoch_between_them(tiny_data):
+  """A parameter-server worker's input context: every row once per epoch
+  across the workers, none twice."""
+  import tensorflow as tf
+  encoder = FeatureVocabulary.build(tiny_data, tiny_data.interactions).encoder()
+  encoded = encode_examples(encoder, tiny_data.examples(tiny_data.interactions))
+  shares = [[r for batch in _rows(batched_dataset(
+                encoded, 32, True, seed=5, input_context=tf.distribute.InputContext(2, worker)))
+             for r in batch] for worker in (0, 1)]
+  everything = [r for batch in _rows(batched_dataset(encoded, 32, True, seed=5))
+                for r in batch]
+  assert sorted(shares[0] + shares[1]) == sorted(everything)
+  assert abs(len(shares[0]) - len(shares[1])) <= 1

@@ -63,14 +63,22 @@ def make_dataset(data: InteractionData,
 
 
 def batched_dataset(encoded: dict[str, np.ndarray], batch_size: int, shuffle: bool = False,
-                    seed: Optional[int] = None, drop_remainder: bool = False
+                    seed: Optional[int] = None, drop_remainder: bool = False,
+                    input_context: Optional[tf.distribute.InputContext] = None
                     ) -> tf.data.Dataset:
   """`make_dataset` from examples already encoded (`encode_examples`). It
   runs no Python encoder, so a ParameterServerStrategy worker's dataset
-  function (traced in a `tf.function`) can call it."""
+  function (traced in a `tf.function`) can call it; given that worker's
+  `input_context`, it serves the worker's share of each epoch's rows (every
+  n-th of the order all workers draw from the same seed)."""
   columns = {name: tf.constant(values) for name, values in encoded.items()}
   size = len(next(iter(encoded.values())))
-  batches = _row_orders(size, shuffle, seed).rebatch(batch_size, drop_remainder=drop_remainder)
+  orders = _row_orders(size, shuffle, seed)
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    workers, worker = input_context.num_input_pipelines, input_context.input_pipeline_id
+    orders = orders.map(lambda rows: rows[worker::workers])
+    size = len(range(worker, size, workers))
+  batches = orders.rebatch(batch_size, drop_remainder=drop_remainder)
   batches = batches.apply(tf.data.experimental.assert_cardinality(  # Keras counts the steps
       size // batch_size if drop_remainder else -(-size // batch_size)))
   batches = batches.map(lambda index: {k: tf.gather(v, index) for k, v in columns.items()},
