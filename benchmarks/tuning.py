@@ -32,13 +32,12 @@ SEARCH = ROOT / "configs" / "movielens_100k_tune.yaml"
 
 def trial_rows(search: Search) -> list[dict]:
   """Each finished trial: its values and validation metrics, best first."""
-  objective, config = search.oracle.objective, search.config
-  rows = [{"trial": trial.trial_id, "score": trial.score,
-           "overrides": trial_overrides(config.tune.space, trial.hyperparameters.values),
+  space = search.config.tune.space
+  return [{"trial": trial.trial_id, "score": trial.score,
+           "overrides": trial_overrides(space, trial.hyperparameters.values),
            "validation": {name: trial.metrics.get_last_value(name)
                           for name in ("recall@10", "ndcg@10", "rating_rmse")}}
-          for trial in search.oracle.trials.values() if trial.score is not None]
-  return sorted(rows, key=lambda row: row["score"], reverse=objective.direction == "max")
+          for trial in search.oracle.get_best_trials(len(search.oracle.trials))]
 
 
 def main():

@@ -31,14 +31,14 @@ def test_readme_command_line_block_runs_in_order(tmp_path):
   pd.DataFrame({"item_id": ["new1", "new2"], "title": ["Arrival", "Paddington 2"],
                 "genres": ["Drama|Sci-Fi", "Children's|Comedy"], "year": [2016, 2017]}
                ).to_csv(tmp_path / "new_movies.csv", index=False)
-  commands = [shlex.split(line.split(" #")[0]) for line in block.splitlines() if line.strip()]
-  assert [argv[1] for argv in commands] == ["data", "encode-items", "train", "evaluate",
+  commands = [_tfmtl_argv(line) for line in block.splitlines() if line.strip()]
+  assert [argv[0] for argv in commands] == ["data", "encode-items", "train", "evaluate",
                                             "export", "validate", "run", "add-items"]
   for argv in commands:
-    one_epoch = ["--set", "train.epochs=1"] if argv[1] in ("train", "run") else []
-    result = subprocess.run([sys.executable, "-m", "tfmtl.cli", *argv[1:], *one_epoch],
+    one_epoch = ["--set", "train.epochs=1"] if argv[0] in ("train", "run") else []
+    result = subprocess.run([sys.executable, "-m", "tfmtl.cli", *argv, *one_epoch],
                             capture_output=True, text=True, cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, f"{shlex.join(argv)}:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"tfmtl {shlex.join(argv)}:\n{result.stderr[-3000:]}"
   versions = tmp_path / "saved_models" / "movielens_100k"
   assert sorted(p.name for p in versions.iterdir()) == ["1", "2", "3"]  # export, run, add-items
   catalogue = pd.read_parquet(tmp_path / "runs" / "movielens_100k" / "catalogue.parquet")
@@ -53,14 +53,19 @@ def _readme_commands() -> list[list[str]]:
     if language not in ("", "bash", "sh"):
       continue
     for line in block.replace("\\\n", " ").splitlines():
-      if "tfmtl " not in line:
-        continue
-      words = shlex.split(line.split(" #")[0].replace("&", " "))
-      while words and "=" in words[0] and words[0] != "tfmtl":  # VAR=value prefixes
-        words.pop(0)
-      if words[:1] == ["tfmtl"]:
-        commands.append(words[1:])
+      argv = _tfmtl_argv(line) if "tfmtl " in line else None
+      if argv is not None:
+        commands.append(argv)
   return commands
+
+
+def _tfmtl_argv(line: str):
+  """A shell line's `tfmtl` arguments (comment, `&` and VAR=value prefixes
+  dropped), or None if the line runs something else."""
+  words = shlex.split(line.split(" #")[0].replace("&", " "))
+  while words and "=" in words[0] and words[0] != "tfmtl":  # VAR=value prefixes
+    words.pop(0)
+  return words[1:] if words[:1] == ["tfmtl"] else None
 
 
 def test_readme_commands_parse_and_their_configs_load(monkeypatch):

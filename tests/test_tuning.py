@@ -71,10 +71,10 @@ def test_the_best_config_retrains_to_the_reported_metric(config_file, tmp_path,
   assert "hparams" in {value.metadata.plugin_data.plugin_name for value in summaries}
   assert "recall@10" in {value.tag for value in summaries}
   # KerasTuner's get_best_models: the best trial's own trained model, as scored
-  search = Search(ExperimentConfig.from_file(config_file))  # resumes the finished search
+  base = ExperimentConfig.from_file(config_file)
+  search = Search(base)  # resumes the finished search
   best_trial_id = max(trials, key=lambda t: t["score"])["trial_id"]
   assert f"Its trained model: {search.trial_run_dir(best_trial_id)}" in stdout
-  base = ExperimentConfig.from_file(config_file)
   [best_model] = search.get_best_models(1)
   rescored = _validation_metrics(base, training.prepare(base), best_model)["recall@10"]
   assert rescored == pytest.approx(reported, abs=1e-4)

@@ -27,12 +27,12 @@ def test_every_row_once_per_epoch_in_a_new_order(tiny_data):
   assert dataset.cardinality().numpy() == -(-len(tiny_data.interactions) // 32)
 
 
-
 def test_the_same_seed_gives_the_same_orders(tiny_data):
   encoder = FeatureVocabulary.build(tiny_data, tiny_data.interactions).encoder()
   orders = [[_rows(make_dataset(tiny_data, tiny_data.interactions, encoder, 32, shuffle=True,
                                 seed=seed)) for _ in range(2)] for seed in (3, 3, 4)]
   assert orders[0] == orders[1] and orders[0] != orders[2]
+
 
 def test_drop_remainder_gives_fixed_batch_shapes(tiny_data):
   encoder = FeatureVocabulary.build(tiny_data, tiny_data.interactions).encoder()
