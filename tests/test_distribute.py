@@ -69,11 +69,14 @@ def _same(a: dict, b: dict) -> None:
 
 def test_mirrored_on_two_cpus_trains_as_one_device(config_file, tmp_path):
   mirrored = ["train.strategy=mirrored", "train.devices=[/cpu:0,/cpu:1]"]
+  shared_tables = ["model.tpu_embedding=true"]
   runs = json.loads(_python(["-c", _MIRRORED, str(config_file), "[]", json.dumps(mirrored),
-                             json.dumps(mirrored + ["tasks.retrieval.cross_replica_negatives=false"])],
+                             json.dumps(mirrored + ["tasks.retrieval.cross_replica_negatives=false"]),
+                             json.dumps(shared_tables), json.dumps(mirrored + shared_tables)],
                             cwd=tmp_path).stdout.strip().splitlines()[-1])
-  one_device, two_replicas, local_negatives = runs
+  one_device, two_replicas, local_negatives, tables_one_device, tables_two_replicas = runs
   _same(one_device, two_replicas)
+  _same(tables_one_device, tables_two_replicas)  # TFRS's TPUEmbedding layer, off-TPU
   # TFRS's own task scores each query against its replica's half of the
   # batch only: fewer negatives, a lower retrieval loss.
   assert (local_negatives["losses"]["retrieval_loss"]

@@ -386,6 +386,12 @@ class ModelConfig:
     normalize_embeddings: L2-normalise both towers' outputs, so retrieval
       scores are cosines scaled by 1 / temperature.
     l2: L2 penalty on the id embeddings.
+    tpu_embedding: keep the id tables and the categorical features' tables
+      (both towers') in one TFRS `TPUEmbedding` layer
+      (`tfmtl.layers.EmbeddingTables`): on a TPU its embedding engine
+      shards them over the cores and updates them with `train.optimizer`;
+      elsewhere they are ordinary variables (checkpoints move between
+      both). Not with `id_embedding_blocks` or `l2`.
     multitask: what the ranking tasks share (see `MultiTaskConfig`).
     loss_weighting: how task losses add up (see `LossWeightingConfig`).
     sequence: the user's recent items in the query tower (`SequenceConfig`).
@@ -398,6 +404,7 @@ class ModelConfig:
   tower_layers: list[int] = dataclasses.field(default_factory=lambda: [64])
   normalize_embeddings: bool = True
   l2: float = 0.0
+  tpu_embedding: bool = False
   multitask: MultiTaskConfig = dataclasses.field(default_factory=MultiTaskConfig)
   loss_weighting: LossWeightingConfig = dataclasses.field(
       default_factory=LossWeightingConfig)
@@ -409,6 +416,9 @@ class ModelConfig:
         raise ConfigError(f"{name}: must be at least 1")
     if self.l2 < 0:
       raise ConfigError("l2: must be non-negative")
+    if self.tpu_embedding and (self.id_embedding_blocks or self.l2):
+      raise ConfigError("tpu_embedding: the TPU embedding engine holds plain tables without "
+                        "a weight penalty: set id_embedding_blocks: {} and l2: 0")
     for feature, blocks in self.id_embedding_blocks.items():
       _one_of("id_embedding_blocks", feature, ("user_id", "item_id"), what="id feature")
       shares = sum(block.share for block in blocks)
@@ -710,6 +720,8 @@ def _dotted(space: dict, prefix: str = "") -> dict:
 INDEXES = ("brute_force", "scann")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "parameter_server", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
+# what the TPU embedding engine can run (`tfmtl.optimizers.tpu_embedding_optimizer`)
+TPU_EMBEDDING_OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd", "ftrl")
 
 
 @dataclasses.dataclass
@@ -773,6 +785,10 @@ class ExperimentConfig:
       raise ConfigError(f"tasks: at most one retrieval task, got {retrieval}")
     if not self.tasks:
       raise ConfigError("tasks: at least one task is required")
+    if self.model.tpu_embedding and self.train.optimizer not in TPU_EMBEDDING_OPTIMIZERS:
+      raise ConfigError(f"train.optimizer: {self.train.optimizer!r}: with model.tpu_embedding "
+                        f"it must be one of {', '.join(TPU_EMBEDDING_OPTIMIZERS)}, which the "
+                        "TPU embedding engine runs")
     scored = [n for n, t in self.tasks.items()
               if t.type in ("retrieval", *RANKING_TASK_TYPES)]
     for name in self.export.recommend_weights:

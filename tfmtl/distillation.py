@@ -50,6 +50,9 @@ class Distillation:
     """The student's user and item id tables <- the teacher's id embeddings
     projected on their principal axes (see module doc); the student's
     variables must exist."""
+    if student.embedding_tables or self.teacher.embedding_tables:
+      raise ValueError("distillation.initialize: pca reads and writes the towers' own id "
+                       "tables; with model.tpu_embedding use initialize: none")
     for tower in ("query_tower", "candidate_tower"):
       theirs = getattr(self.teacher, tower).id_embedding
       taught = theirs(tf.range(theirs.input_dim)).numpy()  # [ids, width], any table kind

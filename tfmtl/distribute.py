@@ -124,19 +124,39 @@ def serve_cluster_task() -> None:
 
 
 def training_input(strategy: tf.distribute.Strategy, batches: Callable[..., tf.data.Dataset],
-                   num_examples: int, batch_size: int) -> tuple[Any, dict]:
+                   num_examples: int, batch_size: int, tpu_embedding: bool = False
+                   ) -> tuple[Any, dict]:
   """What `fit` takes under `strategy`, as (x, keyword arguments).
 
   `batches(input_context, drop_remainder)` makes one epoch of shuffled
-  batches. On a TPU they have a fixed size. Under ParameterServerStrategy,
-  `fit` takes a `DatasetCreator` that each worker calls with its input
-  context, repeated, and `steps_per_epoch`.
+  batches. On a TPU they have a fixed size, and a model with TPU embedding
+  tables gets them distributed on the host (`host_fed`). Under
+  ParameterServerStrategy, `fit` takes a `DatasetCreator` that each worker
+  calls with its input context, repeated, and `steps_per_epoch`.
   """
   if isinstance(strategy, tf.distribute.ParameterServerStrategy):
     creator = keras.utils.experimental.DatasetCreator(
         lambda context: batches(context, False).repeat())
     return creator, {"steps_per_epoch": math.ceil(num_examples / batch_size)}
-  return batches(None, isinstance(strategy, tf.distribute.TPUStrategy)), {}
+  if on_tpu(strategy) and tpu_embedding:
+    return (host_fed(strategy, batches(None, True).repeat()),
+            {"steps_per_epoch": num_examples // batch_size})
+  return batches(None, on_tpu(strategy)), {}
+
+
+def host_fed(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+  """`dataset` distributed with its batches left on the host, where the TPU
+  embedding engine reads the ids (TFRS's `TPUEmbedding` doc); `fit` takes
+  it with `steps_per_epoch`."""
+  return strategy.experimental_distribute_dataset(
+      dataset, tf.distribute.InputOptions(experimental_fetch_to_device=False))
+
+
+def on_tpu(strategy: Optional[tf.distribute.Strategy] = None) -> bool:
+  """Whether `strategy` (by default the current one) runs on TPU cores."""
+  strategy = strategy or tf.distribute.get_strategy()
+  return isinstance(strategy, (tf.distribute.TPUStrategy,
+                               tf.distribute.experimental.TPUStrategy))
 
 
 def _tpu_resolver(tpu: str, quiet: bool = False):

@@ -46,8 +46,8 @@ from tfmtl.data.schema import (HISTORY, ITEM_ID, SAMPLE_WEIGHT, USER_ID, table_a
 from tfmtl.distillation import Distillation
 from tfmtl.distribute import agreed_logs, all_replicas_own_first, replica_device_scope
 from tfmtl.features import FeatureVocabulary
-from tfmtl.layers import (FeatureTower, PredictionHead, RankingHeads, SequencePooling,
-                          make_block)
+from tfmtl.layers import (EmbeddingTables, FeatureTower, PredictionHead, RankingHeads,
+                          SequencePooling, make_block)
 from tfmtl.tasks import make_task, task_labels, task_predictions, tower_task_side
 from tfmtl.transfer import FineTuning, FineTuningCallback
 from tfmtl.weighting import make_weighting
@@ -89,13 +89,15 @@ class MultiTaskModel(tfrs.Model):
     training_metrics: also compute metrics on training batches (slow).
     users: the user table (`data.users`); needed only when a user feature
       is a vector (exports look it up by user id).
+    embedding_optimizer: with `config.tpu_embedding`, under `TPUStrategy`:
+      what updates the tables (`tfmtl.optimizers.tpu_embedding_optimizer`).
   """
 
   def __init__(self, vocabulary: FeatureVocabulary, catalogue: pd.DataFrame,
                config: Optional[ModelConfig] = None,
                tasks: Optional[dict[str, TaskConfig]] = None,
                training_metrics: bool = False, users: Optional[pd.DataFrame] = None,
-               **kwargs):
+               embedding_optimizer=None, **kwargs):
     super().__init__(**kwargs)
     self.distribute_reduction_method = "first"  # the steps' logs are agreed
     config = config or ModelConfig()
@@ -133,16 +135,25 @@ class MultiTaskModel(tfrs.Model):
           f"(model.sequence.type {sequence.type!r}, reconstruction tasks) but the vocabulary "
           f"has history_length {vocabulary.history_length}; build it with "
           "FeatureVocabulary.build(..., history_length=config.history_length)")
+    query_features = {n: f for n, f in vocabulary.user_features.items()
+                      if ("query", n) not in predicted}
+    candidate_features = {n: f for n, f in vocabulary.item_features.items()
+                          if ("candidate", n) not in predicted}
+    self.embedding_tables = EmbeddingTables(
+        {name: (sizes[name], config.id_embedding_dim if name in (USER_ID, ITEM_ID)
+                else config.feature_embedding_dim)
+         for name in (*FeatureTower.table_features(USER_ID, query_features),
+                      *FeatureTower.table_features(ITEM_ID, candidate_features))},
+        embedding_optimizer) if config.tpu_embedding else None
+    tower_args["tables"] = self.embedding_tables
     self.query_tower = FeatureTower(
-        USER_ID, sizes, {n: f for n, f in vocabulary.user_features.items()
-                         if ("query", n) not in predicted},
+        USER_ID, sizes, query_features,
         sequence=None if sequence.type == "none" else SequencePooling(
             sequence.type, sizes[ITEM_ID], config.id_embedding_dim,
             vocabulary.history_length, name="history"),
         id_embedding_blocks=_blocks(config, USER_ID), name="query_tower", **tower_args)
     self.candidate_tower = FeatureTower(
-        ITEM_ID, sizes, {n: f for n, f in vocabulary.item_features.items()
-                         if ("candidate", n) not in predicted},
+        ITEM_ID, sizes, candidate_features,
         id_embedding_blocks=_blocks(config, ITEM_ID), name="candidate_tower", **tower_args)
     ranking_tasks = {name: task for name, task in self.task_configs.items()
                      if task.type in RANKING_TASK_TYPES}
@@ -193,8 +204,7 @@ class MultiTaskModel(tfrs.Model):
     Regression tasks predict the label's value, binary and implicit tasks a
     probability.
     """
-    query_embeddings = self.query_tower(features)
-    candidate_embeddings = self.candidate_tower(features)
+    query_embeddings, candidate_embeddings = self._tower_embeddings(features)
     outputs = {"query_embedding": query_embeddings,
                "candidate_embedding": candidate_embeddings}
     if self.ranking is not None:
@@ -204,8 +214,7 @@ class MultiTaskModel(tfrs.Model):
     return outputs
 
   def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-    embeddings = {"query": self.query_tower(features),
-                  "candidate": self.candidate_tower(features)}
+    embeddings = dict(zip(("query", "candidate"), self._tower_embeddings(features)))
     compute_metrics = self.training_metrics or not training
     logits = ({} if self.ranking is None else
               self.ranking(embeddings["query"], embeddings["candidate"]))
@@ -254,6 +263,12 @@ class MultiTaskModel(tfrs.Model):
       self.distillation_loss.update_state(soft_loss)  # this replica's mean
       total_loss += soft_loss / replicas
     return total_loss
+
+  def _tower_embeddings(self, features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Query and candidate embeddings of a batch: with `model.tpu_embedding`,
+    from one lookup of every shared table (one TPU embedding call a step)."""
+    rows = self.embedding_tables(features) if self.embedding_tables else None
+    return self.query_tower(features, rows=rows), self.candidate_tower(features, rows=rows)
 
   def _history_profile(self, feature: str, history: tf.Tensor) -> tf.Tensor:
     """Each token's share among the history items' tokens, [batch, tokens]."""

@@ -8,6 +8,10 @@ Adam, and the other rows wait, untouched, until they are seen again. Dense
 gradients (towers, heads) get plain Adam. `train.optimizer: lazy_adam`
 picks it.
 
+With `model.tpu_embedding` on a TPU, the TPU embedding engine updates the
+tables itself, with `tpu_embedding_optimizer`'s version of the same
+optimizer (its Adam is lazy too).
+
 Example:
 
 >>> import tensorflow as tf
@@ -50,3 +54,22 @@ class LazyAdam(keras.optimizers.Adam):
 
 
 OPTIMIZERS = {"lazy_adam": LazyAdam}
+
+
+_TPU_EMBEDDING_OPTIMIZERS = {  # by name, those of `config.TPU_EMBEDDING_OPTIMIZERS`
+    "adam": tf.tpu.experimental.embedding.Adam,
+    "lazy_adam": tf.tpu.experimental.embedding.Adam,
+    "adagrad": tf.tpu.experimental.embedding.Adagrad,
+    "sgd": tf.tpu.experimental.embedding.SGD,
+    "ftrl": tf.tpu.experimental.embedding.FTRL,
+}
+
+
+def tpu_embedding_optimizer(name: str, learning_rate: float):
+  """The TPU embedding engine's optimizer for `train.optimizer` `name`
+  (one of `tfmtl.config.TPU_EMBEDDING_OPTIMIZERS`).
+
+  >>> tpu_embedding_optimizer("lazy_adam", 0.01).learning_rate
+  0.01
+  """
+  return _TPU_EMBEDDING_OPTIMIZERS[name](learning_rate=learning_rate)

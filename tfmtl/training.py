@@ -41,11 +41,11 @@ from tfmtl.data.shards import example_shards_dataset, write_example_shards
 from tfmtl.data.sources import load_data, load_source, mix_source
 from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
-from tfmtl.distribute import is_chief, make_strategy, training_input
+from tfmtl.distribute import is_chief, make_strategy, on_tpu, training_input
 from tfmtl.evaluation import ValidationMetrics
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
-from tfmtl.optimizers import OPTIMIZERS
+from tfmtl.optimizers import OPTIMIZERS, tpu_embedding_optimizer
 from tfmtl.precision import dtype_policy
 from tfmtl.propagation import add_propagated_feature
 from tfmtl.tasks import tower_task_side
@@ -111,11 +111,15 @@ def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
                 ) -> MultiTaskModel:
   """The compiled model a config describes (its layers under the dtype policy
   `train.precision`; with `mixed_float16`, Keras wraps the optimizer in a
-  `LossScaleOptimizer`)."""
+  `LossScaleOptimizer`). With `model.tpu_embedding` under `TPUStrategy`,
+  the TPU embedding engine gets its own version of the optimizer."""
+  name, learning_rate = config.train.optimizer, config.train.learning_rate
+  embedding_optimizer = (tpu_embedding_optimizer(name, learning_rate)
+                         if config.model.tpu_embedding and on_tpu() else None)
   with dtype_policy(config.train.precision):  # layers take the policy when created
     model = MultiTaskModel(vocabulary, catalogue, config.model, config.tasks,
-                           training_metrics=config.train.training_metrics, users=users)
-  name, learning_rate = config.train.optimizer, config.train.learning_rate
+                           training_metrics=config.train.training_metrics, users=users,
+                           embedding_optimizer=embedding_optimizer)
   try:
     optimizer = (OPTIMIZERS[name](learning_rate) if name in OPTIMIZERS else
                  keras.optimizers.get({"class_name": name,
@@ -155,20 +159,42 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   if isinstance(strategy, tf.distribute.ParameterServerStrategy):
     sharded = sorted({v.name.split("/part_")[0] for v in model.variables if "/part_1" in v.name})
     logger.info("split across the parameter servers: %s", ", ".join(sharded) or "none")
+  tables_on_tpu = config.model.tpu_embedding and on_tpu(strategy)
+  if tables_on_tpu and options.validate_every:
+    logger.warning("train.validate_every: skipped; the TPU embedding tables can be read on "
+                   "the host only after training")
   data, rows = prepared.training_examples()
   encoded = encode_examples(model.encoder, data.examples(rows))
   with _input_folder(config) as folder:
     train, steps = training_input(strategy, _batches(options, encoded, folder, config.seed),
-                                  len(rows), options.batch_size)
+                                  len(rows), options.batch_size, config.model.tpu_embedding)
     logs = [ValidationMetrics(prepared.data, prepared.split, config.evaluate.ks,
-                              options.validate_every)]
+                              0 if tables_on_tpu else options.validate_every)]
     if options.log_dir and is_chief():
       logs.append(keras.callbacks.TensorBoard(str(Path(options.log_dir) / config.name)))
     model.fit(train, epochs=options.epochs, verbose=verbose,
               callbacks=[*logs, backup, *callbacks], **steps)
   with contextlib.suppress(OSError):
     checkpoints.rmdir()  # Keras has removed the checkpoints, not their folder
-  return model
+  return host_copy(config, prepared, model) if tables_on_tpu else model
+
+
+def host_copy(config: ExperimentConfig, prepared: Prepared,
+              model: MultiTaskModel) -> MultiTaskModel:
+  """`model` rebuilt under the default strategy from its saved weights.
+
+  A model trained on a TPU with `model.tpu_embedding` keeps its tables in
+  the TPU's memory, where only its train step reads them; writing a
+  checkpoint reads them back, so this copy scores the catalogue, evaluates
+  and exports on the host (TensorFlow's TPU embedding guide's way).
+  """
+  with tempfile.TemporaryDirectory() as folder:
+    model.save_weights(f"{folder}/model")
+    copy = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
+    copy(copy.encoder(copy.encoder.missing()))  # create the variables
+    copy.load_weights(f"{folder}/model").assert_existing_objects_matched().expect_partial()
+  copy.history = model.history
+  return copy
 
 
 @contextlib.contextmanager

@@ -56,6 +56,8 @@ def variable_path(variable: tf.Variable) -> str:
 def component_of(path: str) -> Optional[str]:
   """`embeddings`, `towers`, `experts`, `heads` or None (e.g. loss weights)."""
   parts = path.split("/")
+  if parts[0] == "embedding_tables":  # model.tpu_embedding
+    return "embeddings"
   if parts[0] in ("query_tower", "candidate_tower") and len(parts) > 2:
     if parts[1].endswith(("_embedding", "_adapter")) or parts[1:3] == ["history",
                                                                       "item_embedding"]:
@@ -85,7 +87,7 @@ def _rows(path: str, vocabulary: FeatureVocabulary, block_ranges: dict[str, tupl
                       else vocabulary.item_ids)]
     if path in block_ranges:
       return ids[slice(*block_ranges[path])]
-    return ids if parts[2] == "embeddings" else None  # not a block's projection
+    return ids if parts[-1] in ("embeddings", layer) else None  # not a block's projection
   if parts[1:3] == ["history", "item_embedding"]:
     return ["<oov>", *vocabulary.item_ids]
   feature = layer[:-len("_embedding")] if layer.endswith("_embedding") else None

@@ -4,7 +4,9 @@ A `FeatureTower` embeds an id (user or item) and each encoded feature, joins
 them and maps them through a small MLP to the shared embedding space. The
 query tower is a `FeatureTower` over the user id, user features and,
 optionally, the user's recent items pooled by a `SequencePooling`; the
-candidate tower one over the item id and item features.
+candidate tower one over the item id and item features. With `tables` (a
+model-level `EmbeddingTables`), the id and the categorical features are
+rows of those shared tables: given to `call` as `rows`, or looked up there.
 
 Example:
 
@@ -27,6 +29,7 @@ import tf_keras as keras
 
 from tfmtl.config import FeatureConfig
 from tfmtl.data.schema import HISTORY
+from tfmtl.layers.embedding_tables import EmbeddingTables
 from tfmtl.layers.mixed_embedding import MixedDimensionEmbedding
 from tfmtl.layers.mlp import apply_stack, dense_stack
 from tfmtl.layers.sequence import SequencePooling
@@ -48,6 +51,8 @@ class FeatureTower(keras.layers.Layer):
     l2: L2 penalty on the id embedding.
     normalize: L2-normalise the output (dot products become cosines).
     sequence: pools the `history` feature into the tower's input (optional).
+    tables: holds the id's and the categorical features' tables (optional;
+      see module doc); `id_embedding_blocks` and `l2` then do not apply.
   """
 
   def __init__(self, id_feature: str, sizes: dict[str, int],
@@ -56,14 +61,18 @@ class FeatureTower(keras.layers.Layer):
                id_embedding_blocks: Sequence[tuple[float, int]] = (),
                hidden_layers: Sequence[int] = (64,), l2: float = 0.0,
                normalize: bool = True, sequence: Optional[SequencePooling] = None,
-               **kwargs):
+               tables: Optional[EmbeddingTables] = None, **kwargs):
     super().__init__(**kwargs)
     self.id_feature = id_feature
     self.sequence = sequence
     self.normalize = normalize
     self.features = dict(features)
+    self.tables = tables
+    self.looked_up = ([id_feature, *(name for name in tables.features if name in features)]
+                      if tables else [])  # rows of the shared tables
     regularizer = keras.regularizers.l2(l2) if l2 else None
     self.id_embedding = (
+        None if tables else
         MixedDimensionEmbedding(sizes[id_feature], id_embedding_dim, id_embedding_blocks,
                                 embeddings_regularizer=regularizer,
                                 name=f"{id_feature}_embedding")
@@ -82,17 +91,32 @@ class FeatureTower(keras.layers.Layer):
                if spec.type == "vector" else
                keras.layers.Embedding(sizes[name], feature_embedding_dim,
                                       name=f"{name}_embedding"))
-        for name, spec in self.features.items()}
+        for name, spec in self.features.items() if name not in self.looked_up}
     self.dense_layers = (dense_stack(hidden_layers, "hidden")
                          + [keras.layers.Dense(embedding_dim, name="projection")])
 
-  def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
-    parts = [self.id_embedding(features[self.id_feature])]
-    for name, embedding in self.feature_embeddings.items():
+  @staticmethod
+  def table_features(id_feature: str, features: dict[str, FeatureConfig]) -> list[str]:
+    """The features whose tables `EmbeddingTables` can hold: the id and the
+    categorical and bucketized features."""
+    return [id_feature, *(name for name, spec in features.items()
+                          if spec.type in ("categorical", "bucketized"))]
+
+  def call(self, features: dict[str, tf.Tensor],
+           rows: Optional[dict[str, tf.Tensor]] = None) -> tf.Tensor:
+    """The embeddings of encoded `features`; `rows`: the shared tables' rows
+    of them (looked up here when not given)."""
+    if self.tables is not None and rows is None:
+      rows = self.tables({name: features[name] for name in self.looked_up})
+    parts = [rows[self.id_feature] if self.tables else self.id_embedding(features[self.id_feature])]
+    for name, spec in self.features.items():
+      if name in self.looked_up:
+        parts.append(rows[name])
+        continue
       values = features[name]
-      if self.features[name].type == "multi_categorical":  # mean of the tokens
+      if spec.type == "multi_categorical":  # mean of the tokens
         values = values / tf.maximum(tf.reduce_sum(values, axis=-1, keepdims=True), 1.0)
-      parts.append(embedding(values))
+      parts.append(self.feature_embeddings[name](values))
     if self.sequence is not None:
       parts.append(self.sequence(features[HISTORY]))
     parts = [tf.cast(part, self.compute_dtype) for part in parts]  # float16 when mixed
