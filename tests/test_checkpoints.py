@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tf_keras as keras
 import yaml
@@ -134,3 +135,39 @@ def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(
   # Epochs 3-4 see the data in another shuffled order after a restart: close, not equal.
   expected = last_epoch_losses(uninterrupted.stdout)
   assert last_epoch_losses(resumed.stdout) == pytest.approx(expected, rel=0.05)
+
+
+class _Tables(keras.callbacks.Callback):
+  """Keeps the shared tables as training starts (after any restore)."""
+
+  def on_train_begin(self, logs=None):
+    self.values = [v.numpy() for v in self.model.embedding_tables.variables]
+
+
+def test_shared_tables_resume_where_a_crash_left_them(tiny_prepared, tmp_path):
+  """`model.tpu_embedding`'s tables (TFRS's layer, off-TPU) come back from
+  the checkpoint as they were when it was written."""
+  config = _config(tmp_path / "run", "model.tpu_embedding=true")
+  crash = _CrashAfterEpoch(1)
+  with pytest.raises(_Crash):
+    training.fit(config, tiny_prepared, verbose=0, callbacks=[crash])
+  at_crash = [v.numpy() for v in crash.model.embedding_tables.variables]
+  restored = _Tables()
+  resumed = training.fit(config, tiny_prepared, verbose=0, callbacks=[restored])
+  assert resumed.history.epoch == [2, 3]
+  assert len(restored.values) == 5
+  for before, after in zip(at_crash, restored.values):
+    np.testing.assert_array_equal(after, before)
+  uninterrupted = training.fit(_config(tmp_path / "other", "model.tpu_embedding=true"),
+                               tiny_prepared, verbose=0)
+  # Epochs 3-4 see the data in another shuffled order after a restart: close, not equal.
+  for name in ("retrieval_loss", "rating_loss", "like_loss"):
+    assert resumed.history.history[name][-1] == pytest.approx(
+        uninterrupted.history.history[name][-1], rel=0.05), name
+
+
+def test_a_checkpoint_without_shared_tables_does_not_resume_a_model_with_them(
+    crashed, tiny_prepared, tmp_path):
+  run_dir = _copy(crashed, tmp_path)
+  with pytest.raises(CheckpointError, match=r"ckpt-2: cannot resume"):
+    training.fit(_config(run_dir, "model.tpu_embedding=true"), tiny_prepared, verbose=0)
