@@ -115,7 +115,7 @@ def synthetic_model():
   data = InteractionData.from_frames(interactions, name="synthetic")
   config = ExperimentConfig()
   model = training.build_model(config, FeatureVocabulary.build(data, interactions), data.items)
-  model(model.encoder(model.encoder.missing()))
+  model.create_variables()
   sample = {"user_id": users[:10_000].tolist(), "item_id": items.tolist()}
   return model, sample
 

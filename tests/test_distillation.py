@@ -17,7 +17,7 @@ from tfmtl.features import FeatureVocabulary
 def _model(data, vocabulary, tasks=None, **model_args):
   model = tfmtl.MultiTaskModel(vocabulary, data.items, ModelConfig(**model_args), tasks)
   model.compile(optimizer=keras.optimizers.Adam(0.01))
-  model(model.encoder(model.encoder.missing()))
+  model.create_variables()
   return model
 
 

@@ -33,7 +33,7 @@ def _config(tpu_embedding: bool, **train) -> ExperimentConfig:
 
 def _built(config, prepared):
   model = training.build_model(config, prepared.vocabulary, prepared.data.items)
-  model(model.encoder(model.encoder.missing()))
+  model.create_variables()
   return model
 
 
@@ -158,3 +158,27 @@ def test_fine_tuning_remaps_the_shared_id_tables(tiny_prepared):
 def test_what_the_tpu_embedding_engine_cannot_run_is_a_config_error(overrides, named):
   with pytest.raises(ConfigError, match=named):
     ExperimentConfig().with_overrides(["model.tpu_embedding=true", *overrides])
+
+
+def test_on_a_tpu_creating_the_variables_builds_the_tables_without_a_lookup(
+    tiny_prepared, monkeypatch):
+  """Off a step a TPU's engine cannot look rows up: the call that creates
+  the variables must build the tables for the step's batch and not call them."""
+  import tfmtl.model
+  config = _config(True)
+  reference = _built(config, tiny_prepared)
+  model = training.build_model(config, tiny_prepared.vocabulary, tiny_prepared.data.items)
+  built_for, lookups = [], []
+  monkeypatch.setattr(tfmtl.model, "on_tpu", lambda: True)
+  monkeypatch.setattr(model.embedding_tables, "build", lambda shapes: (
+      built_for.append(shapes), EmbeddingTables.build(model.embedding_tables, shapes)))
+  monkeypatch.setattr(EmbeddingTables, "call", lambda self, *args, **kwargs: lookups.append(1))
+  model.create_variables(per_replica_batch=32)
+  assert lookups == []
+  assert built_for == [{name: tf.TensorShape([32]) for name in model.embedding_tables.features}]
+  def towers_and_heads(m):
+    tables = {id(v) for v in m.embedding_tables.variables}
+    return sorted(variable_path(v) for v in m.trainable_variables if id(v) not in tables)
+  assert towers_and_heads(model) == towers_and_heads(reference)
+  assert ([tuple(v.shape) for v in model.embedding_tables.variables]
+          == [tuple(v.shape) for v in reference.embedding_tables.variables])

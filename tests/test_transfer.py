@@ -19,7 +19,7 @@ def _model(data, interactions, **model_args):
   vocabulary = FeatureVocabulary.build(data, interactions)
   model = tfmtl.MultiTaskModel(vocabulary, data.items, ModelConfig(embedding_dim=8, **model_args))
   model.compile(optimizer=keras.optimizers.Adam(0.01))
-  model(model.encoder(model.encoder.missing()))
+  model.create_variables()
   return model
 
 

@@ -44,7 +44,8 @@ from tfmtl.data.pipeline import encode_examples
 from tfmtl.data.schema import (HISTORY, ITEM_ID, SAMPLE_WEIGHT, USER_ID, table_arrays,
                                vector_dims)
 from tfmtl.distillation import Distillation
-from tfmtl.distribute import agreed_logs, all_replicas_own_first, replica_device_scope
+from tfmtl.distribute import (agreed_logs, all_replicas_own_first, on_tpu,
+                              replica_device_scope)
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers import (EmbeddingTables, FeatureTower, PredictionHead, RankingHeads,
                           SequencePooling, make_block)
@@ -198,13 +199,30 @@ class MultiTaskModel(tfrs.Model):
     """Candidate embeddings of the whole catalogue, [num_items, dim]."""
     return self.candidate_tower(self.catalogue_features)
 
-  def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  def create_variables(self, per_replica_batch: int = 1) -> None:
+    """Creates every variable with one call on a row of missing features.
+
+    On a TPU the shared tables (`model.tpu_embedding`) are looked up only
+    inside a train step: they are built for the step's `per_replica_batch`
+    rows, and this call takes zero rows instead.
+    """
+    rows = None
+    if self.embedding_tables is not None and on_tpu():
+      tables = self.embedding_tables
+      tables.build({name: tf.TensorShape([per_replica_batch]) for name in tables.features})
+      rows = {name: tf.zeros([1, config.table.dim])
+              for name, config in tables.feature_configs.items()}
+    self(self.encoder(self.encoder.missing()), rows=rows)
+
+  def call(self, features: dict[str, tf.Tensor],
+           rows: Optional[dict[str, tf.Tensor]] = None) -> dict[str, tf.Tensor]:
     """Embeddings and every ranking task's prediction for encoded features.
 
     Regression tasks predict the label's value, binary and implicit tasks a
-    probability.
+    probability. `rows`: the shared tables' rows of the features (with
+    `model.tpu_embedding`; looked up when not given).
     """
-    query_embeddings, candidate_embeddings = self._tower_embeddings(features)
+    query_embeddings, candidate_embeddings = self._tower_embeddings(features, rows)
     outputs = {"query_embedding": query_embeddings,
                "candidate_embedding": candidate_embeddings}
     if self.ranking is not None:
@@ -264,10 +282,13 @@ class MultiTaskModel(tfrs.Model):
       total_loss += soft_loss / replicas
     return total_loss
 
-  def _tower_embeddings(self, features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+  def _tower_embeddings(self, features: dict[str, tf.Tensor],
+                        rows: Optional[dict[str, tf.Tensor]] = None
+                        ) -> tuple[tf.Tensor, tf.Tensor]:
     """Query and candidate embeddings of a batch: with `model.tpu_embedding`,
     from one lookup of every shared table (one TPU embedding call a step)."""
-    rows = self.embedding_tables(features) if self.embedding_tables else None
+    if self.embedding_tables is not None and rows is None:
+      rows = self.embedding_tables(features)
     return self.query_tower(features, rows=rows), self.candidate_tower(features, rows=rows)
 
   def _history_profile(self, feature: str, history: tf.Tensor) -> tf.Tensor:

@@ -143,7 +143,7 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
                            options.shard_min_bytes)
   with strategy.scope():
     model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
-    model(model.encoder(model.encoder.missing()))  # create the variables
+    model.create_variables(options.batch_size // strategy.num_replicas_in_sync)
     if config.transfer.pretrained:
       fine_tune_from(model, load_run(config.transfer.pretrained)[1], config.transfer)
     if config.distillation.teacher:
@@ -191,7 +191,7 @@ def host_copy(config: ExperimentConfig, prepared: Prepared,
   with tempfile.TemporaryDirectory() as folder:
     model.save_weights(f"{folder}/model")
     copy = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
-    copy(copy.encoder(copy.encoder.missing()))  # create the variables
+    copy.create_variables()
     copy.load_weights(f"{folder}/model").assert_existing_objects_matched().expect_partial()
   copy.history = model.history
   return copy
@@ -301,7 +301,7 @@ def load_run(run_dir: str | Path, catalogue: Optional[pd.DataFrame] = None
   user_vectors = run_dir / "user_vectors.parquet"
   model = build_model(config, vocabulary, catalogue,
                       pd.read_parquet(user_vectors) if user_vectors.exists() else None)
-  model(model.encoder(model.encoder.missing()))  # create the variables
+  model.create_variables()
   try:
     status = model.load_weights(str(run_dir / "weights" / "model"))
     status.assert_existing_objects_matched().expect_partial()  # no optimizer state

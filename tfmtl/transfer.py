@@ -202,7 +202,7 @@ class FineTuningCallback(keras.callbacks.Callback):
 
 def fine_tune_from(model, source, config: TransferConfig) -> FineTuning:
   """Loads `source` into `model` and sets how it fine-tunes, from a config."""
-  model(model.encoder(model.encoder.missing()))  # create the variables
+  model.create_variables()
   loaded = load_pretrained(model, source, config.components)
   model.fine_tuning = FineTuning(loaded, dict(config.freeze_epochs),
                                  config.learning_rate_scale, config.l2sp)

@@ -9,12 +9,13 @@ take the rows (`FeatureTower(..., tables=...)`).
 
 - Under `TPUStrategy` the engine shards the tables over the TPU cores and
   updates them in the step with its own optimizer (`train.optimizer`,
-  `tfmtl.optimizers.tpu_embedding_optimizer`). The tables' variables are
-  then placeholders, refreshed when a checkpoint is written: code that
-  reads tables outside the train step (full-catalogue scoring, exports)
-  runs on a copy rebuilt on the host from the saved weights
-  (`tfmtl.training.fit` returns one), as TensorFlow's TPU embedding
-  guide prescribes.
+  `tfmtl.optimizers.tpu_embedding_optimizer`). It is configured for the
+  step's per-replica batch (`MultiTaskModel.create_variables`), and only a
+  step can look rows up. The tables' variables are then placeholders,
+  refreshed when a checkpoint is written: code that reads tables outside
+  the train step (full-catalogue scoring, exports) runs on a copy rebuilt
+  on the host from the saved weights (`tfmtl.training.fit` returns one),
+  as TensorFlow's TPU embedding guide prescribes.
 - Anywhere else (CPU, GPU, MirroredStrategy) the tables are ordinary
   variables, trained by the model's Keras optimizer like any other, and
   a call may look up any subset of the features (TFRS's serving lookup).
