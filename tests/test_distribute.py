@@ -141,9 +141,12 @@ def test_two_workers_split_tfrecord_input_by_file(config_file, tmp_path, last_ep
   assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one_device", "two_workers"]
 
 
-@pytest.mark.parametrize("train_input", ["memory", "tfrecord"])
+@pytest.mark.parametrize("train_input, tables", [("memory", "false"), ("tfrecord", "false"),
+                                                 ("memory", "true")])
 def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
-    config_file, tmp_path, last_epoch_losses, train_input):
+    config_file, tmp_path, last_epoch_losses, train_input, tables):
+  """Also with `model.tpu_embedding`: TFRS's layer, off-TPU, its tables split
+  across the parameter servers like the towers' own."""
   ports = iter(_free_ports(5))
   cluster = {"worker": [f"localhost:{next(ports)}" for _ in range(2)],
              "ps": [f"localhost:{next(ports)}" for _ in range(2)],
@@ -158,16 +161,18 @@ def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
     chief = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
                      "--set", "train.strategy=parameter_server",
                      "--set", "train.shard_min_bytes=1024", "--set", "train.run_dir=runs/ps",
-                     "--set", f"train.input={train_input}", "--set", "train.epochs=4"],
+                     "--set", f"train.input={train_input}", "--set", "train.epochs=4",
+                     "--set", f"model.tpu_embedding={tables}"],
                     cwd=tmp_path, env=tf_config("chief", 0))
   finally:
     for server in servers:
       server.kill()
   sharded = chief.stderr.split("split across the parameter servers: ")[1].splitlines()[0]
   assert "user_id_embedding" in sharded and "item_id_embedding" in sharded
+  assert ("embedding_tables/user_id_embedding" in sharded) == (tables == "true")
   one_device = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
-                        "--set", "train.run_dir=runs/one_device", "--set", "train.epochs=4"],
-                       cwd=tmp_path)
+                        "--set", "train.run_dir=runs/one_device", "--set", "train.epochs=4",
+                        "--set", f"model.tpu_embedding={tables}"], cwd=tmp_path)
   # Two workers update the parameters asynchronously: close to one device, not
   # equal. Over 2 epochs how stale their updates were moved the rating loss by
   # up to 16%; over 4, by at most 7% in 4 runs.
