@@ -182,3 +182,14 @@ def test_on_a_tpu_creating_the_variables_builds_the_tables_without_a_lookup(
   assert towers_and_heads(model) == towers_and_heads(reference)
   assert ([tuple(v.shape) for v in model.embedding_tables.variables]
           == [tuple(v.shape) for v in reference.embedding_tables.variables])
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["train.precision=mixed_float16"], "train.precision"),
+    (["transfer.pretrained=runs/source", "transfer.freeze_epochs={embeddings: 2}"], "transfer"),
+    (["transfer.pretrained=runs/source", "transfer.l2sp=0.01"], "transfer")])
+def test_on_a_tpu_what_the_engine_would_get_wrong_is_a_config_error(
+    tiny_prepared, monkeypatch, overrides, named):
+  monkeypatch.setattr(training, "on_tpu", lambda strategy=None: True)
+  with pytest.raises(ConfigError, match=named):
+    training.fit(_config(True).with_overrides(overrides), tiny_prepared, verbose=0)

@@ -141,6 +141,9 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   options = config.train
   strategy = make_strategy(options.strategy, options.devices, options.tpu,
                            options.shard_min_bytes)
+  tables_on_tpu = config.model.tpu_embedding and on_tpu(strategy)
+  if tables_on_tpu:
+    _check_tables_on_tpu(config)
   with strategy.scope():
     model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
     model.create_variables(options.batch_size // strategy.num_replicas_in_sync)
@@ -159,7 +162,6 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   if isinstance(strategy, tf.distribute.ParameterServerStrategy):
     sharded = sorted({v.name.split("/part_")[0] for v in model.variables if "/part_1" in v.name})
     logger.info("split across the parameter servers: %s", ", ".join(sharded) or "none")
-  tables_on_tpu = config.model.tpu_embedding and on_tpu(strategy)
   if tables_on_tpu and options.validate_every:
     logger.warning("train.validate_every: skipped; the TPU embedding tables can be read on "
                    "the host only after training")
@@ -195,6 +197,21 @@ def host_copy(config: ExperimentConfig, prepared: Prepared,
     copy.load_weights(f"{folder}/model").assert_existing_objects_matched().expect_partial()
   copy.history = model.history
   return copy
+
+
+def _check_tables_on_tpu(config: ExperimentConfig) -> None:
+  """A ConfigError for what the TPU embedding engine, which updates the
+  tables itself from their raw gradients, would silently get wrong."""
+  if config.train.precision == "mixed_float16":
+    raise ConfigError("train.precision: mixed_float16 scales the loss, and the TPU embedding "
+                      "engine would apply the scaled gradients: use mixed_bfloat16 on a TPU")
+  transfer = config.transfer
+  if transfer.pretrained and "embeddings" in transfer.components and (
+      "embeddings" in transfer.freeze_epochs or transfer.l2sp
+      or transfer.learning_rate_scale != 1.0):
+    raise ConfigError("transfer: the TPU embedding engine updates the tables itself, so "
+                      "freeze_epochs, l2sp and learning_rate_scale cannot reach them: leave "
+                      "them off the embeddings, or set model.tpu_embedding: false")
 
 
 @contextlib.contextmanager
