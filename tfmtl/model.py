@@ -204,8 +204,11 @@ class MultiTaskModel(tfrs.Model):
 
     On a TPU the shared tables (`model.tpu_embedding`) are looked up only
     inside a train step: they are built for the step's `per_replica_batch`
-    rows, and this call takes zero rows instead.
+    rows, and this call takes zero rows instead. Once created, nothing
+    changes.
     """
+    if self.built:
+      return
     rows = None
     if self.embedding_tables is not None and on_tpu():
       tables = self.embedding_tables

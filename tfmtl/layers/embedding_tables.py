@@ -19,7 +19,7 @@ take the rows (`FeatureTower(..., tables=...)`).
 - Anywhere else (CPU, GPU, MirroredStrategy) the tables are ordinary
   variables, trained by the model's Keras optimizer like any other, and
   a call may look up any subset of the features (TFRS's serving lookup).
-  Checkpoints of both kinds hold the same tables under the same names.
+  TFRS makes the checkpoints of both kinds compatible.
 
 Example:
 
@@ -34,8 +34,6 @@ TensorShape([1, 4])
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -73,8 +71,7 @@ class EmbeddingTables(tfrs.layers.embedding.TPUEmbedding):
   def features(self) -> list[str]:
     return list(self.feature_configs)
 
-  def call(self, features: dict[str, tf.Tensor],
-           weights: Optional[dict] = None, serving_config=None) -> dict[str, tf.Tensor]:
+  def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Rows of the features this layer holds that `features` has, by name."""
     ids = {name: features[name] for name in self.feature_configs if name in features}
     if len(ids) == len(self.feature_configs):
