@@ -100,3 +100,9 @@ def test_recommend_weights_name_retrieval_or_ranking_tasks():
     ExperimentConfig().with_overrides(["export.recommend_weights={likes: 1}"])
   with pytest.raises(ConfigError, match=r"export.keep_versions: must be non-negative"):
     ExperimentConfig().with_overrides(["export.keep_versions=-1"])
+
+
+def test_several_steps_a_call_with_the_data_service_is_a_config_error():
+  with pytest.raises(ConfigError, match=r"train.steps_per_execution: must be 1 with data_service"):
+    ExperimentConfig().with_overrides(["train.input=tfrecord", "train.steps_per_execution=8",
+                                       "train.data_service=grpc://localhost:5050"])

@@ -124,15 +124,18 @@ def serve_cluster_task() -> None:
 
 
 def training_input(strategy: tf.distribute.Strategy, batches: Callable[..., tf.data.Dataset],
-                   num_examples: int, batch_size: int, tpu_embedding: bool = False
-                   ) -> tuple[Any, dict]:
+                   num_examples: int, batch_size: int, tpu_embedding: bool = False,
+                   steps_per_execution: int = 1) -> tuple[Any, dict]:
   """What `fit` takes under `strategy`, as (x, keyword arguments).
 
   `batches(input_context, drop_remainder)` makes one epoch of shuffled
-  batches. On a TPU they have a fixed size, and a model with TPU embedding
-  tables gets them distributed on the host (`host_fed`). Under
-  ParameterServerStrategy, `fit` takes a `DatasetCreator` that each worker
-  calls with its input context, repeated, and `steps_per_epoch`.
+  batches. They have a fixed size on a TPU, and under several replicas
+  with `steps_per_execution` > 1: TensorFlow's collectives (e.g. Keras
+  gathering sparse gradients) fail in a multi-step loop whose last batch
+  is smaller. A model with TPU embedding tables gets them distributed on
+  the host (`host_fed`). Under ParameterServerStrategy, `fit` takes a
+  `DatasetCreator` that each worker calls with its input context,
+  repeated, and `steps_per_epoch`.
   """
   if isinstance(strategy, tf.distribute.ParameterServerStrategy):
     creator = keras.utils.experimental.DatasetCreator(
@@ -141,7 +144,9 @@ def training_input(strategy: tf.distribute.Strategy, batches: Callable[..., tf.d
   if on_tpu(strategy) and tpu_embedding:
     return (host_fed(strategy, batches(None, True).repeat()),
             {"steps_per_epoch": num_examples // batch_size})
-  return batches(None, on_tpu(strategy)), {}
+  fixed_size = on_tpu(strategy) or (strategy.num_replicas_in_sync > 1
+                                    and steps_per_execution > 1)
+  return batches(None, fixed_size), {}
 
 
 def host_fed(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):

@@ -169,7 +169,8 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   encoded = encode_examples(model.encoder, data.examples(rows))
   with _input_folder(config) as folder:
     train, steps = training_input(strategy, _batches(options, encoded, folder, config.seed),
-                                  len(rows), options.batch_size, config.model.tpu_embedding)
+                                  len(rows), options.batch_size, config.model.tpu_embedding,
+                                  options.steps_per_execution)
     logs = [ValidationMetrics(prepared.data, prepared.split, config.evaluate.ks,
                               0 if tables_on_tpu else options.validate_every)]
     if options.log_dir and is_chief():
