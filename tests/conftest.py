@@ -1,6 +1,10 @@
 """Shared fixtures: the real MovieLens 100K and a small structured data set."""
 
+import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -72,6 +76,23 @@ def _last_epoch_losses(stdout: str) -> dict:
 def last_epoch_losses():
   """`_last_epoch_losses`: a training command's output -> its task losses."""
   return _last_epoch_losses
+
+
+def _fresh_process(code: str) -> dict:
+  """Runs `code` in a new Python that never imports tfmtl; returns its JSON."""
+  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+  guard = "import sys\nassert 'tfmtl' not in sys.modules\n"
+  code = guard + code + "\nassert 'tfmtl' not in sys.modules"
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, cwd="/")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def fresh_process():
+  """`_fresh_process`: Python code -> the JSON it printed, run without tfmtl."""
+  return _fresh_process
 
 
 def _is_nonempty_png(path) -> bool:

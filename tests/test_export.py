@@ -1,7 +1,6 @@
 """SavedModel export: TF Serving layout, atomic versions, fresh-process round trip."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,17 +29,6 @@ def trained(tmp_path_factory, tiny_data):
   model.fit(make_dataset(data, data.interactions, model.encoder, 64), epochs=2, verbose=0)
   base = tmp_path_factory.mktemp("saved_models")
   return model, base, export_model(model, base, "tiny", top_k=5, recommend_candidates=10)
-
-
-def _fresh_process(code: str) -> dict:
-  """Runs `code` in a new Python that never imports tfmtl; returns its JSON."""
-  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-  guard = "import sys\nassert 'tfmtl' not in sys.modules\n"
-  result = subprocess.run([sys.executable, "-c", guard + code + "\nassert 'tfmtl' not in sys.modules"],
-                          capture_output=True, text=True, env=env, timeout=300,
-                          cwd="/")
-  assert result.returncode == 0, result.stderr[-3000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_export_uses_tf_serving_layout(trained):
@@ -116,14 +104,14 @@ def _in_memory_predictions(model, users: dict, item_ids: np.ndarray) -> dict:
           for name, value in model(encoded).items() if name in ("rating", "like")}
 
 
-def test_fresh_process_without_tfmtl_gives_the_in_memory_scores(trained):
+def test_fresh_process_without_tfmtl_gives_the_in_memory_scores(trained, fresh_process):
   model, _, path = trained
   query = model.query_tower(model.encoder(_raw(USERS)))
   scores = tf.linalg.matmul(query, model.catalogue_embeddings(), transpose_b=True).numpy()
   order = np.argsort(-scores, axis=1)
   best = model.catalogue_item_ids[order[0, 0]]
   exclude = [[best, ""], ["no-such-item", ""], ["", ""]]
-  loaded = _fresh_process(f"""
+  loaded = fresh_process(f"""
 import json, tensorflow as tf
 nan = float("nan")
 model = tf.saved_model.load({str(path)!r})

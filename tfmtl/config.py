@@ -526,7 +526,7 @@ class TrainConfig:
       start over).
     steps_per_execution: training steps run per call into TensorFlow
       (Keras `compile`); more cuts Keras' per-step overhead (8 trains
-      MovieLens 45% faster than 1 on a 2-core CPU; TPUs want 16-32).
+      MovieLens 34% faster than 1 on a 2-core CPU; TPUs want 16-32).
       Callbacks then see every N-th step. With several replicas every
       batch then has the full size (TensorFlow's collectives in a
       multi-step loop need one shape).

@@ -68,8 +68,7 @@ class FeatureTower(keras.layers.Layer):
     self.normalize = normalize
     self.features = dict(features)
     self.tables = tables
-    self.looked_up = ([id_feature, *(name for name in tables.features if name in features)]
-                      if tables else [])  # rows of the shared tables
+    self.looked_up = self.table_features(id_feature, self.features) if tables else []
     regularizer = keras.regularizers.l2(l2) if l2 else None
     self.id_embedding = (
         None if tables else
