@@ -17,7 +17,8 @@ vocabularies) and `peak_rss_gb` (the process's peak resident memory).
     python benchmarks/scaling.py --input tfrecord       # streamed from TFRecord shards
 
 Writes benchmarks/results/scaling.json and scaling.png (log-log);
-`--input tfrecord` writes scaling_tfrecord.json and .png.
+`--input tfrecord` writes scaling_tfrecord.json and .png, and another
+optimizer scaling_<optimizer>.json and .png (e.g. scaling_adam).
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def main():
   for size in args.sizes:
     rows.append(measure(size, args.optimizer, args.input))
     print(json.dumps(rows[-1]), flush=True)
-  name = "scaling" if args.input == "memory" else f"scaling_{args.input}"
+  name = "_".join(["scaling"] + [part for part in (args.input, args.optimizer)
+                                  if part not in ("memory", "lazy_adam")])
   plot(rows, RESULTS / f"{name}.png")
   print(f"-> {write_result(name, {'optimizer': args.optimizer, 'input': args.input, 'rows': rows})}")
 

@@ -1,9 +1,11 @@
 """LazyAdam: Adam on the rows in the batch, nothing on the others."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.optimizers import LazyAdam
 from tfmtl.training import build_model
@@ -49,3 +51,20 @@ def test_the_config_names_it(tiny_data):
   model = build_model(config, FeatureVocabulary.build(tiny_data, tiny_data.interactions),
                       tiny_data.items)
   assert isinstance(model.optimizer, LazyAdam)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "Adam", "lazy_adam"])
+def test_adam_over_a_table_past_the_threshold_warns(tmp_path, tiny_prepared, monkeypatch, caplog,
+                                                    optimizer):
+  monkeypatch.setattr(training, "DENSE_ADAM_WARNING_ROWS", 50)  # the tiny set: 60 users, 40 items
+  config = ExperimentConfig().with_overrides([
+      "name=tiny", "train.epochs=1", "train.batch_size=64", f"train.optimizer={optimizer}",
+      f"train.run_dir={tmp_path / 'run'}"])
+  training.fit(config, tiny_prepared, verbose=0)
+  warnings = [record.getMessage() for record in caplog.records if "moves all" in record.getMessage()]
+  users = tiny_prepared.vocabulary.size("user_id")
+  assert users > 50 > tiny_prepared.vocabulary.size("item_id")
+  assert warnings == ([] if optimizer == "lazy_adam" else
+                      [f"train.optimizer: adam moves all {users} rows of the user_id table at every "
+                       "step (Keras' Adam is dense); lazy_adam moves only the batch's rows, which is "
+                       "several times faster on large catalogues (tfmtl.optimizers)"])

@@ -6,7 +6,9 @@ decays the moments of every row and moves every row, so a step over a
 was) updates only the rows in the batch: their moments and weights follow
 Adam, and the other rows wait, untouched, until they are seen again. Dense
 gradients (towers, heads) get plain Adam. `train.optimizer: lazy_adam`
-picks it.
+picks it; with `adam` and an id table over `DENSE_ADAM_WARNING_ROWS` rows,
+training logs a warning that says so (at 20M synthetic interactions over
+1M items, an epoch took 10x as long with Adam: BENCHMARKS.md, Scaling).
 
 With `model.tpu_embedding` on a TPU, the TPU embedding engine updates the
 tables itself, with `tpu_embedding_optimizer`'s version of the same
@@ -54,6 +56,8 @@ class LazyAdam(keras.optimizers.Adam):
 
 
 OPTIMIZERS = {"lazy_adam": LazyAdam}
+
+DENSE_ADAM_WARNING_ROWS = 100_000  # about where Adam's every-row update outgrows the step
 
 
 _TPU_EMBEDDING_OPTIMIZERS = {  # by name, those of `config.TPU_EMBEDDING_OPTIMIZERS`
