@@ -98,6 +98,14 @@ def test_evaluate_of_a_missing_run_names_it(tmp_path):
   assert "runs/nothing: not a tfmtl run" in result.stderr
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_before_or_after_the_subcommand_shows_the_traceback(tmp_path, where):
+  args = ["evaluate", "--run", "runs/nothing"]
+  result = _tfmtl(*(["--debug", *args] if where == "before" else [*args, "--debug"]), cwd=tmp_path)
+  assert result.returncode == 1
+  assert "Traceback" in result.stderr and "runs/nothing: not a tfmtl run" in result.stderr
+
+
 def test_the_auxiliary_config_runs_on_movielens_and_exports_the_history_input(tmp_path,
                                                                               movielens):
   import tensorflow as tf

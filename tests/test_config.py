@@ -106,3 +106,19 @@ def test_several_steps_a_call_with_the_data_service_is_a_config_error():
   with pytest.raises(ConfigError, match=r"train.steps_per_execution: must be 1 with data_service"):
     ExperimentConfig().with_overrides(["train.input=tfrecord", "train.steps_per_execution=8",
                                        "train.data_service=grpc://localhost:5050"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "train.epochs: must be positive"),
+    ("train.learning_rate=-0.1", "train.learning_rate: must be positive"),
+    ("train.batch_size=0", "train.batch_size: must be positive"),
+    ("evaluate.batch_size=0", "evaluate.batch_size: must be positive"),
+    ("model.tower_layers=[64, 0]", r"model.tower_layers: layer widths must be at least 1, "
+                                   r"got \[64, 0\]"),
+    ("model.multitask.layers=[-8]", r"model.multitask.layers: layer widths must be at least 1"),
+    ("tasks.rating.layers=[0]", r"tasks.rating.layers: layer widths must be at least 1"),
+    ("transfer.freeze_epochs={towrs: 2}", r"transfer.freeze_epochs: unknown component 'towrs'"),
+])
+def test_each_bad_number_names_its_own_key(override, message):
+  with pytest.raises(ConfigError, match=message):
+    ExperimentConfig().with_overrides([override])

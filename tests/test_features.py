@@ -31,7 +31,9 @@ def test_encoder_maps_unknown_and_missing_values_to_index_zero(tiny_data):
 
 def test_categorical_prefix_keeps_the_first_characters(movielens):
   vocabulary = FeatureVocabulary.build(movielens, movielens.interactions)
-  assert all(len(token) <= 2 for token in vocabulary.tokens["zip_code"])
+  assert movielens.user_features["zip_code"].prefix == 2
+  prefixes = {zip_code[:2] for zip_code in movielens.users["zip_code"]}
+  assert set(vocabulary.tokens["zip_code"]) == prefixes and 100 < len(prefixes) < 120
 
 
 def test_bucket_boundaries_are_training_quantiles(tiny_data):

@@ -127,11 +127,17 @@ def test_a_run_with_shared_tables_saves_reloads_and_exports(tiny_prepared, tmp_p
   np.testing.assert_allclose(output, model.query_tower(model.encoder(raw)), atol=1e-5)
 
 
-def test_the_tpu_strategy_without_a_tpu_trains_the_shared_tables_on_the_host(tiny_prepared):
-  model = training.fit(_config(True, strategy="tpu", epochs=1), tiny_prepared, verbose=0)
+def test_the_tpu_strategy_without_a_tpu_trains_the_shared_tables_on_the_host(tiny_prepared,
+                                                                              caplog):
+  model = training.fit(_config(True, strategy="tpu", epochs=2), tiny_prepared, verbose=0)
+  assert "no TPU was found" in caplog.text
   assert isinstance(model.embedding_tables, EmbeddingTables)
-  assert any("embedding_tables/" in v.name for v in model.trainable_variables)
-  assert np.isfinite(model.history.history["retrieval_loss"][-1])
+  tables = [v for v in model.trainable_variables if "embedding_tables/" in v.name]
+  for table in ("user_id_embedding", "item_id_embedding"):
+    assert any(f"/{table}" in v.name for v in tables), table
+  assert max(float(np.abs(v.numpy()).max()) for v in tables) > 0.05  # left the initial range
+  losses = model.history.history["retrieval_loss"]
+  assert losses[1] < losses[0]
 
 
 def test_fine_tuning_remaps_the_shared_id_tables(tiny_prepared):

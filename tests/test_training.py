@@ -1,5 +1,8 @@
 """Training from a config: a real short run on MovieLens, and saved runs."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tf_keras as keras
@@ -13,6 +16,7 @@ def test_short_real_training_beats_popularity_on_protocol_b(movielens):
   prepared = training.prepare(config)
   model = training.fit(config, prepared, verbose=0)
   metrics = evaluation.evaluate_model(model, prepared.data, prepared.split, ks=[10])
+  assert list(metrics) == evaluation.metric_names(config.tasks, [10])
   popularity = evaluation.evaluate_popularity(prepared.data, prepared.split, ks=[10])
   assert metrics["recall@10"] > popularity["recall@10"] + 0.03
   assert metrics["ndcg@10"] > popularity["ndcg@10"] + 0.03
@@ -137,3 +141,19 @@ def test_compile_options_train_as_the_plain_step(tmp_path, tiny_prepared, option
     assert compiled.history.history[name] == pytest.approx(losses, rel=1e-3), name
   for left, right in zip(plain.trainable_weights, compiled.trainable_weights):
     np.testing.assert_allclose(left.numpy(), right.numpy(), atol=1e-3)
+
+
+def test_metrics_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+  path = training.save_metrics(tmp_path, {"recall@10": 0.25})
+
+  def crash_midway(self, text, *args, **kwargs):
+    with open(self, "w") as file:
+      file.write(text[:len(text) // 2])
+    raise OSError("disk full")
+
+  monkeypatch.setattr(Path, "write_text", crash_midway)
+  with pytest.raises(OSError, match="disk full"):
+    training.save_metrics(tmp_path, {"recall@10": 0.5})
+  monkeypatch.undo()
+  assert json.loads(path.read_text()) == {"recall@10": 0.25}  # the last whole one
+  assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -170,6 +170,16 @@ def test_a_malformed_tune_section_is_a_config_error(overrides, message):
     ExperimentConfig().with_overrides(overrides)
 
 
+@pytest.mark.parametrize("objective_value", ["recall@5", "{recall@10: 1, lik_auc: 1}"])
+def test_an_objective_evaluation_does_not_give_is_named_before_any_trial(objective_value):
+  config = ExperimentConfig().with_overrides([f"tune.objective={objective_value}",
+                                              "tune.direction=max"])
+  with pytest.raises(ConfigError, match=r"tune.objective: '(recall@5|lik_auc)' is not a "
+                                        r"validation metric .* expected one of top10_accuracy, .*"
+                                        r"recall@10, .*like_auc"):
+    objective(config)
+
+
 def test_the_direction_is_known_for_metric_names_and_asked_for_blends():
   assert objective(ExperimentConfig()).direction == "max"
   rmse = ExperimentConfig().with_overrides(["tune.objective=rating_rmse"])

@@ -1,5 +1,7 @@
 """`tfmtl validate`: an export checked the way TF Serving will use it."""
 
+import shutil
+
 import pytest
 
 from tfmtl import training
@@ -47,3 +49,18 @@ def test_a_folder_that_is_not_an_export_is_named(runs, tmp_path):
   run, _ = runs[0]
   with pytest.raises(FileNotFoundError, match="no saved_model.pb"):
     validate_export(run, tmp_path)
+
+
+def test_an_export_a_fresh_process_cannot_load_is_one_clear_error(runs, tmp_path, capsys):
+  from tfmtl.cli import main
+  run, export = runs[0]
+  broken = tmp_path / "1"
+  shutil.copytree(export, broken)
+  data = next((broken / "variables").glob("variables.data-*"))
+  data.write_bytes(data.read_bytes()[:100])  # truncated, as by a copy that died
+  with pytest.raises(RuntimeError, match="a fresh process could not load it"):
+    validate_export(run, broken)
+  assert main(["validate", "--run", str(run), "--export", str(broken)]) == 2
+  error = capsys.readouterr().err
+  assert f"tfmtl validate: error: {broken}: a fresh process could not load it" in error
+  assert "Traceback (most recent call last)" not in error.split("warm-up requests:")[0]

@@ -10,9 +10,11 @@
     tfmtl report   --run DIR                               Markdown + plots: runs/<name>/report/
     tfmtl export   --run DIR [--base-path P] [--version N] SavedModel for TF Serving
     tfmtl validate --run DIR [--export DIR]               check an export as TF Serving will
-    tfmtl run      [--config FILE] [--set KEY=VALUE ...]   all of the above
+    tfmtl run      [--config FILE] [--set ...] [--base-path P]  train, evaluate,
+                                                           export and report
     tfmtl add-items --run DIR --items FILE [--base-path P]  export with new items
-    tfmtl synthesize --output DIR --interactions N --users U --items I [--shards S]
+    tfmtl synthesize --output DIR --interactions N --users U --items I [--tastes T]
+                     [--shards S] [--seed N]
                                                            synthetic data, Parquet shards
     tfmtl worker                                           a parameter-server cluster's
                                                            worker or ps task (TF_CONFIG)
@@ -28,14 +30,13 @@ paragraph; `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 _EXPECTED_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError,
-                    ImportError, OSError)
+                    ImportError, OSError, RuntimeError)
 
 
 def _config(args):
@@ -131,7 +132,7 @@ def cmd_evaluate(args) -> None:
   from tfmtl import training
   config, model = training.load_run(args.run)
   metrics = _evaluate(config, training.prepare(config), model)
-  Path(args.run, "metrics.json").write_text(json.dumps(metrics, indent=2))
+  training.save_metrics(args.run, metrics)
   _print_metrics(metrics["model"], metrics["popularity"])
 
 
@@ -190,9 +191,10 @@ def cmd_report(args) -> None:
 
 
 def cmd_run(args) -> None:
+  from tfmtl import training
   trained = cmd_train(args)
   metrics = _evaluate(trained["config"], trained["prepared"], trained["model"])
-  Path(trained["run_dir"], "metrics.json").write_text(json.dumps(metrics, indent=2))
+  training.save_metrics(trained["run_dir"], metrics)
   path = _export(trained["config"], trained["model"], args.base_path)
   _print_metrics(metrics["model"], metrics["popularity"])
   print(f"SavedModel: {path}")
@@ -207,43 +209,49 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--debug", action="store_true", help="show tracebacks")
   commands = parser.add_subparsers(dest="command", required=True)
 
+  def command(name, **kwargs):  # `--debug` also after the subcommand
+    sub = commands.add_parser(name, **kwargs)
+    sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                     help="show tracebacks")
+    return sub
+
   def with_config(sub):
     sub.add_argument("--config", help="experiment YAML (default: built-in defaults)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. train.epochs=5")
     return sub
 
-  with_config(commands.add_parser("data", help="fetch, check and summarise the data")
+  with_config(command("data", help="fetch, check and summarise the data")
               ).set_defaults(handler=cmd_data)
-  encode = with_config(commands.add_parser(
+  encode = with_config(command(
       "encode-items", help="encode item text with the content encoder (cached)"))
   encode.add_argument("--output", help="also write the table to this folder")
   encode.set_defaults(handler=cmd_encode_items)
-  with_config(commands.add_parser("train", help="train and save a run")
+  with_config(command("train", help="train and save a run")
               ).set_defaults(handler=cmd_train)
-  tune = with_config(commands.add_parser(
+  tune = with_config(command(
       "tune", help="search tune.space with KerasTuner; write the best config"))
   tune.add_argument("--overwrite", action="store_true",
                     help="start the search over rather than resume it")
   tune.set_defaults(handler=cmd_tune)
-  evaluate = commands.add_parser("evaluate", help="evaluate a saved run")
+  evaluate = command("evaluate", help="evaluate a saved run")
   evaluate.add_argument("--run", required=True, help="run directory (runs/<name>)")
   evaluate.set_defaults(handler=cmd_evaluate)
-  report = commands.add_parser(
+  report = command(
       "report", help="write a run's report: Markdown and plots (learning curves, metrics at k)")
   report.add_argument("--run", required=True, help="run directory (runs/<name>)")
   report.set_defaults(handler=cmd_report)
-  export = commands.add_parser("export", help="export a saved run for TF Serving")
+  export = command("export", help="export a saved run for TF Serving")
   export.add_argument("--run", required=True, help="run directory (runs/<name>)")
   export.add_argument("--base-path", help="TF Serving base path (default from config)")
   export.add_argument("--version", type=int, help="version number (default: next)")
   export.set_defaults(handler=cmd_export)
-  validate = commands.add_parser(
+  validate = command(
       "validate", help="check an export the way TF Serving will use it")
   validate.add_argument("--run", required=True, help="the run it was exported from")
   validate.add_argument("--export", help="version folder (default: the run's latest export)")
   validate.set_defaults(handler=cmd_validate)
-  synthesize = commands.add_parser(
+  synthesize = command(
       "synthesize", help="write synthetic interactions (power-law skew, planted tastes) "
       "as Parquet shards")
   synthesize.add_argument("--output", required=True, help="a new folder")
@@ -252,10 +260,10 @@ def _parser() -> argparse.ArgumentParser:
     synthesize.add_argument(f"--{flag}", type=int if flag == "seed" else _positive,
                             default=default, required=default is None)
   synthesize.set_defaults(handler=cmd_synthesize)
-  commands.add_parser(
+  command(
       "worker", help="serve as TF_CONFIG's worker or ps task of a parameter-server "
       "cluster (train.strategy=parameter_server)").set_defaults(handler=cmd_worker)
-  data_service = commands.add_parser(
+  data_service = command(
       "data-service", help="run a tf.data service dispatcher and workers that prepare "
       "training input for configs with train.data_service=grpc://HOST:PORT")
   data_service.add_argument("--port", type=int, default=5050, help="the dispatcher's port")
@@ -265,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
   data_service.add_argument("--work-dir", help="the dispatcher's state, so that a restarted "
                             "dispatcher resumes its jobs")
   data_service.set_defaults(handler=cmd_data_service)
-  new_items = commands.add_parser(
+  new_items = command(
       "add-items", help="export a run with new items (their text encoded), no retraining")
   new_items.add_argument("--run", required=True, help="run directory (runs/<name>)")
   new_items.add_argument("--items", required=True,
@@ -274,7 +282,7 @@ def _parser() -> argparse.ArgumentParser:
   new_items.add_argument("--base-path", help="TF Serving base path (default from config)")
   new_items.add_argument("--version", type=int, help="version number (default: next)")
   new_items.set_defaults(handler=cmd_add_items)
-  run = with_config(commands.add_parser(
+  run = with_config(command(
       "run", help="train, evaluate, export and print the metrics"))
   run.add_argument("--base-path", help="TF Serving base path (default from config)")
   run.set_defaults(handler=cmd_run)

@@ -63,6 +63,9 @@ class FeatureConfig:
       raise ConfigError("num_buckets: must be at least 2")
 
 
+FILE_FORMATS = ("auto", "csv", "tsv", "parquet", "atomic")  # `tfmtl.data.files.read_table`
+
+
 @dataclasses.dataclass
 class DataConfig:
   """Where the interactions and features come from.
@@ -80,7 +83,8 @@ class DataConfig:
     user_features, item_features: feature columns and their encoding; empty
       means the source's defaults (MovieLens: age, gender, occupation, zip
       prefix; genres, release year; `files`: none).
-    cache_dir: where downloaded data is kept (default: the user cache dir).
+    cache_dir: where downloaded data is kept (default: the user cache dir;
+      `tfds`: TFDS's own data dir).
   """
   source: str = "movielens_100k"
   tfds_name: str = "movielens/100k-ratings"
@@ -95,7 +99,7 @@ class DataConfig:
 
   def _validate(self):
     _one_of("source", self.source, ("movielens_100k", "tfds", "files"))
-    _one_of("format", self.format, ("auto", "csv", "tsv", "parquet", "atomic"))
+    _one_of("format", self.format, FILE_FORMATS)
     for key in self.columns:
       _one_of(f"columns.{key}", key, ("user_id", "item_id", "rating", "timestamp"),
               what="key")
@@ -239,7 +243,8 @@ class TaskConfig:
     cross_replica_negatives: under a strategy with several replicas, score
       each query against the whole global batch's candidates, not only its
       replica's (`tfmtl.distribute`); false does as TFRS's task does.
-    layers: hidden layer widths of a ranking task's head.
+    layers: hidden layer widths of the task's head (ranking, classification
+      and reconstruction tasks).
   """
   type: str
   weight: float = 1.0
@@ -262,6 +267,7 @@ class TaskConfig:
       raise ConfigError(f"label: a {self.type} task needs a label column")
     if self.num_negatives < 1:
       raise ConfigError("num_negatives: must be at least 1")
+    _widths("layers", self.layers)
     if self.type == "binary" and self.threshold is None:
       raise ConfigError("threshold: a binary task needs a threshold")
 
@@ -300,6 +306,7 @@ class MultiTaskConfig:
 
   def _validate(self):
     _one_of("type", self.type, ("independent", "shared_bottom", "mmoe", "ple"))
+    _widths("layers", self.layers)
     if self.cross_layers < 0:
       raise ConfigError("cross_layers: must be non-negative")
     if self.type in ("shared_bottom", "mmoe", "ple") and not self.layers:
@@ -386,8 +393,8 @@ class ModelConfig:
     normalize_embeddings: L2-normalise both towers' outputs, so retrieval
       scores are cosines scaled by 1 / temperature.
     l2: L2 penalty on the id embeddings.
-    tpu_embedding: keep the id tables and the categorical features' tables
-      (both towers') in one TFRS `TPUEmbedding` layer
+    tpu_embedding: keep the id tables and the categorical and bucketized
+      features' tables (both towers') in one TFRS `TPUEmbedding` layer
       (`tfmtl.layers.EmbeddingTables`): on a TPU its embedding engine
       shards them over the cores and updates them with `train.optimizer`;
       elsewhere they are ordinary variables (checkpoints move between
@@ -414,6 +421,7 @@ class ModelConfig:
     for name in ("embedding_dim", "id_embedding_dim", "feature_embedding_dim"):
       if getattr(self, name) < 1:
         raise ConfigError(f"{name}: must be at least 1")
+    _widths("tower_layers", self.tower_layers)
     if self.l2 < 0:
       raise ConfigError("l2: must be non-negative")
     if self.tpu_embedding and (self.id_embedding_blocks or self.l2):
@@ -463,8 +471,10 @@ class TransferConfig:
   def _validate(self):
     if self.source_weight <= 0:
       raise ConfigError("source_weight: must be positive")
-    for component in [*self.components, *self.freeze_epochs]:
-      _one_of("components", component, TRANSFER_COMPONENTS, what="component")
+    for field, components in (("components", self.components),
+                              ("freeze_epochs", self.freeze_epochs)):
+      for component in components:
+        _one_of(field, component, TRANSFER_COMPONENTS, what="component")
     if any(epochs < -1 for epochs in self.freeze_epochs.values()):
       raise ConfigError("freeze_epochs: a number of epochs, or -1 for always")
     if self.learning_rate_scale < 0 or self.l2sp < 0:
@@ -572,8 +582,9 @@ class TrainConfig:
   data_service: str = ""
 
   def _validate(self):
-    if self.batch_size < 1 or self.epochs < 1 or self.learning_rate <= 0:
-      raise ConfigError("batch_size, epochs and learning_rate must be positive")
+    for name in ("batch_size", "epochs", "learning_rate"):
+      if getattr(self, name) <= 0:
+        raise ConfigError(f"{name}: must be positive")
     _one_of("strategy", self.strategy, STRATEGIES)
     if self.shard_min_bytes < 1:
       raise ConfigError("shard_min_bytes: must be positive")
@@ -604,7 +615,7 @@ class EvaluateConfig:
 
   Attributes:
     ks: cut-offs of Recall/NDCG/MRR/Hit@k and top-k accuracy.
-    batch_size: users (or test pairs) scored per batch.
+    batch_size: users scored against the whole catalogue per batch.
   """
   ks: list[int] = dataclasses.field(default_factory=lambda: [10, 50, 100])
   batch_size: int = 512
@@ -612,6 +623,8 @@ class EvaluateConfig:
   def _validate(self):
     if not self.ks or min(self.ks) < 1:
       raise ConfigError("ks: must be positive cut-offs")
+    if self.batch_size < 1:
+      raise ConfigError("batch_size: must be positive")
 
 
 @dataclasses.dataclass
@@ -864,6 +877,11 @@ def history_length(model: ModelConfig, tasks: dict[str, TaskConfig]) -> int:
       task.type == "reconstruction" for task in tasks.values()):
     return 0
   return model.sequence.length
+
+
+def _widths(field: str, widths: list[int]) -> None:
+  if any(width < 1 for width in widths):
+    raise ConfigError(f"{field}: layer widths must be at least 1, got {widths}")
 
 
 def _one_of(field: str, value: Any, allowed: tuple[str, ...], what: str = "value"):

@@ -39,6 +39,7 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmtl.config import TaskConfig
 from tfmtl.data.history import latest_history
 from tfmtl.data.pipeline import make_dataset
 from tfmtl.data.schema import (HISTORY, ITEM_ID, USER_ID, InteractionData, table_arrays,
@@ -182,6 +183,24 @@ def ranking_metrics(model, data: InteractionData, test: pd.DataFrame,
     else:
       metrics[f"{name}_auc"] = _auc(label >= task.threshold, predicted)
   return metrics
+
+
+def metric_names(tasks: dict[str, TaskConfig], ks: Sequence[int]) -> list[str]:
+  """The metrics `evaluate_model` gives a model with `tasks` at cut-offs `ks`.
+
+  >>> from tfmtl.config import default_tasks
+  >>> metric_names(default_tasks(), [10])
+  ['top10_accuracy', 'recall@10', 'ndcg@10', 'mrr@10', 'hit@10', 'rating_rmse', 'rating_mae', 'like_auc']
+  """
+  names = []
+  if any(task.type == "retrieval" for task in tasks.values()):
+    ks = sorted(set(ks))
+    names += [f"top{k}_accuracy" for k in ks]
+    names += [f"{name}@{k}" for k in ks for name in ("recall", "ndcg", "mrr", "hit")]
+  for name, task in tasks.items():
+    names += {"regression": [f"{name}_rmse", f"{name}_mae"],
+              "binary": [f"{name}_auc"]}.get(task.type, [])
+  return names
 
 
 def evaluate_model(model, data: InteractionData, split: Split,

@@ -265,7 +265,7 @@ def default_run_dir(config: ExperimentConfig) -> Path:
 
 
 def save_run(run_dir: str | Path, config: ExperimentConfig, prepared: Prepared,
-             model: MultiTaskModel, metrics: Optional[dict] = None) -> Path:
+             model: MultiTaskModel) -> Path:
   """Writes config, vocabularies, catalogue and weights; replaces atomically.
 
   A multi-worker run's other workers write theirs to a temporary folder,
@@ -274,17 +274,17 @@ def save_run(run_dir: str | Path, config: ExperimentConfig, prepared: Prepared,
   run_dir = Path(run_dir)
   if not is_chief():
     with tempfile.TemporaryDirectory() as scratch:
-      _write_run(Path(scratch), config, prepared, model, metrics)
+      _write_run(Path(scratch), config, prepared, model)
     return run_dir
   staging = run_dir.with_name(run_dir.name + ".tmp")
   shutil.rmtree(staging, ignore_errors=True)
-  _write_run(staging, config, prepared, model, metrics)
+  _write_run(staging, config, prepared, model)
   _replace_dir(staging, run_dir)
   return run_dir
 
 
 def _write_run(folder: Path, config: ExperimentConfig, prepared: Prepared,
-               model: MultiTaskModel, metrics: Optional[dict]) -> None:
+               model: MultiTaskModel) -> None:
   folder.mkdir(parents=True, exist_ok=True)
   (folder / "config.yaml").write_text(config.to_yaml())
   prepared.vocabulary.save(folder / "vocabulary.json")
@@ -295,8 +295,19 @@ def _write_run(folder: Path, config: ExperimentConfig, prepared: Prepared,
   if model.history is not None and model.history.history:
     (folder / "history.json").write_text(json.dumps(
         {"epoch": model.history.epoch, **model.history.history}, indent=2))
-  if metrics is not None:
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def save_metrics(run_dir: str | Path, metrics: dict) -> Path:
+  """Writes a run's `metrics.json` whole or not at all (a temporary file,
+  then a rename), so `tfmtl report` never reads half of it."""
+  path = Path(run_dir) / "metrics.json"
+  staging = path.with_name(path.name + ".tmp")
+  try:
+    staging.write_text(json.dumps(metrics, indent=2))
+    staging.replace(path)
+  finally:
+    staging.unlink(missing_ok=True)
+  return path
 
 
 def _replace_dir(staging: Path, target: Path) -> None:

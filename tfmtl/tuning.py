@@ -81,6 +81,11 @@ def objective(config: ExperimentConfig) -> keras_tuner.Objective:
   """The KerasTuner objective `tune.objective` and `tune.direction` name:
   the metric itself, or `blend` for a weighted blend."""
   weights = config.tune.objective_weights
+  known = evaluation.metric_names(config.tasks, config.evaluate.ks)
+  for metric in weights:
+    if metric not in known:
+      raise ConfigError(f"tune.objective: {metric!r} is not a validation metric of this "
+                        f"config's tasks and evaluate.ks; expected one of {', '.join(known)}")
   name = next(iter(weights)) if len(weights) == 1 and 1.0 in weights.values() else "blend"
   direction = config.tune.direction
   if not direction and name != "blend":

@@ -5,6 +5,7 @@ import pytest
 
 from tfmtl.config import FeatureConfig
 from tfmtl.data import DataError, load_files
+from tfmtl.data.files import read_table
 
 ITEM_FEATURES = {"genres": FeatureConfig("multi_categorical"),
                  "year": FeatureConfig("bucketized")}
@@ -72,6 +73,14 @@ def test_unknown_extension_asks_for_a_format(tmp_path):
   path.write_text("x")
   with pytest.raises(DataError, match=r"ratings.dat: cannot tell the format.*data.format"):
     load_files(path)
+
+
+def test_an_unknown_format_is_named_not_guessed(tmp_path):
+  path = tmp_path / "ratings.csv"
+  path.write_text("user_id,item_id\n1,2\n")
+  with pytest.raises(DataError, match=r"ratings.csv: unknown format 'xlsx'; expected one of "
+                                      r"auto, csv, tsv, parquet, atomic"):
+    read_table(path, "xlsx")
 
 
 def test_bad_rating_in_a_file_names_the_file_and_row(tmp_path):

@@ -60,7 +60,7 @@ def test_temporal_split_holds_out_each_users_latest_interactions(movielens):
 
 
 def test_temporal_split_needs_timestamps():
-  with pytest.raises(DataError, match="no 'timestamp' column"):
+  with pytest.raises(DataError, match="split.protocol: temporal needs a 'timestamp' column"):
     temporal_split(pd.DataFrame({"user_id": ["a"], "item_id": ["b"]}))
 
 
@@ -75,3 +75,4 @@ def test_cold_item_split_holds_out_whole_items(movielens):
   config = SplitConfig(protocol="cold_items")
   assert set(held_out_candidates(config, split.test)) == items[2]
   assert held_out_candidates(SplitConfig(protocol="per_user"), split.test) is None
+

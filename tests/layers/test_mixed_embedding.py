@@ -51,8 +51,9 @@ def test_gradients_reach_only_the_rows_used():
 def test_every_block_gets_an_index():
   embedding = MixedDimensionEmbedding(3, 2, [(0.01, 4), (0.01, 2), (0.98, 1)])
   assert embedding.bounds == (0, 1, 2, 3)
-  with pytest.raises(ValueError, match="at least as many indices"):
-    MixedDimensionEmbedding(2, 2, [(0.5, 4), (0.25, 2), (0.25, 1)])
+  with pytest.raises(ValueError, match="user_id_embedding: 3 embedding blocks need at least "
+                                       "as many indices, got 2"):
+    MixedDimensionEmbedding(2, 2, [(0.5, 4), (0.25, 2), (0.25, 1)], name="user_id_embedding")
 
 
 def test_the_config_mixes_the_tables_it_names(tiny_data):

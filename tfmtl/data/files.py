@@ -19,7 +19,7 @@ from typing import Optional
 
 import pandas as pd
 
-from tfmtl.config import FeatureConfig
+from tfmtl.config import FILE_FORMATS, FeatureConfig
 from tfmtl.data.schema import DataError, InteractionData
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
@@ -41,11 +41,14 @@ def read_table(path: str | Path, format: str = "auto") -> pd.DataFrame:
     if not shards:
       raise DataError(f"{path}: no file matches")
     return pd.concat([read_table(shard, format) for shard in shards], ignore_index=True)
+  if format not in FILE_FORMATS:
+    raise DataError(f"{path}: unknown format {format!r}; expected one of "
+                    f"{', '.join(FILE_FORMATS)}")
   if format == "auto":
     format = _FORMATS.get(path.suffix.lower(), "")
     if not format:
-      raise DataError(f"{path}: cannot tell the format from the extension; "
-                      f"set data.format to one of csv, tsv, parquet, atomic")
+      raise DataError(f"{path}: cannot tell the format from the extension; name it "
+                      f"(data.format, or add-items' --format): csv, tsv, parquet or atomic")
   if not path.is_file():
     raise DataError(f"{path}: file not found")
   try:

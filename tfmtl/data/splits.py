@@ -97,7 +97,8 @@ def temporal_split(interactions: pd.DataFrame) -> Split:
   interactions keep the earlier ones in train.
   """
   if TIMESTAMP not in interactions.columns:
-    raise DataError("temporal split: the interactions have no 'timestamp' column")
+    raise DataError("split.protocol: temporal needs a 'timestamp' column in the "
+                    "interactions (data.columns maps yours to it)")
   order = np.lexsort((np.arange(len(interactions)),
                       interactions[TIMESTAMP].to_numpy(),
                       interactions[USER_ID].to_numpy()))

@@ -43,8 +43,8 @@ class MixedDimensionEmbedding(keras.layers.Layer):
                **kwargs):
     super().__init__(**kwargs)
     if input_dim < len(blocks):
-      raise ValueError(f"{len(blocks)} embedding blocks need at least as many indices, "
-                       f"got {input_dim}")
+      raise ValueError(f"{self.name}: {len(blocks)} embedding blocks need at least as many "
+                       f"indices, got {input_dim}")
     ends = np.rint(np.cumsum([share for share, _ in blocks]) * input_dim).astype(int)
     bounds = [0]
     for i, end in enumerate(ends):  # at least one index per block, all indices covered
