@@ -17,12 +17,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def machine() -> str:
   threads = tf.config.threading.get_intra_op_parallelism_threads() or "all"
+  gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+          for gpu in tf.config.list_physical_devices("GPU")]
   return (f"{platform.machine()}, {os.cpu_count()} cores ({threads} TF threads), "
           f"{platform.system()}, Python {platform.python_version()}, "
-          f"TensorFlow {tf.__version__}, no GPU"
-          if not tf.config.list_physical_devices("GPU") else
-          f"{platform.machine()}, {os.cpu_count()} cores, GPU "
-          f"{tf.config.list_physical_devices('GPU')}")
+          f"TensorFlow {tf.__version__}, {', '.join(gpus) or 'no GPU'}")
 
 
 def summary(values: list[float]) -> dict[str, float]:
