@@ -122,3 +122,9 @@ def test_several_steps_a_call_with_the_data_service_is_a_config_error():
 def test_each_bad_number_names_its_own_key(override, message):
   with pytest.raises(ConfigError, match=message):
     ExperimentConfig().with_overrides([override])
+
+
+def test_an_empty_separator_names_the_feature():
+  with pytest.raises(ConfigError, match=r"data.item_features.genres.separator: must not be empty"):
+    ExperimentConfig().with_overrides(
+        ['data.item_features.genres={type: multi_categorical, separator: ""}'])

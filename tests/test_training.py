@@ -60,8 +60,33 @@ def test_a_run_whose_checkpoint_does_not_match_its_config_is_an_error(tmp_path, 
                               training.fit(config, prepared, verbose=0))
   changed = config.with_overrides(["model.id_embedding_dim=7"])
   (run_dir / "config.yaml").write_text(changed.to_yaml())
-  with pytest.raises(ValueError, match=r"weights: the checkpoint does not match"):
+  with pytest.raises(ValueError, match=r"weights: the checkpoint is unreadable or does not "
+                                       r"match the model in .*config.yaml: "):
     training.load_run(run_dir)
+
+
+def _truncate(path):
+  path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: _truncate(next((run / "weights").glob("model.data-*"))),
+     r"weights: the checkpoint is unreadable or does not match the model"),
+    (lambda run: (run / "weights" / "model.index").unlink(),
+     r"not a tfmtl run \(weights/model.index is missing\)"),
+    (lambda run: _truncate(run / "vocabulary.json"),
+     r"vocabulary.json: not a readable vocabulary \(JSONDecodeError"),
+    (lambda run: _truncate(run / "history.json"), r"history.json: not valid JSON"),
+], ids=["weights", "index", "vocabulary", "history"])
+def test_a_damaged_run_is_an_error_naming_the_file(tmp_path, tiny_prepared, damage, message):
+  from tfmtl.reports import run_report
+  config = ExperimentConfig().with_overrides(["name=tiny", "model.embedding_dim=8",
+                                              "train.epochs=1", "train.validate_every=0"])
+  run_dir = training.save_run(tmp_path / "run", config, tiny_prepared,
+                              training.fit(config, tiny_prepared, verbose=0))
+  damage(run_dir)
+  with pytest.raises(ValueError if "index" not in message else FileNotFoundError, match=message):
+    (run_report if "history" in message else training.load_run)(run_dir)
 
 
 def test_a_folder_that_is_not_a_run_is_named(tmp_path):
@@ -107,12 +132,14 @@ def test_a_sequence_model_trains_evaluates_and_reloads_from_config(tmp_path, tin
   assert all("history" in part for part in prepared.split)
   model = training.fit(config, prepared, verbose=0)
   metrics = evaluation.evaluate_model(model, prepared.data, prepared.split, ks=[10])
-  assert 0 <= metrics["recall@10"] <= 1 and np.isfinite(metrics["rating_rmse"])
   run_dir = training.save_run(tmp_path / "run", config, prepared, model)
   _, reloaded = training.load_run(run_dir)
   batch = reloaded.encoder(prepared.data.examples(prepared.split.test))
   np.testing.assert_allclose(reloaded.query_tower(batch).numpy(),
                              model.query_tower(batch).numpy(), atol=1e-5)
+  again = evaluation.evaluate_model(reloaded, prepared.data, prepared.split, ks=[10])
+  assert list(again) == list(metrics) and np.isfinite(list(metrics.values())).all()
+  np.testing.assert_allclose(list(again.values()), list(metrics.values()), atol=1e-6)
 
 
 def test_a_sequence_model_needs_a_vocabulary_with_history(tiny_data):

@@ -45,7 +45,8 @@ class FeatureConfig:
     prefix: keep only the first `prefix` characters of a categorical value
       (e.g. 2 for zip-code regions).
     num_buckets: number of buckets of a `bucketized` column.
-    dim: width of a `vector` column.
+    dim: width of a `vector` column: a list column (Parquet), or in CSV the
+      numbers separated by spaces or commas, brackets optional.
   """
   type: str
   separator: str = "|"
@@ -59,6 +60,8 @@ class FeatureConfig:
       raise ConfigError("dim: a vector feature needs a positive dim; other types take none")
     if self.prefix is not None and self.prefix < 1:
       raise ConfigError("prefix: must be at least 1")
+    if not self.separator:
+      raise ConfigError("separator: must not be empty")
     if self.num_buckets < 2:
       raise ConfigError("num_buckets: must be at least 2")
 

@@ -117,10 +117,14 @@ class FeatureVocabulary:
 
   @classmethod
   def load(cls, path: str | Path) -> "FeatureVocabulary":
-    values = json.loads(Path(path).read_text())
-    for side in ("user_features", "item_features"):
-      values[side] = {k: FeatureConfig(**v) for k, v in values[side].items()}
-    return cls(**values)
+    try:
+      values = json.loads(Path(path).read_text())
+      for side in ("user_features", "item_features"):
+        values[side] = {k: FeatureConfig(**v) for k, v in values[side].items()}
+      return cls(**values)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+      raise ValueError(f"{path}: not a readable vocabulary ({type(error).__name__}: "
+                       f"{error}); retrain the run with `tfmtl train`") from None
 
 
 def _tokens(value: str, spec: FeatureConfig) -> list[str]:

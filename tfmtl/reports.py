@@ -29,14 +29,21 @@ from matplotlib.figure import Figure
 _NOT_TASK_LOSSES = ("loss", "total_loss", "regularization_loss", "distillation_loss")
 
 
+def _read_json(path: Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except ValueError as error:
+    raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
 def run_report(run_dir: str | Path) -> Path:
   """Writes `<run_dir>/report/` (see the module doc); returns report.md's path."""
   run_dir = Path(run_dir)
   if not (run_dir / "history.json").is_file():
     raise FileNotFoundError(f"{run_dir}: no history.json; train the run with `tfmtl train`")
-  history = json.loads((run_dir / "history.json").read_text())
+  history = _read_json(run_dir / "history.json")
   metrics_file = run_dir / "metrics.json"
-  metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+  metrics = _read_json(metrics_file) if metrics_file.is_file() else {}
   epochs = [epoch + 1 for epoch in history["epoch"]]
   losses = {name: values for name, values in history.items()
             if name.endswith("_loss") and name not in _NOT_TASK_LOSSES}

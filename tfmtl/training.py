@@ -86,7 +86,9 @@ def prepare(config: ExperimentConfig) -> Prepared:
       tower_task_side(name, task, data.user_features, data.item_features)
     if task.type in ("regression", "binary") and task.label not in data.label_columns:
       raise ConfigError(f"tasks.{name}.label: column {task.label!r} is not in the "
-                        f"interactions (numeric columns: {data.label_columns})")
+                        f"interactions (numeric columns: {data.label_columns}; a column "
+                        f"with a value that is not a finite number is not one, and a "
+                        f"warning names its first such row)")
   split = split_interactions(data.interactions, config.split)
   logger.info("%s; split %s: %d train, %d validation, %d test", data.summary(),
               config.split.protocol, len(split.train), len(split.validation),
@@ -322,7 +324,7 @@ def _replace_dir(staging: Path, target: Path) -> None:
 def read_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureVocabulary, pd.DataFrame]:
   """A saved run's config, vocabulary and catalogue (no model is built)."""
   run_dir = Path(run_dir)
-  for name in ("config.yaml", "vocabulary.json", "catalogue.parquet", "weights"):
+  for name in ("config.yaml", "vocabulary.json", "catalogue.parquet", "weights/model.index"):
     if not (run_dir / name).exists():
       raise FileNotFoundError(f"{run_dir}: not a tfmtl run ({name} is missing); "
                               "train one with `tfmtl train`")
@@ -345,7 +347,8 @@ def load_run(run_dir: str | Path, catalogue: Optional[pd.DataFrame] = None
   try:
     status = model.load_weights(str(run_dir / "weights" / "model"))
     status.assert_existing_objects_matched().expect_partial()  # no optimizer state
-  except (AssertionError, ValueError) as error:
-    raise ValueError(f"{run_dir / 'weights'}: the checkpoint does not match the model "
-                     f"in {run_dir / 'config.yaml'}: {error}") from None
+  except (AssertionError, ValueError, IndexError, tf.errors.OpError) as error:
+    raise ValueError(f"{run_dir / 'weights'}: the checkpoint is unreadable or does not match "
+                     f"the model in {run_dir / 'config.yaml'}: "
+                     f"{str(error).strip().splitlines()[0]}") from None
   return config, model

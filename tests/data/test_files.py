@@ -88,3 +88,19 @@ def test_bad_rating_in_a_file_names_the_file_and_row(tmp_path):
   path.write_text("user_id,item_id,rating\n1,2,4\n1,3,\n")
   with pytest.raises(DataError, match=r"ratings.csv: column 'rating' has missing .*row 2"):
     load_files(path)
+
+
+def test_a_header_naming_a_column_twice_is_an_error(tmp_path):
+  path = tmp_path / "ratings.csv"
+  path.write_text("user_id,item_id,rating,rating\n1,2,4,5\n")
+  with pytest.raises(DataError, match=r"ratings.csv: the header names \['rating'\] more than once"):
+    load_files(path)
+
+
+def test_a_column_mapping_to_no_column_is_named(tmp_path):
+  path = tmp_path / "ratings.csv"
+  path.write_text("user_id,item_id,rating\n1,2,4\n")
+  with pytest.raises(DataError, match=r"data.columns.item_id: no file has a column 'movie' "
+                                      r"\(the interactions have \['user_id', 'item_id', "
+                                      r"'rating'\]\)"):
+    load_files(path, columns={"item_id": "movie"})

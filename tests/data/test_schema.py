@@ -112,3 +112,65 @@ def test_vector_features_are_zero_where_missing_and_stack_into_examples():
       item_features={"content": FeatureConfig("vector", dim=2)})
   examples = data.examples(data.interactions)
   np.testing.assert_array_equal(examples["content"], [[1.0, 2.0], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("column, values, message", [
+    ("rating", ["4", "inf", "3"], r"column 'rating' has infinite values \(1 rows, first at row 2"),
+    ("timestamp", ["1", "2", "-inf"], r"column 'timestamp' has infinite values .*row 3"),
+    ("timestamp", ["1", "1e30", "3"], r"column 'timestamp' has values out of range .*row 2"),
+])
+def test_numbers_that_are_not_finite_name_the_column_and_row(column, values, message):
+  with pytest.raises(DataError, match=message):
+    InteractionData.from_frames(_frames(**{column: values}), sources=SOURCES)
+
+
+def test_datetime_timestamps_become_seconds_and_missing_ones_are_named():
+  times = pd.to_datetime(["1998-01-01", "1998-01-02", "1998-01-03"], utc=True)
+  data = InteractionData.from_frames(_frames(timestamp=times))
+  assert data.interactions["timestamp"].tolist() == [883612800, 883699200, 883785600]
+  with pytest.raises(DataError, match=r"column 'timestamp' has missing \(NaT\) values .*row 2"):
+    InteractionData.from_frames(_frames(timestamp=[times[0], pd.NaT, times[2]]),
+                                sources=SOURCES)
+
+
+def test_a_label_column_with_a_text_value_is_no_label_and_a_warning_names_the_row(caplog):
+  with caplog.at_level(logging.WARNING, logger="tfmtl"):
+    data = InteractionData.from_frames(_frames(clicks=["1", "n/a", "0"]), sources=SOURCES)
+  assert data.label_columns == ["rating"]
+  assert ("ratings.csv: column 'clicks' is not a label: 1 values are not finite numbers "
+          "(first at row 2: 'n/a')") in caplog.text
+
+
+def test_a_feature_table_sharing_no_id_with_the_interactions_is_an_error():
+  users = pd.DataFrame({"user_id": ["u1", "u2"], "taste": ["x", "y"]})
+  with pytest.raises(DataError, match=r"users.csv: none of the 3 user_id values in the "
+                                      r"interactions has a row here \(theirs: '1', this "
+                                      r"table's: 'u1'\)"):
+    InteractionData.from_frames(_frames(), users,
+                                user_features={"taste": FeatureConfig("categorical")},
+                                sources=SOURCES)
+
+
+def test_a_bucketized_feature_without_any_number_is_an_error():
+  items = pd.DataFrame({"item_id": ["a", "b"], "year": ["old", "new"]})
+  with pytest.raises(DataError, match=r"items.csv: bucketized column 'year' has no numbers "
+                                      r"\(first at row 1: 'old'\)"):
+    InteractionData.from_frames(_frames(), items=items,
+                                item_features={"year": FeatureConfig("bucketized")},
+                                sources=SOURCES)
+
+
+def test_vector_features_read_from_csv_text_and_bad_text_is_named():
+  items = pd.DataFrame({"item_id": ["i1", "i2", "i3"],
+                        "content": ["0.5 1.5", "[2, -1]", ""]})
+  data = InteractionData.from_frames(
+      pd.DataFrame({"user_id": ["u"], "item_id": ["i1"]}), items=items,
+      item_features={"content": FeatureConfig("vector", dim=2)})
+  np.testing.assert_array_equal(np.stack(data.items["content"]),
+                                [[0.5, 1.5], [2.0, -1.0], [0.0, 0.0]])
+  with pytest.raises(DataError, match=r"column 'content' must hold 2 finite floats .* row 1 "
+                                      r"has 'half one'"):
+    InteractionData.from_frames(
+        pd.DataFrame({"user_id": ["u"], "item_id": ["i1"]}),
+        items=items.assign(content=["half one", "1 2", "3 4"]),
+        item_features={"content": FeatureConfig("vector", dim=2)})

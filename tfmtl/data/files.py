@@ -14,6 +14,7 @@ Example (a CSV of ratings whose columns are named differently):
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Optional
 
@@ -62,7 +63,19 @@ def read_table(path: str | Path, format: str = "auto") -> pd.DataFrame:
     raise DataError(f"{path}: cannot be read as {format}: {error}") from None
   if format == "atomic":
     frame.columns = [c.split(":", 1)[0] for c in frame.columns]
+  header = _header(path, format)
+  repeated = sorted({name for name in header if header.count(name) > 1})
+  if repeated:
+    raise DataError(f"{path}: the header names {repeated} more than once")
   return frame
+
+
+def _header(path: Path, format: str) -> list[str]:
+  """The column names as the file's first line spells them (pandas renames
+  a repeated one `name.1`)."""
+  with open(path, newline="", encoding="utf-8", errors="replace") as file:
+    names = next(csv.reader(file, delimiter="," if format == "csv" else "\t"), [])
+  return [name.split(":", 1)[0] if format == "atomic" else name for name in names]
 
 
 def load_files(interactions: str | Path,
@@ -87,8 +100,13 @@ def load_files(interactions: str | Path,
   for role, path in (("interactions", interactions), ("users", users),
                      ("items", items)):
     if path is not None:
-      frames[role] = read_table(path, format).rename(columns=rename)
+      frames[role] = read_table(path, format)
       sources[role] = str(path)
+  for name, file_column in (columns or {}).items():
+    if not any(file_column in frame.columns for frame in frames.values()):
+      raise DataError(f"data.columns.{name}: no file has a column {file_column!r} "
+                      f"(the interactions have {list(frames['interactions'].columns)})")
+  frames = {role: frame.rename(columns=rename) for role, frame in frames.items()}
   return InteractionData.from_frames(
       frames["interactions"], frames.get("users"), frames.get("items"),
       user_features, item_features, sources=sources,

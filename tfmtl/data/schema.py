@@ -175,7 +175,29 @@ def _numbers(frame: pd.DataFrame, column: str, source: str, dtype) -> np.ndarray
     kind = "missing (empty or NaN)" if blank.all() else "non-numeric"
     raise DataError(f"{source}: column {column!r} has {kind} values "
                     f"({int(bad.sum())} rows, {_first_bad(bad, frame, column)})")
+  infinite = pd.Series(~np.isfinite(numbers.to_numpy(np.float64)), index=frame.index)
+  if infinite.any():
+    raise DataError(f"{source}: column {column!r} has infinite values "
+                    f"({int(infinite.sum())} rows, {_first_bad(infinite, frame, column)})")
   return numbers.to_numpy(dtype=dtype)
+
+
+def _timestamps(frame: pd.DataFrame, source: str) -> np.ndarray:
+  """Seconds since the epoch, from numbers or from a datetime column (Parquet)."""
+  column = frame[TIMESTAMP]
+  if pd.api.types.is_datetime64_any_dtype(column):
+    missing = column.isna()
+    if missing.any():
+      raise DataError(f"{source}: column {TIMESTAMP!r} has missing (NaT) values "
+                      f"({int(missing.sum())} rows, {_first_bad(missing, frame, TIMESTAMP)})")
+    epoch = pd.Timestamp(0, tz=column.dt.tz)
+    return ((column - epoch) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+  seconds = _numbers(frame, TIMESTAMP, source, np.float64)
+  out_of_range = pd.Series(np.abs(seconds) >= 2.0 ** 62, index=frame.index)
+  if out_of_range.any():
+    raise DataError(f"{source}: column {TIMESTAMP!r} has values out of range for seconds "
+                    f"since the epoch ({_first_bad(out_of_range, frame, TIMESTAMP)})")
+  return seconds.astype(np.int64)
 
 
 def _check_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -185,7 +207,7 @@ def _check_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
   out = pd.DataFrame({USER_ID: _ids(frame, USER_ID, source),
                       ITEM_ID: _ids(frame, ITEM_ID, source)})
   if TIMESTAMP in frame.columns:
-    out[TIMESTAMP] = _numbers(frame, TIMESTAMP, source, np.float64).astype(np.int64)
+    out[TIMESTAMP] = _timestamps(frame, source)
   if RATING in frame.columns:
     out[RATING] = _numbers(frame, RATING, source, np.float32)
   if SAMPLE_WEIGHT in frame.columns:
@@ -196,8 +218,12 @@ def _check_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
                       f"({_first_bad(negative, out, SAMPLE_WEIGHT)})")
   for column in frame.columns.difference(out.columns):  # other numeric labels
     numbers = pd.to_numeric(frame[column], errors="coerce")
-    if numbers.notna().all():
+    if numbers.notna().all() and np.isfinite(numbers.to_numpy(np.float64)).all():
       out[column] = numbers.to_numpy(dtype=np.float32)
+    elif numbers.notna().mean() >= 0.5:
+      bad = pd.Series(~np.isfinite(numbers.to_numpy(np.float64)), index=frame.index)
+      logger.warning("%s: column %r is not a label: %d values are not finite numbers (%s)",
+                     source, column, int(bad.sum()), _first_bad(bad, frame, column))
   return out
 
 
@@ -230,6 +256,10 @@ def _check_features(frame: Optional[pd.DataFrame], id_column: str,
     out[column] = frame[column].to_numpy()
   unknown = pd.unique(interactions.loc[~interactions[id_column].isin(out[id_column]),
                                        id_column])
+  if len(unknown) and len(out) and len(unknown) == interactions[id_column].nunique():
+    raise DataError(f"{source}: none of the {len(unknown)} {id_column} values in the "
+                    f"interactions has a row here (theirs: {unknown[0]!r}, this table's: "
+                    f"{out[id_column].iloc[0]!r}); check that both name ids alike")
   if len(unknown):
     if len(out):
       logger.warning("%s: %d %s values in the interactions have no row here "
@@ -244,6 +274,17 @@ def _check_features(frame: Optional[pd.DataFrame], id_column: str,
   return out
 
 
+def _vector(value, dim: int) -> np.ndarray:
+  """A vector feature's value: zeros where missing; text is numbers separated
+  by spaces or commas, brackets optional (CSV)."""
+  if value is None or (np.isscalar(value) and pd.isna(value)) or (
+      isinstance(value, str) and not value.strip()):
+    return np.zeros(dim, np.float32)
+  if isinstance(value, str):
+    value = value.strip().strip("[]").replace(",", " ").split()
+  return np.asarray(value, np.float32)
+
+
 def _feature_values(values: pd.Series, name: str, spec: FeatureConfig,
                     source: str) -> np.ndarray:
   """Numbers for bucketized features (non-numbers warn and become NaN),
@@ -252,16 +293,22 @@ def _feature_values(values: pd.Series, name: str, spec: FeatureConfig,
   if spec.type == "vector":
     vectors = np.empty(len(values), dtype=object)
     for row, value in enumerate(values):
-      vector = (np.zeros(spec.dim, np.float32) if value is None or
-                (np.isscalar(value) and pd.isna(value)) else np.asarray(value, np.float32))
-      if vector.shape != (spec.dim,) or not np.isfinite(vector).all():
+      try:
+        vector = _vector(value, spec.dim)
+      except ValueError:
+        vector = None
+      if vector is None or vector.shape != (spec.dim,) or not np.isfinite(vector).all():
         raise DataError(f"{source}: column {name!r} must hold {spec.dim} finite floats "
-                        f"per row; row {row + 1} has shape {vector.shape}")
+                        f"per row (a list, or in CSV the numbers separated by spaces or "
+                        f"commas); row {row + 1} has {value!r}")
       vectors[row] = vector
     return vectors
   if spec.type == "bucketized":
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna() & values.notna() & (values.astype(str).str.strip() != "")
+    if bad.any() and numbers.isna().all():
+      raise DataError(f"{source}: bucketized column {name!r} has no numbers "
+                      f"({_first_bad(bad, values.to_frame(), name)})")
     if bad.any():
       logger.warning("%s: column %r has %d non-numeric values (%s); they are "
                      "treated as missing", source, name, int(bad.sum()),

@@ -106,8 +106,9 @@ def _replay_in_fresh_process(export_dir: Path, out: Path, index: str) -> tuple[d
   result = subprocess.run([sys.executable, "-c", _REPLAY, str(export_dir), str(out), index],
                           capture_output=True, text=True, timeout=900, env=env, cwd="/")
   if result.returncode != 0:
+    last = (result.stderr.strip().splitlines() or ["no output"])[-1]
     raise RuntimeError(f"{export_dir}: a fresh process could not load it and replay the "
-                       f"warm-up requests:\n{result.stderr.strip()[-2000:]}")
+                       f"warm-up requests: {last}")
   with np.load(out) as answers:
     return json.loads(result.stdout.strip().splitlines()[-1]), dict(answers)
 
