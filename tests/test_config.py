@@ -66,6 +66,15 @@ def test_override_of_unknown_section_is_an_error():
     ExperimentConfig().with_overrides(["modle.embedding_dim=3"])
 
 
+def test_override_below_a_value_says_it_is_no_section():
+  with pytest.raises(ConfigError, match=r"'train.epochs' is a value, not a section"):
+    ExperimentConfig().with_overrides(["train.epochs.x=1"])
+
+
+def test_an_empty_override_is_the_empty_string():
+  assert ExperimentConfig().with_overrides(["train.log_dir="]).train.log_dir == ""
+
+
 def test_override_without_equals_sign_is_an_error():
   with pytest.raises(ConfigError, match=r"expected key.path=value"):
     ExperimentConfig().with_overrides(["train.epochs"])

@@ -200,6 +200,13 @@ def test_excluding_everything_leaves_empty_places(trained):
                                       age=tf.constant([30.0]), k=tf.constant([3]),
                                       exclude_item_ids=every_item)
   assert out["item_ids"].numpy().astype(str).tolist() == [[model.catalogue_item_ids[0], "", ""]]
+  out = loaded.signatures["recommend"](user_id=tf.constant(["u1"]), taste=tf.constant(["t1"]),
+                                       age=tf.constant([30.0]), k=tf.constant([3]),
+                                       exclude_item_ids=every_item)
+  assert out["item_ids"].numpy().astype(str).tolist() == [[model.catalogue_item_ids[0], "", ""]]
+  lowest = np.finfo(np.float32).min
+  for name in ("score", "rating", "like", "retrieval"):
+    assert out[name].numpy()[0, 0] > lowest and (out[name].numpy()[0, 1:] == lowest).all(), name
 
 
 @pytest.mark.parametrize("signature", ["retrieve", "recommend", "rank", "query_embedding"])

@@ -80,10 +80,11 @@ def test_the_command_writes_shards_and_says_how_to_train_on_them(tmp_path):
   assert "'data.interactions=data/interactions-*.parquet'" in result.stdout
 
 
-def test_a_size_that_is_not_positive_is_named(tmp_path):
+@pytest.mark.parametrize("users", ["0", "abc"])
+def test_a_size_that_is_not_positive_is_named(tmp_path, users):
   result = subprocess.run([sys.executable, "-m", "tfmtl.cli", "synthesize", "--output", "data",
-                           "--interactions", "100", "--users", "0", "--items", "50"],
+                           "--interactions", "100", "--users", users, "--items", "50"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
-  assert "argument --users: must be a positive integer, not 0" in result.stderr
+  assert f"argument --users: must be a positive integer, not {users!r}" in result.stderr
   assert not (tmp_path / "data").exists()

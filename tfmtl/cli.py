@@ -290,9 +290,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _positive(text: str) -> int:
-  value = int(text)
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
   if value < 1:
-    raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
   return value
 
 

@@ -851,7 +851,8 @@ class ExperimentConfig:
     return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
   def with_overrides(self, overrides: list[str]) -> "ExperimentConfig":
-    """Returns a copy with `dotted.key=value` overrides (values are YAML)."""
+    """Returns a copy with `dotted.key=value` overrides (values are YAML;
+    `key=` is the empty string)."""
     values = self.to_dict()
     for override in overrides:
       key, sep, raw = override.partition("=")
@@ -863,11 +864,12 @@ class ExperimentConfig:
         if child is None and isinstance(node, dict) and depth > 0:
           child = node[part] = {}
         if not isinstance(child, dict):
-          raise ConfigError(f"override {override!r}: unknown key "
-                            f"{'.'.join(parts[:depth + 1])!r}")
+          name = ".".join(parts[:depth + 1])
+          raise ConfigError(f"override {override!r}: " + (
+              f"unknown key {name!r}" if child is None else f"{name!r} is a value, not a section"))
         node = child
       try:
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
       except yaml.YAMLError:
         raise ConfigError(f"override {override!r}: value is not valid YAML") from None
     return ExperimentConfig.from_dict(values)

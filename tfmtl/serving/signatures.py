@@ -30,7 +30,7 @@ ids map to the out-of-vocabulary row; `k` is clipped to [1, catalogue] (one
 k serves the batch: its largest); `exclude_item_ids` is padded with "" (n
 may be 0) and unknown ids in it are ignored; when exclusions leave fewer
 than k items, the missing places have item id "" and the lowest float
-score. Inputs whose batch sizes differ fail with INVALID_ARGUMENT naming
+score (in `recommend`, every task's output too). Inputs whose batch sizes differ fail with INVALID_ARGUMENT naming
 them.
 """
 
@@ -171,7 +171,8 @@ class ServingModule(tf.Module):
     outputs = {"item_ids": tf.where(kept, tf.gather(self.catalogue_item_ids, tf.gather(
         shortlist, best.indices, batch_dims=1)), ""),
                "score": best.values}
-    outputs.update({name: tf.gather(values, best.indices, batch_dims=1)
+    outputs.update({name: tf.where(kept, tf.gather(values, best.indices, batch_dims=1),
+                                   EXCLUDED_SCORE)
                     for name, values in task_scores.items()})
     return outputs
 
