@@ -88,3 +88,10 @@ def test_a_size_that_is_not_positive_is_named(tmp_path, users):
   assert result.returncode == 2
   assert f"argument --users: must be a positive integer, not {users!r}" in result.stderr
   assert not (tmp_path / "data").exists()
+
+
+def test_an_output_below_a_file_is_named(tmp_path):
+  (tmp_path / "afile").write_text("")
+  with pytest.raises(NotADirectoryError, match=r"afile: not a folder, so .*afile/data cannot be "
+                                                r"made"):
+    write_synthetic(tmp_path / "afile" / "data", 100, num_users=10, num_items=10)

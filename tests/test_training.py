@@ -61,7 +61,8 @@ def test_a_run_whose_checkpoint_does_not_match_its_config_is_an_error(tmp_path, 
   changed = config.with_overrides(["model.id_embedding_dim=7"])
   (run_dir / "config.yaml").write_text(changed.to_yaml())
   with pytest.raises(ValueError, match=r"weights: the checkpoint is unreadable or does not "
-                                       r"match the model in .*config.yaml: "):
+                                       r"match the model that .*config.yaml and "
+                                       r"vocabulary.json describe: "):
     training.load_run(run_dir)
 
 

@@ -349,6 +349,6 @@ def load_run(run_dir: str | Path, catalogue: Optional[pd.DataFrame] = None
     status.assert_existing_objects_matched().expect_partial()  # no optimizer state
   except (AssertionError, ValueError, IndexError, tf.errors.OpError) as error:
     raise ValueError(f"{run_dir / 'weights'}: the checkpoint is unreadable or does not match "
-                     f"the model in {run_dir / 'config.yaml'}: "
+                     f"the model that {run_dir / 'config.yaml'} and vocabulary.json describe: "
                      f"{str(error).strip().splitlines()[0]}") from None
   return config, model

@@ -64,6 +64,8 @@ def write_synthetic(folder: str | Path, num_interactions: int, num_users: int,
   item_cdf = _cdf(item_weight)
   by_taste = [np.flatnonzero(item_taste == taste) for taste in range(num_tastes)]
   taste_cdfs = [_cdf(item_weight[items]) if len(items) else None for items in by_taste]
+  if folder.parent.exists() and not folder.parent.is_dir():
+    raise NotADirectoryError(f"{folder.parent}: not a folder, so {folder} cannot be made")
   staging = folder.with_name(f".{folder.name}.tmp")
   shutil.rmtree(staging, ignore_errors=True)
   staging.mkdir(parents=True)
