@@ -68,11 +68,21 @@ def test_missing_file_is_named(tmp_path):
     load_files(tmp_path / "absent.csv")
 
 
-def test_unknown_extension_asks_for_a_format(tmp_path):
-  path = tmp_path / "ratings.dat"
-  path.write_text("x")
-  with pytest.raises(DataError, match=r"ratings.dat: cannot tell the format.*data.format"):
-    load_files(path)
+@pytest.mark.parametrize("name, text, columns, message", [
+    ("ratings.dat", "x", None, r"ratings.dat: cannot tell the format.*data.format"),
+    ("ratings.csv", "user_id,item_id,rating\n1,2,4\n1,3,\n", None,
+     r"ratings.csv: column 'rating' has missing .*row 2"),
+    ("ratings.csv", "user_id,item_id,rating,rating\n1,2,4,5\n", None,
+     r"ratings.csv: the header names \['rating'\] more than once"),
+    ("ratings.csv", "user_id,item_id,rating\n1,2,4\n", {"item_id": "movie"},
+     r"data.columns.item_id: no file has a column 'movie' \(the interactions have "
+     r"\['user_id', 'item_id', 'rating'\]\)"),
+], ids=["extension", "rating", "header", "columns"])
+def test_a_bad_file_is_an_error_naming_it(tmp_path, name, text, columns, message):
+  path = tmp_path / name
+  path.write_text(text)
+  with pytest.raises(DataError, match=message):
+    load_files(path, columns=columns)
 
 
 def test_an_unknown_format_is_named_not_guessed(tmp_path):
@@ -81,26 +91,3 @@ def test_an_unknown_format_is_named_not_guessed(tmp_path):
   with pytest.raises(DataError, match=r"ratings.csv: unknown format 'xlsx'; expected one of "
                                       r"auto, csv, tsv, parquet, atomic"):
     read_table(path, "xlsx")
-
-
-def test_bad_rating_in_a_file_names_the_file_and_row(tmp_path):
-  path = tmp_path / "ratings.csv"
-  path.write_text("user_id,item_id,rating\n1,2,4\n1,3,\n")
-  with pytest.raises(DataError, match=r"ratings.csv: column 'rating' has missing .*row 2"):
-    load_files(path)
-
-
-def test_a_header_naming_a_column_twice_is_an_error(tmp_path):
-  path = tmp_path / "ratings.csv"
-  path.write_text("user_id,item_id,rating,rating\n1,2,4,5\n")
-  with pytest.raises(DataError, match=r"ratings.csv: the header names \['rating'\] more than once"):
-    load_files(path)
-
-
-def test_a_column_mapping_to_no_column_is_named(tmp_path):
-  path = tmp_path / "ratings.csv"
-  path.write_text("user_id,item_id,rating\n1,2,4\n")
-  with pytest.raises(DataError, match=r"data.columns.item_id: no file has a column 'movie' "
-                                      r"\(the interactions have \['user_id', 'item_id', "
-                                      r"'rating'\]\)"):
-    load_files(path, columns={"item_id": "movie"})
