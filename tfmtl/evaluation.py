@@ -97,6 +97,15 @@ def _columns(scorer: Scorer, item_ids: pd.Series) -> np.ndarray:
   return index.get_indexer(item_ids.to_numpy())
 
 
+FULL_RANKING_METRICS = ("recall", "ndcg", "mrr", "hit")  # protocol B, each @k
+RANKING_METRICS = {  # by task type: metric -> score(predicted, label, task)
+    "regression": {
+        "rmse": lambda predicted, label, _: float(np.sqrt(np.mean((predicted - label) ** 2))),
+        "mae": lambda predicted, label, _: float(np.mean(np.abs(predicted - label)))},
+    "binary": {"auc": lambda predicted, label, task: _auc(label >= task.threshold, predicted)},
+}
+
+
 def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50, 100),
                       batch_size: int = 512,
                       candidates: Optional[Sequence[str]] = None) -> dict[str, float]:
@@ -117,7 +126,7 @@ def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50,
   users = test_by_user.index.to_numpy(dtype=object)
 
   accuracy_hits = {k: 0.0 for k in ks}
-  sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg", "mrr", "hit")}
+  sums = {f"{name}@{k}": 0.0 for k in ks for name in FULL_RANKING_METRICS}
   discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
   for start in range(0, len(users), batch_size):
     batch = users[start:start + batch_size]
@@ -165,7 +174,7 @@ def ranking_metrics(model, data: InteractionData, test: pd.DataFrame,
                     batch_size: int = 4096) -> dict[str, float]:
   """RMSE / MAE of regression tasks and AUC of binary tasks on `test`."""
   ranking_tasks = {name: task for name, task in model.task_configs.items()
-                   if task.type in ("regression", "binary")}
+                   if task.type in RANKING_METRICS}
   if not ranking_tasks:
     return {}
   predictions = {name: [] for name in ranking_tasks}
@@ -177,11 +186,8 @@ def ranking_metrics(model, data: InteractionData, test: pd.DataFrame,
   for name, task in ranking_tasks.items():
     predicted = np.concatenate(predictions[name])
     label = test[task.label].to_numpy(np.float64)
-    if task.type == "regression":
-      metrics[f"{name}_rmse"] = float(np.sqrt(np.mean((predicted - label) ** 2)))
-      metrics[f"{name}_mae"] = float(np.mean(np.abs(predicted - label)))
-    else:
-      metrics[f"{name}_auc"] = _auc(label >= task.threshold, predicted)
+    for metric, score in RANKING_METRICS[task.type].items():
+      metrics[f"{name}_{metric}"] = score(predicted, label, task)
   return metrics
 
 
@@ -196,10 +202,9 @@ def metric_names(tasks: dict[str, TaskConfig], ks: Sequence[int]) -> list[str]:
   if any(task.type == "retrieval" for task in tasks.values()):
     ks = sorted(set(ks))
     names += [f"top{k}_accuracy" for k in ks]
-    names += [f"{name}@{k}" for k in ks for name in ("recall", "ndcg", "mrr", "hit")]
+    names += [f"{name}@{k}" for k in ks for name in FULL_RANKING_METRICS]
   for name, task in tasks.items():
-    names += {"regression": [f"{name}_rmse", f"{name}_mae"],
-              "binary": [f"{name}_auc"]}.get(task.type, [])
+    names += [f"{name}_{metric}" for metric in RANKING_METRICS.get(task.type, {})]
   return names
 
 

@@ -30,6 +30,7 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmtl import atomic
 from tfmtl.checkpoints import backup_and_restore, checkpoint_folder
 from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig, TrainConfig
 from tfmtl.content import encode_item_content, with_content
@@ -300,16 +301,9 @@ def _write_run(folder: Path, config: ExperimentConfig, prepared: Prepared,
 
 
 def save_metrics(run_dir: str | Path, metrics: dict) -> Path:
-  """Writes a run's `metrics.json` whole or not at all (a temporary file,
-  then a rename), so `tfmtl report` never reads half of it."""
-  path = Path(run_dir) / "metrics.json"
-  staging = path.with_name(path.name + ".tmp")
-  try:
-    staging.write_text(json.dumps(metrics, indent=2))
-    staging.replace(path)
-  finally:
-    staging.unlink(missing_ok=True)
-  return path
+  """Writes a run's `metrics.json` whole or not at all (`tfmtl.atomic`), so
+  `tfmtl report` never reads half of it."""
+  return atomic.write_text(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2))
 
 
 def _replace_dir(staging: Path, target: Path) -> None:

@@ -59,7 +59,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorboard.plugins.hparams import api as hparams_api
 
-from tfmtl import evaluation, training
+from tfmtl import atomic, evaluation, training
 from tfmtl.config import ConfigError, ExperimentConfig
 
 logger = logging.getLogger("tfmtl")
@@ -213,11 +213,7 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
 
   def write_best_config(self) -> Path:
     """Writes `best.yaml` in the search's folder (atomically); returns its path."""
-    path = Path(self.project_dir) / "best.yaml"
-    staging = path.with_suffix(".yaml.tmp")
-    staging.write_text(self.best_config().to_yaml())
-    staging.replace(path)
-    return path
+    return atomic.write_text(Path(self.project_dir) / "best.yaml", self.best_config().to_yaml())
 
   def save_model(self, trial_id, model, step=0):
     """`run_trial` saves each trial's run itself."""

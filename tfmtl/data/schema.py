@@ -218,10 +218,10 @@ def _check_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
                       f"({_first_bad(negative, out, SAMPLE_WEIGHT)})")
   for column in frame.columns.difference(out.columns):  # other numeric labels
     numbers = pd.to_numeric(frame[column], errors="coerce")
-    if numbers.notna().all() and np.isfinite(numbers.to_numpy(np.float64)).all():
+    bad = pd.Series(~np.isfinite(numbers.to_numpy(np.float64)), index=frame.index)  # NaN too
+    if not bad.any():
       out[column] = numbers.to_numpy(dtype=np.float32)
     elif numbers.notna().mean() >= 0.5:
-      bad = pd.Series(~np.isfinite(numbers.to_numpy(np.float64)), index=frame.index)
       logger.warning("%s: column %r is not a label: %d values are not finite numbers (%s)",
                      source, column, int(bad.sum()), _first_bad(bad, frame, column))
   return out

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from tfmtl import atomic
 from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID
 from tfmtl.serving.client import grpc_request
 
@@ -102,6 +103,4 @@ def write_server_configs(base_path: Path) -> None:
            if p.is_dir() and any(v.name.isdigit() for v in p.iterdir())]
   for file_name, text in (("models.config", models_config(names)),
                           ("batching.config", BATCHING_CONFIG)):
-    staging = base_path / f".{file_name}.tmp"
-    staging.write_text(text)
-    staging.replace(base_path / file_name)
+    atomic.write_text(base_path / file_name, text)
