@@ -183,9 +183,10 @@ def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
                         "--set", f"model.tpu_embedding={tables}"], cwd=tmp_path)
   # Two workers update the parameters asynchronously: close to one device, not
   # equal. Over 2 epochs how stale their updates were moved the rating loss by
-  # up to 16%; over 4, by at most 7% in 4 runs.
+  # up to 16%; over 4, by at most 7% in 4 runs, and once (a CI run, shared
+  # tables) the like loss by 10.7%.
   assert last_epoch_losses(chief.stdout) == pytest.approx(
-      last_epoch_losses(one_device.stdout), rel=0.1)
+      last_epoch_losses(one_device.stdout), rel=0.15)
   training.load_run(tmp_path / "runs" / "ps")  # the sharded tables reload whole
 
 
