@@ -4,9 +4,10 @@ Both train on the same data (MovieLens 100K, protocol A train split: 80,000
 ratings) in one process, in alternating rounds, so the machine's load hits
 both alike; the figure is the ratio of their median epoch throughputs.
 The recipe runs in its fastest honest form (training metrics off, cached
-batches of 8192, as TFRS advises); tfmtl runs its default config, and the
-same config compiled with XLA and 16 steps per execution
-(`train.jit_compile`, `train.steps_per_execution`).
+batches of 8192, as TFRS advises); tfmtl runs its default config (32 steps
+per call into TensorFlow on one device), the same config at Keras' 1 step
+per call, and compiled with XLA and 16 steps per call
+(`train.steps_per_execution`, `train.jit_compile`).
 
     python benchmarks/speed_train.py [--rounds 3] [--set KEY=VALUE ...] [--output NAME]
 
@@ -26,10 +27,12 @@ import tf_keras as keras
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data import make_dataset
+from tfmtl.distribute import make_strategy, steps_per_execution
 
 from common import summary, write_result
 from tfrs_recipe import build_recipe
 
+ONE_STEP = ["train.steps_per_execution=1"]
 COMPILED = ["train.jit_compile=true", "train.steps_per_execution=16"]
 
 
@@ -62,7 +65,8 @@ def main():
       ["split.protocol=random", "split.fractions=[0.8, 0.0, 0.2]", *args.set])
   prepared = training.prepare(config)
   train = prepared.split.train
-  contenders = {"tfmtl": config, "tfmtl_compiled": config.with_overrides(COMPILED)}
+  contenders = {"tfmtl": config, "tfmtl_1_step": config.with_overrides(ONE_STEP),
+                "tfmtl_compiled": config.with_overrides(COMPILED)}
   runs = {}
   for name, contender in contenders.items():
     model = training.build_model(contender, prepared.vocabulary, prepared.data.items)
@@ -85,21 +89,24 @@ def main():
           "data": f"MovieLens 100K protocol A train split ({len(train)} ratings)",
           "tfmtl": {"batch_size": config.train.batch_size, "optimizer": config.train.optimizer,
                     "training_metrics": config.train.training_metrics,
-                    "overrides": args.set, "tfmtl_compiled": COMPILED},
+                    "steps_per_execution": steps_per_execution(make_strategy("default"),
+                                                               config.train),
+                    "overrides": args.set, "tfmtl_1_step": ONE_STEP,
+                    "tfmtl_compiled": COMPILED},
           "tfrs_recipe": {"batch_size": 8192, "optimizer": "adagrad",
                           "training_metrics": False},
           "rounds": args.rounds, "epochs_per_round": args.epochs_per_round,
           "threads": "TensorFlow defaults (all cores)"},
-      "metrics": {"tfmtl_examples_per_s": rate["tfmtl"],
-                  "tfmtl_compiled_examples_per_s": rate["tfmtl_compiled"],
+      "metrics": {**{f"{name}_examples_per_s": rate[name] for name in contenders},
                   "tfrs_recipe_examples_per_s": rate["recipe"],
                   "ratio": rate["tfmtl"] / rate["recipe"],
+                  "ratio_1_step": rate["tfmtl_1_step"] / rate["recipe"],
                   "ratio_compiled": rate["tfmtl_compiled"] / rate["recipe"]},
       "spread": {name: summary(values) for name, values in throughput.items()},
   })
   print(", ".join(f"{name} {value:,.0f} examples/s" for name, value in rate.items()),
-        f"ratio {rate['tfmtl'] / rate['recipe']:.2f}, compiled "
-        f"{rate['tfmtl_compiled'] / rate['recipe']:.2f} -> {path}")
+        "ratios", ", ".join(f"{name} {rate[name] / rate['recipe']:.2f}" for name in contenders),
+        f"-> {path}")
 
 
 if __name__ == "__main__":

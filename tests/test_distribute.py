@@ -18,20 +18,22 @@ import pytest
 import tensorflow as tf
 
 from tfmtl import training
-from tfmtl.config import ConfigError
-from tfmtl.distribute import is_chief, make_strategy
+from tfmtl.config import ConfigError, ExperimentConfig
+from tfmtl.distribute import is_chief, make_strategy, steps_per_execution
 
 TOLERANCE = 1e-3
 
 # Two logical CPU devices must be set before TensorFlow starts: a fresh process.
 # argv: config file, then JSON lists of overrides, one per run; prints each
-# run's last-epoch task losses and its weights' checksum per variable.
+# run's last-epoch task losses, its weights and how many calls into
+# TensorFlow it trained in (callbacks see one batch end per call).
 _MIRRORED = r"""
 import json, sys
 import tfmtl
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import tf_keras as keras
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
 base = ExperimentConfig.from_file(sys.argv[1])
@@ -39,10 +41,12 @@ prepared = training.prepare(base)
 runs = []
 for overrides in sys.argv[2:]:
   config = base.with_overrides(json.loads(overrides))
-  model = training.fit(config, prepared, verbose=0)
+  calls = []
+  count = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: calls.append(1))
+  model = training.fit(config, prepared, verbose=0, callbacks=[count])
   losses = {k: v[-1] for k, v in model.history.history.items() if k.endswith("_loss")}
-  runs.append({"losses": losses, "weights": [w.numpy().tolist()
-                                             for w in model.trainable_weights]})
+  runs.append({"losses": losses, "calls": len(calls),
+               "weights": [w.numpy().tolist() for w in model.trainable_weights]})
 print(json.dumps(runs))
 """
 
@@ -79,6 +83,9 @@ def test_mirrored_on_two_cpus_trains_as_one_device(config_file, tmp_path):
    four_steps_a_call) = runs
   _same(one_device, two_replicas)
   _same(tables_one_device, tables_two_replicas)  # TFRS's TPUEmbedding layer, off-TPU
+  # 2 epochs of 720 rows in batches of 64: 12 steps each. Unset,
+  # steps_per_execution is 32 on one device and 1 under two replicas.
+  assert one_device["calls"] == 2 and two_replicas["calls"] == 2 * 12
   # Several steps a call need full batches (a smaller last one broke
   # TensorFlow's collectives): an epoch leaves its last rows out.
   # (total_loss is the last step's: its batch differs.)
@@ -198,6 +205,14 @@ def test_tpu_falls_back_to_the_default_strategy_off_tpu(caplog):
 
 def test_auto_on_a_cpu_machine_is_the_default_strategy():
   assert make_strategy("auto") is tf.distribute.get_strategy()
+
+
+def test_steps_per_execution_unset_is_1_with_the_data_service():
+  """The service's input has no size Keras could count several steps a call in."""
+  train = ExperimentConfig().with_overrides([
+      "train.input=tfrecord", "train.data_service=grpc://localhost:5050"]).train
+  assert steps_per_execution(make_strategy("default"), train) == 1
+  assert steps_per_execution(make_strategy("default"), ExperimentConfig().train) == 32
 
 
 def test_multi_worker_without_tf_config_is_a_config_error(monkeypatch):

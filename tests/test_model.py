@@ -32,9 +32,16 @@ def test_call_gives_embeddings_and_one_prediction_per_ranking_task(model_and_bat
   assert ((like > 0) & (like < 1)).all()  # a probability
 
 
-def test_catalogue_embeddings_cover_every_item(model_and_batch, tiny_data):
-  model, _ = model_and_batch
-  assert model.catalogue_embeddings().shape == (len(tiny_data.items), 16)
+def test_catalogue_embeddings_are_each_items_candidate_embedding(model_and_batch, tiny_data):
+  """The matrix retrieval and the export score against: one row per item,
+  the candidate tower of that item's own features."""
+  model, batch = model_and_batch
+  catalogue = model.catalogue_embeddings().numpy()
+  assert catalogue.shape == (len(tiny_data.items), 16)
+  row_of = {index: row for row, index in enumerate(model.catalogue_features["item_id"].numpy())}
+  rows = [row_of[index] for index in batch["item_id"].numpy()]
+  np.testing.assert_allclose(model(batch)["candidate_embedding"].numpy(), catalogue[rows],
+                             atol=1e-5)
 
 
 def test_loss_is_the_weighted_sum_of_task_losses(tiny_data, model_and_batch):

@@ -151,19 +151,22 @@ def test_a_sequence_model_needs_a_vocabulary_with_history(tiny_data):
                    tiny_data.items, ModelConfig(sequence=SequenceConfig(type="gru")))
 
 
-@pytest.mark.parametrize("options", [["train.steps_per_execution=5"], ["train.jit_compile=true"]])
-def test_compile_options_train_as_the_plain_step(tmp_path, tiny_prepared, options):
+@pytest.mark.parametrize("options, steps_per_call", [
+    (["train.steps_per_execution=null"], 32),  # unset: 32 on one device
+    (["train.steps_per_execution=5"], 5),
+    (["train.jit_compile=true"], 1)])
+def test_compile_options_train_as_the_plain_step(tmp_path, tiny_prepared, options,
+                                                 steps_per_call):
   base = ExperimentConfig().with_overrides([
       "name=tiny", "model.embedding_dim=8", "train.epochs=2", "train.batch_size=64",
-      f"train.run_dir={tmp_path / 'run'}"])
+      "train.steps_per_execution=1", f"train.run_dir={tmp_path / 'run'}"])
   plain = training.fit(base, tiny_prepared, verbose=0)
   calls = []
   count = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: calls.append(1))
   compiled = training.fit(base.with_overrides(options), tiny_prepared, verbose=0,
                           callbacks=[count])
   steps_per_epoch = -(-len(tiny_prepared.split.train) // 64)
-  executions_per_epoch = -(-steps_per_epoch // 5) if "steps_per" in options[0] else steps_per_epoch
-  assert len(calls) == 2 * executions_per_epoch  # callbacks see every 5th step
+  assert len(calls) == 2 * -(-steps_per_epoch // steps_per_call)  # once per call
   assert compiled.jit_compile == ("jit_compile" in options[0])
   for name, losses in plain.history.history.items():
     assert compiled.history.history[name] == pytest.approx(losses, rel=1e-3), name

@@ -48,9 +48,12 @@ from typing import Any, Callable, Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.config import STRATEGIES, ConfigError
+from tfmtl.config import STRATEGIES, ConfigError, TrainConfig
 
 logger = logging.getLogger("tfmtl")
+
+#: Training steps per call into TensorFlow where `train.steps_per_execution` is unset.
+UNSET_STEPS_PER_EXECUTION = 32
 
 
 def make_strategy(name: str, devices: Sequence[str] = (), tpu: str = "",
@@ -147,6 +150,30 @@ def training_input(strategy: tf.distribute.Strategy, batches: Callable[..., tf.d
   fixed_size = on_tpu(strategy) or (strategy.num_replicas_in_sync > 1
                                     and steps_per_execution > 1)
   return batches(None, fixed_size), {}
+
+
+def steps_per_execution(strategy: tf.distribute.Strategy, train: TrainConfig) -> int:
+  """Training steps per call into TensorFlow (Keras `compile`) under `strategy`.
+
+  `train.steps_per_execution` where set. Unset, 32 on one replica or a TPU:
+  Keras' per-step call costs a small model's step much of its time
+  (BENCHMARKS.md), and it trains the same model. Unset, 1 under several
+  GPU or worker replicas (several steps a call would drop each epoch's
+  last, smaller batch; `training_input`), under parameter servers, and with
+  the tf.data service (whose input Keras cannot count steps in).
+
+  >>> steps_per_execution(make_strategy("default"), TrainConfig())
+  32
+  >>> steps_per_execution(make_strategy("default"), TrainConfig(steps_per_execution=1))
+  1
+  """
+  if train.steps_per_execution is not None:
+    return train.steps_per_execution
+  several_replicas = strategy.num_replicas_in_sync > 1 and not on_tpu(strategy)
+  if (several_replicas or train.data_service
+      or isinstance(strategy, tf.distribute.ParameterServerStrategy)):
+    return 1
+  return UNSET_STEPS_PER_EXECUTION
 
 
 def host_fed(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):

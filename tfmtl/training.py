@@ -42,7 +42,8 @@ from tfmtl.data.shards import example_shards_dataset, write_example_shards
 from tfmtl.data.sources import load_data, load_source, mix_source
 from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
-from tfmtl.distribute import is_chief, make_strategy, on_tpu, training_input
+from tfmtl.distribute import (is_chief, make_strategy, on_tpu, steps_per_execution,
+                              training_input)
 from tfmtl.evaluation import ValidationMetrics
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
@@ -130,8 +131,9 @@ def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
   except ValueError:
     raise ConfigError(f"train.optimizer: unknown optimizer {name!r}"
                       " (e.g. adam, lazy_adam, adagrad, sgd)") from None
-  model.compile(optimizer=optimizer, steps_per_execution=config.train.steps_per_execution,
-                jit_compile=config.train.jit_compile)
+  model.compile(optimizer=optimizer, jit_compile=config.train.jit_compile,
+                steps_per_execution=steps_per_execution(tf.distribute.get_strategy(),
+                                                        config.train))
   return model
 
 
@@ -154,6 +156,7 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   strategy = make_strategy(options.strategy, options.devices, options.tpu,
                            options.shard_min_bytes)
   tables_on_tpu = config.model.tpu_embedding and on_tpu(strategy)
+  steps_per_call = steps_per_execution(strategy, options)
   if tables_on_tpu:
     _check_tables_on_tpu(config)
   elif options.optimizer.lower() == "adam":
@@ -172,7 +175,7 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
       model.distillation = distillation if distillation.weight else None
     checkpoints = checkpoint_folder(default_run_dir(config))
     backup = backup_and_restore(model, checkpoints, options.checkpoint_steps, options.resume,
-                                options.steps_per_execution)
+                                steps_per_call)
   if isinstance(strategy, tf.distribute.ParameterServerStrategy):
     sharded = sorted({v.name.split("/part_")[0] for v in model.variables if "/part_1" in v.name})
     logger.info("split across the parameter servers: %s", ", ".join(sharded) or "none")
@@ -184,7 +187,7 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   with _input_folder(config) as folder:
     train, steps = training_input(strategy, _batches(options, encoded, folder, config.seed),
                                   len(rows), options.batch_size, config.model.tpu_embedding,
-                                  options.steps_per_execution)
+                                  steps_per_call)
     logs = [ValidationMetrics(prepared.data, prepared.split, config.evaluate.ks,
                               0 if tables_on_tpu else options.validate_every)]
     if options.log_dir and is_chief():
