@@ -1,5 +1,6 @@
 """Crash-safe training: checkpoints, resuming, and checkpoints that cannot be."""
 
+import json
 import os
 import re
 import shutil
@@ -60,9 +61,37 @@ def test_a_crash_leaves_the_checkpoint_of_the_last_epoch(crashed):
 
 def test_a_rerun_resumes_without_repeating_completed_epochs(crashed, tiny_prepared, tmp_path):
   run_dir = _copy(crashed, tmp_path)
-  model = training.fit(_config(run_dir), tiny_prepared, verbose=0)
-  assert model.history.epoch == [2, 3]
+  started = []
+  count = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: started.append(epoch))
+  model = training.fit(_config(run_dir), tiny_prepared, verbose=0, callbacks=[count])
+  assert started == [2, 3]
+  # The history holds the epochs before the crash too, as the run left them.
+  kept = json.loads((crashed / "history.json").read_text())
+  assert model.history.epoch == [0, 1, 2, 3]
+  assert model.history.history["rating_loss"][:2] == [kept[e]["rating_loss"] for e in "01"]
+  assert all(len(values) == 4 for values in model.history.history.values())
   assert not checkpoint_folder(run_dir).exists()  # removed once training completes
+
+
+def test_a_crash_inside_the_first_checkpoint_trains_from_the_start(tiny_prepared, tmp_path):
+  """TensorFlow writes a checkpoint's index last: files without one were cut short."""
+  run_dir = tmp_path / "run"
+  partial = checkpoint_folder(run_dir) / "chief" / "ckpt-1_temp"
+  partial.mkdir(parents=True)
+  (partial / "part-00000-of-00001.index").write_bytes(b"\0" * 10)
+  model = training.fit(_config(run_dir), tiny_prepared, verbose=0)
+  assert model.history.epoch == [0, 1, 2, 3]
+  assert not checkpoint_folder(run_dir).exists()
+
+
+def test_an_index_naming_missing_files_is_an_error_naming_them(crashed, tiny_prepared,
+                                                                 tmp_path):
+  run_dir = _copy(crashed, tmp_path)
+  for data in (checkpoint_folder(run_dir) / "chief").glob("ckpt-2.*"):
+    data.unlink()
+  with pytest.raises(CheckpointError, match=r"chief/checkpoint: names the checkpoint "
+                                            r"\S*ckpt-2, whose files are missing"):
+    training.fit(_config(run_dir), tiny_prepared, verbose=0)
 
 
 def test_resume_false_starts_over(crashed, tiny_prepared, tmp_path):
@@ -138,10 +167,15 @@ def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(
 
 
 class _Tables(keras.callbacks.Callback):
-  """Keeps the shared tables as training starts (after any restore)."""
+  """Keeps the shared tables as training starts (after any restore), and
+  the epochs it runs."""
 
   def on_train_begin(self, logs=None):
     self.values = [v.numpy() for v in self.model.embedding_tables.variables]
+    self.started = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.started.append(epoch)
 
 
 def test_shared_tables_resume_where_a_crash_left_them(tiny_prepared, tmp_path):
@@ -154,7 +188,7 @@ def test_shared_tables_resume_where_a_crash_left_them(tiny_prepared, tmp_path):
   at_crash = [v.numpy() for v in crash.model.embedding_tables.variables]
   restored = _Tables()
   resumed = training.fit(config, tiny_prepared, verbose=0, callbacks=[restored])
-  assert resumed.history.epoch == [2, 3]
+  assert restored.started == [2, 3]
   assert len(restored.values) == 5
   for before, after in zip(at_crash, restored.values):
     np.testing.assert_array_equal(after, before)

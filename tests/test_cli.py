@@ -98,6 +98,17 @@ def test_evaluate_of_a_missing_run_names_it(tmp_path):
   assert "runs/nothing: not a tfmtl run" in result.stderr
 
 
+def test_tensorflow_warnings_print_once(tmp_path):
+  """TensorFlow's logger has its own handler; the CLI's must not repeat it."""
+  result = subprocess.run([sys.executable, "-c", """if True:
+      import sys, tensorflow as tf
+      from tfmtl import cli
+      cli.cmd_data = lambda args: tf.get_logger().warning("a TensorFlow warning")
+      sys.exit(cli.main(["data"]))"""], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count("a TensorFlow warning") == 1
+
+
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_before_or_after_the_subcommand_shows_the_traceback(tmp_path, where):
   args = ["evaluate", "--run", "runs/nothing"]

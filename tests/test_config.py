@@ -111,10 +111,10 @@ def test_recommend_weights_name_retrieval_or_ranking_tasks():
     ExperimentConfig().with_overrides(["export.keep_versions=-1"])
 
 
-def test_several_steps_a_call_with_the_data_service_is_a_config_error():
-  with pytest.raises(ConfigError, match=r"train.steps_per_execution: must be 1 with data_service"):
-    ExperimentConfig().with_overrides(["train.input=tfrecord", "train.steps_per_execution=8",
-                                       "train.data_service=grpc://localhost:5050"])
+def test_several_steps_a_call_with_tfrecord_input_is_a_config_error():
+  with pytest.raises(ConfigError, match=r"train.steps_per_execution: must be 1 \(or unset\) "
+                                        r"with input: tfrecord"):
+    ExperimentConfig().with_overrides(["train.input=tfrecord", "train.steps_per_execution=8"])
 
 
 @pytest.mark.parametrize("override, message", [

@@ -177,7 +177,7 @@ def test_a_saved_run_keeps_the_content_vectors(tiny_frames, encoder, tmp_path):
 
 
 def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_text(
-    tiny_frames, encoder, tmp_path):
+    tiny_frames, encoder, tmp_path, monkeypatch):
   import subprocess
   import sys
 
@@ -213,5 +213,15 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().endswith(str(base / "tiny" / "3"))
+
+  # The run's catalogue is written before the export, and put back if it fails.
+  from tfmtl.serving import new_items
+  def failing_export(model, config, base_path, version):
+    assert "n4" in set(pd.read_parquet(run / "catalogue.parquet")["item_id"])
+    raise OSError("disk full")
+  monkeypatch.setattr(new_items, "export_configured", failing_export)
+  with pytest.raises(OSError, match="disk full"):
+    add_items(run, pd.DataFrame({"item_id": ["n4"], "genres": ["Comedy"]}), base_path=str(base))
+  assert "n4" not in set(pd.read_parquet(run / "catalogue.parquet")["item_id"])
   assert sorted(p.name for p in (base / "tiny").iterdir()) == ["1", "2", "3"]
   assert tf.saved_model.load(str(base / "tiny" / "3")).candidate_matrix.shape[1] == 63

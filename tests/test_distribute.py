@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from tfmtl import training
 from tfmtl.config import ConfigError, ExperimentConfig
-from tfmtl.distribute import is_chief, make_strategy, steps_per_execution
+from tfmtl.distribute import (is_chief, make_strategy, serve_cluster_task,
+                              steps_per_execution)
 
 TOLERANCE = 1e-3
 
@@ -207,18 +208,35 @@ def test_auto_on_a_cpu_machine_is_the_default_strategy():
   assert make_strategy("auto") is tf.distribute.get_strategy()
 
 
-def test_steps_per_execution_unset_is_1_with_the_data_service():
-  """The service's input has no size Keras could count several steps a call in."""
-  train = ExperimentConfig().with_overrides([
-      "train.input=tfrecord", "train.data_service=grpc://localhost:5050"]).train
-  assert steps_per_execution(make_strategy("default"), train) == 1
-  assert steps_per_execution(make_strategy("default"), ExperimentConfig().train) == 32
+@pytest.mark.parametrize("overrides, steps", [
+    ([], 32), (["train.input=tfrecord"], 1),
+    (["train.input=tfrecord", "train.data_service=grpc://localhost:5050"], 1)])
+def test_steps_per_execution_unset_is_1_with_tfrecord_input(overrides, steps):
+  """Streamed input has no size Keras could count several steps a call in."""
+  train = ExperimentConfig().with_overrides(overrides).train
+  assert steps_per_execution(make_strategy("default"), train) == steps
 
 
 def test_multi_worker_without_tf_config_is_a_config_error(monkeypatch):
   monkeypatch.delenv("TF_CONFIG", raising=False)
   with pytest.raises(ConfigError, match="TF_CONFIG"):
     make_strategy("multi_worker")
+
+
+def test_train_under_parameter_servers_runs_on_the_chief_only(monkeypatch):
+  """A worker's TF_CONFIG given to `tfmtl train` used to wait forever."""
+  monkeypatch.setenv("TF_CONFIG", json.dumps({
+      "cluster": {"chief": ["localhost:1"], "worker": ["localhost:2"], "ps": ["localhost:3"]},
+      "task": {"type": "worker", "index": 0}}))
+  with pytest.raises(ConfigError, match=r"task type 'worker': under parameter_server `tfmtl "
+                                        r"train` runs on the chief; .* run `tfmtl worker`"):
+    make_strategy("parameter_server")
+
+
+def test_a_cluster_worker_without_tf_config_is_a_config_error(monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  with pytest.raises(ConfigError, match=r"^`tfmtl worker` needs the TF_CONFIG"):
+    serve_cluster_task()
 
 
 @pytest.mark.parametrize("tf_config, chief", [

@@ -1,6 +1,7 @@
 """SavedModel export: TF Serving layout, atomic versions, fresh-process round trip."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -284,8 +285,19 @@ def test_the_base_path_gets_a_models_config_and_batching_parameters(trained):
     assert f"{field} {{ value: " in batching
 
 
-def test_keep_versions_prunes_the_oldest(trained, tmp_path):
+def test_keep_versions_prunes_the_oldest(trained, tmp_path, monkeypatch):
   model, _, _ = trained
   for _ in range(3):
     export_model(model, tmp_path, "m", keep_versions=2)
   assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["2", "3"]
+  # Killed while removing version 2: what is left is hidden from TF Serving.
+  def killed_midway(path, *args, **kwargs):
+    if Path(path).exists():  # (the export's own staging folder is gone by then)
+      (Path(path) / "saved_model.pb").unlink()
+      raise KeyboardInterrupt
+  monkeypatch.setattr(shutil, "rmtree", killed_midway)
+  with pytest.raises(KeyboardInterrupt):
+    export_model(model, tmp_path, "m", keep_versions=2)
+  numbered = sorted(p for p in (tmp_path / "m").iterdir() if p.name.isdigit())
+  assert [p.name for p in numbered] == ["3", "4"]
+  assert all((p / "saved_model.pb").is_file() for p in numbered)

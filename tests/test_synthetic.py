@@ -14,7 +14,7 @@ from tfmtl.data.synthetic import write_synthetic
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-  """200,000 interactions in 7 chunks of 30,000 over 4 shards."""
+  """200,000 interactions over 4 shards, in chunks of at most 30,000 rows."""
   return write_synthetic(tmp_path_factory.mktemp("data") / "synthetic", 200_000,
                          num_users=5_000, num_items=2_000, num_tastes=10, shards=4,
                          chunk_size=30_000, seed=1)
@@ -28,6 +28,7 @@ def test_shards_hold_every_interaction_once_in_order(synthetic):
   shards = sorted(synthetic.glob("interactions-*.parquet"))
   assert [path.name for path in shards] == [f"interactions-{i:05d}-of-00004.parquet"
                                             for i in range(4)]
+  assert [len(pd.read_parquet(path)) for path in shards] == [50_000] * 4  # even shards
   frame = _interactions(synthetic)
   assert len(frame) == 200_000
   assert sorted(frame["timestamp"]) == list(range(200_000))

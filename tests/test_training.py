@@ -174,6 +174,19 @@ def test_compile_options_train_as_the_plain_step(tmp_path, tiny_prepared, option
     np.testing.assert_allclose(left.numpy(), right.numpy(), atol=1e-3)
 
 
+def test_tfrecord_input_on_one_device_trains_as_memory_input(tmp_path, tiny_prepared):
+  base = ExperimentConfig().with_overrides([
+      "name=tiny", "model.embedding_dim=8", "train.epochs=3", "train.batch_size=64",
+      f"train.run_dir={tmp_path / 'run'}"])
+  streamed = training.fit(base.with_overrides(["train.input=tfrecord"]), tiny_prepared,
+                          verbose=0)
+  in_memory = training.fit(base, tiny_prepared, verbose=0)
+  for name in ("retrieval_loss", "rating_loss", "like_loss"):  # batches in another order
+    assert streamed.history.history[name][-1] == pytest.approx(
+        in_memory.history.history[name][-1], rel=0.1), name
+  assert not (tmp_path / "run.input").exists()  # removed once training completes
+
+
 def test_metrics_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
   path = training.save_metrics(tmp_path, {"recall@10": 0.25})
 

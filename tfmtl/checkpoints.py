@@ -5,8 +5,11 @@ While `fit` trains, checkpoints of the model and its optimizer go to
 `train.checkpoint_steps` steps). TensorFlow writes a checkpoint's files
 before the `checkpoint` index that names it, so a crash while writing
 leaves the previous checkpoint current. Rerunning the same config resumes
-from the last checkpoint: completed epochs are not run again. The folder is
-removed when training completes.
+from the last checkpoint: completed epochs are not run again. Each completed
+epoch's logs are kept beside the checkpoints too (`EpochHistory`), so the
+resumed run's `model.history`, and its `history.json`, hold every epoch; an
+epoch resumed mid-way (`train.checkpoint_steps`) logs its remaining steps
+only. The folder is removed when training completes.
 
 Before resuming, the checkpoint is read into the model. A corrupt one, or
 one of another config's model, raises `CheckpointError` naming the file:
@@ -21,6 +24,7 @@ PosixPath('runs/movielens_100k.checkpoints')
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -29,6 +33,9 @@ from typing import Optional
 
 import tensorflow as tf
 import tf_keras as keras
+
+from tfmtl import atomic
+from tfmtl.distribute import is_chief
 
 logger = logging.getLogger("tfmtl")
 
@@ -61,19 +68,55 @@ def backup_and_restore(model, folder: Path, steps: int = 0, resume: bool = True,
   return keras.callbacks.BackupAndRestore(str(folder), save_freq=executions or "epoch")
 
 
+class EpochHistory(keras.callbacks.Callback):
+  """Keeps each completed epoch's logs in `<folder>/history.json`; when
+  training completes, `model.history` holds every epoch, those run before a
+  resume too (Keras' `History` holds only this `fit`'s), and the file is
+  removed. It must come before `BackupAndRestore` among the callbacks, so
+  an epoch's logs are kept before its checkpoint is."""
+
+  def __init__(self, folder: Path):
+    super().__init__()
+    self.path = Path(folder) / "history.json"
+
+  def on_train_begin(self, logs=None):
+    self.epochs = (json.loads(self.path.read_text()) if self.path.is_file() else {})
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.epochs[str(epoch)] = {name: float(value) for name, value in (logs or {}).items()}
+    if is_chief():
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      atomic.write_text(self.path, json.dumps(self.epochs))
+
+  def on_train_end(self, logs=None):
+    logs = [self.epochs[str(epoch)] for epoch in sorted(map(int, self.epochs))]
+    self.model.history.epoch = sorted(map(int, self.epochs))
+    self.model.history.history = {  # as Keras': each name's values, in epoch order
+        name: [epoch[name] for epoch in logs if name in epoch]
+        for name in dict.fromkeys(name for epoch in logs for name in epoch)}
+    self.path.unlink(missing_ok=True)
+
+
 def check_resumable(model, folder: Path) -> Optional[str]:
   """The checkpoint in `folder` that `model` will resume from, read into it
   to prove it can be; None when there is none."""
   chief = folder / "chief"
+  index = chief / "checkpoint"
+  if chief.is_dir() and any(chief.iterdir()) and not index.exists():
+    # TensorFlow writes the index last: training stopped inside the first checkpoint.
+    logger.info("%s: no checkpoint was completed before training stopped; training from "
+                "the start", chief)
+    shutil.rmtree(chief)
   if not chief.is_dir() or not any(chief.iterdir()):
     return None
-  try:
-    latest = tf.train.latest_checkpoint(str(chief))
-  except tf.errors.OpError:
-    latest = None
+  state = tf.train.get_checkpoint_state(str(chief))
+  if state is None or not state.model_checkpoint_path:
+    raise CheckpointError(f"{index}: training checkpoints are there but their index "
+                          "cannot be read. " + _REMEDY.format(folder=folder))
+  latest = tf.train.latest_checkpoint(str(chief))
   if latest is None:
-    raise CheckpointError(f"{chief / 'checkpoint'}: training checkpoints are there but "
-                          "their index cannot be read. " + _REMEDY.format(folder=folder))
+    raise CheckpointError(f"{index}: names the checkpoint {state.model_checkpoint_path}, "
+                          "whose files are missing. " + _REMEDY.format(folder=folder))
   try:
     saved = _model_variables(latest)
   except (ValueError, IndexError, tf.errors.OpError) as error:

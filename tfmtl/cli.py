@@ -255,10 +255,14 @@ def _parser() -> argparse.ArgumentParser:
       "synthesize", help="write synthetic interactions (power-law skew, planted tastes) "
       "as Parquet shards")
   synthesize.add_argument("--output", required=True, help="a new folder")
-  for flag, default in (("interactions", None), ("users", None), ("items", None),
-                        ("tastes", 20), ("shards", 8), ("seed", 0)):
+  for flag, default, meaning in (
+      ("interactions", None, "rows to write"), ("users", None, "distinct users"),
+      ("items", None, "distinct items"), ("tastes", 20, "hidden tastes planted"),
+      ("shards", 8, "Parquet files of interactions, of about equal size"),
+      ("seed", 0, "random seed")):
     synthesize.add_argument(f"--{flag}", type=int if flag == "seed" else _positive,
-                            default=default, required=default is None)
+                            default=default, required=default is None,
+                            help=meaning + ("" if default is None else f" (default {default})"))
   synthesize.set_defaults(handler=cmd_synthesize)
   command(
       "worker", help="serve as TF_CONFIG's worker or ps task of a parameter-server "
@@ -306,6 +310,7 @@ def main(argv=None) -> int:
   logging.getLogger("tfmtl").setLevel(logging.INFO)  # progress; TensorFlow stays quiet
   try:
     import tfmtl  # noqa: F401  (binds Keras 2 before TensorFlow is used)
+    logging.getLogger("tensorflow").propagate = False  # it has its own handler: print once
     args.handler(args)
   except _EXPECTED_ERRORS as error:
     if args.debug:

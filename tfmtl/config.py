@@ -543,7 +543,9 @@ class TrainConfig:
       16-32). Callbacks then see every N-th step. With several replicas
       every batch then has the full size (TensorFlow's collectives in a
       multi-step loop need one shape). Unset (null): 32 on one replica or
-      a TPU, else 1 (`tfmtl.distribute.steps_per_execution`).
+      a TPU reading `memory` input, else 1
+      (`tfmtl.distribute.steps_per_execution`); it must be 1 with
+      `tfrecord` input, whose size Keras cannot count.
     jit_compile: compile the training step with XLA (Keras `compile`).
     precision: Keras' dtype policy for the model: `float32`, or mixed
       precision, `mixed_float16` (GPUs; the loss is scaled) or
@@ -608,9 +610,9 @@ class TrainConfig:
     if self.data_service and self.input != "tfrecord":
       raise ConfigError("data_service: needs input: tfrecord (the service hands out the "
                         "input's files to its workers)")
-    if self.data_service and (self.steps_per_execution or 1) > 1:
-      raise ConfigError("steps_per_execution: must be 1 with data_service, whose input has no "
-                        "size Keras can count executions of steps in")
+    if self.input == "tfrecord" and (self.steps_per_execution or 1) > 1:
+      raise ConfigError("steps_per_execution: must be 1 (or unset) with input: tfrecord, "
+                        "whose batches Keras cannot count executions of steps in")
 
 
 @dataclasses.dataclass

@@ -80,12 +80,18 @@ def _strategy(name: str, devices: tuple[str, ...], tpu: str, shard_min_bytes: in
   if name == "mirrored":
     return tf.distribute.MirroredStrategy(list(devices) or None)
   if name == "multi_worker":
-    _tf_config(name)
+    _log_waiting(_tf_config(f"train.strategy: {name}"))
     return tf.distribute.MultiWorkerMirroredStrategy()
   if name == "parameter_server":
-    servers = len(_tf_config(name).get("cluster", {}).get("ps", []))
+    tf_config = _tf_config(f"train.strategy: {name}")
+    task = tf_config.get("task", {}).get("type")
+    if task != "chief":
+      raise ConfigError(f"TF_CONFIG: task type {task!r}: under parameter_server `tfmtl train` "
+                        "runs on the chief; worker and ps tasks run `tfmtl worker`")
+    servers = len(tf_config.get("cluster", {}).get("ps", []))
     if not servers:
       raise ConfigError("TF_CONFIG: parameter_server needs 'ps' tasks in its cluster")
+    _log_waiting(tf_config)
     return tf.distribute.ParameterServerStrategy(
         tf.distribute.cluster_resolver.TFConfigClusterResolver(),
         variable_partitioner=tf.distribute.experimental.partitioners.MinSizePartitioner(
@@ -100,21 +106,28 @@ def _strategy(name: str, devices: tuple[str, ...], tpu: str, shard_min_bytes: in
   raise ConfigError(f"train.strategy: {name!r} is not one of {', '.join(STRATEGIES)}")
 
 
-def _tf_config(strategy: str) -> dict:
-  """TF_CONFIG, parsed; a ConfigError names what is missing."""
+def _tf_config(needed_by: str) -> dict:
+  """TF_CONFIG, parsed; a ConfigError names what is missing and what needs it."""
   if "TF_CONFIG" not in os.environ:
-    raise ConfigError(f"train.strategy: {strategy} needs the TF_CONFIG environment "
-                      "variable (the cluster's tasks and this process's task)")
+    raise ConfigError(f"{needed_by} needs the TF_CONFIG environment variable (the "
+                      "cluster's tasks and this process's task)")
   try:
     return json.loads(os.environ["TF_CONFIG"])
   except json.JSONDecodeError as error:
     raise ConfigError(f"TF_CONFIG: not JSON ({error})") from None
 
 
+def _log_waiting(tf_config: dict) -> None:
+  """Says what the strategy is about to wait for: every task of the cluster."""
+  task = tf_config.get("task", {})
+  logger.info("%s %s of the cluster %s: waiting until every task is up",
+              task.get("type"), task.get("index"), tf_config.get("cluster"))
+
+
 def serve_cluster_task() -> None:
   """Runs this process as TF_CONFIG's `worker` or `ps` task of a
   parameter-server cluster until it is stopped (`tfmtl worker`)."""
-  task = _tf_config("parameter_server").get("task", {})
+  task = _tf_config("`tfmtl worker`").get("task", {})
   if task.get("type") not in ("worker", "ps"):
     raise ConfigError(f"TF_CONFIG: task type {task.get('type')!r}: `tfmtl worker` runs a "
                       "worker or ps task; the chief runs `tfmtl train`")
@@ -160,7 +173,8 @@ def steps_per_execution(strategy: tf.distribute.Strategy, train: TrainConfig) ->
   (BENCHMARKS.md), and it trains the same model. Unset, 1 under several
   GPU or worker replicas (several steps a call would drop each epoch's
   last, smaller batch; `training_input`), under parameter servers, and with
-  the tf.data service (whose input Keras cannot count steps in).
+  `tfrecord` input, alone or through the tf.data service (Keras cannot
+  count its batches).
 
   >>> steps_per_execution(make_strategy("default"), TrainConfig())
   32
@@ -170,7 +184,7 @@ def steps_per_execution(strategy: tf.distribute.Strategy, train: TrainConfig) ->
   if train.steps_per_execution is not None:
     return train.steps_per_execution
   several_replicas = strategy.num_replicas_in_sync > 1 and not on_tpu(strategy)
-  if (several_replicas or train.data_service
+  if (several_replicas or train.input == "tfrecord"
       or isinstance(strategy, tf.distribute.ParameterServerStrategy)):
     return 1
   return UNSET_STEPS_PER_EXECUTION

@@ -31,7 +31,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl import atomic
-from tfmtl.checkpoints import backup_and_restore, checkpoint_folder
+from tfmtl.checkpoints import EpochHistory, backup_and_restore, checkpoint_folder
 from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig, TrainConfig
 from tfmtl.content import encode_item_content, with_content
 from tfmtl.data.history import add_history, add_history_column
@@ -193,7 +193,7 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
     if options.log_dir and is_chief():
       logs.append(keras.callbacks.TensorBoard(str(Path(options.log_dir) / config.name)))
     model.fit(train, epochs=options.epochs, verbose=verbose,
-              callbacks=[*logs, backup, *callbacks], **steps)
+              callbacks=[*logs, EpochHistory(checkpoints), backup, *callbacks], **steps)
   with contextlib.suppress(OSError):
     checkpoints.rmdir()  # Keras has removed the checkpoints, not their folder
   return host_copy(config, prepared, model) if tables_on_tpu else model

@@ -69,6 +69,9 @@ def write_synthetic(folder: str | Path, num_interactions: int, num_users: int,
   staging = folder.with_name(f".{folder.name}.tmp")
   shutil.rmtree(staging, ignore_errors=True)
   staging.mkdir(parents=True)
+  # Chunks of at most chunk_size rows, the same number for every shard.
+  chunks_per_shard = -(-num_interactions // (shards * chunk_size))
+  chunk_size = -(-num_interactions // (shards * chunks_per_shard))
   try:
     writers = [None] * shards
     for start in range(0, num_interactions, chunk_size):

@@ -100,7 +100,9 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
     shutil.rmtree(staging, ignore_errors=True)
   if keep_versions:
     for old in _versions(model_dir)[:-keep_versions]:
-      if old != version:
-        shutil.rmtree(model_dir / str(old))
+      if old != version:  # hidden first: TF Serving never sees a version half-removed
+        removing = model_dir / f".removing-{old}-{np.random.randint(1 << 30)}"
+        (model_dir / str(old)).rename(removing)
+        shutil.rmtree(removing)
   write_server_configs(Path(base_path))
   return target

@@ -46,7 +46,9 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
   known = new[ITEM_ID].isin(catalogue[ITEM_ID].astype(str))
   if known.any():
     raise DataError(f"{source}: item {new[ITEM_ID][known].iloc[0]!r} is already in the "
-                    f"catalogue of {run_dir} ({int(known.sum())} such items)")
+                    f"catalogue of {run_dir} ({int(known.sum())} such items; if an "
+                    f"interrupted add-items left it unexported, `tfmtl export --run "
+                    f"{run_dir}` exports the catalogue as it is)")
   if CONTENT in features:
     encoder = TextEncoder(config.content.encoder, config.content.sequence_length,
                           config.data.cache_dir)
@@ -55,8 +57,18 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
   grown = pd.concat([catalogue, new[[c for c in catalogue.columns if c in new.columns]]],
                     ignore_index=True)
   _, model = training.load_run(run_dir, catalogue=grown)
-  path = export_configured(model, config, base_path, version)
-  staged = run_dir / "catalogue.parquet.tmp"  # later exports keep the new items
-  grown.to_parquet(staged, index=False)
+  # The run's catalogue first, so later exports keep the new items: a crash
+  # in between leaves the run ahead of its exports (`tfmtl export` catches up),
+  # never behind them. A failed export puts the catalogue back.
+  _write_catalogue(run_dir, grown)
+  try:
+    return export_configured(model, config, base_path, version)
+  except BaseException:
+    _write_catalogue(run_dir, catalogue)
+    raise
+
+
+def _write_catalogue(run_dir: Path, catalogue: pd.DataFrame) -> None:
+  staged = run_dir / ".catalogue.parquet.tmp"
+  catalogue.to_parquet(staged, index=False)
   staged.replace(run_dir / "catalogue.parquet")
-  return path
