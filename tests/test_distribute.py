@@ -116,6 +116,15 @@ def _run_weights(run_dir) -> dict:
 
 def _two_workers(config_file, cwd, *overrides) -> list[str]:
   """Trains `config_file` with two MultiWorkerMirroredStrategy processes; their stdouts."""
+  outputs = _two_worker_processes(config_file, cwd, *overrides)
+  for returncode, _, stderr in outputs:
+    assert returncode == 0, stderr[-3000:]
+  return [stdout for _, stdout, _ in outputs]
+
+
+def _two_worker_processes(config_file, cwd, *overrides) -> list[tuple[int, str, str]]:
+  """`tfmtl train` in two MultiWorkerMirroredStrategy processes: (returncode,
+  stdout, stderr) of each."""
   cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
   sets = [arg for override in ("train.strategy=multi_worker", *overrides)
           for arg in ("--set", override)]
@@ -126,13 +135,13 @@ def _two_workers(config_file, cwd, *overrides) -> list[str]:
           {"cluster": cluster, "task": {"type": "worker", "index": index}})})
       for index in range(2)]
   outputs = [worker.communicate(timeout=600) for worker in workers]
-  for worker, (_, stderr) in zip(workers, outputs):
-    assert worker.returncode == 0, stderr[-3000:]
-  return [stdout for stdout, _ in outputs]
+  return [(worker.returncode, *output) for worker, output in zip(workers, outputs)]
 
 
 def test_two_worker_processes_train_as_one_device(config_file, tmp_path):
-  _two_workers(config_file, tmp_path, "train.run_dir=runs/two_workers")
+  chief, other = _two_workers(config_file, tmp_path, "train.run_dir=runs/two_workers")
+  assert chief.strip().endswith("Saved the trained model to runs/two_workers")
+  assert other.strip().endswith("Trained; the chief saves the run to runs/two_workers")
   _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
            "--set", "train.run_dir=runs/one_device"], cwd=tmp_path)
   assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one_device", "two_workers"]
@@ -155,6 +164,16 @@ def test_two_workers_split_tfrecord_input_by_file(config_file, tmp_path, last_ep
   weights = _run_weights(tmp_path / "runs" / "two_workers")["weights"]
   assert all(np.isfinite(w).all() for w in weights)
   assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one_device", "two_workers"]
+
+
+def test_fewer_tfrecord_files_than_workers_is_a_config_error(config_file, tmp_path):
+  """Each worker reads its own files; one file for two used to end in
+  TensorFlow's traceback on both."""
+  for returncode, _, stderr in _two_worker_processes(
+      config_file, tmp_path, "train.input=tfrecord", "train.input_shards=1"):
+    assert returncode == 2, stderr[-3000:]
+    assert ("tfmtl train: error: train.input_shards: 1 file(s) for 2 workers that each read "
+            "their own files; give at least 2") in stderr
 
 
 @pytest.mark.parametrize("train_input, tables", [("memory", "false"), ("tfrecord", "false"),

@@ -18,7 +18,8 @@ def test_the_colab_notebook_trains_evaluates_and_exports(tmp_path):
   NotebookClient(notebook, timeout=900, kernel_name="python3",
                  resources={"metadata": {"path": str(tmp_path)}}).execute()
   code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-  imports, _, metrics, export = code
+  install, imports, _, metrics, export = code
+  assert _stdout(install).startswith("tfmtl: ")  # installed here: nothing to do
   assert _stdout(imports).startswith("_DefaultDistributionStrategy: 1 replica(s)")
   recall = float(_stdout(metrics).split("recall@10")[1].split()[0])
   assert recall > 0.05  # random ranking: about 0.006 (10 of 1,682 movies)

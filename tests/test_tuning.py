@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
@@ -112,6 +113,39 @@ def test_an_interrupted_search_resumes_without_repeating_finished_trials(
   assert [run.split("/")[-2] for run in fitted[2:]] == ["trial_1", "trial_2"]
   assert sorted(resumed.oracle.trials) == ["0", "1", "2"]
   assert all(t.status == "COMPLETED" for t in resumed.oracle.trials.values())
+  # A state file cut short by a crash is named, not a bare JSON error.
+  oracle_file = Path(resumed.project_dir) / "oracle.json"
+  oracle_file.write_text(oracle_file.read_text()[:40])
+  with pytest.raises(ConfigError, match=r"oracle.json: the search's saved state is damaged"
+                                        r".*--overwrite"):
+    Search(config)
+
+
+def test_the_search_uses_the_configured_seed(config_file):
+  """KerasTuner would draw a random seed for a falsy one."""
+  config = ExperimentConfig.from_file(config_file)
+  assert Search(config).oracle.seed == config.tune.seed == 1
+
+
+def test_a_search_interrupted_in_its_first_trial_starts_over(config_file, monkeypatch):
+  """KerasTuner saves its tuner only when a trial ends: without it, a new
+  search would train its first trial over the old one's checkpoints."""
+  config = ExperimentConfig.from_file(config_file).with_overrides(["tune.max_trials=1"])
+  prepared = training.prepare(config)
+  fit = training.fit
+  monkeypatch.setattr(training, "fit", lambda *args, **kwargs: (_ for _ in ()).throw(
+      _Interrupt()))
+  search = Search(config)
+  with pytest.raises(_Interrupt):
+    search.search(prepared, verbose=0)
+  leftover = search.trial_run_dir("0").with_name("run.checkpoints") / "chief" / "ckpt-1.index"
+  leftover.parent.mkdir(parents=True)
+  leftover.write_bytes(b"from another trial's values")
+  monkeypatch.setattr(training, "fit", fit)
+  again = Search(config)
+  assert not leftover.exists()
+  again.search(prepared, verbose=0)
+  assert [t.status for t in again.oracle.trials.values()] == ["COMPLETED"]
 
 
 @pytest.mark.parametrize("algorithm", ["bayesian", "hyperband"])
@@ -164,6 +198,7 @@ def test_a_space_key_that_is_not_a_config_key_is_named(tmp_path):
     (["tune.space.train.learning_rate={min: 0.1, max: 0.01}"], "min must be below max"),
     (["tune.algorithm=grid"], "tune.algorithm: unknown value 'grid'"),
     (["tune.objective=[recall@10]"], "tune.objective: expected a metric name"),
+    (["tune.seed=0"], r"tune.seed: must be at least 1 \(KerasTuner draws a random seed"),
 ])
 def test_a_malformed_tune_section_is_a_config_error(overrides, message):
   with pytest.raises(ConfigError, match=message):

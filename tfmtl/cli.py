@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -103,7 +104,9 @@ def cmd_train(args) -> dict:
   prepared = training.prepare(config)
   model = training.fit(config, prepared)
   run_dir = training.save_run(training.default_run_dir(config), config, prepared, model)
-  print(f"Saved the trained model to {run_dir}")
+  from tfmtl.distribute import is_chief
+  print(f"Saved the trained model to {run_dir}" if is_chief() else
+        f"Trained; the chief saves the run to {run_dir}")
   return {"config": config, "prepared": prepared, "model": model, "run_dir": run_dir}
 
 
@@ -303,8 +306,14 @@ def _positive(text: str) -> int:
   return value
 
 
+def _exit(signum, frame):
+  sys.exit(128 + signum)
+
+
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
+  if args.command not in ("worker", "data-service"):  # (servers wait inside TensorFlow)
+    signal.signal(signal.SIGTERM, _exit)  # so `finally` removes temporary files, as on errors
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.basicConfig(format="%(levelname)s %(message)s")
   logging.getLogger("tfmtl").setLevel(logging.INFO)  # progress; TensorFlow stays quiet

@@ -533,8 +533,9 @@ class TrainConfig:
       are split across the parameter servers (shards of at least this size).
     checkpoint_steps: while training, checkpoints go to
       `<run_dir>.checkpoints/` at the end of every epoch and, if N > 0,
-      every N steps; a rerun after a crash resumes from the last one, and
-      the folder is removed when training completes.
+      every N steps (rounded up to whole calls of `steps_per_execution`
+      steps); a rerun after a crash resumes from the last one, and the
+      folder is removed when training completes.
     resume: resume from that folder's checkpoint (false: remove it and
       start over).
     steps_per_execution: training steps run per call into TensorFlow
@@ -689,7 +690,8 @@ class TuneConfig:
     max_epochs: the longest trial (hyperband).
     directory: the search's folder is `<directory>/<name>/`; rerunning the
       same search resumes it there.
-    seed: the search's own seed.
+    seed: the search's own seed, at least 1 (KerasTuner draws a random
+      one for 0).
   """
   space: dict[str, Any] = dataclasses.field(default_factory=dict)
   algorithm: str = "random"
@@ -698,7 +700,7 @@ class TuneConfig:
   max_trials: int = 10
   max_epochs: int = 15
   directory: str = "tuning"
-  seed: int = 0
+  seed: int = 1
 
   @property
   def objective_weights(self) -> Optional[dict]:
@@ -713,6 +715,8 @@ class TuneConfig:
       _one_of("direction", self.direction, ("max", "min"))
     if self.max_trials < 1 or self.max_epochs < 1:
       raise ConfigError("max_trials, max_epochs: must be at least 1")
+    if self.seed < 1:
+      raise ConfigError("seed: must be at least 1 (KerasTuner draws a random seed for 0)")
     weights = self.objective_weights
     if not weights or not all(isinstance(k, str) and isinstance(v, (int, float))
                               and not isinstance(v, bool) for k, v in weights.items()):

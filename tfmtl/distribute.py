@@ -190,6 +190,19 @@ def steps_per_execution(strategy: tf.distribute.Strategy, train: TrainConfig) ->
   return UNSET_STEPS_PER_EXECUTION
 
 
+def input_readers(strategy: tf.distribute.Strategy) -> int:
+  """How many processes read training input under `strategy`, each its own
+  files: TF_CONFIG's chief and workers under `multi_worker`, its workers
+  under `parameter_server`, else 1."""
+  parameter_servers = isinstance(strategy, tf.distribute.ParameterServerStrategy)
+  if not parameter_servers and not isinstance(strategy,
+                                              tf.distribute.MultiWorkerMirroredStrategy):
+    return 1
+  cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+  jobs = ("worker",) if parameter_servers else ("chief", "worker")
+  return sum(len(cluster.get(job, [])) for job in jobs) or 1
+
+
 def host_fed(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
   """`dataset` distributed with its batches left on the host, where the TPU
   embedding engine reads the ids (TFRS's `TPUEmbedding` doc); `fit` takes

@@ -42,8 +42,8 @@ from tfmtl.data.shards import example_shards_dataset, write_example_shards
 from tfmtl.data.sources import load_data, load_source, mix_source
 from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
-from tfmtl.distribute import (is_chief, make_strategy, on_tpu, steps_per_execution,
-                              training_input)
+from tfmtl.distribute import (input_readers, is_chief, make_strategy, on_tpu,
+                              steps_per_execution, training_input)
 from tfmtl.evaluation import ValidationMetrics
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel
@@ -157,6 +157,10 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
                            options.shard_min_bytes)
   tables_on_tpu = config.model.tpu_embedding and on_tpu(strategy)
   steps_per_call = steps_per_execution(strategy, options)
+  readers = input_readers(strategy)
+  if options.input == "tfrecord" and not options.data_service and options.input_shards < readers:
+    raise ConfigError(f"train.input_shards: {options.input_shards} file(s) for {readers} "
+                      f"workers that each read their own files; give at least {readers}")
   if tables_on_tpu:
     _check_tables_on_tpu(config)
   elif options.optimizer.lower() == "adam":
@@ -255,6 +259,9 @@ def _batches(options: TrainConfig, encoded: dict, folder: Path, seed: int):
     return lambda input_context, drop_remainder: batched_dataset(
         encoded, options.batch_size, True, seed, drop_remainder, input_context)
   write_example_shards(encoded, folder, options.input_shards, seed=seed)
+  if options.data_service:
+    logger.info("train.data_service: input through the tf.data service at %s (this waits "
+                "for its dispatcher and a worker)", options.data_service)
 
   def batches(input_context, drop_remainder):
     if options.data_service:  # the service splits the files between its workers

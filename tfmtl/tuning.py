@@ -77,6 +77,23 @@ def is_tuning_worker() -> bool:
           and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", ""))
 
 
+def _check_saved_search(folder: Path) -> bool:
+  """Whether a search's `folder` must start over: KerasTuner writes its
+  `tuner0.json` when a trial ends, and without one it would start a new
+  search over the first trial's leftovers (its checkpoints, other values).
+  A file of its state that is not JSON is a ConfigError naming it."""
+  if folder.is_dir() and not any(folder.glob("tuner*.json")):
+    logger.info("%s: no trial of this search completed; starting it over", folder)
+    return True
+  for path in sorted(folder.glob("*.json")) + sorted(folder.glob("trial_*/trial.json")):
+    try:
+      json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+      raise ConfigError(f"{path}: the search's saved state is damaged ({error}); "
+                        "`tfmtl tune --overwrite` starts the search over") from None
+  return False
+
+
 def objective(config: ExperimentConfig) -> keras_tuner.Objective:
   """The KerasTuner objective `tune.objective` and `tune.direction` name:
   the metric itself, or `blend` for a weighted blend."""
@@ -150,6 +167,8 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
     hp = keras_tuner.HyperParameters()
     declare(options.space, hp)
     oracle.update_space(hp)
+    if not overwrite and not is_tuning_worker():
+      overwrite = _check_saved_search(Path(options.directory) / config.name)
     super().__init__(oracle, directory=options.directory, project_name=config.name,
                      overwrite=overwrite)
     self._prepared: Optional[training.Prepared] = None
