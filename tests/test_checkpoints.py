@@ -63,12 +63,15 @@ def test_a_rerun_resumes_without_repeating_completed_epochs(crashed, tiny_prepar
   run_dir = _copy(crashed, tmp_path)
   started = []
   count = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: started.append(epoch))
-  model = training.fit(_config(run_dir), tiny_prepared, verbose=0, callbacks=[count])
+  logs_more = keras.callbacks.LambdaCallback(  # a user's callback, after tfmtl's
+      on_epoch_end=lambda epoch, logs: logs.update(epoch_again=float(epoch)))
+  model = training.fit(_config(run_dir), tiny_prepared, verbose=0, callbacks=[count, logs_more])
   assert started == [2, 3]
   # The history holds the epochs before the crash too, as the run left them.
   kept = json.loads((crashed / "history.json").read_text())
   assert model.history.epoch == [0, 1, 2, 3]
   assert model.history.history["rating_loss"][:2] == [kept[e]["rating_loss"] for e in "01"]
+  assert model.history.history.pop("epoch_again") == [2.0, 3.0]
   assert all(len(values) == 4 for values in model.history.history.values())
   assert not checkpoint_folder(run_dir).exists()  # removed once training completes
 

@@ -1,10 +1,8 @@
 """The `tfmtl` command end to end on small files, and its error messages."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -109,26 +107,6 @@ def test_tensorflow_warnings_print_once(tmp_path):
       sys.exit(cli.main(["data"]))"""], capture_output=True, text=True, cwd=tmp_path, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stderr.count("a TensorFlow warning") == 1
-
-
-def test_sigterm_stops_training_without_leaving_its_streamed_input(tmp_path, tiny_config_file):
-  """As `timeout` or a cluster's scheduler stops a job: the TFRecord input
-  is removed, the checkpoints stay for a rerun to resume from."""
-  config = tiny_config_file(train={"epochs": 500, "input": "tfrecord", "log_dir": ""})
-  process = subprocess.Popen([sys.executable, "-m", "tfmtl.cli", "train", "--config",
-                              str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-  checkpoints = tmp_path / "runs" / "tiny.checkpoints" / "chief"
-  deadline = time.monotonic() + 300
-  while not (checkpoints.is_dir() and any(checkpoints.glob("ckpt-*.index"))):
-    assert process.poll() is None, process.stderr.read()[-3000:]
-    assert time.monotonic() < deadline, "no checkpoint was written"
-    time.sleep(0.2)
-  assert (tmp_path / "runs" / "tiny.input").is_dir()
-  process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=120) == 128 + signal.SIGTERM
-  assert not (tmp_path / "runs" / "tiny.input").exists()
-  assert checkpoints.is_dir() and not (tmp_path / "runs" / "tiny").exists()
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

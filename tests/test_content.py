@@ -213,6 +213,8 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().endswith(str(base / "tiny" / "3"))
+  assert sorted(p.name for p in (base / "tiny").iterdir()) == ["1", "2", "3"]
+  assert tf.saved_model.load(str(base / "tiny" / "3")).candidate_matrix.shape[1] == 63
 
   # The run's catalogue is written before the export, and put back if it fails.
   from tfmtl.serving import new_items
@@ -223,5 +225,11 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
   with pytest.raises(OSError, match="disk full"):
     add_items(run, pd.DataFrame({"item_id": ["n4"], "genres": ["Comedy"]}), base_path=str(base))
   assert "n4" not in set(pd.read_parquet(run / "catalogue.parquet")["item_id"])
-  assert sorted(p.name for p in (base / "tiny").iterdir()) == ["1", "2", "3"]
-  assert tf.saved_model.load(str(base / "tiny" / "3")).candidate_matrix.shape[1] == 63
+  # Failing after its version is written (e.g. pruning): the run keeps the items served.
+  def published_then_failed(model, config, base_path, version):
+    (base / "tiny" / "9").mkdir()
+    raise OSError("disk full")
+  monkeypatch.setattr(new_items, "export_configured", published_then_failed)
+  with pytest.raises(OSError, match="disk full"):
+    add_items(run, pd.DataFrame({"item_id": ["n5"], "genres": ["Comedy"]}), base_path=str(base))
+  assert "n5" in set(pd.read_parquet(run / "catalogue.parquet")["item_id"])

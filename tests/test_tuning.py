@@ -125,6 +125,9 @@ def test_the_search_uses_the_configured_seed(config_file):
   """KerasTuner would draw a random seed for a falsy one."""
   config = ExperimentConfig.from_file(config_file)
   assert Search(config).oracle.seed == config.tune.seed == 1
+  zero = config.with_overrides(["tune.seed=0"])  # still a config (old runs saved it)
+  with pytest.raises(ConfigError, match=r"tune.seed: must be at least 1 \(KerasTuner draws"):
+    Search(zero)
 
 
 def test_a_search_interrupted_in_its_first_trial_starts_over(config_file, monkeypatch):
@@ -198,7 +201,6 @@ def test_a_space_key_that_is_not_a_config_key_is_named(tmp_path):
     (["tune.space.train.learning_rate={min: 0.1, max: 0.01}"], "min must be below max"),
     (["tune.algorithm=grid"], "tune.algorithm: unknown value 'grid'"),
     (["tune.objective=[recall@10]"], "tune.objective: expected a metric name"),
-    (["tune.seed=0"], r"tune.seed: must be at least 1 \(KerasTuner draws a random seed"),
 ])
 def test_a_malformed_tune_section_is_a_config_error(overrides, message):
   with pytest.raises(ConfigError, match=message):

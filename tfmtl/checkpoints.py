@@ -1,15 +1,18 @@
 """Crash-safe training: Keras' `BackupAndRestore`, checked before it resumes.
 
 While `fit` trains, checkpoints of the model and its optimizer go to
-`<run_dir>.checkpoints/chief/` at the end of every epoch (and every
-`train.checkpoint_steps` steps). TensorFlow writes a checkpoint's files
-before the `checkpoint` index that names it, so a crash while writing
-leaves the previous checkpoint current. Rerunning the same config resumes
-from the last checkpoint: completed epochs are not run again. Each completed
-epoch's logs are kept beside the checkpoints too (`EpochHistory`), so the
-resumed run's `model.history`, and its `history.json`, hold every epoch; an
-epoch resumed mid-way (`train.checkpoint_steps`) logs its remaining steps
-only. The folder is removed when training completes.
+`<run_dir>.checkpoints/chief/` at the end of every epoch, or instead every
+`train.checkpoint_steps` steps (Keras' `save_freq`). TensorFlow writes a
+checkpoint's files before the `checkpoint` index that names it, so a crash
+while writing leaves the previous checkpoint current. Rerunning the same
+config resumes from the last checkpoint: completed epochs are not run
+again. Each completed epoch's logs are kept beside the checkpoints too
+(`EpochHistory`), so the resumed run's `model.history`, and its
+`history.json`, hold every epoch. With `train.checkpoint_steps`, an epoch
+resumed mid-way logs its remaining steps only, and a crash after an epoch's
+last checkpoint but before its end (its validation metrics) loses that
+epoch's logs, not its training. The folder is removed when training
+completes.
 
 Before resuming, the checkpoint is read into the model. A corrupt one, or
 one of another config's model, raises `CheckpointError` naming the file:
@@ -70,10 +73,10 @@ def backup_and_restore(model, folder: Path, steps: int = 0, resume: bool = True,
 
 class EpochHistory(keras.callbacks.Callback):
   """Keeps each completed epoch's logs in `<folder>/history.json`; when
-  training completes, `model.history` holds every epoch, those run before a
-  resume too (Keras' `History` holds only this `fit`'s), and the file is
-  removed. It must come before `BackupAndRestore` among the callbacks, so
-  an epoch's logs are kept before its checkpoint is."""
+  training completes, the epochs run before a resume join `model.history`
+  (Keras' `History` holds only this `fit`'s), and the file is removed. It
+  comes before `BackupAndRestore` among the callbacks, so an epoch's logs
+  are kept before its end-of-epoch checkpoint is."""
 
   def __init__(self, folder: Path):
     super().__init__()
@@ -89,11 +92,13 @@ class EpochHistory(keras.callbacks.Callback):
       atomic.write_text(self.path, json.dumps(self.epochs))
 
   def on_train_end(self, logs=None):
-    logs = [self.epochs[str(epoch)] for epoch in sorted(map(int, self.epochs))]
-    self.model.history.epoch = sorted(map(int, self.epochs))
-    self.model.history.history = {  # as Keras': each name's values, in epoch order
-        name: [epoch[name] for epoch in logs if name in epoch]
-        for name in dict.fromkeys(name for epoch in logs for name in epoch)}
+    history = self.model.history  # Keras' `History` of this `fit`
+    earlier = sorted(e for e in map(int, self.epochs) if e not in history.epoch)
+    logs = [self.epochs[str(epoch)] for epoch in earlier]
+    for name in dict.fromkeys(name for epoch in logs for name in epoch):
+      history.history[name] = ([epoch[name] for epoch in logs if name in epoch]
+                               + history.history.get(name, []))
+    history.epoch = earlier + history.epoch
     self.path.unlink(missing_ok=True)
 
 
@@ -106,11 +111,16 @@ def check_resumable(model, folder: Path) -> Optional[str]:
     # TensorFlow writes the index last: training stopped inside the first checkpoint.
     logger.info("%s: no checkpoint was completed before training stopped; training from "
                 "the start", chief)
-    shutil.rmtree(chief)
+    if is_chief():
+      shutil.rmtree(chief, ignore_errors=True)
+    return None
   if not chief.is_dir() or not any(chief.iterdir()):
     return None
-  state = tf.train.get_checkpoint_state(str(chief))
-  if state is None or not state.model_checkpoint_path:
+  try:
+    state = tf.train.get_checkpoint_state(str(chief))
+  except ValueError:  # an index without a checkpoint path
+    state = None
+  if state is None:
     raise CheckpointError(f"{index}: training checkpoints are there but their index "
                           "cannot be read. " + _REMEDY.format(folder=folder))
   latest = tf.train.latest_checkpoint(str(chief))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -306,14 +305,8 @@ def _positive(text: str) -> int:
   return value
 
 
-def _exit(signum, frame):
-  sys.exit(128 + signum)
-
-
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  if args.command not in ("worker", "data-service"):  # (servers wait inside TensorFlow)
-    signal.signal(signal.SIGTERM, _exit)  # so `finally` removes temporary files, as on errors
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.basicConfig(format="%(levelname)s %(message)s")
   logging.getLogger("tfmtl").setLevel(logging.INFO)  # progress; TensorFlow stays quiet

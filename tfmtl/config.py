@@ -532,10 +532,10 @@ class TrainConfig:
     shard_min_bytes: under parameter_server, variables at least this big
       are split across the parameter servers (shards of at least this size).
     checkpoint_steps: while training, checkpoints go to
-      `<run_dir>.checkpoints/` at the end of every epoch and, if N > 0,
-      every N steps (rounded up to whole calls of `steps_per_execution`
-      steps); a rerun after a crash resumes from the last one, and the
-      folder is removed when training completes.
+      `<run_dir>.checkpoints/` at the end of every epoch or, if N > 0,
+      every N steps instead (rounded up to whole calls of
+      `steps_per_execution` steps); a rerun after a crash resumes from the
+      last one, and the folder is removed when training completes.
     resume: resume from that folder's checkpoint (false: remove it and
       start over).
     steps_per_execution: training steps run per call into TensorFlow
@@ -715,8 +715,6 @@ class TuneConfig:
       _one_of("direction", self.direction, ("max", "min"))
     if self.max_trials < 1 or self.max_epochs < 1:
       raise ConfigError("max_trials, max_epochs: must be at least 1")
-    if self.seed < 1:
-      raise ConfigError("seed: must be at least 1 (KerasTuner draws a random seed for 0)")
     weights = self.objective_weights
     if not weights or not all(isinstance(k, str) and isinstance(v, (int, float))
                               and not isinstance(v, bool) for k, v in weights.items()):

@@ -52,8 +52,8 @@ from tfmtl.config import STRATEGIES, ConfigError, TrainConfig
 
 logger = logging.getLogger("tfmtl")
 
-#: Training steps per call into TensorFlow where `train.steps_per_execution` is unset.
-UNSET_STEPS_PER_EXECUTION = 32
+#: Steps per call into TensorFlow on one replica, `train.steps_per_execution` unset.
+DEFAULT_STEPS_PER_EXECUTION = 32
 
 
 def make_strategy(name: str, devices: Sequence[str] = (), tpu: str = "",
@@ -187,7 +187,7 @@ def steps_per_execution(strategy: tf.distribute.Strategy, train: TrainConfig) ->
   if (several_replicas or train.input == "tfrecord"
       or isinstance(strategy, tf.distribute.ParameterServerStrategy)):
     return 1
-  return UNSET_STEPS_PER_EXECUTION
+  return DEFAULT_STEPS_PER_EXECUTION
 
 
 def input_readers(strategy: tf.distribute.Strategy) -> int:

@@ -77,20 +77,23 @@ def is_tuning_worker() -> bool:
           and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", ""))
 
 
-def _check_saved_search(folder: Path) -> bool:
-  """Whether a search's `folder` must start over: KerasTuner writes its
-  `tuner0.json` when a trial ends, and without one it would start a new
-  search over the first trial's leftovers (its checkpoints, other values).
-  A file of its state that is not JSON is a ConfigError naming it."""
-  if folder.is_dir() and not any(folder.glob("tuner*.json")):
-    logger.info("%s: no trial of this search completed; starting it over", folder)
-    return True
-  for path in sorted(folder.glob("*.json")) + sorted(folder.glob("trial_*/trial.json")):
+def _must_start_over(folder: Path) -> bool:
+  """Whether the saved search in `folder` has trials but none completed.
+  KerasTuner resumes a search only once a trial has ended; before, a rerun
+  would begin a new search with other values over the first trial's
+  leftovers (its checkpoints, its logs). A file of the saved state that is
+  not JSON is a ConfigError naming it."""
+  trials = sorted(folder.glob("trial_*/trial.json"))
+  states = {}
+  for path in sorted(folder.glob("*.json")) + trials:
     try:
-      json.loads(path.read_text())
+      states[path] = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
       raise ConfigError(f"{path}: the search's saved state is damaged ({error}); "
                         "`tfmtl tune --overwrite` starts the search over") from None
+  if trials and not any(states[path].get("status") == "COMPLETED" for path in trials):
+    logger.info("%s: no trial of this search completed; starting it over", folder)
+    return True
   return False
 
 
@@ -160,6 +163,8 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
         raise ConfigError(f"tune.space.{key}: {error}") from None
     self.config = config
     options = config.tune
+    if options.seed < 1:  # (checked here: runs saved with the old default 0 still load)
+      raise ConfigError("tune.seed: must be at least 1 (KerasTuner draws a random seed for 0)")
     arguments = ({"max_epochs": options.max_epochs} if options.algorithm == "hyperband"
                  else {"max_trials": options.max_trials})
     oracle = _ORACLES[options.algorithm](objective=objective(config), seed=options.seed,
@@ -168,7 +173,7 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
     declare(options.space, hp)
     oracle.update_space(hp)
     if not overwrite and not is_tuning_worker():
-      overwrite = _check_saved_search(Path(options.directory) / config.name)
+      overwrite = _must_start_over(Path(options.directory) / config.name)
     super().__init__(oracle, directory=options.directory, project_name=config.name,
                      overwrite=overwrite)
     self._prepared: Optional[training.Prepared] = None

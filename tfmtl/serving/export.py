@@ -33,7 +33,8 @@ from tfmtl.serving.signatures import ServingModule
 from tfmtl.serving.tf_serving import write_server_configs, write_warmup_requests
 
 
-def _versions(model_dir: Path) -> list[int]:
+def versions(model_dir: Path) -> list[int]:
+  """The version numbers exported under `model_dir` (`<base_path>/<name>`), sorted."""
   return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()) \
       if model_dir.is_dir() else []
 
@@ -41,10 +42,10 @@ def _versions(model_dir: Path) -> list[int]:
 def latest_export(config: ExperimentConfig) -> Path:
   """The newest version folder of `config`'s model under its base path."""
   model_dir = Path(config.export.base_path) / config.name
-  versions = _versions(model_dir)
-  if not versions:
+  numbers = versions(model_dir)
+  if not numbers:
     raise FileNotFoundError(f"{model_dir}: no exported version; run `tfmtl export` first")
-  return model_dir / str(versions[-1])
+  return model_dir / str(numbers[-1])
 
 
 def export_configured(model, config: ExperimentConfig, base_path: Optional[str] = None,
@@ -81,7 +82,7 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
     raise ValueError(f"export name {name!r}: use letters, digits, '-', '_' and '.', "
                      "not starting with '.'")
   model_dir = Path(base_path) / name
-  version = max(_versions(model_dir), default=0) + 1 if version is None else version
+  version = max(versions(model_dir), default=0) + 1 if version is None else version
   if version < 1:
     raise ValueError(f"export version {version}: must be a positive integer")
   target = model_dir / str(version)
@@ -99,7 +100,7 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   if keep_versions:
-    for old in _versions(model_dir)[:-keep_versions]:
+    for old in versions(model_dir)[:-keep_versions]:
       if old != version:  # hidden first: TF Serving never sees a version half-removed
         removing = model_dir / f".removing-{old}-{np.random.randint(1 << 30)}"
         (model_dir / str(old)).rename(removing)

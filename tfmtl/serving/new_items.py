@@ -28,7 +28,7 @@ import pandas as pd
 from tfmtl import training
 from tfmtl.content import CONTENT, TextEncoder, item_texts
 from tfmtl.data.schema import ITEM_ID, DataError, check_feature_table
-from tfmtl.serving.export import export_configured
+from tfmtl.serving.export import export_configured, versions
 
 
 def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str] = None,
@@ -59,12 +59,16 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
   _, model = training.load_run(run_dir, catalogue=grown)
   # The run's catalogue first, so later exports keep the new items: a crash
   # in between leaves the run ahead of its exports (`tfmtl export` catches up),
-  # never behind them. A failed export puts the catalogue back.
+  # never behind them. An export that fails before its version is written
+  # puts the catalogue back.
+  model_dir = Path(base_path or config.export.base_path) / config.name
+  before = set(versions(model_dir))
   _write_catalogue(run_dir, grown)
   try:
     return export_configured(model, config, base_path, version)
   except BaseException:
-    _write_catalogue(run_dir, catalogue)
+    if not set(versions(model_dir)) - before:
+      _write_catalogue(run_dir, catalogue)
     raise
 
 
