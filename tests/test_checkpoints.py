@@ -76,6 +76,16 @@ def test_a_rerun_resumes_without_repeating_completed_epochs(crashed, tiny_prepar
   assert not checkpoint_folder(run_dir).exists()  # removed once training completes
 
 
+def test_a_crash_after_the_last_checkpoint_reruns_nothing_and_keeps_the_history(
+    tiny_prepared, tmp_path):
+  run_dir = tmp_path / "run"
+  with pytest.raises(_Crash):
+    training.fit(_config(run_dir), tiny_prepared, verbose=0, callbacks=[_CrashAfterEpoch(3)])
+  model = training.fit(_config(run_dir), tiny_prepared, verbose=0)
+  assert model.history.epoch == [0, 1, 2, 3]
+  assert all(len(values) == 4 for values in model.history.history.values())
+
+
 def test_a_crash_inside_the_first_checkpoint_trains_from_the_start(tiny_prepared, tmp_path):
   """TensorFlow writes a checkpoint's index last: files without one were cut short."""
   run_dir = tmp_path / "run"
