@@ -107,14 +107,14 @@ def check_resumable(model, folder: Path) -> Optional[str]:
   to prove it can be; None when there is none."""
   chief = folder / "chief"
   index = chief / "checkpoint"
-  if chief.is_dir() and any(chief.iterdir()) and not index.exists():
+  if not chief.is_dir() or not any(chief.iterdir()):
+    return None
+  if not index.exists():
     # TensorFlow writes the index last: training stopped inside the first checkpoint.
     logger.info("%s: no checkpoint was completed before training stopped; training from "
                 "the start", chief)
     if is_chief():
       shutil.rmtree(chief, ignore_errors=True)
-    return None
-  if not chief.is_dir() or not any(chief.iterdir()):
     return None
   try:
     state = tf.train.get_checkpoint_state(str(chief))

@@ -198,7 +198,7 @@ def input_readers(strategy: tf.distribute.Strategy) -> int:
   if not parameter_servers and not isinstance(strategy,
                                               tf.distribute.MultiWorkerMirroredStrategy):
     return 1
-  cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+  cluster = _tf_config("train.strategy").get("cluster", {})
   jobs = ("worker",) if parameter_servers else ("chief", "worker")
   return sum(len(cluster.get(job, [])) for job in jobs) or 1
 

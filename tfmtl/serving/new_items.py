@@ -25,7 +25,7 @@ from typing import Optional
 
 import pandas as pd
 
-from tfmtl import training
+from tfmtl import atomic, training
 from tfmtl.content import CONTENT, TextEncoder, item_texts
 from tfmtl.data.schema import ITEM_ID, DataError, check_feature_table
 from tfmtl.serving.export import export_configured, versions
@@ -73,6 +73,5 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
 
 
 def _write_catalogue(run_dir: Path, catalogue: pd.DataFrame) -> None:
-  staged = run_dir / ".catalogue.parquet.tmp"
-  catalogue.to_parquet(staged, index=False)
-  staged.replace(run_dir / "catalogue.parquet")
+  atomic.write(run_dir / "catalogue.parquet",
+               lambda staging: catalogue.to_parquet(staging, index=False))

@@ -30,8 +30,8 @@ ids map to the out-of-vocabulary row; `k` is clipped to [1, catalogue] (one
 k serves the batch: its largest); `exclude_item_ids` is padded with "" (n
 may be 0) and unknown ids in it are ignored; when exclusions leave fewer
 than k items, the missing places have item id "" and the lowest float
-score (in `recommend`, every task's output too). Inputs whose batch sizes differ fail with INVALID_ARGUMENT naming
-them.
+score (in `recommend`, every task's output too). Inputs whose batch sizes
+differ fail with INVALID_ARGUMENT naming them.
 """
 
 from __future__ import annotations
