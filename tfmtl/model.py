@@ -250,7 +250,7 @@ class MultiTaskModel(tfrs.Model):
           candidates, ids, probability = all_replicas_own_first(candidates, ids, probability)
         per_example_loss = task(
             embeddings["query"], candidates, candidate_sampling_probability=probability,
-            candidate_ids=ids, sample_weight=sample_weight, compute_metrics=False)
+            candidate_ids=ids, sample_weight=sample_weight)
         if compute_metrics:
           self.retrieval_metric.update_state(embeddings["query"], embeddings["candidate"])
       elif name in self.task_sides:  # classification, reconstruction: one tower
