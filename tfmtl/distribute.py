@@ -235,8 +235,9 @@ def all_replicas_own_first(*tensors: Optional[tf.Tensor]) -> list[Optional[tf.Te
 
   Called in a replica's step, it turns the replica's in-batch candidates
   into the global batch's while keeping row i the positive of query i,
-  which is where TFRS's `Retrieval` task looks for it. Gradients flow back
-  to every replica. With one replica the tensors come back as they are.
+  which is where the retrieval task (`tfmtl.tasks.InBatchSoftmax`, as TFRS's
+  `Retrieval`) looks for it. Gradients flow back to every replica. With one
+  replica the tensors come back as they are.
   """
   context = _several_replicas()
   if context is None:
