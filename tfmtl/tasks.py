@@ -178,7 +178,8 @@ def _softmax_terms(scores, score_bias, positive_scores, query_keys, candidate_ke
   negative_exp = tf.exp(negative_scores - top_scores[:, None])
   positive_exp = tf.exp(positive_scores - top_scores)
   total_exp = tf.reduce_sum(negative_exp, 1) + positive_exp
-  return negative_exp, positive_exp, total_exp, tf.math.log(total_exp) + top_scores - positive_scores
+  loss = tf.math.log(total_exp) + top_scores - positive_scores
+  return negative_exp, positive_exp, total_exp, loss
 
 
 def tower_task_side(name: str, task: TaskConfig, user_features: dict[str, FeatureConfig],
