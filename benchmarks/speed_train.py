@@ -5,9 +5,9 @@ ratings) in one process, in alternating rounds, so the machine's load hits
 both alike; a process's figure is the ratio of their median epoch
 throughputs. Several fresh processes run one after another, since on a
 2-core VM tfmtl's median moved between 245,000 and 381,000 examples/s
-from one process to the next while the recipe's stayed between 38,900 and
-40,600; the result is the median of their ratios, each process's kept
-beside it.
+from one process to the next (the runs of 2026-11-30's last session) while
+the recipe's stayed between 38,900 and 40,700; the result is the median of
+their ratios, each process's kept beside it.
 
 The recipe runs in its fastest honest form (training metrics off, cached
 batches of 8192, as TFRS advises); tfmtl runs its default config (32 steps
@@ -124,8 +124,8 @@ def main():
           "processes": args.processes, "rounds": args.rounds,
           "epochs_per_round": args.epochs_per_round,
           "threads": "TensorFlow defaults (all cores)"},
-      "metrics": {**{f"{name}_examples_per_s": float(np.median([r[name] for r in rates]))
-                     for name in names},
+      "metrics": {**{f"{'tfrs_' if name == 'recipe' else ''}{name}_examples_per_s":
+                     float(np.median([r[name] for r in rates])) for name in names},
                   **{f"ratio{suffix[name]}": float(np.median(ratios[name]))
                      for name in contenders}},
       "processes": [{"ratios": {name: ratios[name][i] for name in contenders},

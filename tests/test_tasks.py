@@ -44,11 +44,26 @@ def test_loss_and_gradients_equal_tfrs_retrieval(remove_accidental_hits, logq, e
     assert np.abs(actual[2][12:]).sum() > 0
 
 
+def test_without_temperature_and_with_column_weights_it_still_equals_tfrs():
+  rng = np.random.default_rng(1)
+  queries, candidates = (rng.normal(size=(6, 3)).astype(np.float32) for _ in range(2))
+  weights = tf.constant(rng.uniform(0.5, 2.0, size=(6, 1)).astype(np.float32))
+  tfrs_task = tfrs.tasks.Retrieval(loss=keras.losses.CategoricalCrossentropy(
+      from_logits=True, reduction=keras.losses.Reduction.NONE))
+  expected = _loss_and_gradients(tfrs_task, queries, candidates, sample_weight=weights)
+  actual = _loss_and_gradients(InBatchSoftmax(), queries, candidates, sample_weight=weights,
+                               compute_metrics=True)
+  for got, want in zip(actual, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_query_whose_candidates_all_share_its_item_has_zero_loss():
   embeddings = tf.constant([[1.0, 0.0], [0.0, 1.0]])
   task = InBatchSoftmax(remove_accidental_hits=True)
-  loss = task(embeddings, embeddings, candidate_ids=tf.constant([7, 7]))
-  np.testing.assert_allclose(loss.numpy(), [0.0, 0.0], atol=1e-7)
+  loss, query_gradients, _ = _loss_and_gradients(task, embeddings, embeddings,
+                                                 candidate_ids=tf.constant([7, 7]))
+  np.testing.assert_allclose(loss, [0.0, 0.0], atol=1e-7)
+  np.testing.assert_allclose(query_gradients, np.zeros([2, 2]), atol=1e-7)
 
 
 def test_accidental_hit_removal_needs_candidate_ids():

@@ -115,7 +115,9 @@ class InBatchSoftmax(tfrs.tasks.Retrieval):
   def call(self, query_embeddings: tf.Tensor, candidate_embeddings: tf.Tensor,
            sample_weight: Optional[tf.Tensor] = None,
            candidate_sampling_probability: Optional[tf.Tensor] = None,
-           candidate_ids: Optional[tf.Tensor] = None) -> tf.Tensor:
+           candidate_ids: Optional[tf.Tensor] = None,
+           compute_metrics: bool = False) -> tf.Tensor:
+    del compute_metrics  # TFRS's argument; this task has no metrics
     queries = tf.cast(query_embeddings, tf.float32)
     if self._temperature is not None:
       queries = queries / self._temperature  # (q / t) . c is the score over t

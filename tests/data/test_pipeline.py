@@ -58,18 +58,18 @@ def test_workers_share_each_epoch_between_them(tiny_data):
 
 
 def test_gathering_several_batches_at_once_gives_the_same_batches(tiny_data, monkeypatch):
-  """Rows are gathered `GATHER_BATCHES` batches at a time, then cut: the
+  """Rows are gathered about `GATHER_ROWS` at a time, then cut: the
   batches are those of one gather per batch, across chunk boundaries."""
   from tfmtl.data import pipeline
   encoder = FeatureVocabulary.build(tiny_data, tiny_data.interactions).encoder()
   encoded = encode_examples(encoder, tiny_data.examples(tiny_data.interactions))
   assert len(tiny_data.interactions) % 7  # a last, smaller batch
   batches = {}
-  for gather_batches in (1, 3):
-    monkeypatch.setattr(pipeline, "GATHER_BATCHES", gather_batches)
-    batches[gather_batches] = [
+  for gather_rows in (1, 3 * 7 + 5):  # 1 batch, 3 batches per gather
+    monkeypatch.setattr(pipeline, "GATHER_ROWS", gather_rows)
+    batches[gather_rows] = [
         _rows(batched_dataset(encoded, 7, True, seed=2, drop_remainder=drop))
         for drop in (False, True)]
-  assert batches[3] == batches[1]
-  assert len(batches[3][0]) == -(-len(tiny_data.interactions) // 7) > 3
-  assert [len(b) for b in batches[3][1]] == [7] * (len(tiny_data.interactions) // 7)
+  assert batches[26] == batches[1]
+  assert len(batches[26][0]) == -(-len(tiny_data.interactions) // 7) > 3
+  assert [len(b) for b in batches[26][1]] == [7] * (len(tiny_data.interactions) // 7)

@@ -2,8 +2,8 @@
 
 Features are encoded once, vectorised, when the pipeline is made (the
 vocabulary lookups are not repeated every epoch); each epoch then shuffles
-row indices, gathers the rows `GATHER_BATCHES` batches at a time and cuts
-them into batches.
+row indices, gathers the rows about `GATHER_ROWS` at a time (whole
+batches) and cuts them into batches.
 
 Example:
 
@@ -30,7 +30,8 @@ from tfmtl.data.schema import InteractionData
 from tfmtl.features import FeatureEncoder
 
 _ENCODE_CHUNK = 1_000_000
-GATHER_BATCHES = 64  # batches' rows gathered per op (one op a batch trained 7-15% slower)
+GATHER_ROWS = 65_536  # rows gathered per op, in whole batches: 7% and 16% faster training
+                     # than a gather per batch (BENCHMARKS.md, Training speed)
 
 
 def encode_examples(encoder: FeatureEncoder,
@@ -80,9 +81,8 @@ def batched_dataset(encoded: dict[str, np.ndarray], batch_size: int, shuffle: bo
     workers, worker = input_context.num_input_pipelines, input_context.input_pipeline_id
     orders = orders.map(lambda rows: rows[worker::workers])
     size = len(range(worker, size, workers))
-  chunks = orders.rebatch(batch_size * GATHER_BATCHES).map(
-      lambda rows: {k: tf.gather(v, rows) for k, v in columns.items()},
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  chunks = orders.rebatch(batch_size * max(1, GATHER_ROWS // batch_size)).map(
+      lambda rows: {k: tf.gather(v, rows) for k, v in columns.items()})
   batches = chunks.rebatch(batch_size, drop_remainder=drop_remainder)
   batches = batches.apply(tf.data.experimental.assert_cardinality(  # Keras counts the steps
       size // batch_size if drop_remainder else -(-size // batch_size)))

@@ -35,24 +35,6 @@ from tfmtl.layers.mlp import apply_stack, dense_stack
 from tfmtl.layers.sequence import SequencePooling
 
 
-ONE_HOT_MAX_ROWS = 256  # tables this small are looked up by a one-hot matmul
-
-
-def embedding(rows: int, dim: int, **kwargs) -> keras.layers.Embedding:
-  """A Keras `Embedding`; one of at most `ONE_HOT_MAX_ROWS` rows looks up
-  by a one-hot matmul. Its gradient is then dense, one fused optimizer
-  update, where a gathered row's gradient takes the optimizer's sparse
-  path (de-duplicating the batch's ids, then scattering): in the default
-  model, whose feature tables have 3 to 112 rows, that made training 9%
-  faster (BENCHMARKS.md, Training speed). Large tables, the ids', keep
-  the gather.
-
-  >>> embedding(10, 4)._use_one_hot_matmul, embedding(1000, 4)._use_one_hot_matmul
-  (True, False)
-  """
-  return keras.layers.Embedding(rows, dim, use_one_hot_matmul=rows <= ONE_HOT_MAX_ROWS, **kwargs)
-
-
 class FeatureTower(keras.layers.Layer):
   """Id + features -> embedding (see module doc): float32, whatever the
   layers compute in (`tfmtl.precision`).
@@ -94,8 +76,9 @@ class FeatureTower(keras.layers.Layer):
                                 embeddings_regularizer=regularizer,
                                 name=f"{id_feature}_embedding")
         if id_embedding_blocks else
-        embedding(sizes[id_feature], id_embedding_dim, embeddings_regularizer=regularizer,
-                  name=f"{id_feature}_embedding"))
+        keras.layers.Embedding(sizes[id_feature], id_embedding_dim,
+                               embeddings_regularizer=regularizer,
+                               name=f"{id_feature}_embedding"))
     self.feature_embeddings = {
         # A multi-hot vector times a matrix is the sum of its tokens' embeddings;
         # a vector (e.g. pretrained text) gets a trainable linear adapter as wide
@@ -105,7 +88,8 @@ class FeatureTower(keras.layers.Layer):
                if spec.type == "multi_categorical" else
                keras.layers.Dense(id_embedding_dim, name=f"{name}_adapter")
                if spec.type == "vector" else
-               embedding(sizes[name], feature_embedding_dim, name=f"{name}_embedding"))
+               keras.layers.Embedding(sizes[name], feature_embedding_dim,
+                                      name=f"{name}_embedding"))
         for name, spec in self.features.items() if name not in self.looked_up}
     self.dense_layers = (dense_stack(hidden_layers, "hidden")
                          + [keras.layers.Dense(embedding_dim, name="projection")])
