@@ -99,6 +99,8 @@ class InBatchSoftmax(tfrs.tasks.Retrieval):
   one-hot) goes into the two matmuls with no pass of its own. On a
   1,024-row batch that halves the loss's time (BENCHMARKS.md, Training
   speed). It computes no metrics: the model keeps its own `FactorizedTopK`.
+  Unlike TFRS's task it takes no `score_mask`, hard negatives or
+  multi-vector queries, and ids must be numbers (XLA compiles no strings).
 
   >>> import tensorflow as tf
   >>> queries = tf.constant([[1.0, 0.0], [0.0, 1.0]])
