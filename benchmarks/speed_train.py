@@ -74,7 +74,7 @@ def measure(rounds: int, epochs_per_round: int, overrides: list[str]) -> dict:
     model = training.build_model(contender, prepared.vocabulary, prepared.data.items)
     runs[name] = model, make_dataset(prepared.data, train, model.encoder,
                                      config.train.batch_size, shuffle=True, seed=config.seed)
-  runs["recipe"] = build_recipe(prepared.data, train)
+  runs["tfrs_recipe"] = build_recipe(prepared.data, train)
 
   times = {name: [] for name in runs}
   for model, dataset in runs.values():
@@ -104,11 +104,10 @@ def main():
     with multiprocessing.get_context("spawn").Pool(1) as pool:
       runs.append(pool.apply(measure, (args.rounds, args.epochs_per_round, args.set)))
   names = list(runs[0]["throughput"])
-  contenders = [name for name in names if name != "recipe"]
+  contenders = [name for name in names if name != "tfrs_recipe"]
   rates = [{name: float(np.median(values)) for name, values in run["throughput"].items()}
            for run in runs]
-  ratios = {name: [rate[name] / rate["recipe"] for rate in rates] for name in contenders}
-  suffix = {"tfmtl": "", "tfmtl_1_step": "_1_step", "tfmtl_compiled": "_compiled"}
+  ratios = {name: [rate[name] / rate["tfrs_recipe"] for rate in rates] for name in contenders}
   first = runs[0]
   path = write_result(args.output, {
       "protocol": "speed",
@@ -124,9 +123,9 @@ def main():
           "processes": args.processes, "rounds": args.rounds,
           "epochs_per_round": args.epochs_per_round,
           "threads": "TensorFlow defaults (all cores)"},
-      "metrics": {**{f"{'tfrs_' if name == 'recipe' else ''}{name}_examples_per_s":
-                     float(np.median([r[name] for r in rates])) for name in names},
-                  **{f"ratio{suffix[name]}": float(np.median(ratios[name]))
+      "metrics": {**{f"{name}_examples_per_s": float(np.median([r[name] for r in rates]))
+                     for name in names},
+                  **{name.replace("tfmtl", "ratio"): float(np.median(ratios[name]))
                      for name in contenders}},
       "processes": [{"ratios": {name: ratios[name][i] for name in contenders},
                      "examples_per_s": rates[i],
