@@ -1,7 +1,9 @@
 """SavedModel export: TF Serving layout, atomic versions, fresh-process round trip."""
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -283,6 +285,24 @@ def test_the_base_path_gets_a_models_config_and_batching_parameters(trained):
   batching = (base / "batching.config").read_text()
   for field in ("max_batch_size", "batch_timeout_micros", "num_batch_threads"):
     assert f"{field} {{ value: " in batching
+
+
+def test_an_export_removes_what_killed_exports_left_and_nothing_else(trained, tmp_path):
+  model, _, _ = trained
+  gone = subprocess.Popen([sys.executable, "-c", "pass"])
+  gone.wait()  # a process id no process has now
+  host = socket.gethostname()
+  left = {f".tmp-1-7.{gone.pid}@{host}": False,  # killed while writing version 1
+          f".removing-3-7.{gone.pid}@{host}": False,  # killed while pruning version 3
+          f".tmp-2-8.{os.getpid()}@{host}": True,  # an export still running
+          f".tmp-2-9.{gone.pid}@another-host": True,  # a shared base path: not ours to judge
+          ".notes": True}
+  for name in left:
+    (tmp_path / "m" / name).mkdir(parents=True)
+    (tmp_path / "m" / name / "saved_model.pb").write_bytes(b"")
+  export_model(model, tmp_path, "m")
+  assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(
+      ["1", *(name for name, kept in left.items() if kept)])
 
 
 def test_keep_versions_prunes_the_oldest(trained, tmp_path, monkeypatch):

@@ -12,6 +12,8 @@ Each version carries TF Serving warm-up requests, and the base path gets a
 The version is written to a hidden temporary folder and renamed, so a
 crash never leaves a half-written version for TF Serving to pick up, and an
 existing version is never overwritten; `keep_versions` prunes older ones.
+Hidden folders that a killed export left (their process, on this host,
+is gone) are removed by the next export to the same name.
 
 Example (`model` a trained `MultiTaskModel`, as in `tfmtl.model`):
 
@@ -21,7 +23,10 @@ Example (`model` a trained `MultiTaskModel`, as in `tfmtl.model`):
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +42,36 @@ def versions(model_dir: Path) -> list[int]:
   """The version numbers exported under `model_dir` (`<base_path>/<name>`), sorted."""
   return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()) \
       if model_dir.is_dir() else []
+
+
+_HIDDEN = re.compile(r"^\.(tmp|removing)-\d+-\d+\.(?P<pid>\d+)@(?P<host>.+)$")
+
+
+def _hidden_folder(model_dir: Path, kind: str, version: int) -> Path:
+  """A hidden folder (`.tmp-` staging, `.removing-` pruning) named after
+  this process and host, so a later export can tell when it was left behind."""
+  return model_dir / (f".{kind}-{version}-{np.random.randint(1 << 30)}"
+                      f".{os.getpid()}@{socket.gethostname()}")
+
+
+def _remove_left_behind(model_dir: Path) -> None:
+  """Removes hidden folders whose export was killed: made on this host by
+  a process no longer running. Other hosts' (a shared base path) are kept."""
+  host = socket.gethostname()
+  for path in model_dir.iterdir():
+    match = _HIDDEN.match(path.name)
+    if match and match["host"] == host and not _running(int(match["pid"])):
+      shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
 
 
 def latest_export(config: ExperimentConfig) -> Path:
@@ -92,7 +127,8 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
   module = ServingModule(model, top_k, recommend_candidates, recommend_weights, index, scann)
   signatures = module.concrete_functions()
   model_dir.mkdir(parents=True, exist_ok=True)
-  staging = model_dir / f".tmp-{version}-{np.random.randint(1 << 30)}"
+  _remove_left_behind(model_dir)
+  staging = _hidden_folder(model_dir, "tmp", version)
   try:
     tf.saved_model.save(module, str(staging), signatures=signatures)
     write_warmup_requests(module, staging, name)
@@ -102,7 +138,7 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
   if keep_versions:
     for old in versions(model_dir)[:-keep_versions]:
       if old != version:  # hidden first: TF Serving never sees a version half-removed
-        removing = model_dir / f".removing-{old}-{np.random.randint(1 << 30)}"
+        removing = _hidden_folder(model_dir, "removing", old)
         (model_dir / str(old)).rename(removing)
         shutil.rmtree(removing)
   write_server_configs(Path(base_path))
