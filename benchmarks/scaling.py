@@ -7,9 +7,12 @@ For each size, a fresh Python process writes the synthetic interactions
 lazy_adam, which updates only the embedding rows in the batch; Keras' Adam
 moves every row of every table each step) for one epoch on the training
 split (no validation metrics or TensorBoard logs: the epoch is training
-alone). Rows: `interactions`, `items`, `seconds_per_epoch` (the
-`fit` call), `examples_per_s`, `prepare_seconds` (loading, splitting,
-vocabularies) and `peak_rss_gb` (the process's peak resident memory).
+alone). Rows: `interactions`, `items`, `prepare_seconds` (loading,
+splitting, vocabularies), `fit_seconds` (`tfmtl.training.fit`: encoding
+the training examples, building the model, the epoch),
+`seconds_per_epoch` (the epoch alone, its checkpoint included),
+`examples_per_s` (over the epoch) and `peak_rss_gb` (the process's peak
+resident memory).
 
     python benchmarks/scaling.py                        # 1M, 5M and 20M
     python benchmarks/scaling.py --sizes 1000000        # one size
@@ -37,6 +40,7 @@ from common import RESULTS, write_result
 _MEASURE = r"""
 import json, resource, sys, time
 import tfmtl
+import tf_keras as keras
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data.synthetic import write_synthetic
@@ -51,17 +55,24 @@ config = ExperimentConfig.from_dict({
              "item_features": {"taste": "categorical"}},
     "train": {"epochs": 1, "optimizer": optimizer, "input": train_input,
               "run_dir": folder + "/run", "validate_every": 0, "log_dir": ""}})
+class EpochTimer(keras.callbacks.Callback):
+  def on_epoch_begin(self, epoch, logs=None):
+    self.start = time.perf_counter()
+  def on_epoch_end(self, epoch, logs=None):  # after the checkpoint's callback
+    self.seconds = time.perf_counter() - self.start
 start = time.perf_counter()
 prepared = training.prepare(config)
 prepared_at = time.perf_counter()
-model = training.fit(config, prepared, verbose=0)
+timer = EpochTimer()
+model = training.fit(config, prepared, verbose=0, callbacks=[timer])
 fitted_at = time.perf_counter()
 rows = len(prepared.split.train)
 print(json.dumps({"interactions": size, "items": len(prepared.data.items),
                   "training_examples": rows,
                   "prepare_seconds": prepared_at - start,
-                  "seconds_per_epoch": fitted_at - prepared_at,
-                  "examples_per_s": rows / (fitted_at - prepared_at),
+                  "fit_seconds": fitted_at - prepared_at,
+                  "seconds_per_epoch": timer.seconds,
+                  "examples_per_s": rows / timer.seconds,
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 

@@ -1,12 +1,13 @@
 """Splits are deterministic for a seed, disjoint, and cut the way they say."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from tfmtl.config import SplitConfig
 from tfmtl.data import DataError, per_user_split, random_split, split_interactions
 from tfmtl.data import temporal_split
-from tfmtl.data.splits import cold_item_split, held_out_candidates
+from tfmtl.data.splits import _split_counts, _take, cold_item_split, held_out_candidates
 
 
 def _keys(frame: pd.DataFrame) -> set:
@@ -47,6 +48,32 @@ def test_per_user_split_cuts_every_user_8_1_1(movielens):
   assert (sizes["test"] == (total * 0.1).astype(int)).all()  # RecBole's floor
   assert (sizes["validation"] == (total * 0.1).astype(int)).all()
   assert (sizes["train"] > 0).all()
+
+
+def _per_user_split_user_by_user(interactions, fractions, seed):
+  """The definition, one user at a time: the rows in one seeded shuffle,
+  each user's (in the shuffled order) cut by `_split_counts`."""
+  order = np.random.default_rng(seed).permutation(len(interactions))
+  users = interactions["user_id"].to_numpy()[order]
+  parts = [[], [], []]
+  for user in sorted(set(users)):
+    rows = order[users == user]
+    ends = np.cumsum(_split_counts(len(rows), fractions))
+    for part, (start, end) in enumerate(zip([0, *ends[:-1]], ends)):
+      parts[part].extend(rows[start:end])
+  return _take(interactions, *(np.array(p, dtype=int) for p in parts))
+
+
+@pytest.mark.parametrize("fractions", [(0.8, 0.1, 0.1), (0.6, 0.2, 0.2), (0.5, 0.0, 0.5)])
+def test_per_user_split_is_its_definition_user_by_user(fractions):
+  # Power-law users: many with 1 to 3 rows, where _split_counts's rounding bites.
+  rng = np.random.default_rng(0)
+  users = rng.zipf(1.5, 4000).astype(str)
+  interactions = pd.DataFrame({"user_id": users, "item_id": np.arange(4000).astype(str)})
+  for seed in (1, 42):
+    for got, expected in zip(per_user_split(interactions, fractions, seed),
+                             _per_user_split_user_by_user(interactions, fractions, seed)):
+      pd.testing.assert_frame_equal(got, expected)
 
 
 def test_temporal_split_holds_out_each_users_latest_interactions(movielens):

@@ -74,20 +74,21 @@ def per_user_split(interactions: pd.DataFrame,
                    fractions: Sequence[float] = (0.8, 0.1, 0.1),
                    seed: int = 42) -> Split:
   """Shuffles each user's interactions and cuts them by `fractions`."""
-  rng = np.random.default_rng(seed)
-  order = rng.permutation(len(interactions))
-  users = interactions[USER_ID].to_numpy()[order]
-  order = order[np.argsort(users, kind="stable")]  # grouped by user, shuffled within
-  sizes = np.unique(interactions[USER_ID].to_numpy()[order], return_counts=True)[1]
-  parts: list[list[np.ndarray]] = [[], [], []]
-  start = 0
-  for size in sizes:
-    counts = _split_counts(int(size), fractions)
-    bounds = np.cumsum([start, *counts])
-    for part, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-      parts[part].append(order[lo:hi])
-    start += size
-  return _take(interactions, *(np.concatenate(p) for p in parts))
+  order = np.random.default_rng(seed).permutation(len(interactions))
+  # Users as integer codes in their sorted order: a stable sort by code
+  # groups the rows by user, in user order, still shuffled within a user.
+  codes = pd.factorize(interactions[USER_ID].to_numpy(), sort=True)[0][order]
+  by_user = np.argsort(codes, kind="stable")
+  order, codes = order[by_user], codes[by_user]
+  sizes = np.bincount(codes)
+  starts = np.cumsum(sizes) - sizes
+  rank = np.arange(len(order)) - starts[codes]  # position within the user's rows
+  # Where each user's parts end, from `_split_counts` once per distinct size.
+  distinct, size_index = np.unique(sizes, return_inverse=True)
+  ends = np.cumsum([_split_counts(int(size), fractions) for size in distinct], axis=1)
+  ends = ends[size_index][codes]  # per row: its user's
+  part = sum((rank >= ends[:, i]).astype(np.int8) for i in range(ends.shape[1] - 1))
+  return _take(interactions, *(order[part == p] for p in range(3)))
 
 
 def temporal_split(interactions: pd.DataFrame) -> Split:
