@@ -1,6 +1,7 @@
 """Vocabularies come from training data only; unknown values map to OOV."""
 
 import numpy as np
+import tensorflow as tf
 
 from tfmtl.features import FeatureVocabulary
 
@@ -61,12 +62,9 @@ def test_item_probabilities_follow_training_frequency(tiny_data):
 def test_the_models_layers_do_not_track_vocabularies_element_by_element(tiny_data):
   # Keras walks every element of a list a layer holds each time it lists the
   # model's layers or variables: with 1M items, 0.7 s a listing.
-  import tensorflow as tf
-  vocabulary = FeatureVocabulary.build(tiny_data, tiny_data.interactions)
-  encoder = vocabulary.encoder()
-  structures = [layer.input_vocabulary for layer in encoder.lookups.values()
-                if hasattr(layer, "input_vocabulary")]  # the string lookups
-  assert {"user_id", "item_id", "taste"} <= {
-      name for name, layer in encoder.lookups.items() if hasattr(layer, "input_vocabulary")}
-  assert not any(isinstance(s, tf.__internal__.tracking.TrackableDataStructure)
-                 for s in structures)
+  encoder = FeatureVocabulary.build(tiny_data, tiny_data.interactions).encoder()
+  string_lookups = {name: layer for name, layer in encoder.lookups.items()
+                    if hasattr(layer, "input_vocabulary")}
+  assert {"user_id", "item_id", "taste"} <= set(string_lookups)
+  assert not any(isinstance(layer.input_vocabulary, tf.__internal__.tracking.TrackableDataStructure)
+                 for layer in string_lookups.values())

@@ -65,12 +65,16 @@ def _remove_left_behind(model_dir: Path) -> None:
 
 
 def _running(pid: int) -> bool:
+  """Whether process `pid` runs (always True on Windows, where signal 0
+  would terminate it)."""
+  if os.name == "nt":
+    return True
   try:
-    os.kill(pid, 0)
+    os.kill(pid, 0)  # signal 0: only checks
   except ProcessLookupError:
     return False
   except PermissionError:  # another user's process
-    return True
+    pass
   return True
 
 
