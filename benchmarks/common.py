@@ -7,10 +7,12 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -22,6 +24,20 @@ def machine() -> str:
   return (f"{platform.machine()}, {os.cpu_count()} cores ({threads} TF threads), "
           f"{platform.system()}, Python {platform.python_version()}, "
           f"TensorFlow {tf.__version__}, {', '.join(gpus) or 'no GPU'}")
+
+
+class EpochTimer(keras.callbacks.Callback):
+  """Each epoch's seconds (`times`), from its first batch to the end of
+  every callback listed before this one (a checkpoint, say)."""
+
+  def on_train_begin(self, logs=None):
+    self.times = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.times.append(time.perf_counter() - self.start)
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -40,10 +40,10 @@ from common import RESULTS, write_result
 _MEASURE = r"""
 import json, resource, sys, time
 import tfmtl
-import tf_keras as keras
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data.synthetic import write_synthetic
+from common import EpochTimer
 folder, size, optimizer, train_input = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 data = write_synthetic(folder + "/data", size, num_users=max(size // 50, 100),
                        num_items=max(size // 20, 100), seed=0)
@@ -55,15 +55,10 @@ config = ExperimentConfig.from_dict({
              "item_features": {"taste": "categorical"}},
     "train": {"epochs": 1, "optimizer": optimizer, "input": train_input,
               "run_dir": folder + "/run", "validate_every": 0, "log_dir": ""}})
-class EpochTimer(keras.callbacks.Callback):
-  def on_epoch_begin(self, epoch, logs=None):
-    self.start = time.perf_counter()
-  def on_epoch_end(self, epoch, logs=None):  # after the checkpoint's callback
-    self.seconds = time.perf_counter() - self.start
 start = time.perf_counter()
 prepared = training.prepare(config)
 prepared_at = time.perf_counter()
-timer = EpochTimer()
+timer = EpochTimer()  # fit's callbacks end with it: the epoch includes its checkpoint
 model = training.fit(config, prepared, verbose=0, callbacks=[timer])
 fitted_at = time.perf_counter()
 rows = len(prepared.split.train)
@@ -71,8 +66,8 @@ print(json.dumps({"interactions": size, "items": len(prepared.data.items),
                   "training_examples": rows,
                   "prepare_seconds": prepared_at - start,
                   "fit_seconds": fitted_at - prepared_at,
-                  "seconds_per_epoch": timer.seconds,
-                  "examples_per_s": rows / timer.seconds,
+                  "seconds_per_epoch": timer.times[0],
+                  "examples_per_s": rows / timer.times[0],
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
@@ -80,7 +75,8 @@ print(json.dumps({"interactions": size, "items": len(prepared.data.items),
 def measure(size: int, optimizer: str, train_input: str) -> dict:
   with tempfile.TemporaryDirectory() as folder:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    here = Path(__file__).resolve().parent  # common.py; the repository root: tfmtl
+    env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parent)])
     result = subprocess.run([sys.executable, "-c", _MEASURE, folder, str(size), optimizer,
                              train_input],
                             capture_output=True, text=True, env=env, check=False)

@@ -26,33 +26,20 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import time
 
 import tfmtl  # noqa: F401  (binds Keras 2 first)
 import numpy as np
-import tf_keras as keras
 
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data import make_dataset
 from tfmtl.distribute import make_strategy, steps_per_execution
 
-from common import summary, write_result
+from common import EpochTimer, summary, write_result
 from tfrs_recipe import build_recipe
 
 ONE_STEP = ["train.steps_per_execution=1"]
 COMPILED = ["train.jit_compile=true", "train.steps_per_execution=16"]
-
-
-class EpochTimer(keras.callbacks.Callback):
-  def on_train_begin(self, logs=None):
-    self.times = []
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self.start = time.perf_counter()
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.times.append(time.perf_counter() - self.start)
 
 
 def epoch_seconds(model, dataset, epochs: int) -> list[float]:

@@ -64,12 +64,12 @@ def test_gathering_several_batches_at_once_gives_the_same_batches(tiny_data, mon
   encoder = FeatureVocabulary.build(tiny_data, tiny_data.interactions).encoder()
   encoded = encode_examples(encoder, tiny_data.examples(tiny_data.interactions))
   assert len(tiny_data.interactions) % 7  # a last, smaller batch
-  batches = {}
-  for gather_rows in (1, 3 * 7 + 5):  # 1 batch, 3 batches per gather
+  batches, three_batches = {}, 3 * 7 + 5  # rows: 1 batch, and 3 batches, per gather
+  for gather_rows in (1, three_batches):
     monkeypatch.setattr(pipeline, "GATHER_ROWS", gather_rows)
     batches[gather_rows] = [
         _rows(batched_dataset(encoded, 7, True, seed=2, drop_remainder=drop))
         for drop in (False, True)]
-  assert batches[26] == batches[1]
-  assert len(batches[26][0]) == -(-len(tiny_data.interactions) // 7) > 3
-  assert [len(b) for b in batches[26][1]] == [7] * (len(tiny_data.interactions) // 7)
+  assert batches[three_batches] == batches[1]
+  assert len(batches[three_batches][0]) == -(-len(tiny_data.interactions) // 7) > 3
+  assert [len(b) for b in batches[three_batches][1]] == [7] * (len(tiny_data.interactions) // 7)
