@@ -35,7 +35,7 @@ from tfmtl.checkpoints import EpochHistory, backup_and_restore, checkpoint_folde
 from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig, TrainConfig
 from tfmtl.content import encode_item_content, with_content
 from tfmtl.data.history import add_history, add_history_column
-from tfmtl.data.pipeline import batched_dataset, encode_examples
+from tfmtl.data.pipeline import batched_dataset, encode_interactions
 from tfmtl.data.schema import ITEM_ID, USER_ID, InteractionData
 from tfmtl.data.service import served
 from tfmtl.data.shards import example_shards_dataset, write_example_shards
@@ -187,7 +187,7 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
     logger.warning("train.validate_every: skipped; the TPU embedding tables can be read on "
                    "the host only after training")
   data, rows = prepared.training_examples()
-  encoded = encode_examples(model.encoder, data.examples(rows))
+  encoded = encode_interactions(model.encoder, data, rows)
   with _input_folder(config) as folder:
     train, steps = training_input(strategy, _batches(options, encoded, folder, config.seed),
                                   len(rows), options.batch_size, config.model.tpu_embedding,

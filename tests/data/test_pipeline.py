@@ -1,6 +1,13 @@
 """tf.data pipelines: encoded batches, reshuffled each epoch, every row once."""
 
-from tfmtl.data import encode_examples, make_dataset
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from tfmtl.config import FeatureConfig
+from tfmtl.data import InteractionData, encode_examples, encode_interactions, make_dataset
+from tfmtl.data.history import add_history_column
 from tfmtl.data.pipeline import batched_dataset
 from tfmtl.features import FeatureVocabulary
 
@@ -73,3 +80,40 @@ def test_gathering_several_batches_at_once_gives_the_same_batches(tiny_data, mon
   assert batches[three_batches] == batches[1]
   assert len(batches[three_batches][0]) == -(-len(tiny_data.interactions) // 7) > 3
   assert [len(b) for b in batches[three_batches][1]] == [7] * (len(tiny_data.interactions) // 7)
+
+
+def test_feature_tables_encoded_once_give_the_joined_examples_encodings(tiny_frames):
+  """`encode_interactions` encodes each table row once and gathers it by
+  id: the arrays of encoding the raw join, for ids in and out of the
+  vocabulary, ids the tables were given no row for (`from_frames` adds
+  one) and ids not in the data at all, every feature type, history and
+  weights."""
+  make_frames, user_features = tiny_frames
+  interactions, users, items = make_frames()
+  extra = pd.DataFrame({"user_id": ["u_new", "u1"], "item_id": ["i1", "i_new"],
+                        "rating": [3.0, 4.0], "timestamp": [5_000, 5_001]})
+  interactions = pd.concat([interactions, extra], ignore_index=True).assign(
+      sample_weight=lambda frame: np.linspace(0.5, 1.5, len(frame)))
+  items = items.assign(content=[np.array([i, -i], np.float32) for i in range(len(items))])
+  item_features = {"genres": FeatureConfig("multi_categorical"),
+                   "year": FeatureConfig("bucketized", num_buckets=4),
+                   "content": FeatureConfig("vector", dim=2)}
+  data = InteractionData.from_frames(interactions, users, items.iloc[5:],
+                                     user_features, item_features)
+  # Tables reversed, index kept: the rows from_frames added for unknown ids come
+  # first, so neither table ends in a row of missing features.
+  data = dataclasses.replace(data, users=data.users.iloc[::-1], items=data.items.iloc[::-1])
+  train = data.interactions.iloc[: len(data.interactions) // 2]  # later users: unknown ids
+  rows = add_history_column(train, data.interactions, 3).iloc[::-1]
+  rows = pd.concat([rows, rows.iloc[:1].assign(user_id="u_never", item_id="i_never")])
+  encoder = FeatureVocabulary.build(data, train, history_length=3).encoder()
+  encoded = encode_interactions(encoder, data, rows)
+  expected = encode_examples(encoder, data.examples(rows))
+  assert list(encoded) == list(expected)
+  for name, values in expected.items():
+    np.testing.assert_array_equal(encoded[name], values, err_msg=name)
+  assert (encoded["user_id"] == 0).sum() > len(rows) // 3  # out of the vocabulary
+  missing_content = rows["item_id"].isin(
+      ["i_new", "i_never", *(f"i{i}" for i in range(5))]).to_numpy()
+  assert missing_content.any() and not encoded["content"][missing_content].any()
+  assert encoded["content"][~missing_content].any(axis=1).all()

@@ -1,7 +1,9 @@
 """tf.data pipelines: raw interactions -> encoded, shuffled, batched examples.
 
 Features are encoded once, vectorised, when the pipeline is made (the
-vocabulary lookups are not repeated every epoch); each epoch then shuffles
+vocabulary lookups are not repeated every epoch): the interactions' own
+columns row by row, and each user and item feature once per table row,
+gathered onto the interactions by id. Each epoch then shuffles
 row indices, gathers the rows about `GATHER_ROWS` at a time (whole
 batches) and cuts them into batches.
 
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfmtl.data.schema import InteractionData
+from tfmtl.data.schema import ITEM_ID, USER_ID, InteractionData, table_arrays, vector_dims
 from tfmtl.features import FeatureEncoder
 
 _ENCODE_CHUNK = 1_000_000
@@ -41,6 +43,52 @@ def encode_examples(encoder: FeatureEncoder,
   chunks = [encoder({k: v[start:start + _ENCODE_CHUNK] for k, v in examples.items()})
             for start in range(0, max(size, 1), _ENCODE_CHUNK)]
   return {k: np.concatenate([np.asarray(c[k]) for c in chunks]) for k in chunks[0]}
+
+
+def encode_interactions(encoder: FeatureEncoder, data: InteractionData,
+                        interactions: pd.DataFrame) -> dict[str, np.ndarray]:
+  """Encoded examples of `interactions`, the arrays of
+  `encode_examples(encoder, data.examples(interactions))`.
+
+  The feature tables are encoded once per user and item and gathered onto
+  the interactions by id index, in place of joining their raw values onto
+  every interaction: at 20M interactions, 7 s against 30 s (BENCHMARKS.md,
+  Scaling).
+  """
+  encoded = encode_examples(encoder, table_arrays(interactions,
+                                                  data.interaction_columns(interactions)))
+  for table, id_column, features in ((data.users, USER_ID, data.user_features),
+                                     (data.items, ITEM_ID, data.item_features)):
+    if not features:
+      continue
+    table = table.reset_index(drop=True)
+    table_ids = table[id_column]
+    table = table.reindex(range(len(table) + 1))  # and a last row, every feature missing
+    table_encoded = encode_examples(encoder, table_arrays(
+        table, [id_column, *features], vector_dims(features)))
+    rows = _table_rows(table_encoded[id_column][:-1], encoded[id_column],
+                       encoder.vocabulary.size(id_column), table_ids, interactions[id_column])
+    for name in features:
+      encoded[name] = table_encoded[name][rows]
+  return encoded
+
+
+def _table_rows(table_indices: np.ndarray, indices: np.ndarray, vocabulary_size: int,
+                table_ids: pd.Series, ids: pd.Series) -> np.ndarray:
+  """Each interaction's row in its feature table, -1 where it has none.
+
+  Ids in the vocabulary are found by their index (a table holds an id
+  once); only out-of-vocabulary ids, which share index 0, are looked up by
+  their string.
+  """
+  known = table_indices > 0
+  row_of_index = np.full(vocabulary_size, -1, np.int64)
+  row_of_index[table_indices[known]] = np.flatnonzero(known)
+  rows = row_of_index[indices]
+  unknown = np.flatnonzero(indices == 0)
+  if len(unknown):
+    rows[unknown] = pd.Index(table_ids).get_indexer(ids.iloc[unknown])
+  return rows
 
 
 def make_dataset(data: InteractionData,
@@ -61,7 +109,7 @@ def make_dataset(data: InteractionData,
     seed: shuffling seed.
     drop_remainder: drop a last, smaller batch (TPUs need fixed shapes).
   """
-  return batched_dataset(encode_examples(encoder, data.examples(interactions)), batch_size,
+  return batched_dataset(encode_interactions(encoder, data, interactions), batch_size,
                          shuffle, seed, drop_remainder)
 
 
@@ -69,7 +117,7 @@ def batched_dataset(encoded: dict[str, np.ndarray], batch_size: int, shuffle: bo
                     seed: Optional[int] = None, drop_remainder: bool = False,
                     input_context: Optional[tf.distribute.InputContext] = None
                     ) -> tf.data.Dataset:
-  """`make_dataset` from examples already encoded (`encode_examples`). It
+  """`make_dataset` from examples already encoded (`encode_interactions`). It
   runs no Python encoder, so a ParameterServerStrategy worker's dataset
   function (traced in a `tf.function`) can call it; given that worker's
   `input_context`, it serves the worker's share of each epoch's rows (every

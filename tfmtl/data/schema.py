@@ -101,8 +101,7 @@ class InteractionData:
     item features are joined on by id. A `history` column (see
     `tfmtl.data.history`) is kept.
     """
-    own = [USER_ID, ITEM_ID, *self.label_columns,
-           *(c for c in (SAMPLE_WEIGHT, HISTORY) if c in interactions.columns)]
+    own = self.interaction_columns(interactions)
     frame = interactions[own]
     frame = frame.merge(self.users[[USER_ID, *self.user_features]], on=USER_ID,
                         how="left", validate="many_to_one")
@@ -110,6 +109,12 @@ class InteractionData:
                         how="left", validate="many_to_one")
     return table_arrays(frame, [*own, *self.user_features, *self.item_features],
                         vector_dims({**self.user_features, **self.item_features}))
+
+  def interaction_columns(self, interactions: pd.DataFrame) -> list[str]:
+    """The columns of `interactions` an example keeps: ids, labels, and the
+    sample weight and history where present."""
+    return [USER_ID, ITEM_ID, *self.label_columns,
+            *(c for c in (SAMPLE_WEIGHT, HISTORY) if c in interactions.columns)]
 
   def summary(self) -> str:
     return (f"{self.name}: {len(self.interactions):,} interactions, "
