@@ -43,7 +43,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.config import FeatureConfig
-from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, InteractionData
+from tfmtl.data.schema import (HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, InteractionData,
+                               ids_in)
 
 
 @dataclasses.dataclass
@@ -72,7 +73,7 @@ class FeatureVocabulary:
     for table, id_column, specs, counts in (
         (data.users, USER_ID, data.user_features, user_counts),
         (data.items, ITEM_ID, data.item_features, item_counts)):
-      seen = table[table[id_column].isin(counts.index)]  # the distinct ids: fast
+      seen = table[ids_in(table[id_column], counts.index)]  # the distinct ids: fast
       for name, spec in specs.items():
         values = seen[name]
         if spec.type == "vector":
@@ -84,9 +85,8 @@ class FeatureVocabulary:
           cuts = np.unique(np.quantile(finite, quantiles)) if len(finite) else [0.0]
           boundaries[name] = [float(c) for c in cuts]
         else:
-          values = values.map(lambda v, spec=spec: _tokens(v, spec))
-          token_counts = values.explode().value_counts(sort=True)
-          tokens[name] = [t for t in token_counts.index if t] or ["<none>"]
+          token_counts = _tokens(values, spec).value_counts(sort=True)
+          tokens[name] = list(token_counts.index) or ["<none>"]
     return cls(user_ids=list(user_counts.index), item_ids=list(item_counts.index),
                item_counts=[int(c) for c in item_counts],
                user_features=dict(data.user_features),
@@ -127,10 +127,13 @@ class FeatureVocabulary:
                        f"{error}); retrain the run with `tfmtl train`") from None
 
 
-def _tokens(value: str, spec: FeatureConfig) -> list[str]:
+def _tokens(values: pd.Series, spec: FeatureConfig) -> pd.Series:
+  """Every token of a categorical feature's values, in order; none empty."""
   if spec.type == "multi_categorical":
-    return [t for t in value.split(spec.separator) if t]
-  return [value[:spec.prefix] if spec.prefix else value]
+    values = values.str.split(spec.separator, regex=False).explode()
+  elif spec.prefix:
+    values = values.str.slice(0, spec.prefix)
+  return values[values != ""]
 
 
 class FeatureEncoder(keras.layers.Layer):

@@ -35,6 +35,8 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tfmtl.config import FeatureConfig
 
@@ -148,6 +150,14 @@ def vector_dims(features: dict[str, FeatureConfig]) -> dict[str, int]:
   return {name: spec.dim for name, spec in features.items() if spec.type == "vector"}
 
 
+def ids_in(ids: pd.Series, known) -> np.ndarray:
+  """`ids.isin(known)` for string ids, by Arrow's hash set: pandas' `isin`
+  on Arrow strings turns each known id into a Python object (7 s of 14
+  with 1M items and 20M interactions)."""
+  ids = pa.array(ids)
+  return pc.is_in(ids, value_set=pa.array(known).cast(ids.type)).to_numpy(zero_copy_only=False)
+
+
 def _first_bad(mask: pd.Series, frame: pd.DataFrame, column: str) -> str:
   position = int(np.flatnonzero(mask.to_numpy())[0])
   return f"first at row {position + 1}: {frame[column].iloc[position]!r}"
@@ -168,7 +178,7 @@ def _ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
                     f"({int(missing.sum())} rows, {_first_bad(missing, frame, column)})")
   if pd.api.types.is_float_dtype(values) and (values % 1 == 0).all():
     values = values.astype(np.int64)  # 17.0 -> "17"
-  return values.astype(str).to_numpy(dtype=object)
+  return values.astype(str).array  # strings stay Arrow's: no copy to Python objects
 
 
 def _numbers(frame: pd.DataFrame, column: str, source: str, dtype) -> np.ndarray:
@@ -259,7 +269,7 @@ def _check_features(frame: Optional[pd.DataFrame], id_column: str,
     out[name] = _feature_values(frame[name], name, spec, source)
   for column in frame.columns.difference(out.columns):  # kept, e.g. titles
     out[column] = frame[column].to_numpy()
-  unknown = pd.unique(interactions.loc[~interactions[id_column].isin(out[id_column]),
+  unknown = pd.unique(interactions.loc[~ids_in(interactions[id_column], out[id_column]),
                                        id_column])
   if len(unknown) and len(out) and len(unknown) == interactions[id_column].nunique():
     raise DataError(f"{source}: none of the {len(unknown)} {id_column} values in the "

@@ -27,7 +27,8 @@ import pandas as pd
 from tfmtl.config import DataConfig
 from tfmtl.data.files import load_files
 from tfmtl.data.movielens import load_movielens_100k, load_tfds_movielens
-from tfmtl.data.schema import ITEM_ID, SAMPLE_WEIGHT, USER_ID, DataError, InteractionData
+from tfmtl.data.schema import (ITEM_ID, SAMPLE_WEIGHT, USER_ID, DataError, InteractionData,
+                               ids_in)
 
 
 def load_data(config: DataConfig) -> InteractionData:
@@ -95,4 +96,5 @@ def _weighted(interactions: pd.DataFrame) -> pd.DataFrame:
 
 def _joined(table: pd.DataFrame, more: pd.DataFrame, id_column: str) -> pd.DataFrame:
   """`table` plus the rows of `more` whose ids it lacks."""
-  return pd.concat([table, more[~more[id_column].isin(table[id_column])]], ignore_index=True)
+  return pd.concat([table, more[~ids_in(more[id_column], table[id_column])]],
+                   ignore_index=True)

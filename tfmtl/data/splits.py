@@ -77,7 +77,7 @@ def per_user_split(interactions: pd.DataFrame,
   order = np.random.default_rng(seed).permutation(len(interactions))
   # Users as integer codes in their sorted order: a stable sort by code
   # groups the rows by user, in user order, still shuffled within a user.
-  codes = pd.factorize(interactions[USER_ID].to_numpy(), sort=True)[0][order]
+  codes = pd.factorize(interactions[USER_ID], sort=True)[0][order]
   by_user = np.argsort(codes, kind="stable")
   order, codes = order[by_user], codes[by_user]
   sizes = np.bincount(codes)
