@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from tfmtl.config import FeatureConfig
 from tfmtl.data import InteractionData, encode_examples, encode_interactions, make_dataset
@@ -52,7 +53,6 @@ def test_drop_remainder_gives_fixed_batch_shapes(tiny_data):
 def test_workers_share_each_epoch_between_them(tiny_data):
   """A parameter-server worker's input context: every row once per epoch
   across the workers, none twice."""
-  import tensorflow as tf
   encoder = FeatureVocabulary.build(tiny_data, tiny_data.interactions).encoder()
   encoded = encode_examples(encoder, tiny_data.examples(tiny_data.interactions))
   shares = [[r for batch in _rows(batched_dataset(
@@ -117,3 +117,16 @@ def test_feature_tables_encoded_once_give_the_joined_examples_encodings(tiny_fra
       ["i_new", "i_never", *(f"i{i}" for i in range(5))]).to_numpy()
   assert missing_content.any() and not encoded["content"][missing_content].any()
   assert encoded["content"][~missing_content].any(axis=1).all()
+
+
+def test_batches_run_without_the_autotuning_thread(tiny_data):
+  """Deleting an iterator (Keras does, every epoch) waits for tf.data's
+  autotuning thread to wake: the in-memory batches turn it off, shuffled
+  or not, with a worker's share or without."""
+  encoder = FeatureVocabulary.build(tiny_data, tiny_data.interactions).encoder()
+  encoded = encode_examples(encoder, tiny_data.examples(tiny_data.interactions))
+  datasets = [make_dataset(tiny_data, tiny_data.interactions, encoder, 16),
+              batched_dataset(encoded, 16, True, seed=1,
+                              input_context=tf.distribute.InputContext(2, 1))]
+  assert [d.options().autotune.enabled for d in datasets] == [False, False]
+  assert tf.data.Dataset.range(3).options().autotune.enabled is not False  # TF's default

@@ -134,7 +134,15 @@ def batched_dataset(encoded: dict[str, np.ndarray], batch_size: int, shuffle: bo
   batches = chunks.rebatch(batch_size, drop_remainder=drop_remainder)
   batches = batches.apply(tf.data.experimental.assert_cardinality(  # Keras counts the steps
       size // batch_size if drop_remainder else -(-size // batch_size)))
-  return batches.prefetch(tf.data.AUTOTUNE)
+  return batches.prefetch(tf.data.AUTOTUNE).with_options(_UNTUNED)
+
+
+# tf.data's autotuning runs a thread per iterator, and deleting an iterator
+# (Keras does, every epoch) can wait for that thread's next wake-up: about
+# 30 ms an epoch on MovieLens, up to 30 s after a 20M epoch (BENCHMARKS.md,
+# Scaling). Nothing here needs it: the prefetch buffer sizes itself without.
+_UNTUNED = tf.data.Options()
+_UNTUNED.autotune.enabled = False
 
 
 def _row_orders(size: int, shuffle: bool, seed: Optional[int]) -> tf.data.Dataset:
