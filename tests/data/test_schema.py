@@ -174,3 +174,15 @@ def test_vector_features_read_from_csv_text_and_bad_text_is_named():
         pd.DataFrame({"user_id": ["u"], "item_id": ["i1"]}),
         items=items.assign(content=["half one", "1 2", "3 4"]),
         item_features={"content": FeatureConfig("vector", dim=2)})
+
+
+@pytest.mark.parametrize("dtype", ["str", object])
+def test_ids_in_answers_as_pandas_isin(dtype):
+  """`ids_in` (Arrow's hash set) gives pandas' `isin`, for Arrow and object
+  strings, empty tables and empty interactions included."""
+  from tfmtl.data.schema import ids_in
+  ids = pd.Series(["u1", "u2", "u1", "u3", ""], dtype=dtype)
+  for known in (pd.Series(["u1", "u3", "u9"], dtype=dtype), pd.Index(["u2"]),
+                pd.DataFrame({"user_id": []})["user_id"]):
+    np.testing.assert_array_equal(ids_in(ids, known), ids.isin(known).to_numpy())
+  assert ids_in(pd.DataFrame({"user_id": []})["user_id"], ids).shape == (0,)
