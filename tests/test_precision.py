@@ -8,6 +8,7 @@ import tf_keras as keras
 
 from tfmtl import training
 from tfmtl.config import ConfigError, ExperimentConfig
+from tfmtl.data import make_dataset
 from tfmtl.serving import export_model
 
 
@@ -39,9 +40,8 @@ def test_mixed_precision_trains_in_16_bits_to_the_float32_losses(
       precision == "mixed_float16")
   if precision == "mixed_float16":  # gradients of the scaled loss overflowed at first
     assert float(model.optimizer.loss_scale) < 2 ** 15
-  batch = next(iter(training.batched_dataset(
-      training.encode_examples(model.encoder, tiny_prepared.data.examples(
-          tiny_prepared.split.train[:8])), 8)))
+  batch = next(iter(make_dataset(tiny_prepared.data, tiny_prepared.split.train[:8],
+                                 model.encoder, 8)))
   assert {name: output.dtype for name, output in model(batch).items()} == {
       "query_embedding": tf.float32, "candidate_embedding": tf.float32,
       "rating": tf.float32, "like": tf.float32}
