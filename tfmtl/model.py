@@ -40,9 +40,8 @@ import tf_keras as keras
 
 from tfmtl.config import (RANKING_TASK_TYPES, TOWER_TASK_TYPES, ModelConfig, TaskConfig,
                           default_tasks, history_length)
-from tfmtl.data.pipeline import encode_examples
-from tfmtl.data.schema import (HISTORY, ITEM_ID, SAMPLE_WEIGHT, USER_ID, table_arrays,
-                               vector_dims)
+from tfmtl.data.pipeline import encode_table
+from tfmtl.data.schema import HISTORY, ITEM_ID, SAMPLE_WEIGHT, USER_ID, vector_dims
 from tfmtl.distillation import Distillation
 from tfmtl.distribute import (agreed_logs, all_replicas_own_first, on_tpu,
                               replica_device_scope)
@@ -186,9 +185,7 @@ class MultiTaskModel(tfrs.Model):
     self.item_probability = tf.constant(vocabulary.item_probabilities())
 
     self.catalogue_item_ids = catalogue[ITEM_ID].to_numpy(dtype=object)
-    raw = table_arrays(catalogue, [ITEM_ID, *vocabulary.item_features],
-                       vector_dims(vocabulary.item_features))
-    encoded = encode_examples(self.encoder, raw)
+    encoded = encode_table(self.encoder, catalogue, [ITEM_ID, *vocabulary.item_features])
     self.catalogue_features = {k: tf.constant(v) for k, v in encoded.items()}
     self.item_feature_tables = {  # item index -> the feature's multi-hot
         feature: tf.constant(_by_item_index(encoded[ITEM_ID], encoded[feature], sizes[ITEM_ID]))

@@ -8,6 +8,7 @@ import pytest
 
 from tfmtl.config import FeatureConfig
 from tfmtl.data import DataError, InteractionData
+from tfmtl.data.schema import ids_in
 
 SOURCES = {"interactions": "ratings.csv", "users": "users.csv", "items": "items.csv"}
 
@@ -180,7 +181,6 @@ def test_vector_features_read_from_csv_text_and_bad_text_is_named():
 def test_ids_in_answers_as_pandas_isin(dtype):
   """`ids_in` (Arrow's hash set) gives pandas' `isin`, for Arrow and object
   strings, empty tables and empty interactions included."""
-  from tfmtl.data.schema import ids_in
   ids = pd.Series(["u1", "u2", "u1", "u3", ""], dtype=dtype)
   for known in (pd.Series(["u1", "u3", "u9"], dtype=dtype), pd.Index(["u2"]),
                 pd.DataFrame({"user_id": []})["user_id"]):

@@ -35,6 +35,13 @@ _ENCODE_CHUNK = 1_000_000
 GATHER_ROWS = 65_536  # rows gathered per op, in whole batches: 7% and 16% faster training
                      # than a gather per batch (BENCHMARKS.md, Training speed)
 
+# tf.data's autotuning runs a thread per iterator, and deleting an iterator
+# (Keras does, every epoch) can wait for that thread's next wake-up: about
+# 30 ms an epoch on MovieLens, up to 30 s after a 20M epoch (BENCHMARKS.md,
+# Scaling). Nothing here needs it: the prefetch buffer sizes itself without.
+_UNTUNED = tf.data.Options()
+_UNTUNED.autotune.enabled = False
+
 
 def encode_examples(encoder: FeatureEncoder,
                     examples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -43,6 +50,12 @@ def encode_examples(encoder: FeatureEncoder,
   chunks = [encoder({k: v[start:start + _ENCODE_CHUNK] for k, v in examples.items()})
             for start in range(0, max(size, 1), _ENCODE_CHUNK)]
   return {k: np.concatenate([np.asarray(c[k]) for c in chunks]) for k in chunks[0]}
+
+
+def encode_table(encoder: FeatureEncoder, table: pd.DataFrame,
+                 columns: list[str]) -> dict[str, np.ndarray]:
+  """`encode_examples` of a frame's `columns` (e.g. a feature table's)."""
+  return encode_examples(encoder, table_arrays(table, columns, vector_dims(encoder.specs)))
 
 
 def encode_interactions(encoder: FeatureEncoder, data: InteractionData,
@@ -68,17 +81,15 @@ def encode_interactions(encoder: FeatureEncoder, data: InteractionData,
   >>> encoded["item_id"], encoded["genre"]  # i1 and Drama are the most frequent: index 1
   (array([1, 2, 1]), array([1, 2, 1]))
   """
-  encoded = encode_examples(encoder, table_arrays(interactions,
-                                                  data.interaction_columns(interactions)))
+  encoded = encode_table(encoder, interactions, data.interaction_columns(interactions))
   for table, id_column, features in ((data.users, USER_ID, data.user_features),
                                      (data.items, ITEM_ID, data.item_features)):
     if not features:
       continue
-    table = table.reset_index(drop=True)
+    table = table[[id_column, *features]].reset_index(drop=True)
     table_ids = table[id_column]
     table = table.reindex(range(len(table) + 1))  # and a last row, every feature missing
-    table_encoded = encode_examples(encoder, table_arrays(
-        table, [id_column, *features], vector_dims(features)))
+    table_encoded = encode_table(encoder, table, [id_column, *features])
     rows = _table_rows(table_encoded[id_column][:-1], encoded[id_column],
                        encoder.vocabulary.size(id_column), table_ids, interactions[id_column])
     for name in features:
@@ -148,14 +159,6 @@ def batched_dataset(encoded: dict[str, np.ndarray], batch_size: int, shuffle: bo
   batches = batches.apply(tf.data.experimental.assert_cardinality(  # Keras counts the steps
       size // batch_size if drop_remainder else -(-size // batch_size)))
   return batches.prefetch(tf.data.AUTOTUNE).with_options(_UNTUNED)
-
-
-# tf.data's autotuning runs a thread per iterator, and deleting an iterator
-# (Keras does, every epoch) can wait for that thread's next wake-up: about
-# 30 ms an epoch on MovieLens, up to 30 s after a 20M epoch (BENCHMARKS.md,
-# Scaling). Nothing here needs it: the prefetch buffer sizes itself without.
-_UNTUNED = tf.data.Options()
-_UNTUNED.autotune.enabled = False
 
 
 def _row_orders(size: int, shuffle: bool, seed: Optional[int]) -> tf.data.Dataset:
