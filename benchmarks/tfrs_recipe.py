@@ -9,6 +9,7 @@ The one change is TFRS's own advice for speed: the retrieval metric
 
 from __future__ import annotations
 
+import tfmtl  # noqa: F401  (binds Keras 2 first)
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
