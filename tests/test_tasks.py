@@ -70,3 +70,64 @@ def test_accidental_hit_removal_needs_candidate_ids():
   embeddings = tf.ones([2, 2])
   with pytest.raises(ValueError, match="candidate_ids"):
     InBatchSoftmax(remove_accidental_hits=True)(embeddings, embeddings)
+
+
+def _item_candidates(rng, num_candidates, num_items):
+  """Candidates looked up by id from an item table (one embedding and one
+  sampling probability per id), except id 0's, which differ per candidate
+  as unknown items do."""
+  ids = rng.integers(0, num_items, size=num_candidates)
+  table = tf.Variable(rng.normal(size=(num_items, 4)).astype(np.float32))
+  unknown = tf.Variable(rng.normal(size=(num_candidates, 4)).astype(np.float32))
+  probability = tf.constant(rng.uniform(1e-3, 0.5, size=num_items).astype(np.float32))
+  return tf.constant(ids), table, unknown, tf.gather(probability, ids)
+
+
+@pytest.mark.parametrize("num_candidates,num_items", [(12, 4), (150, 90), (130, 400)])
+@pytest.mark.parametrize("compiled", [False, True])  # XLA scores every candidate
+def test_unique_candidates_give_tfrs_loss_and_gradients(num_candidates, num_items, compiled):
+  rng = np.random.default_rng(2)
+  num_queries = num_candidates - 5  # 5 candidates from other replicas
+  ids, table, unknown, probability = _item_candidates(rng, num_candidates, num_items)
+  queries = tf.Variable(rng.normal(size=(num_queries, 4)).astype(np.float32))
+  weights = tf.constant(rng.uniform(0.5, 2.0, size=num_queries).astype(np.float32))
+  tfrs_task = tfrs.tasks.Retrieval(
+      loss=keras.losses.CategoricalCrossentropy(
+          from_logits=True, reduction=keras.losses.Reduction.NONE),
+      temperature=0.2, remove_accidental_hits=True)
+  task = InBatchSoftmax(temperature=0.2, remove_accidental_hits=True, unique_candidates=True)
+
+  def loss_and_gradients(task):
+    with tf.GradientTape() as tape:
+      candidates = tf.where((ids == 0)[:, None], unknown, tf.gather(table, ids))
+      loss = task(queries, candidates, candidate_ids=ids, sample_weight=weights,
+                  candidate_sampling_probability=probability)
+      total = tf.reduce_sum(loss * tf.range(1.0, num_queries + 1.0))
+    return [loss, *(tf.convert_to_tensor(g) for g in tape.gradient(
+        total, [queries, table, unknown]))]
+
+  expected = loss_and_gradients(tfrs_task)
+  actual = (tf.function(loss_and_gradients, jit_compile=True) if compiled
+            else loss_and_gradients)(task)
+  for got, want in zip(actual, expected):  # loss; query, item, unknown-item gradients
+    scale = np.abs(want.numpy()).max()  # float32 sums in another order
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_unique_candidates_score_an_id_by_its_first_candidate():
+  rng = np.random.default_rng(3)
+  queries, candidates = (rng.normal(size=(8, 3)).astype(np.float32) for _ in range(2))
+  ids = np.array([5, 6, 5, 7, 6, 5, 0, 0])  # id 0 is never merged
+  stands_for = [j if item == 0 else list(ids).index(item) for j, item in enumerate(ids)]
+  scores = queries @ candidates[stands_for].T
+  expected = [np.log(np.exp(queries[i] @ candidates[i])
+                     + np.exp(scores[i][ids != ids[i]]).sum()) - queries[i] @ candidates[i]
+              for i in range(8)]
+  task = InBatchSoftmax(remove_accidental_hits=True, unique_candidates=True)
+  loss = task(queries, candidates, candidate_ids=tf.constant(ids))
+  np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+
+
+def test_unique_candidates_need_accidental_hit_removal():
+  with pytest.raises(ValueError, match="remove_accidental_hits"):
+    InBatchSoftmax(unique_candidates=True)

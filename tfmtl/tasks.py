@@ -56,8 +56,10 @@ def make_task(name: str, config: TaskConfig,
 def _make_task(name: str, config: TaskConfig,
                label_feature: Optional[FeatureConfig]) -> tfrs.tasks.Task:
   if config.type == "retrieval":
+    # The candidate tower reads only the item's features: one embedding per id.
     return InBatchSoftmax(temperature=config.temperature,
-                          remove_accidental_hits=config.remove_accidental_hits, name=name)
+                          remove_accidental_hits=config.remove_accidental_hits,
+                          unique_candidates=config.remove_accidental_hits, name=name)
   if config.type == "regression":
     return tfrs.tasks.Ranking(
         loss=keras.losses.MeanSquaredError(reduction=_NONE),
@@ -102,17 +104,37 @@ class InBatchSoftmax(tfrs.tasks.Retrieval):
   Unlike TFRS's task it takes no `score_mask`, hard negatives or
   multi-vector queries, and ids must be numbers (XLA compiles no strings).
 
+  `unique_candidates` (with `remove_accidental_hits`) scores each id once
+  per query and counts it once per candidate of that id: the same loss and
+  gradients from fewer scores, where candidates of one id have one
+  embedding and one sampling probability (as when the candidate tower reads
+  only the item's features). A 1,024-rating MovieLens batch holds about 560
+  distinct movies. Ids must then be non-negative; 0, the out-of-vocabulary
+  index, may stand for several items and is never merged. Inside XLA
+  (`jit_compile`, TPUs), which needs static shapes, every candidate is
+  scored as TFRS does.
+
   >>> import tensorflow as tf
   >>> queries = tf.constant([[1.0, 0.0], [0.0, 1.0]])
   >>> task = InBatchSoftmax(temperature=0.5)
   >>> [round(float(x), 4) for x in task(queries, queries)]  # log(1 + e^-2)
   [0.1269, 0.1269]
+  >>> candidates = tf.constant([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+  >>> task = InBatchSoftmax(temperature=0.5, remove_accidental_hits=True,
+  ...                       unique_candidates=True)
+  >>> loss = task(queries, candidates, candidate_ids=tf.constant([1, 2, 2]))
+  >>> [round(float(x), 4) for x in loss]  # log(1 + 2 e^-2), log(1 + e^-2)
+  [0.2395, 0.1269]
   """
 
   def __init__(self, temperature: Optional[float] = None, remove_accidental_hits: bool = False,
-               name: Optional[str] = None):
+               unique_candidates: bool = False, name: Optional[str] = None):
+    if unique_candidates and not remove_accidental_hits:
+      raise ValueError("unique_candidates needs remove_accidental_hits: without it, a "
+                       "query's duplicates of its own positive are negatives")
     super().__init__(temperature=temperature, remove_accidental_hits=remove_accidental_hits,
                      name=name)
+    self._unique_candidates = unique_candidates
 
   def call(self, query_embeddings: tf.Tensor, candidate_embeddings: tf.Tensor,
            sample_weight: Optional[tf.Tensor] = None,
@@ -136,25 +158,49 @@ class InBatchSoftmax(tfrs.tasks.Retrieval):
       query_keys, candidate_keys = candidate_ids[:num_queries], candidate_ids
     else:  # only the positive itself is not a negative
       query_keys, candidate_keys = tf.range(num_queries), tf.range(num_candidates)
-    loss = _in_batch_softmax_loss(queries, candidates, score_bias, query_keys, candidate_keys)
+    positives, positive_bias = candidates[:num_queries], score_bias[:num_queries]
+    if self._unique_candidates and tf.__internal__.get_enclosing_xla_context() is None:
+      candidates, score_bias, candidate_keys = _unique_candidates(
+          candidates, score_bias, candidate_ids)
+    loss = _in_batch_softmax_loss(queries, positives, candidates, positive_bias, score_bias,
+                                  query_keys, candidate_keys)
     if sample_weight is not None:
       loss *= tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
     return loss
 
 
+# Unique candidates are padded to a multiple of this many, so that the
+# softmax's XLA function compiles for a few widths, not for every count.
+UNIQUE_CANDIDATES_MULTIPLE = 64
+
+
+def _unique_candidates(candidates: tf.Tensor, score_bias: tf.Tensor, ids: tf.Tensor
+                       ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Each id's first candidate, its score bias plus the log of the id's
+  count, and its id; id 0 per candidate. Padded with zero candidates whose
+  bias is -inf (they add nothing to the softmax)."""
+  keys = tf.where(ids > 0, ids, -1 - tf.cast(tf.range(tf.size(ids)), ids.dtype))
+  unique_keys, column, counts = tf.unique_with_counts(keys)
+  num_unique = tf.size(unique_keys)
+  first = tf.math.unsorted_segment_min(tf.range(tf.size(ids)), column, num_unique)
+  padding = -num_unique % UNIQUE_CANDIDATES_MULTIPLE
+  return (tf.pad(tf.gather(candidates, first), [[0, padding], [0, 0]]),
+          tf.pad(tf.gather(score_bias, first) + tf.math.log(tf.cast(counts, tf.float32)),
+                 [[0, padding]], constant_values=float("-inf")),
+          tf.pad(tf.gather(ids, first), [[0, padding]]))
+
+
 @tf.custom_gradient
-def _in_batch_softmax_loss(queries: tf.Tensor, candidates: tf.Tensor, score_bias: tf.Tensor,
-                           query_keys: tf.Tensor, candidate_keys: tf.Tensor):
-  """Per query i, -log softmax of candidate i over itself and the candidates
-  whose key differs from the query's; scores are queries . candidates +
-  `score_bias` (per candidate)."""
-  num_queries, num_candidates = tf.shape(queries)[0], tf.shape(candidates)[0]
-  positive_candidates = candidates[:num_queries]
-  positive_scores = (tf.reduce_sum(queries * positive_candidates, 1)
-                     + score_bias[:num_queries])
+def _in_batch_softmax_loss(queries: tf.Tensor, positives: tf.Tensor, negatives: tf.Tensor,
+                           positive_bias: tf.Tensor, negative_bias: tf.Tensor,
+                           query_keys: tf.Tensor, negative_keys: tf.Tensor):
+  """Per query i, -log softmax of positive i over itself and the negatives
+  whose key differs from the query's; scores are dot products plus the
+  bias (per positive, per negative)."""
+  positive_scores = tf.reduce_sum(queries * positives, 1) + positive_bias
   negative_exp, positive_exp, total_exp, loss = _softmax_terms(
-      tf.matmul(queries, candidates, transpose_b=True), score_bias, positive_scores,
-      query_keys, candidate_keys)
+      tf.matmul(queries, negatives, transpose_b=True), negative_bias, positive_scores,
+      query_keys, negative_keys)
 
   def gradient(upstream):
     # d loss / d score: negative_exp / total_exp (softmax) for the negatives,
@@ -162,12 +208,9 @@ def _in_batch_softmax_loss(queries: tf.Tensor, candidates: tf.Tensor, score_bias
     # applied to the matmuls' [batch, dim] sides, not to the scores.
     row_scale = (upstream / total_exp)[:, None]
     positive_grad = (upstream * (positive_exp / total_exp - 1.0))[:, None]
-    query_grad = (row_scale * tf.matmul(negative_exp, candidates)
-                  + positive_grad * positive_candidates)
-    candidate_grad = (tf.matmul(negative_exp, row_scale * queries, transpose_a=True)
-                      + tf.pad(positive_grad * queries, [[0, num_candidates - num_queries],
-                                                         [0, 0]]))
-    return query_grad, candidate_grad, None, None, None
+    query_grad = row_scale * tf.matmul(negative_exp, negatives) + positive_grad * positives
+    negative_grad = tf.matmul(negative_exp, row_scale * queries, transpose_a=True)
+    return query_grad, positive_grad * queries, negative_grad, None, None, None, None
 
   return loss, gradient
 
