@@ -116,13 +116,13 @@ def test_unique_candidates_give_tfrs_loss_and_gradients(num_candidates, num_item
 
 def test_unique_candidates_score_an_id_by_its_first_candidate():
   rng = np.random.default_rng(3)
-  queries, candidates = (rng.normal(size=(8, 3)).astype(np.float32) for _ in range(2))
-  ids = np.array([5, 6, 5, 7, 6, 5, 0, 0])  # id 0 is never merged
-  stands_for = [j if item == 0 else list(ids).index(item) for j, item in enumerate(ids)]
+  queries, candidates = (rng.normal(size=(10, 3)).astype(np.float32) for _ in range(2))
+  ids = np.array([5, 6, 5, 7, 6, 5, 0, 0, -2, -2])  # ids of 0 or less are never merged
+  stands_for = [j if item <= 0 else list(ids).index(item) for j, item in enumerate(ids)]
   scores = queries @ candidates[stands_for].T
   expected = [np.log(np.exp(queries[i] @ candidates[i])
                      + np.exp(scores[i][ids != ids[i]]).sum()) - queries[i] @ candidates[i]
-              for i in range(8)]
+              for i in range(10)]
   task = InBatchSoftmax(remove_accidental_hits=True, unique_candidates=True)
   loss = task(queries, candidates, candidate_ids=tf.constant(ids))
   np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)

@@ -109,8 +109,8 @@ class InBatchSoftmax(tfrs.tasks.Retrieval):
   gradients from fewer scores, where candidates of one id have one
   embedding and one sampling probability (as when the candidate tower reads
   only the item's features). A 1,024-rating MovieLens batch holds about 560
-  distinct movies. Ids must then be non-negative; 0, the out-of-vocabulary
-  index, may stand for several items and is never merged. Inside XLA
+  distinct movies. Ids of 0 or less are never merged: 0 is the
+  out-of-vocabulary index, which may stand for several items. Inside XLA
   (`jit_compile`, TPUs), which needs static shapes, every candidate is
   scored as TFRS does.
 
@@ -177,8 +177,8 @@ UNIQUE_CANDIDATES_MULTIPLE = 64
 def _unique_candidates(candidates: tf.Tensor, score_bias: tf.Tensor, ids: tf.Tensor
                        ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Each id's first candidate, its score bias plus the log of the id's
-  count, and its id; id 0 per candidate. Padded with zero candidates whose
-  bias is -inf (they add nothing to the softmax)."""
+  count, and its id; ids of 0 or less per candidate. Padded with zero
+  candidates whose bias is -inf (they add nothing to the softmax)."""
   keys = tf.where(ids > 0, ids, -1 - tf.cast(tf.range(tf.size(ids)), ids.dtype))
   unique_keys, column, counts = tf.unique_with_counts(keys)
   num_unique = tf.size(unique_keys)
