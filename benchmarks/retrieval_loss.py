@@ -42,21 +42,22 @@ ROUNDS, STEPS = 9, 100
 
 
 def movielens_batch() -> tuple[tf.Tensor, tf.Tensor, int]:
-  """A batch's movie indices (repeats included), their shares of the
-  ratings, and the number of movies."""
+  """A batch's movie indices from 1 (0 is tfmtl's out-of-vocabulary index;
+  repeats included), their shares of the ratings, and the number of
+  indices."""
   config = ExperimentConfig().with_overrides(
       ["split.protocol=random", "split.fractions=[0.8, 0.0, 0.2]"])
   movies = training.prepare(config).split.train["item_id"]
-  index, catalogue = movies.factorize()
+  index = movies.factorize()[0] + 1
   share = np.bincount(index) / len(index)
   batch = np.random.default_rng(0).choice(index, BATCH, replace=False)
-  return tf.constant(batch, tf.int64), tf.constant(share[batch], tf.float32), len(catalogue)
+  return tf.constant(batch, tf.int64), tf.constant(share[batch], tf.float32), len(share)
 
 
 def main():
-  ids, probability, num_movies = movielens_batch()
+  ids, probability, num_indices = movielens_batch()
   query = tf.Variable(tf.math.l2_normalize(tf.random.normal([BATCH, DIM], seed=0), -1))
-  movie = tf.Variable(tf.math.l2_normalize(tf.random.normal([num_movies, DIM], seed=1), -1))
+  movie = tf.Variable(tf.math.l2_normalize(tf.random.normal([num_indices, DIM], seed=1), -1))
   tfrs_task = tfrs.tasks.Retrieval(
       loss=keras.losses.CategoricalCrossentropy(
           from_logits=True, reduction=keras.losses.Reduction.NONE),
