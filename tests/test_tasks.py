@@ -6,7 +6,8 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfmtl.tasks import InBatchSoftmax
+from tfmtl.config import TaskConfig
+from tfmtl.tasks import InBatchSoftmax, make_task
 
 
 def _loss_and_gradients(task, queries, candidates, **kwargs):
@@ -114,18 +115,34 @@ def test_unique_candidates_give_tfrs_loss_and_gradients(num_candidates, num_item
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5 * scale)
 
 
+def _first_candidate_losses(queries, candidates, ids, temperature=1.0):
+  """The loss when an id's first candidate stands for all of its candidates
+  (ids of 0 or less stand for themselves), computed with numpy."""
+  stands_for = [j if item <= 0 else list(ids).index(item) for j, item in enumerate(ids)]
+  scores = queries @ candidates[stands_for].T / temperature
+  positive = (queries * candidates).sum(1) / temperature
+  return [np.log(np.exp(positive[i]) + np.exp(scores[i][ids != ids[i]]).sum()) - positive[i]
+          for i in range(len(queries))]
+
+
 def test_unique_candidates_score_an_id_by_its_first_candidate():
   rng = np.random.default_rng(3)
   queries, candidates = (rng.normal(size=(10, 3)).astype(np.float32) for _ in range(2))
   ids = np.array([5, 6, 5, 7, 6, 5, 0, 0, -2, -2])  # ids of 0 or less are never merged
-  stands_for = [j if item <= 0 else list(ids).index(item) for j, item in enumerate(ids)]
-  scores = queries @ candidates[stands_for].T
-  expected = [np.log(np.exp(queries[i] @ candidates[i])
-                     + np.exp(scores[i][ids != ids[i]]).sum()) - queries[i] @ candidates[i]
-              for i in range(10)]
   task = InBatchSoftmax(remove_accidental_hits=True, unique_candidates=True)
   loss = task(queries, candidates, candidate_ids=tf.constant(ids))
-  np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+  np.testing.assert_allclose(loss.numpy(), _first_candidate_losses(queries, candidates, ids),
+                             rtol=1e-5)
+
+
+def test_the_configured_retrieval_task_scores_each_item_once():
+  rng = np.random.default_rng(4)
+  queries, candidates = (rng.normal(size=(6, 3)).astype(np.float32) for _ in range(2))
+  ids = np.array([3, 4, 3, 3, 8, 4])
+  task = make_task("retrieval", TaskConfig(type="retrieval", temperature=0.5))
+  loss = task(queries, candidates, candidate_ids=tf.constant(ids))  # accidental hits removed
+  np.testing.assert_allclose(
+      loss.numpy(), _first_candidate_losses(queries, candidates, ids, 0.5), rtol=1e-5)
 
 
 def test_unique_candidates_need_accidental_hit_removal():
