@@ -33,6 +33,8 @@ import tf_keras as keras
 
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
+from tfmtl.data.pipeline import encode_table
+from tfmtl.data.schema import ITEM_ID
 from tfmtl.tasks import InBatchSoftmax
 
 from common import write_result
@@ -42,16 +44,18 @@ ROUNDS, STEPS = 9, 100
 
 
 def movielens_batch() -> tuple[tf.Tensor, tf.Tensor, int]:
-  """A batch's movie indices from 1 (0 is tfmtl's out-of-vocabulary index;
-  repeats included), their shares of the ratings, and the number of
-  indices."""
+  """A batch's movie indices as the model encodes them (repeats included),
+  their sampling probabilities as the model's logQ reads them, and the
+  number of indices."""
   config = ExperimentConfig().with_overrides(
       ["split.protocol=random", "split.fractions=[0.8, 0.0, 0.2]"])
-  movies = training.prepare(config).split.train["item_id"]
-  index = movies.factorize()[0] + 1
-  share = np.bincount(index) / len(index)
+  prepared = training.prepare(config)
+  vocabulary = prepared.vocabulary
+  index = encode_table(vocabulary.encoder(), prepared.split.train, [ITEM_ID])[ITEM_ID]
   batch = np.random.default_rng(0).choice(index, BATCH, replace=False)
-  return tf.constant(batch, tf.int64), tf.constant(share[batch], tf.float32), len(share)
+  probability = vocabulary.item_probabilities()
+  return (tf.constant(batch, tf.int64), tf.constant(probability[batch]),
+          vocabulary.size(ITEM_ID))
 
 
 def main():

@@ -109,9 +109,9 @@ class InBatchSoftmax(tfrs.tasks.Retrieval):
   gradients from fewer scores, where candidates of one id have one
   embedding and one sampling probability (as when the candidate tower reads
   only the item's features). A 1,024-rating MovieLens batch holds about 560
-  distinct movies, and its loss takes 1.02 ms forward and backward against
-  1.41 ms scoring every candidate; where a batch repeats no id, it costs
-  about 0.12 ms more (BENCHMARKS.md, Training speed). Ids of 0 or less are
+  distinct movies, and its loss takes about 70% of the time of scoring
+  every candidate; where a batch repeats no id, it costs about 8% more
+  (BENCHMARKS.md, Training speed). Ids of 0 or less are
   never merged: 0 is the out-of-vocabulary index, which may stand for
   several items. Inside XLA (`jit_compile`, TPUs), which needs static
   shapes, every candidate is scored as TFRS does.
