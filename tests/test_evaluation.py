@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from tfmtl.data import Split
-from tfmtl.evaluation import PopularityScorer, _auc, retrieval_metrics
+from tfmtl.evaluation import (PopularityScorer, ValidationMetrics, _auc, retrieval_metrics,
+                              with_users)
 
 
 class FixedScorer:
@@ -60,6 +61,94 @@ def test_metrics_average_over_users_with_test_items():
   split = Split(_frame([("v", "c")]), _frame([]), _frame([("u", "a"), ("w", "c")]))
   metrics = retrieval_metrics(scorer, split, ks=[1])
   assert metrics["recall@1"] == 0.5  # u hits a; w misses c
+
+
+class RandomScorer:
+  """Each user's own random scores; integer scores make ties."""
+
+  def __init__(self, catalogue, ties):
+    self.catalogue = np.array(catalogue, dtype=object)
+    self.ties = ties
+
+  def scores(self, user_ids):
+    rows = [np.random.default_rng(int(user[1:])) for user in user_ids]
+    size = len(self.catalogue)
+    return np.stack([r.integers(0, 4, size) if self.ties else r.normal(size=size)
+                     for r in rows]).astype(np.float32)
+
+
+def _metrics_user_by_user(scorer, split, ks, candidates=None):
+  """The metrics' definitions, one user at a time (protocol.md)."""
+  catalogue = list(scorer.catalogue)
+  allowed = np.array([candidates is None or item in candidates for item in catalogue])
+  max_k = min(max(ks), int(allowed.sum()))
+  accuracy = {k: 0 for k in ks}
+  sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg", "mrr", "hit")}
+  users = sorted(set(split.test["user_id"]))
+  for user in users:
+    scores = np.where(allowed, scorer.scores([user])[0], -np.inf)
+    order = np.argsort(-scores, kind="stable")  # ties: the earlier column first
+    tests = split.test.loc[split.test["user_id"] == user, "item_id"]
+    for item in tests[tests.isin(catalogue)]:  # protocol A: nothing removed
+      for k in ks:
+        accuracy[k] += scores[catalogue.index(item)] >= scores[order[min(k, max_k) - 1]]
+    seen = pd.concat([split.train, split.validation])
+    seen = set(seen.loc[seen["user_id"] == user, "item_id"])
+    scores = np.where([item in seen for item in catalogue], -np.inf, scores)
+    top = [catalogue[c] for c in np.argsort(-scores, kind="stable")[:max_k]]
+    for k in ks:
+      hits = np.array([item in set(tests) for item in top[:k]])
+      discounts = 1 / np.log2(np.arange(2, len(hits) + 2))
+      sums[f"recall@{k}"] += hits.sum() / len(tests)
+      sums[f"ndcg@{k}"] += (discounts * hits).sum() / discounts[:len(tests)].sum()
+      sums[f"mrr@{k}"] += 1 / (np.argmax(hits) + 1) if hits.any() else 0.0
+      sums[f"hit@{k}"] += hits.any()
+  metrics = {f"top{k}_accuracy": accuracy[k] / len(split.test) for k in ks}
+  metrics.update({name: total / len(users) for name, total in sums.items()})
+  return metrics
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_batched_metrics_equal_their_definitions_user_by_user(seed):
+  # Ties, items the catalogue lacks, repeated interactions, users with no
+  # history, candidates, k past the catalogue, batches of a few users.
+  rng = np.random.default_rng(seed)
+  catalogue = [f"i{j}" for j in range(int(rng.integers(5, 60)))]
+  num_users = int(rng.integers(1, 30))
+
+  def interactions(count):
+    return _frame(zip([f"u{u}" for u in rng.integers(0, num_users, count)],
+                      [f"i{i}" for i in rng.integers(0, len(catalogue) + 3, count)]))
+
+  split = Split(interactions(int(rng.integers(0, 300))), interactions(int(rng.integers(0, 40))),
+                interactions(int(rng.integers(1, 60))))
+  scorer = RandomScorer(catalogue, ties=seed % 2 == 0)
+  ks = sorted({1, int(rng.integers(2, 12)), int(rng.integers(2, len(catalogue) + 5))})
+  candidates = None if seed % 3 else list(rng.choice(catalogue, len(catalogue) // 2 + 1))
+  batched = retrieval_metrics(scorer, split, ks, int(rng.integers(1, 8)), candidates)
+  expected = _metrics_user_by_user(scorer, split, ks, candidates)
+  assert batched == pytest.approx(expected, abs=1e-12)
+
+
+def test_with_users_draws_the_users_once_and_keeps_their_interactions():
+  users = [f"u{u}" for u in range(10)]
+  split = Split(_frame([(u, "a") for u in users]), _frame([(u, "b") for u in users]),
+                _frame([(u, item) for u in users for item in "cd"]))
+  drawn = with_users(split, 4, seed=1)
+  kept = set(drawn.test["user_id"])
+  assert len(kept) == 4 and len(drawn.test) == 8
+  assert set(drawn.train["user_id"]) == set(drawn.validation["user_id"]) == kept
+  assert with_users(split, 4, seed=1).test.equals(drawn.test)
+  assert set(with_users(split, 4, seed=2).test["user_id"]) != kept
+  assert with_users(split, 10, seed=1) is split and with_users(split, 0, seed=1) is split
+
+
+def test_validation_metrics_score_at_most_max_users():
+  users = [f"u{u}" for u in range(10)]
+  split = Split(_frame([(u, "a") for u in users]), _frame([(u, "b") for u in users]), _frame([]))
+  capped = ValidationMetrics(None, split, ks=[1], max_users=3, seed=0)
+  assert capped.split.test["user_id"].nunique() == 3 and len(capped.split.validation) == 0
+  assert ValidationMetrics(None, split, ks=[1]).split.test["user_id"].nunique() == 10
 
 
 def test_popularity_ranks_by_training_counts():

@@ -561,6 +561,10 @@ class TrainConfig:
     input_shards: files of `tfrecord` input (at least one per worker).
     validate_every: every N epochs, the full-catalogue metrics on the
       validation split join the epoch's logs as `val_<metric>` (0: never).
+    validation_users: those metrics score at most this many validation
+      users, drawn once with `seed` (0: every user). Each user is scored
+      against the whole catalogue, so their cost grows with users x items;
+      `tfmtl evaluate` and tuning score every user.
     log_dir: TensorBoard logs go to `<log_dir>/<name>/` ("": none): the
       per-task losses and weights, the validation metrics, the learning rate.
     data_service: a tf.data service dispatcher, e.g. `grpc://host:5050`
@@ -585,6 +589,7 @@ class TrainConfig:
   input: str = "memory"
   input_shards: int = 8
   validate_every: int = 1
+  validation_users: int = 10_000
   log_dir: str = "logs"
   data_service: str = ""
 
@@ -601,6 +606,8 @@ class TrainConfig:
       raise ConfigError("steps_per_execution: must be positive (null: tfmtl picks)")
     if self.validate_every < 0:
       raise ConfigError("validate_every: must be non-negative (0: never)")
+    if self.validation_users < 0:
+      raise ConfigError("validation_users: must be non-negative (0: every user)")
     _one_of("input", self.input, ("memory", "tfrecord"))
     _one_of("precision", self.precision, PRECISIONS)
     if self.input_shards < 1:

@@ -42,7 +42,7 @@ import tf_keras as keras
 from tfmtl.config import TaskConfig
 from tfmtl.data.history import latest_history
 from tfmtl.data.pipeline import make_dataset
-from tfmtl.data.schema import (HISTORY, ITEM_ID, USER_ID, InteractionData, table_arrays,
+from tfmtl.data.schema import (HISTORY, ITEM_ID, USER_ID, InteractionData, ids_in, table_arrays,
                                vector_dims)
 from tfmtl.data.splits import Split
 
@@ -51,7 +51,7 @@ class Scorer(Protocol):
   """Scores users against a fixed catalogue of items."""
   catalogue: np.ndarray  # item ids, one per score column
 
-  def scores(self, user_ids: np.ndarray) -> np.ndarray:
+  def scores(self, user_ids: np.ndarray) -> np.ndarray | tf.Tensor:
     """[len(user_ids), len(catalogue)] scores, higher is better."""
 
 
@@ -84,11 +84,11 @@ class ModelScorer:
     self._user_inputs = model.encoder.user_inputs
     self._catalogue_embeddings = model.catalogue_embeddings()
 
-  def scores(self, user_ids: np.ndarray) -> np.ndarray:
+  def scores(self, user_ids: np.ndarray) -> tf.Tensor:
     rows = self._users.reindex(user_ids).reset_index()  # unknown users: all missing
     raw = table_arrays(rows, self._user_inputs, vector_dims(self.model.vocabulary.user_features))
     query = self.model.query_tower(self.model.encoder(raw))
-    return tf.linalg.matmul(query, self._catalogue_embeddings, transpose_b=True).numpy()
+    return tf.linalg.matmul(query, self._catalogue_embeddings, transpose_b=True)
 
 
 def _columns(scorer: Scorer, item_ids: pd.Series) -> np.ndarray:
@@ -106,6 +106,51 @@ RANKING_METRICS = {  # by task type: metric -> score(predicted, label, task)
 }
 
 
+class _ColumnsByUser:
+  """The catalogue columns of `interactions`, grouped by their user's
+  position in `users` (rows of other users dropped), as CSR arrays;
+  `distinct`: each (user, known item) pair once, unknown items dropped."""
+
+  def __init__(self, users: pd.Index, scorer: Scorer, interactions: pd.DataFrame,
+               distinct: bool):
+    user = users.get_indexer(interactions[USER_ID])
+    column = _columns(scorer, interactions[ITEM_ID])
+    keep = (user >= 0) & (column >= 0) if distinct else user >= 0
+    user, column = user[keep].astype(np.int64), column[keep].astype(np.int64)
+    if distinct:
+      pairs = np.unique(user * len(scorer.catalogue) + column)
+      user, column = np.divmod(pairs, len(scorer.catalogue))
+    else:
+      order = np.argsort(user, kind="stable")
+      user, column = user[order], column[order]
+    self.user, self.column = user, column
+    self.offsets = np.searchsorted(user, np.arange(len(users) + 1))
+
+  def batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row within the batch, column) of users `start` to `stop`."""
+    rows = slice(self.offsets[start], self.offsets[stop])
+    return self.user[rows] - start, self.column[rows]
+
+
+@tf.function(reduce_retracing=True)
+def _rank(scores, seen, test, k):
+  """Protocol B's top `k` columns with `seen` ([row, column] pairs) removed,
+  protocol A's `k` best scores with them kept, and the scores of `test`.
+
+  One top-k over the catalogue serves both: the k best scores of a row are
+  the k best of its k best unseen scores and its seen scores.
+  """
+  rows = tf.shape(scores, out_type=tf.int64)[0]
+  seen_scores = tf.RaggedTensor.from_value_rowids(tf.gather_nd(scores, seen), seen[:, 0],
+                                                  nrows=rows)
+  test_scores = tf.gather_nd(scores, test)
+  unseen = tf.tensor_scatter_nd_update(
+      scores, seen, tf.fill(tf.shape(seen)[:1], tf.constant(-np.inf, scores.dtype)))
+  best_unseen = tf.math.top_k(unseen, k)
+  best = tf.math.top_k(tf.concat([best_unseen.values, seen_scores.to_tensor(-np.inf)], 1), k)
+  return best_unseen.indices, best.values, test_scores
+
+
 def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50, 100),
                       batch_size: int = 512,
                       candidates: Optional[Sequence[str]] = None) -> dict[str, float]:
@@ -118,44 +163,46 @@ def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50,
   excluded = (np.empty(0, np.int64) if candidates is None else np.flatnonzero(
       ~pd.Index(scorer.catalogue).isin(pd.Index(candidates))))
   max_k = min(max(ks), len(scorer.catalogue) - len(excluded))
-  seen = pd.concat([split.train, split.validation])
-  seen = seen.assign(column=_columns(scorer, seen[ITEM_ID]))
-  test = split.test.assign(column=_columns(scorer, split.test[ITEM_ID]))
-  seen_by_user = seen.groupby(USER_ID)["column"].apply(np.asarray)
-  test_by_user = test.groupby(USER_ID)["column"].apply(np.asarray)
-  users = test_by_user.index.to_numpy(dtype=object)
+  users = pd.Index(pd.unique(split.test[USER_ID].to_numpy(dtype=object))).sort_values()
+  seen = _ColumnsByUser(users, scorer, pd.concat([split.train, split.validation]), True)
+  test = _ColumnsByUser(users, scorer, split.test, False)
+  relevant = np.diff(test.offsets)  # test interactions per user, unknown items too
+  exclusion = np.zeros(len(scorer.catalogue), np.float32)
+  exclusion[excluded] = -np.inf
 
-  accuracy_hits = {k: 0.0 for k in ks}
+  accuracy_hits = {k: 0 for k in ks}
   sums = {f"{name}@{k}": 0.0 for k in ks for name in FULL_RANKING_METRICS}
   discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
+  ideal = np.cumsum(discounts)  # ideal[n - 1]: the DCG of n relevant items ranked first
   for start in range(0, len(users), batch_size):
-    batch = users[start:start + batch_size]
-    scores = np.array(scorer.scores(batch), dtype=np.float32)
-    scores[:, excluded] = -np.inf
-    # Protocol A: the test item's score against each user's k-th best score.
-    kth_best = tf.math.top_k(scores, k=max_k).values.numpy()
-    for row, user in enumerate(batch):
-      columns = test_by_user[user]
-      known = columns[columns >= 0]
-      for k in ks:
-        accuracy_hits[k] += np.sum(scores[row, known] >= kth_best[row, min(k, max_k) - 1])
-    # Protocol B: remove seen items, rank the rest.
-    for row, user in enumerate(batch):
-      columns = seen_by_user.get(user, np.empty(0, np.int64))
-      scores[row, columns[columns >= 0]] = -np.inf
-    top = tf.math.top_k(scores, k=max_k).indices.numpy()
-    for row, user in enumerate(batch):
-      relevant = test_by_user[user]
-      hits = np.isin(top[row], relevant)
-      for k in ks:
-        hits_k = hits[:k]
-        found = np.flatnonzero(hits_k)
-        ideal = discounts[:min(len(relevant), k)].sum()
-        sums[f"recall@{k}"] += hits_k.sum() / len(relevant)
-        sums[f"ndcg@{k}"] += (discounts[:len(hits_k)] * hits_k).sum() / ideal
-        sums[f"mrr@{k}"] += 1.0 / (found[0] + 1) if len(found) else 0.0
-        sums[f"hit@{k}"] += float(len(found) > 0)
-  metrics = {f"top{k}_accuracy": float(accuracy_hits[k] / len(test)) for k in ks}
+    stop = min(start + batch_size, len(users))
+    scores = tf.convert_to_tensor(scorer.scores(users[start:stop].to_numpy()), tf.float32)
+    if len(excluded):
+      scores += exclusion
+    test_rows, test_columns = test.batch(start, stop)
+    known = test_columns >= 0
+    test_rows, test_columns = test_rows[known], test_columns[known]
+    top, kth_best, test_scores = (tensor.numpy() for tensor in _rank(
+        scores, np.stack(seen.batch(start, stop), 1), np.stack([test_rows, test_columns], 1),
+        max_k))
+    # Protocol A: each test item's score against its user's k-th best score.
+    for k in ks:
+      accuracy_hits[k] += int(np.sum(test_scores >= kth_best[test_rows, min(k, max_k) - 1]))
+    # Protocol B: the seen items removed, the hits among the top max_k.
+    row = np.arange(stop - start, dtype=np.int64)[:, None]
+    hits = np.isin(row * len(scorer.catalogue) + top,
+                   test_rows * len(scorer.catalogue) + test_columns)
+    batch_relevant = relevant[start:stop]
+    for k in ks:
+      hits_k = hits[:, :k]
+      found = hits_k.any(axis=1)
+      dcg = (hits_k * discounts[:hits_k.shape[1]]).sum(axis=1)
+      sums[f"recall@{k}"] += float(np.sum(hits_k.sum(axis=1) / batch_relevant))
+      sums[f"ndcg@{k}"] += float(np.sum(
+          dcg / ideal[np.minimum(batch_relevant, hits_k.shape[1]) - 1]))
+      sums[f"mrr@{k}"] += float(np.sum(found / (hits_k.argmax(axis=1) + 1)))
+      sums[f"hit@{k}"] += float(np.sum(found))
+  metrics = {f"top{k}_accuracy": float(accuracy_hits[k] / len(split.test)) for k in ks}
   metrics.update({name: float(total / len(users)) for name, total in sums.items()})
   return metrics
 
@@ -236,16 +283,41 @@ def on_validation(split: Split) -> Split:
   return Split(split.train, split.validation[:0], split.validation)
 
 
+def with_users(split: Split, max_users: int, seed: int) -> Split:
+  """`split` for at most `max_users` of its test users, drawn at random
+  with `seed` (every user where there are no more; 0: every user): the
+  other users' interactions are left out of all three parts.
+
+  >>> import pandas as pd
+  >>> from tfmtl.data import Split
+  >>> from tfmtl.evaluation import with_users
+  >>> frame = pd.DataFrame({"user_id": ["a", "b", "c"], "item_id": ["x", "y", "z"]})
+  >>> len(with_users(Split(frame, frame[:0], frame), 2, seed=0).test)
+  2
+  """
+  users = pd.unique(split.test[USER_ID].to_numpy(dtype=object))
+  if not max_users or len(users) <= max_users:
+    return split
+  drawn = users[np.random.default_rng(seed).choice(len(users), max_users, replace=False)]
+  return Split(*(part[ids_in(part[USER_ID], drawn)] for part in split))
+
+
 class ValidationMetrics(keras.callbacks.Callback):
   """A `fit` callback that adds the learning rate and, every `every` epochs,
   the full-catalogue metrics on `split.validation` (`val_recall@10`, ...)
   to the epoch's logs: the history, the progress line and TensorBoard
-  then show them. Nothing is evaluated if the validation split is empty."""
+  then show them. Nothing is evaluated if the validation split is empty.
 
-  def __init__(self, data: InteractionData, split: Split, ks: Sequence[int], every: int = 1):
+  Each user is scored against the whole catalogue, so the metrics cost
+  users x items: `max_users` (0: every user) caps the users, drawn once
+  with `seed` and then scored every epoch.
+  """
+
+  def __init__(self, data: InteractionData, split: Split, ks: Sequence[int], every: int = 1,
+               max_users: int = 0, seed: int = 0):
     super().__init__()
     self.data, self.ks, self.every = data, ks, every
-    self.split = on_validation(split)
+    self.split = with_users(on_validation(split), max_users, seed)
 
   def on_epoch_end(self, epoch, logs=None):
     logs = logs if logs is not None else {}

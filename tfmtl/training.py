@@ -193,7 +193,8 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
                                   len(rows), options.batch_size, config.model.tpu_embedding,
                                   steps_per_call)
     logs = [ValidationMetrics(prepared.data, prepared.split, config.evaluate.ks,
-                              0 if tables_on_tpu else options.validate_every)]
+                              0 if tables_on_tpu else options.validate_every,
+                              options.validation_users, config.seed)]
     if options.log_dir and is_chief():
       logs.append(keras.callbacks.TensorBoard(str(Path(options.log_dir) / config.name)))
     model.fit(train, epochs=options.epochs, verbose=verbose,
