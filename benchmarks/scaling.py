@@ -7,12 +7,16 @@ For each size, a fresh Python process writes the synthetic interactions
 lazy_adam, which updates only the embedding rows in the batch; Keras' Adam
 moves every row of every table each step) for one epoch on the training
 split (no validation metrics or TensorBoard logs: the epoch is training
-alone). Rows: `interactions`, `items`, `prepare_seconds` (loading,
-splitting, vocabularies), `fit_seconds` (`tfmtl.training.fit`: encoding
-the training examples, building the model, the epoch),
-`seconds_per_epoch` (the epoch alone, its checkpoint included),
-`examples_per_s` (over the epoch) and `peak_rss_gb` (the process's peak
-resident memory).
+alone), then evaluates it. Rows: `interactions`, `items`,
+`prepare_seconds` (loading, splitting, vocabularies), `fit_seconds`
+(`tfmtl.training.fit`: encoding the training examples, building the model,
+the epoch), `seconds_per_epoch` (the epoch alone, its checkpoint included),
+`examples_per_s` (over the epoch), `peak_rss_gb` (the process's peak
+resident memory by the end of `fit`), `validation_seconds` (the validation
+metrics an epoch adds by default: `train.validation_users` users against
+the whole catalogue), `evaluate_seconds` and `test_users` (every test user
+against the whole catalogue, as `tfmtl run` and `tfmtl evaluate` do) and
+`peak_rss_gb_evaluate` (the peak by the end).
 
     python benchmarks/scaling.py                        # 1M, 5M and 20M
     python benchmarks/scaling.py --sizes 1000000        # one size
@@ -43,6 +47,7 @@ import tfmtl
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data.synthetic import write_synthetic
+from tfmtl.evaluation import evaluate_model, on_validation, with_users
 from common import EpochTimer
 folder, size, optimizer, train_input = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 data = write_synthetic(folder + "/data", size, num_users=max(size // 50, 100),
@@ -61,6 +66,12 @@ prepared_at = time.perf_counter()
 timer = EpochTimer()  # fit's callbacks end with it: the epoch includes its checkpoint
 model = training.fit(config, prepared, verbose=0, callbacks=[timer])
 fitted_at = time.perf_counter()
+peak_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+validation = with_users(on_validation(prepared.split), config.train.validation_users, config.seed)
+evaluate_model(model, prepared.data, validation, config.evaluate.ks)
+validated_at = time.perf_counter()
+evaluate_model(model, prepared.data, prepared.split, config.evaluate.ks)
+evaluated_at = time.perf_counter()
 rows = len(prepared.split.train)
 print(json.dumps({"interactions": size, "items": len(prepared.data.items),
                   "training_examples": rows,
@@ -68,7 +79,12 @@ print(json.dumps({"interactions": size, "items": len(prepared.data.items),
                   "fit_seconds": fitted_at - prepared_at,
                   "seconds_per_epoch": timer.times[0],
                   "examples_per_s": rows / timer.times[0],
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                  "peak_rss_gb": peak_fit,
+                  "validation_seconds": validated_at - fitted_at,
+                  "evaluate_seconds": evaluated_at - validated_at,
+                  "test_users": int(prepared.split.test["user_id"].nunique()),
+                  "peak_rss_gb_evaluate":
+                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
 
