@@ -121,6 +121,7 @@ def test_several_steps_a_call_with_tfrecord_input_is_a_config_error():
     ("train.epochs=0", "train.epochs: must be positive"),
     ("train.learning_rate=-0.1", "train.learning_rate: must be positive"),
     ("train.batch_size=0", "train.batch_size: must be positive"),
+    ("train.validation_users=-1", r"train.validation_users: must be non-negative \(0: every"),
     ("evaluate.batch_size=0", "evaluate.batch_size: must be positive"),
     ("model.tower_layers=[64, 0]", r"model.tower_layers: layer widths must be at least 1, "
                                    r"got \[64, 0\]"),
