@@ -154,7 +154,7 @@ def test_validation_metrics_score_at_most_max_users():
 def test_popularity_ranks_by_training_counts():
   train = _frame([("u", "b"), ("v", "b"), ("v", "c")])
   scorer = PopularityScorer(train, np.array(list("abc"), dtype=object))
-  assert scorer.scores(np.array(["x"])).tolist() == [[0.0, 2.0, 1.0]]
+  assert scorer.scores(np.array(["x", "y"])).numpy().tolist() == [[0.0, 2.0, 1.0]] * 2
 
 
 def test_auc_by_hand():

@@ -61,10 +61,10 @@ class PopularityScorer:
   def __init__(self, train: pd.DataFrame, catalogue: np.ndarray):
     self.catalogue = catalogue
     counts = train[ITEM_ID].value_counts()
-    self._scores = counts.reindex(catalogue, fill_value=0).to_numpy(np.float32)
+    self._scores = tf.constant(counts.reindex(catalogue, fill_value=0).to_numpy(np.float32))
 
-  def scores(self, user_ids: np.ndarray) -> np.ndarray:
-    return np.broadcast_to(self._scores, (len(user_ids), len(self._scores)))
+  def scores(self, user_ids: np.ndarray) -> tf.Tensor:
+    return tf.broadcast_to(self._scores, (len(user_ids), len(self.catalogue)))
 
 
 class ModelScorer:
