@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
+import tfmtl
 from tfmtl import evaluation, training
 from tfmtl.config import ConfigError, ExperimentConfig
+from tfmtl.data import Split
 
 
 def test_short_real_training_beats_popularity_on_protocol_b(movielens):
@@ -201,3 +203,23 @@ def test_metrics_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
   monkeypatch.undo()
   assert json.loads(path.read_text()) == {"recall@10": 0.25}  # the last whole one
   assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_each_epoch_validates_at_most_validation_users(tmp_path, tiny_data, monkeypatch):
+  interactions = tiny_data.interactions
+  validation = interactions.iloc[::4]
+  prepared = training.Prepared(
+      tiny_data, Split(interactions.drop(validation.index), validation, interactions.iloc[:0]),
+      tfmtl.FeatureVocabulary.build(tiny_data, interactions))
+  scored = []
+
+  def record(model, data, split, *args, **kwargs):
+    scored.append(split.test["user_id"].nunique())
+    return {}
+
+  monkeypatch.setattr(evaluation, "evaluate_model", record)
+  config = ExperimentConfig().with_overrides([
+      "name=tiny", "model.embedding_dim=8", "train.epochs=2", "train.batch_size=64",
+      "train.validation_users=3", f"train.run_dir={tmp_path / 'run'}"])
+  training.fit(config, prepared, verbose=0)
+  assert validation["user_id"].nunique() > 3 and scored == [3, 3]
