@@ -47,7 +47,7 @@ import tfmtl
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data.synthetic import write_synthetic
-from tfmtl.evaluation import evaluate_model, on_validation, with_users
+from tfmtl.evaluation import ValidationMetrics, evaluate_model
 from common import EpochTimer
 folder, size, optimizer, train_input = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 data = write_synthetic(folder + "/data", size, num_users=max(size // 50, 100),
@@ -67,8 +67,10 @@ timer = EpochTimer()  # fit's callbacks end with it: the epoch includes its chec
 model = training.fit(config, prepared, verbose=0, callbacks=[timer])
 fitted_at = time.perf_counter()
 peak_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-validation = with_users(on_validation(prepared.split), config.train.validation_users, config.seed)
-evaluate_model(model, prepared.data, validation, config.evaluate.ks)
+validation = ValidationMetrics(prepared.data, prepared.split, config.evaluate.ks,
+                               max_users=config.train.validation_users, seed=config.seed)
+validation.set_model(model)
+validation.on_epoch_end(0)  # what each epoch's validation adds
 validated_at = time.perf_counter()
 evaluate_model(model, prepared.data, prepared.split, config.evaluate.ks)
 evaluated_at = time.perf_counter()

@@ -91,12 +91,6 @@ class ModelScorer:
     return tf.linalg.matmul(query, self._catalogue_embeddings, transpose_b=True)
 
 
-def _columns(scorer: Scorer, item_ids: pd.Series) -> np.ndarray:
-  """Catalogue column of each item id; -1 for items outside the catalogue."""
-  index = pd.Index(scorer.catalogue)
-  return index.get_indexer(item_ids.to_numpy())
-
-
 FULL_RANKING_METRICS = ("recall", "ndcg", "mrr", "hit")  # protocol B, each @k
 RANKING_METRICS = {  # by task type: metric -> score(predicted, label, task)
     "regression": {
@@ -107,19 +101,20 @@ RANKING_METRICS = {  # by task type: metric -> score(predicted, label, task)
 
 
 class _ColumnsByUser:
-  """The catalogue columns of `interactions`, grouped by their user's
-  position in `users` (rows of other users dropped), as CSR arrays;
-  `distinct`: each (user, known item) pair once, unknown items dropped."""
+  """The `catalogue` columns of `interactions` (-1: an item outside it),
+  grouped by their user's position in `users` (rows of other users
+  dropped), as CSR arrays; `distinct`: each (user, known item) pair once,
+  unknown items dropped."""
 
-  def __init__(self, users: pd.Index, scorer: Scorer, interactions: pd.DataFrame,
+  def __init__(self, users: pd.Index, catalogue: pd.Index, interactions: pd.DataFrame,
                distinct: bool):
     user = users.get_indexer(interactions[USER_ID])
-    column = _columns(scorer, interactions[ITEM_ID])
+    column = catalogue.get_indexer(interactions[ITEM_ID].to_numpy())
     keep = (user >= 0) & (column >= 0) if distinct else user >= 0
     user, column = user[keep].astype(np.int64), column[keep].astype(np.int64)
     if distinct:
-      pairs = np.unique(user * len(scorer.catalogue) + column)
-      user, column = np.divmod(pairs, len(scorer.catalogue))
+      pairs = np.unique(user * len(catalogue) + column)
+      user, column = np.divmod(pairs, len(catalogue))
     else:
       order = np.argsort(user, kind="stable")
       user, column = user[order], column[order]
@@ -160,14 +155,16 @@ def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50,
   held-out items); by default every catalogue item is a candidate.
   """
   ks = sorted(set(ks))
+  catalogue = pd.Index(scorer.catalogue)
+  num_items = len(catalogue)
   excluded = (np.empty(0, np.int64) if candidates is None else np.flatnonzero(
-      ~pd.Index(scorer.catalogue).isin(pd.Index(candidates))))
-  max_k = min(max(ks), len(scorer.catalogue) - len(excluded))
+      ~catalogue.isin(pd.Index(candidates))))
+  max_k = min(max(ks), num_items - len(excluded))
   users = pd.Index(pd.unique(split.test[USER_ID].to_numpy(dtype=object))).sort_values()
-  seen = _ColumnsByUser(users, scorer, pd.concat([split.train, split.validation]), True)
-  test = _ColumnsByUser(users, scorer, split.test, False)
+  seen = _ColumnsByUser(users, catalogue, pd.concat([split.train, split.validation]), True)
+  test = _ColumnsByUser(users, catalogue, split.test, False)
   relevant = np.diff(test.offsets)  # test interactions per user, unknown items too
-  exclusion = np.zeros(len(scorer.catalogue), np.float32)
+  exclusion = np.zeros(num_items, np.float32)
   exclusion[excluded] = -np.inf
 
   accuracy_hits = {k: 0 for k in ks}
@@ -190,8 +187,7 @@ def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50,
       accuracy_hits[k] += int(np.sum(test_scores >= kth_best[test_rows, min(k, max_k) - 1]))
     # Protocol B: the seen items removed, the hits among the top max_k.
     row = np.arange(stop - start, dtype=np.int64)[:, None]
-    hits = np.isin(row * len(scorer.catalogue) + top,
-                   test_rows * len(scorer.catalogue) + test_columns)
+    hits = np.isin(row * num_items + top, test_rows * num_items + test_columns)
     batch_relevant = relevant[start:stop]
     for k in ks:
       hits_k = hits[:, :k]
