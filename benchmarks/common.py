@@ -17,11 +17,27 @@ import tf_keras as keras
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu() -> str:
+  """The CPU's model and widest vector instructions (Linux's /proc/cpuinfo),
+  on which the speed ratios depend."""
+  try:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+  except OSError:
+    return platform.processor() or "CPU unknown"
+  fields = {key.strip(): value.strip()
+            for key, value in (line.split(":", 1) for line in lines if ":" in line)}
+  flags = set(fields.get("flags", "").split())
+  model = fields.get("model name", "CPU unknown")
+  if "avx512f" in flags:
+    return f"{model}, AVX-512" + (" with bfloat16" if "avx512_bf16" in flags else "")
+  return f"{model}, " + ("AVX2, no AVX-512" if "avx2" in flags else "no AVX2")
+
+
 def machine() -> str:
   threads = tf.config.threading.get_intra_op_parallelism_threads() or "all"
   gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
           for gpu in tf.config.list_physical_devices("GPU")]
-  return (f"{platform.machine()}, {os.cpu_count()} cores ({threads} TF threads), "
+  return (f"{platform.machine()} {cpu()}, {os.cpu_count()} cores ({threads} TF threads), "
           f"{platform.system()}, Python {platform.python_version()}, "
           f"TensorFlow {tf.__version__}, {', '.join(gpus) or 'no GPU'}")
 
