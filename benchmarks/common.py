@@ -28,6 +28,8 @@ def cpu() -> str:
             for key, value in (line.split(":", 1) for line in lines if ":" in line)}
   flags = set(fields.get("flags", "").split())
   model = fields.get("model name", "CPU unknown")
+  if not flags:  # not x86 (ARM lists "Features")
+    return model
   if "avx512f" in flags:
     return f"{model}, AVX-512" + (" with bfloat16" if "avx512_bf16" in flags else "")
   return f"{model}, " + ("AVX2, no AVX-512" if "avx2" in flags else "no AVX2")

@@ -20,7 +20,7 @@ def _loss_and_gradients(task, queries, candidates, **kwargs):
 
 def _assert_float32_close(got, want, rtol=1e-5):
   """Equal up to float32 sums taken in another order, whose error scales with
-  the largest term (CPUs with and without AVX-512 sum in different orders)."""
+  the largest term (on an AVX2 CPU, 2e-5 on a gradient among terms of 50)."""
   want = np.asarray(want)
   np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-5 * max(np.abs(want).max(), 1.0))
 
