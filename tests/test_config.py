@@ -1,8 +1,10 @@
 """The experiment config: defaults, files, overrides and clear errors."""
 
+import re
+
 import pytest
 
-from tfmtl.config import ConfigError, ExperimentConfig
+from tfmtl.config import ConfigError, ExperimentConfig, check_name
 
 
 def test_defaults_describe_the_movielens_multitask_experiment():
@@ -138,3 +140,88 @@ def test_an_empty_separator_names_the_feature():
   with pytest.raises(ConfigError, match=r"data.item_features.genres.separator: must not be empty"):
     ExperimentConfig().with_overrides(
         ['data.item_features.genres={type: multi_categorical, separator: ""}'])
+
+
+def test_a_float_in_e_notation_is_read_from_a_file(tmp_path):
+  path = tmp_path / "lr.yaml"
+  path.write_text("train:\n  learning_rate: 1e-3\n")
+  learning_rate = ExperimentConfig.from_file(path).train.learning_rate
+  assert learning_rate == 0.001 and isinstance(learning_rate, float)
+
+
+@pytest.mark.parametrize("written, value", [
+    ("1e-3", 0.001), ("1E3", 1000.0), ("-2.5e+4", -25000.0), (".5", 0.5), ("1.0e-3", 0.001)])
+def test_every_written_float_is_read_from_an_override(written, value):
+  threshold = ExperimentConfig().with_overrides([f"tasks.like.threshold={written}"]).tasks[
+      "like"].threshold
+  assert threshold == value and isinstance(threshold, float)
+
+
+def test_learning_rate_override_in_e_notation():
+  learning_rate = ExperimentConfig().with_overrides(["train.learning_rate=1e-3"]).train.learning_rate
+  assert learning_rate == 0.001 and isinstance(learning_rate, float)
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("name: a\nseed: 1\nname: b\n", "name", "1 and 3"),
+    ("name: a\ntrain:\n  epochs: 2\n  batch_size: 8\n\n  # again\n  epochs: 3\n",
+     "train.epochs", "3 and 7"),
+])
+def test_a_key_written_twice_names_its_path_and_both_lines(tmp_path, text, key, lines):
+  path = tmp_path / "tiny.yaml"
+  path.write_text(text)
+  with pytest.raises(ConfigError, match=rf"^.*tiny\.yaml: key '{re.escape(key)}' appears "
+                                        rf"twice \(lines {lines}\)$"):
+    ExperimentConfig.from_file(path)
+
+
+@pytest.mark.parametrize("key", ["train.learning_rate", "tasks.like.weight"])
+@pytest.mark.parametrize("written, shown", [(".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf")])
+def test_a_non_finite_float_is_rejected_naming_its_key(key, written, shown):
+  with pytest.raises(ConfigError, match=rf"^{key}: expected a finite number, got {shown}$"):
+    ExperimentConfig().with_overrides([f"{key}={written}"])
+
+
+def test_a_binary_file_is_not_a_text_yaml_file(tmp_path):
+  path = tmp_path / "image.yaml"
+  path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+  with pytest.raises(ConfigError, match=r"image\.yaml: not a text YAML file \("):
+    ExperimentConfig.from_file(path)
+
+
+def test_a_folder_is_no_config_file(tmp_path):
+  (tmp_path / "configs.yaml").mkdir()
+  with pytest.raises(ConfigError, match=r"configs\.yaml: is a folder, not a config file"):
+    ExperimentConfig.from_file(tmp_path / "configs.yaml")
+
+
+@pytest.mark.parametrize("name", [".", "..", ".x", ""])
+def test_a_name_that_is_no_plain_folder_name_is_rejected(name):
+  with pytest.raises(ConfigError, match=rf"^name: {name!r} must be letters, digits"):
+    ExperimentConfig().with_overrides([f"name={name!r}"])
+
+
+def test_check_name_returns_a_good_name_and_names_the_field_of_a_bad_one():
+  assert check_name("ml-100k_v1.2", "export.name") == "ml-100k_v1.2"
+  with pytest.raises(ConfigError, match=r"^model: 'a/b' must be letters"):
+    check_name("a/b", "model")
+
+
+@pytest.mark.parametrize("run_dir", [".", "..", "runs/..", "runs/.hidden"])
+def test_a_run_dir_not_ending_in_a_folder_name_is_rejected(run_dir):
+  with pytest.raises(ConfigError, match=rf"^train\.run_dir: {run_dir!r} must end in a folder "
+                                        r"name"):
+    ExperimentConfig().with_overrides([f"train.run_dir={run_dir!r}"])
+
+
+def test_a_run_dir_ending_in_a_folder_name_is_kept():
+  assert ExperimentConfig().with_overrides(["train.run_dir=runs/a.1"]).train.run_dir == "runs/a.1"
+
+
+def test_yaml_round_trip_keeps_floats_and_string_lookalikes(tmp_path):
+  config = ExperimentConfig().with_overrides(
+      ["train.learning_rate=1e-5", "tasks.like.weight=2.5e+4", "train.tpu='1e3'",
+       "train.log_dir='yes'"])
+  path = tmp_path / "experiment.yaml"
+  path.write_text(config.to_yaml())
+  assert ExperimentConfig.from_file(path) == config

@@ -3,7 +3,9 @@
 A whole experiment (data, split, model, tasks, training, evaluation, export)
 is one `ExperimentConfig`, read from a YAML file and overridden by
 `key.path=value` strings (what the CLI's `--set` passes). Unknown keys, wrong
-types and out-of-range values raise `ConfigError` naming the key.
+types and out-of-range values raise `ConfigError` naming the key. Files and
+values are YAML 1.2 (ruamel.yaml): `1e-3` is a number, `yes` a string, and a
+key written twice in a file is an error.
 
 Example:
 
@@ -20,16 +22,32 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.nodes import MappingNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
 
 
 class ConfigError(ValueError):
   """A config file, key or value is malformed; the message names it."""
+
+
+def check_name(value: str, field: str) -> str:
+  """Returns `value` if it is a safe file or folder name: letters, digits,
+  '-', '_' or '.', not starting with '.' (so never '.', '..' or hidden);
+  raises `ConfigError` naming `field` otherwise."""
+  if not value or value.startswith(".") or not all(c.isalnum() or c in "-_." for c in value):
+    raise ConfigError(f"{field}: {value!r} must be letters, digits, '-', '_' or '.', "
+                      "not starting with '.'")
+  return value
 
 
 @dataclasses.dataclass
@@ -612,6 +630,13 @@ class TrainConfig:
     _one_of("precision", self.precision, PRECISIONS)
     if self.input_shards < 1:
       raise ConfigError("input_shards: must be positive")
+    if self.run_dir:  # "" or null: runs/<name>
+      folder = self.run_dir.rstrip("/\\").replace("\\", "/").rpartition("/")[2]
+      try:
+        check_name(folder, "run_dir")
+      except ConfigError:
+        raise ConfigError(f"run_dir: {self.run_dir!r} must end in a folder name of letters, "
+                          "digits, '-', '_' or '.', not starting with '.'") from None
     if self.data_service and not self.data_service.startswith(("grpc://", "grpc+local://")):
       raise ConfigError(f"data_service: {self.data_service!r} is not a dispatcher address "
                         "like grpc://host:5050")
@@ -724,7 +749,8 @@ class TuneConfig:
       raise ConfigError("max_trials, max_epochs: must be at least 1")
     weights = self.objective_weights
     if not weights or not all(isinstance(k, str) and isinstance(v, (int, float))
-                              and not isinstance(v, bool) for k, v in weights.items()):
+                              and not isinstance(v, bool) and math.isfinite(v)
+                              for k, v in weights.items()):
       raise ConfigError(f"objective: expected a metric name or metric -> weight, got "
                         f"{self.objective!r}")
     self.space = _dotted(self.space)
@@ -812,8 +838,7 @@ class ExperimentConfig:
   tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
 
   def _validate(self):
-    if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
-      raise ConfigError(f"name: {self.name!r} must be letters, digits, '-', '_' or '.'")
+    check_name(self.name, "name")
     retrieval = [n for n, t in self.tasks.items() if t.type == "retrieval"]
     if len(retrieval) > 1:
       raise ConfigError(f"tasks: at most one retrieval task, got {retrieval}")
@@ -844,11 +869,20 @@ class ExperimentConfig:
     """Reads a YAML config; errors name the file and the key."""
     path = Path(path)
     try:
-      values = yaml.safe_load(path.read_text()) or {}
+      text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
       raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as error:
-      raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except IsADirectoryError:
+      raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError as error:
+      raise ConfigError(f"{path}: not a text YAML file ({error.reason} at byte "
+                        f"{error.start})") from None
+    except OSError as error:
+      raise ConfigError(f"{path}: cannot read the config file ({error.strerror})") from None
+    try:
+      values = load_yaml(text) or {}
+    except ConfigError as error:
+      raise ConfigError(f"{path}: {error}") from None
     if not isinstance(values, dict):
       raise ConfigError(f"{path}: the top level must be a mapping of sections")
     try:
@@ -860,7 +894,10 @@ class ExperimentConfig:
     return dataclasses.asdict(self)
 
   def to_yaml(self) -> str:
-    return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    """The config as YAML that `from_file` reads back, keys in field order."""
+    stream = io.StringIO()
+    _yaml().dump(self.to_dict(), stream)
+    return stream.getvalue()
 
   def with_overrides(self, overrides: list[str]) -> "ExperimentConfig":
     """Returns a copy with `dotted.key=value` overrides (values are YAML;
@@ -881,10 +918,67 @@ class ExperimentConfig:
               f"unknown key {name!r}" if child is None else f"{name!r} is a value, not a section"))
         node = child
       try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-      except yaml.YAMLError:
-        raise ConfigError(f"override {override!r}: value is not valid YAML") from None
+        node[parts[-1]] = load_yaml(raw) if raw.strip() else ""
+      except ConfigError as error:
+        raise ConfigError(f"override {override!r}: {error}") from None
     return ExperimentConfig.from_dict(values)
+
+
+def _yaml() -> YAML:
+  """A YAML 1.2 reader and writer of plain dicts, lists and scalars."""
+  yaml = YAML(typ="safe", pure=True)
+  yaml.default_flow_style = False
+  yaml.sort_base_mapping_type_on_output = False
+  return yaml
+
+
+def load_yaml(text: str) -> Any:
+  """Parses YAML 1.2 text (`1e-3` is a float) into plain Python values;
+  malformed text or a key written twice raises a one-line `ConfigError`."""
+  yaml = _yaml()
+  try:
+    return yaml.load(text)
+  except DuplicateKeyError as error:
+    raise ConfigError(_duplicate_key(yaml.compose(text)) or _problem(error)) from None
+  except ReaderError as error:
+    raise ConfigError(f"not a text YAML file ({error.reason})") from None
+  except YAMLError as error:
+    raise ConfigError(_problem(error)) from None
+
+
+def _problem(error: YAMLError) -> str:
+  """A YAML error in one line: the problem and where."""
+  problem = getattr(error, "problem", None) or str(error).strip().splitlines()[-1]
+  mark = getattr(error, "problem_mark", None)
+  where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+  return f"not valid YAML: {problem}{where}"
+
+
+def _duplicate_key(node, prefix: str = "", seen: Optional[set] = None) -> Optional[str]:
+  """Names the first key written twice in one mapping of a composed YAML
+  document, with its dotted path and both lines; None if there is none."""
+  seen = set() if seen is None else seen
+  if id(node) in seen:  # an alias
+    return None
+  seen.add(id(node))
+  children = []
+  if isinstance(node, MappingNode):
+    lines = {}
+    for key, value in node.value:
+      name = prefix + str(key.value)
+      first, line = lines.get((key.tag, str(key.value))), key.start_mark.line + 1
+      if first:
+        return f"key {name!r} appears twice " + (
+            f"(lines {first} and {line})" if first != line else f"(line {line})")
+      lines[key.tag, str(key.value)] = line
+      children.append((value, name + "."))
+  elif isinstance(node, SequenceNode):
+    children = [(item, f"{prefix.rstrip('.')}[{i}].") for i, item in enumerate(node.value)]
+  for child, child_prefix in children:
+    found = _duplicate_key(child, child_prefix, seen)
+    if found:
+      return found
+  return None
 
 
 def history_length(model: ModelConfig, tasks: dict[str, TaskConfig]) -> int:
@@ -916,7 +1010,7 @@ def _build(cls, values: Any, path: str):
     raise ConfigError(f"{where}: expected a mapping, got {values!r}")
   hints = typing.get_type_hints(cls)
   fields = {f.name: f for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - set(fields))
+  unknown = sorted(str(key) for key in set(values) - set(fields))
   if unknown:
     raise ConfigError(f"unknown key {path + str(unknown[0])!r}; known keys in "
                       f"{where}: {', '.join(fields)}")
@@ -961,10 +1055,16 @@ def _convert(hint, value: Any, path: str):
     return value
   if hint in (int, float):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        hint is int and not float(value).is_integer()):
+        hint is int and isinstance(value, float) and not value.is_integer()):
       raise ConfigError(f"{path}: expected {'an integer' if hint is int else 'a number'}, "
                         f"got {value!r}")
-    return hint(value)
+    try:
+      number = hint(value)
+    except OverflowError:  # an integer too large for a float
+      number = math.inf
+    if isinstance(number, float) and not math.isfinite(number):
+      raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+    return number
   if hint is str:
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
       raise ConfigError(f"{path}: expected a string, got {value!r}")
