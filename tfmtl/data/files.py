@@ -1,5 +1,11 @@
 """Local files: CSV, TSV, Parquet and RecBole atomic files, through pandas.
 
+A row of a text file with more or fewer fields than its header is an error
+naming it (pandas would pad a short row with empty values, or take a first
+column for the index), e.g. `line 3 of ratings.csv: 3 fields, expected 4
+(user_id, item_id, rating, timestamp)`; rows are named as
+`tfmtl.data.schema.where` names them (the header is line 1).
+
 Example (a CSV of ratings whose columns are named differently):
 
 >>> import pathlib, tempfile
@@ -21,7 +27,8 @@ from typing import Optional
 import pandas as pd
 
 from tfmtl.config import FILE_FORMATS, FeatureConfig
-from tfmtl.data.schema import DataError, InteractionData
+from tfmtl.data.schema import (ORIGIN, RATING, TIMESTAMP, DataError, InteractionData, Origin,
+                               require_columns, text_records, where)
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
             ".inter": "atomic", ".user": "atomic", ".item": "atomic"}
@@ -29,6 +36,9 @@ _FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet
 
 def read_table(path: str | Path, format: str = "auto") -> pd.DataFrame:
   """Reads one table; text formats are read as strings (checked later).
+
+  The table's `attrs[ORIGIN]` is its `Origin` (see `tfmtl.data.schema`),
+  which names its rows in errors.
 
   Args:
     path: the file, or a pattern naming shards of one table (e.g.
@@ -41,7 +51,11 @@ def read_table(path: str | Path, format: str = "auto") -> pd.DataFrame:
     shards = sorted(path.parent.glob(path.name))
     if not shards:
       raise DataError(f"{path}: no file matches")
-    return pd.concat([read_table(shard, format) for shard in shards], ignore_index=True)
+    parts = [read_table(shard, format) for shard in shards]
+    frame = pd.concat(parts, ignore_index=True)
+    frame.attrs[ORIGIN] = Origin(tuple(file for part in parts
+                                       for file in part.attrs[ORIGIN].files))
+    return frame
   if format not in FILE_FORMATS:
     raise DataError(f"{path}: unknown format {format!r}; expected one of "
                     f"{', '.join(FILE_FORMATS)}")
@@ -52,30 +66,72 @@ def read_table(path: str | Path, format: str = "auto") -> pd.DataFrame:
                       f"(data.format, or add-items' --format): csv, tsv, parquet or atomic")
   if not path.is_file():
     raise DataError(f"{path}: file not found")
+  delimiter = None if format == "parquet" else "," if format == "csv" else "\t"
   try:
     if format == "parquet":
-      return pd.read_parquet(path, engine="pyarrow")
-    frame = pd.read_csv(path, sep="," if format == "csv" else "\t", dtype=str,
-                        keep_default_na=False, na_filter=False)
+      frame = pd.read_parquet(path, engine="pyarrow")
+    else:
+      frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False,
+                          na_filter=False)
   except pd.errors.EmptyDataError:
     raise DataError(f"{path}: the file is empty") from None
-  except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+  except pd.errors.ParserError as error:  # a row with too many fields, a quote not closed
+    _check_fields(path, delimiter, unclosed="EOF inside string" in str(error))
     raise DataError(f"{path}: cannot be read as {format}: {error}") from None
+  except (UnicodeDecodeError, OSError, ValueError) as error:
+    raise DataError(f"{path}: cannot be read as {format}: {error}") from None
+  frame.attrs[ORIGIN] = Origin(((str(path), len(frame), delimiter),))
+  if format == "parquet":
+    return frame
+  # pandas pads a short row with "" (a last column's "" may be one) and
+  # takes the first column for the index where the first row has one field more
+  if not frame.index.equals(pd.RangeIndex(len(frame))) or (frame.iloc[:, -1] == "").any():
+    _check_fields(path, delimiter)
   if format == "atomic":
     frame.columns = [c.split(":", 1)[0] for c in frame.columns]
-  header = _header(path, format)
+  try:
+    header = next(text_records(path, delimiter), (1, []))[1]
+  except csv.Error:
+    header = list(frame.columns)
+  header = [name.split(":", 1)[0] if format == "atomic" else name for name in header]
   repeated = sorted({name for name in header if header.count(name) > 1})
   if repeated:
     raise DataError(f"{path}: the header names {repeated} more than once")
   return frame
 
 
-def _header(path: Path, format: str) -> list[str]:
-  """The column names as the file's first line spells them (pandas renames
-  a repeated one `name.1`)."""
-  with open(path, newline="", encoding="utf-8", errors="replace") as file:
-    names = next(csv.reader(file, delimiter="," if format == "csv" else "\t"), [])
-  return [name.split(":", 1)[0] if format == "atomic" else name for name in names]
+def _check_fields(path: Path, delimiter: str, unclosed: bool = False) -> None:
+  """Raises `line N of FILE: 3 fields, expected 4 (a, b, c, d)` for the first
+  row with more or fewer fields than the header, if there is one; where
+  pandas found a quote `unclosed`, `line N of FILE: a quoted field opened on
+  this line is never closed`. Reads the file once more, with Python's csv
+  module; where that cannot read it, pandas' error stands."""
+  try:
+    row, fields, header = _odd_record(path, delimiter, last=unclosed)
+  except csv.Error:
+    return
+  if row is None:
+    return
+  at = where(Origin(((str(path), row + 1, delimiter),)), row)
+  if unclosed:
+    raise DataError(f"{at}: a quoted field opened on this line is never closed")
+  raise DataError(f"{at}: {len(fields)} field{'s' * (len(fields) != 1)}, expected "
+                  f"{len(header)} ({', '.join(header)})")
+
+
+def _odd_record(path: Path, delimiter: str, last: bool):
+  """(data row from 0, fields, header) of the first record whose number of
+  fields is not the header's, or of the last record where `last` (the csv
+  module takes the rest of the file for a field whose quote is not closed);
+  row None where there is none."""
+  records = text_records(path, delimiter)
+  _, header = next(records, (1, []))
+  found = (None, [], header)
+  for row, (_, fields) in enumerate(records):
+    found = (row, fields, header)
+    if not last and len(fields) != len(header):
+      return found
+  return found if last else (None, [], header)
 
 
 def load_files(interactions: str | Path,
@@ -102,10 +158,17 @@ def load_files(interactions: str | Path,
     if path is not None:
       frames[role] = read_table(path, format)
       sources[role] = str(path)
-  for name, file_column in (columns or {}).items():
-    if not any(file_column in frame.columns for frame in frames.values()):
-      raise DataError(f"data.columns.{name}: no file has a column {file_column!r} "
-                      f"(the interactions have {list(frames['interactions'].columns)})")
+  for name, file_column in (columns or {}).items():  # rating and timestamp: the interactions'
+    if name in (RATING, TIMESTAMP) or not any(file_column in frame.columns
+                                              for frame in frames.values()):
+      require_columns(frames["interactions"].columns, [file_column], sources["interactions"],
+                      f"; data.columns.{name} names it" if file_column != name else "")
+  for role, frame in frames.items():
+    for name, file_column in (columns or {}).items():
+      if file_column != name and file_column in frame.columns and name in frame.columns:
+        raise DataError(f"{sources[role]}: columns {file_column!r} and {name!r} would both "
+                        f"be {name!r} (data.columns.{name} names {file_column!r}); drop "
+                        f"or rename one")
   frames = {role: frame.rename(columns=rename) for role, frame in frames.items()}
   return InteractionData.from_frames(
       frames["interactions"], frames.get("users"), frames.get("items"),

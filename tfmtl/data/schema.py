@@ -11,10 +11,21 @@ Every source (offline MovieLens, TFDS, local files) ends in an
   `user_features` / `item_features` (a `FeatureConfig` each); other columns
   (e.g. titles) are kept as they are.
 
-Bad input raises `DataError` naming the file, the column and the first bad
-row (data rows counted from 1, header excluded). Ids that appear in the
-interactions but not in a feature table only warn: their features are
-missing and map to the out-of-vocabulary bucket.
+Bad input raises `DataError`, one line naming the file, the column and the
+first bad row (and how many rows are bad). `where` names a row one way
+everywhere:
+
+- `line N of FILE` in a text file (CSV, TSV, RecBole atomic): N is the line
+  as a text editor numbers it, so the header is line 1 and the first data
+  row line 2; blank lines count, and a row whose quoted field spans lines
+  is named by its first line;
+- `row N of FILE` in a Parquet file, which has no lines, and `row N of
+  NAME` in a table given as a frame: N counts data rows from 1.
+
+`tfmtl.data.files.read_table` leaves the file(s) a table came from in
+`frame.attrs[ORIGIN]` (an `Origin`), which is how rows of a file are named
+by line. Ids that appear in the interactions but not in a feature table only
+warn: their features are missing and map to the out-of-vocabulary bucket.
 
 Example:
 
@@ -29,9 +40,10 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -52,6 +64,77 @@ class DataError(ValueError):
   """Input data is malformed; the message names the file, column and row."""
 
 
+ORIGIN = "tfmtl.origin"  # the `DataFrame.attrs` key `read_table` leaves an `Origin` under
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+  """The file or files (a pattern's shards, in order) a table was read from:
+  each file's path, its number of data rows and its field delimiter (None
+  for Parquet, whose rows have no lines)."""
+  files: tuple[tuple[str, int, Optional[str]], ...]
+
+  @property
+  def rows(self) -> int:
+    return sum(rows for _, rows, _ in self.files)
+
+
+def where(source: str | Origin, index: int) -> str:
+  """Names data row `index` (counted from 0) of a table read from `source`
+  (an `Origin`) or named `source` (a frame's name), as the module doc says:
+  `line N of FILE` in a text file, else `row N of FILE` / `row N of NAME`.
+
+  Finding a text file's line reads the file up to that row (errors only);
+  where that fails, the row is named by its number.
+  """
+  if isinstance(source, Origin):
+    for path, rows, delimiter in source.files:
+      if index < rows:
+        break
+      index -= rows
+    else:
+      return f"row {index + 1} of {source.files[-1][0]}"  # not in the files
+    if delimiter is not None:
+      try:
+        for row, (line, _) in enumerate(text_records(path, delimiter)):
+          if row == index + 1:  # the header is record 0
+            return f"line {line} of {path}"
+      except (csv.Error, OSError):  # Python's csv module reads it otherwise than pandas
+        pass
+    source = path
+  return f"row {index + 1} of {source}"
+
+
+def text_records(path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+  """The records of a CSV-like file as pandas' C reader takes them, the
+  header first: (the line each starts on, its fields). Lines that are empty
+  or only spaces and tabs are skipped, as pandas skips them; a quoted field
+  may span lines (`csv.reader.line_num` counts them)."""
+  limit = csv.field_size_limit(2 ** 31 - 1)  # pandas has no limit on a field
+  try:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as file:
+      reader = csv.reader(file, delimiter=delimiter)
+      line = 1
+      for fields in reader:
+        if fields and (len(fields) > 1 or fields[0] == "" or fields[0].strip(" \t")):
+          yield line, fields
+        line = reader.line_num + 1
+  finally:
+    csv.field_size_limit(limit)
+
+
+def require_columns(columns, required, source: str, note: str = "") -> None:
+  """Raises `SOURCE: column 'x' is missing (columns: a, b)` (or `columns
+  'x', 'y' are missing`) where `required` names columns not in `columns`,
+  with `note` after."""
+  missing = [c for c in required if c not in columns]
+  if missing:
+    names = ", ".join(map(repr, missing))
+    what = f"column {names} is" if len(missing) == 1 else f"columns {names} are"
+    raise DataError(f"{source}: {what} missing (columns: {', '.join(map(str, columns))})"
+                    f"{note}")
+
+
 @dataclasses.dataclass
 class InteractionData:
   """Interactions with their user and item feature tables (see module doc)."""
@@ -61,6 +144,8 @@ class InteractionData:
   user_features: dict[str, FeatureConfig]
   item_features: dict[str, FeatureConfig]
   name: str = "data"
+  # where each table came from (a file, a pattern): `interactions`, `users`, `items`
+  sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def from_frames(cls,
@@ -88,7 +173,7 @@ class InteractionData:
                             sources["users"])
     items = _check_features(items, ITEM_ID, item_features, interactions,
                             sources["items"])
-    return cls(interactions, users, items, user_features, item_features, name)
+    return cls(interactions, users, items, user_features, item_features, name, sources)
 
   @property
   def label_columns(self) -> list[str]:
@@ -158,87 +243,99 @@ def ids_in(ids: pd.Series, known) -> np.ndarray:
                   value_set=pa.array(known, pa.large_string())).to_numpy(zero_copy_only=False)
 
 
-def _first_bad(mask: pd.Series, frame: pd.DataFrame, column: str) -> str:
-  position = int(np.flatnonzero(mask.to_numpy())[0])
-  return f"first at row {position + 1}: {frame[column].iloc[position]!r}"
+def _origin(frame: pd.DataFrame, source: str) -> str | Origin:
+  """Where `frame`'s rows are named from: the `Origin` `read_table` left on
+  it while it still has the file's rows in the file's order, else `source`."""
+  origin = frame.attrs.get(ORIGIN)
+  if not isinstance(origin, Origin) or origin.rows != len(frame):
+    return source
+  parquet = all(delimiter is None for _, _, delimiter in origin.files)
+  return origin if parquet or frame.index.equals(pd.RangeIndex(len(frame))) else source
 
 
-def _require_columns(frame: pd.DataFrame, columns, source: str):
-  missing = [c for c in columns if c not in frame.columns]
-  if missing:
-    raise DataError(f"{source}: missing required column(s) {missing}; "
-                    f"found {list(frame.columns)}")
+def _first_bad(mask, values: pd.Series, origin: str | Origin) -> tuple[str, object, str]:
+  """The first row where `mask` holds: where it is, its value in `values`
+  and ` (and N more rows)` where there are more."""
+  bad = np.flatnonzero(np.asarray(mask))
+  more = "" if len(bad) == 1 else f" (and {len(bad) - 1} more row{'s' * (len(bad) > 2)})"
+  value = values.iloc[int(bad[0])]
+  if isinstance(value, np.generic):  # as it reads: 4.0, not np.float64(4.0)
+    value = value.item()
+  return where(origin, int(bad[0])), value, more
 
 
-def _ids(frame: pd.DataFrame, column: str, source: str) -> pd.api.extensions.ExtensionArray:
+def _ids(frame: pd.DataFrame, column: str, origin) -> pd.api.extensions.ExtensionArray:
   values = frame[column]
   missing = values.isna() | (values.astype(str).str.strip() == "")
   if missing.any():
-    raise DataError(f"{source}: column {column!r} has empty ids "
-                    f"({int(missing.sum())} rows, {_first_bad(missing, frame, column)})")
+    at, _, more = _first_bad(missing, values, origin)
+    raise DataError(f"{at}: column {column!r} has an empty id{more}")
   if pd.api.types.is_float_dtype(values) and (values % 1 == 0).all():
     values = values.astype(np.int64)  # 17.0 -> "17"
   return values.astype(str).array  # strings stay Arrow's: no copy to Python objects
 
 
-def _numbers(frame: pd.DataFrame, column: str, source: str, dtype) -> np.ndarray:
+def _numbers(frame: pd.DataFrame, column: str, origin, dtype) -> np.ndarray:
   raw = frame[column]
   numbers = pd.to_numeric(raw, errors="coerce")
   bad = numbers.isna()
   if bad.any():
-    blank = raw[bad].isna() | (raw[bad].astype(str).str.strip() == "")
-    kind = "missing (empty or NaN)" if blank.all() else "non-numeric"
-    raise DataError(f"{source}: column {column!r} has {kind} values "
-                    f"({int(bad.sum())} rows, {_first_bad(bad, frame, column)})")
-  infinite = pd.Series(~np.isfinite(numbers.to_numpy(np.float64)), index=frame.index)
+    at, value, more = _first_bad(bad, raw, origin)
+    blank = (pd.api.types.is_scalar(value) and pd.isna(value)) or not str(value).strip()
+    what = "no value (empty or NaN)" if blank else f"a non-numeric value {value!r}"
+    raise DataError(f"{at}: column {column!r} has {what}{more}")
+  infinite = ~np.isfinite(numbers.to_numpy(np.float64))
   if infinite.any():
-    raise DataError(f"{source}: column {column!r} has infinite values "
-                    f"({int(infinite.sum())} rows, {_first_bad(infinite, frame, column)})")
+    at, value, more = _first_bad(infinite, raw, origin)
+    raise DataError(f"{at}: column {column!r} has an infinite value {value!r}{more}")
   return numbers.to_numpy(dtype=dtype)
 
 
-def _timestamps(frame: pd.DataFrame, source: str) -> np.ndarray:
+def _timestamps(frame: pd.DataFrame, origin) -> np.ndarray:
   """Seconds since the epoch, from numbers or from a datetime column (Parquet)."""
   column = frame[TIMESTAMP]
   if pd.api.types.is_datetime64_any_dtype(column):
     missing = column.isna()
     if missing.any():
-      raise DataError(f"{source}: column {TIMESTAMP!r} has missing (NaT) values "
-                      f"({int(missing.sum())} rows, {_first_bad(missing, frame, TIMESTAMP)})")
+      at, _, more = _first_bad(missing, column, origin)
+      raise DataError(f"{at}: column {TIMESTAMP!r} has no value (NaT){more}")
     epoch = pd.Timestamp(0, tz=column.dt.tz)
     return ((column - epoch) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
-  seconds = _numbers(frame, TIMESTAMP, source, np.float64)
-  out_of_range = pd.Series(np.abs(seconds) >= 2.0 ** 62, index=frame.index)
+  seconds = _numbers(frame, TIMESTAMP, origin, np.float64)
+  out_of_range = np.abs(seconds) >= 2.0 ** 62
   if out_of_range.any():
-    raise DataError(f"{source}: column {TIMESTAMP!r} has values out of range for seconds "
-                    f"since the epoch ({_first_bad(out_of_range, frame, TIMESTAMP)})")
+    at, value, more = _first_bad(out_of_range, column, origin)
+    raise DataError(f"{at}: column {TIMESTAMP!r} has {value!r}, out of range for "
+                    f"seconds since the epoch{more}")
   return seconds.astype(np.int64)
 
 
 def _check_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
   if frame is None or len(frame) == 0:
     raise DataError(f"{source}: no interactions (the table is empty)")
-  _require_columns(frame, [USER_ID, ITEM_ID], source)
-  out = pd.DataFrame({USER_ID: _ids(frame, USER_ID, source),
-                      ITEM_ID: _ids(frame, ITEM_ID, source)})
+  require_columns(frame.columns, [USER_ID, ITEM_ID], source)
+  origin = _origin(frame, source)
+  out = pd.DataFrame({USER_ID: _ids(frame, USER_ID, origin),
+                      ITEM_ID: _ids(frame, ITEM_ID, origin)})
   if TIMESTAMP in frame.columns:
-    out[TIMESTAMP] = _timestamps(frame, source)
+    out[TIMESTAMP] = _timestamps(frame, origin)
   if RATING in frame.columns:
-    out[RATING] = _numbers(frame, RATING, source, np.float32)
+    out[RATING] = _numbers(frame, RATING, origin, np.float32)
   if SAMPLE_WEIGHT in frame.columns:
-    out[SAMPLE_WEIGHT] = _numbers(frame, SAMPLE_WEIGHT, source, np.float32)
-    negative = pd.Series(out[SAMPLE_WEIGHT] < 0)
+    out[SAMPLE_WEIGHT] = _numbers(frame, SAMPLE_WEIGHT, origin, np.float32)
+    negative = out[SAMPLE_WEIGHT].to_numpy() < 0
     if negative.any():
-      raise DataError(f"{source}: column {SAMPLE_WEIGHT!r} has negative weights "
-                      f"({_first_bad(negative, out, SAMPLE_WEIGHT)})")
+      at, value, more = _first_bad(negative, frame[SAMPLE_WEIGHT], origin)
+      raise DataError(f"{at}: column {SAMPLE_WEIGHT!r} has a negative weight {value!r}{more}")
   for column in frame.columns.difference(out.columns):  # other numeric labels
     numbers = pd.to_numeric(frame[column], errors="coerce")
-    bad = pd.Series(~np.isfinite(numbers.to_numpy(np.float64)), index=frame.index)  # NaN too
+    bad = ~np.isfinite(numbers.to_numpy(np.float64))  # NaN too
     if not bad.any():
       out[column] = numbers.to_numpy(dtype=np.float32)
     elif numbers.notna().mean() >= 0.5:
-      logger.warning("%s: column %r is not a label: %d values are not finite numbers (%s)",
-                     source, column, int(bad.sum()), _first_bad(bad, frame, column))
+      at, value, more = _first_bad(bad, frame[column], origin)
+      logger.warning("%s: column %r is not a label: %r is not a finite number%s",
+                     at, column, value, more)
   return out
 
 
@@ -259,14 +356,17 @@ def _check_features(frame: Optional[pd.DataFrame], id_column: str,
     frame = pd.DataFrame({id_column: []})
   elif len(frame) == 0:
     raise DataError(f"{source}: the feature table is empty")
-  _require_columns(frame, [id_column, *features], source)
-  out = pd.DataFrame({id_column: _ids(frame, id_column, source) if len(frame) else []})
-  duplicated = pd.Series(out[id_column].duplicated(keep=False).to_numpy())
-  if duplicated.any():
-    raise DataError(f"{source}: column {id_column!r} has duplicate rows for one id "
-                    f"({_first_bad(duplicated, out, id_column)}); keep one row per id")
+  require_columns(frame.columns, [id_column, *features], source)
+  origin = _origin(frame, source)
+  out = pd.DataFrame({id_column: _ids(frame, id_column, origin) if len(frame) else []})
+  repeated = out[id_column].duplicated().to_numpy()
+  if repeated.any():
+    at, value, more = _first_bad(repeated, out[id_column], origin)
+    first = int(np.flatnonzero((out[id_column] == value).to_numpy())[0])
+    raise DataError(f"{at}: column {id_column!r} repeats the id {value!r} of "
+                    f"{where(origin, first)}{more}; keep one row per id")
   for name, spec in features.items():
-    out[name] = _feature_values(frame[name], name, spec, source)
+    out[name] = _feature_values(frame[name], name, spec, origin)
   for column in frame.columns.difference(out.columns):  # kept, e.g. titles
     out[column] = frame[column].to_numpy()
   unknown = pd.unique(interactions.loc[~ids_in(interactions[id_column], out[id_column]),
@@ -301,7 +401,7 @@ def _vector(value, dim: int) -> np.ndarray:
 
 
 def _feature_values(values: pd.Series, name: str, spec: FeatureConfig,
-                    source: str) -> np.ndarray:
+                    origin) -> np.ndarray:
   """Numbers for bucketized features (non-numbers warn and become NaN),
   float32 arrays for vector features (missing becomes zeros), strings for
   the others (missing becomes "", the OOV token)."""
@@ -313,20 +413,19 @@ def _feature_values(values: pd.Series, name: str, spec: FeatureConfig,
       except ValueError:
         vector = None
       if vector is None or vector.shape != (spec.dim,) or not np.isfinite(vector).all():
-        raise DataError(f"{source}: column {name!r} must hold {spec.dim} finite floats "
-                        f"per row (a list, or in CSV the numbers separated by spaces or "
-                        f"commas); row {row + 1} has {value!r}")
+        raise DataError(f"{where(origin, row)}: column {name!r} must hold {spec.dim} "
+                        f"finite floats (a list, or in CSV the numbers separated by "
+                        f"spaces or commas), not {value!r}")
       vectors[row] = vector
     return vectors
   if spec.type == "bucketized":
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna() & values.notna() & (values.astype(str).str.strip() != "")
-    if bad.any() and numbers.isna().all():
-      raise DataError(f"{source}: bucketized column {name!r} has no numbers "
-                      f"({_first_bad(bad, values.to_frame(), name)})")
     if bad.any():
-      logger.warning("%s: column %r has %d non-numeric values (%s); they are "
-                     "treated as missing", source, name, int(bad.sum()),
-                     _first_bad(bad, values.to_frame(), name))
+      at, value, more = _first_bad(bad, values, origin)
+      if numbers.isna().all():
+        raise DataError(f"{at}: bucketized column {name!r} has no numbers: {value!r}{more}")
+      logger.warning("%s: column %r has a non-numeric value %r%s; such values are "
+                     "treated as missing", at, name, value, more)
     return numbers.to_numpy(dtype=np.float32)
   return values.fillna("").astype(str).to_numpy(dtype=object)

@@ -48,7 +48,8 @@ def load_data(config: DataConfig) -> InteractionData:
     data = type(data).from_frames(
         data.interactions, data.users, data.items,
         config.user_features or data.user_features,
-        config.item_features or data.item_features, name=data.name)
+        config.item_features or data.item_features, sources=data.sources,
+        name=data.name)
   return data
 
 
