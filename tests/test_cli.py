@@ -64,7 +64,7 @@ def test_train_then_evaluate_then_export_a_new_version(tmp_path, config_file):
     assert exported.stdout.strip().endswith(f"saved_models/tiny/{version}")
   validated = _tfmtl("validate", "--run", "runs/tiny", cwd=tmp_path)
   assert validated.returncode == 0, validated.stderr[-3000:]
-  assert validated.stdout.count("\nok ") == 3 and "saved_models/tiny/2: ready" in validated.stdout
+  assert validated.stdout.count("\nok ") == 4 and "saved_models/tiny/2: ready" in validated.stdout
   refused = _tfmtl("validate", "--run", "runs/tiny", "--export", "runs", cwd=tmp_path)
   assert refused.returncode == 2 and "runs: no saved_model.pb" in refused.stderr
 

@@ -225,11 +225,37 @@ def test_inputs_of_different_batch_sizes_are_an_invalid_argument(trained, signat
     function(**inputs, **extra.get(signature, {}))
 
 
-def test_a_sequence_model_exports_with_a_history_input(tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def served(trained):
+  """The `trained` export, loaded with `tf.saved_model.load`."""
+  return tf.saved_model.load(str(trained[2]))
+
+
+@pytest.mark.parametrize("signature, wrong, message", [
+    ("retrieve", dict(k=3),
+     r"k: expected shape \[batch\] \(one value per row\), got rank 0"),
+    ("rank", dict(user_id=[["u1"]]),
+     r"user_id: expected shape \[batch\] \(one value per row\), got rank 2"),
+    ("recommend", dict(exclude_item_ids=["i1"]),
+     r"exclude_item_ids: expected shape \[batch, n\] \(a list of ids per query\), got rank 1"),
+], ids=["scalar k", "rank-2 user_id", "rank-1 exclude_item_ids"])
+def test_an_input_of_the_wrong_rank_is_an_invalid_argument_naming_it(served, signature, wrong,
+                                                                     message):
+  function = served.signatures[signature]
+  inputs = {**dict(user_id=["u1"], taste=["t1"], age=[30.0], k=[3], exclude_item_ids=[["i1"]],
+                   item_id=[["i1", "i2"]]), **wrong}
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    function(**{name: tf.constant(value) for name, value in inputs.items()
+                if name in function.structured_input_signature[1]})
+
+
+@pytest.fixture(scope="module")
+def sequence_export(tiny_data, tmp_path_factory):
+  """A GRU sequence model (history length 5), its training split and its
+  export, loaded."""
   from tfmtl.config import SequenceConfig
   from tfmtl.data import Split
   from tfmtl.data.history import add_history
-  from tfmtl.evaluation import ModelScorer
   empty = tiny_data.interactions.iloc[:0]
   split = add_history(Split(tiny_data.interactions, empty, empty), length=5)
   vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, split.train, history_length=5)
@@ -237,8 +263,14 @@ def test_a_sequence_model_exports_with_a_history_input(tiny_data, tmp_path):
       embedding_dim=8, sequence=SequenceConfig(type="gru", length=5)))
   model.compile(optimizer=keras.optimizers.Adam(0.01))
   model.fit(make_dataset(tiny_data, split.train, model.encoder, 64), epochs=2, verbose=0)
-  retrieve = tf.saved_model.load(str(export_model(model, tmp_path, "seq"))).signatures[
-      "serving_default"]
+  path = export_model(model, tmp_path_factory.mktemp("saved_models"), "seq")
+  return model, split, tf.saved_model.load(str(path))
+
+
+def test_a_sequence_model_exports_with_a_history_input(tiny_data, sequence_export):
+  from tfmtl.evaluation import ModelScorer
+  model, split, loaded = sequence_export
+  retrieve = loaded.signatures["serving_default"]
   assert set(retrieve.structured_input_signature[1]) == {"user_id", "taste", "age", "history"}
   scorer = ModelScorer(model, tiny_data, split.train)
   users = np.array(["u1", "u7"], dtype=object)
@@ -252,6 +284,27 @@ def test_a_sequence_model_exports_with_a_history_input(tiny_data, tmp_path):
   other = retrieve(user_id=tf.constant(users.astype(str)), taste=tf.constant(["t1", "t1"]),
                    age=tf.constant([30.0, 30.0]), history=tf.constant(["i3|i6", ""]))
   assert not np.allclose(other["scores"].numpy(), served["scores"].numpy())
+
+
+@pytest.mark.parametrize("history", [" i3 | i6 ", "i3||i6|", "i3|no-such-item|i6"],
+                         ids=["spaces around ids", "empty ids", "unknown ids"])
+def test_a_history_is_read_leniently(sequence_export, history):
+  default = sequence_export[2].signatures["serving_default"]
+  out = default(user_id=tf.constant(["u1"] * 3), taste=tf.constant(["t1"] * 3),
+                age=tf.constant([30.0] * 3), history=tf.constant(["i3|i6", history, ""]))
+  scores = out["scores"].numpy()
+  assert out["item_ids"][0].numpy().tolist() == out["item_ids"][1].numpy().tolist()
+  np.testing.assert_allclose(scores[1], scores[0], atol=1e-6)
+  assert not np.allclose(scores[2], scores[0])  # not read as no history
+
+
+def test_a_history_with_no_known_id_is_an_invalid_argument_naming_it(sequence_export):
+  default = sequence_export[2].signatures["serving_default"]
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"history: `i3,i6` has no known item id; expected item ids "
+                           r"joined by `\|`"):
+    default(user_id=tf.constant(["u1", "u7"]), taste=tf.constant(["t1", "t1"]),
+            age=tf.constant([30.0, 30.0]), history=tf.constant(["i3|i6", "i3,i6"]))
 
 
 def test_warmup_requests_are_prediction_logs_that_replay(trained):

@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 
 from tfmtl import training
@@ -31,7 +32,8 @@ def test_an_export_passes_every_check(runs):
   assert [check.name for check in checks] == [
       "saved_model_cli scan: no ops TF Serving refuses",
       "fresh process loads it and replays the warm-up requests",
-      "signatures and inputs as documented", "answers match the in-memory model"]
+      "signatures and inputs as documented", "every output is finite",
+      "answers match the in-memory model"]
   assert all(check.passed for check in checks), checks
   assert "12 requests replayed without tfmtl" in checks[1].detail  # 6 signatures x 2 batches
 
@@ -43,6 +45,18 @@ def test_an_export_of_another_model_fails_the_answers_check(runs):
   assert checks["signatures and inputs as documented"].passed
   failed = checks["answers match the in-memory model"]
   assert not failed.passed and "serving_default.scores (request 0)" in failed.detail
+
+
+def test_an_export_whose_outputs_are_nan_fails_the_finite_check(runs, tmp_path):
+  run, _ = runs[0]
+  config, model = training.load_run(run)  # a fresh copy of the run's model
+  table = next(v for v in model.candidate_tower.variables if "item_id_embedding" in v.name)
+  table.assign(np.full(table.shape, np.nan, np.float32))  # as weights that diverged
+  checks = {check.name: check for check in validate_export(
+      run, export_configured(model, config, tmp_path))}
+  failed = checks["every output is finite"]
+  assert not failed.passed and "not finite" in failed.detail
+  assert "serving_default.scores (request 0)" in failed.detail
 
 
 def test_a_folder_that_is_not_an_export_is_named(runs, tmp_path):

@@ -3,10 +3,9 @@
 Every input and output is batched (first dimension: the batch), so REST's
 row (`instances`) and column (`inputs`) formats and gRPC PredictRequests
 reach every signature. The *user inputs* are the raw user features:
-`user_id` and each user feature column (strings; bucketized ones float32)
-and, for a sequence model, `history` (recent item ids joined by `|`, most
-recent first). Vector user features (propagated interests) travel inside
-and are looked up by `user_id`.
+`user_id` and each user feature column (strings; bucketized ones float32),
+each [batch], and, for a sequence model, `history` (see below). Vector user
+features (propagated interests) travel inside and are looked up by `user_id`.
 
 | signature | inputs | outputs |
 |---|---|---|
@@ -30,8 +29,30 @@ ids map to the out-of-vocabulary row; `k` is clipped to [1, catalogue] (one
 k serves the batch: its largest); `exclude_item_ids` is padded with "" (n
 may be 0) and unknown ids in it are ignored; when exclusions leave fewer
 than k items, the missing places have item id "" and the lowest float
-score (in `recommend`, every task's output too). Inputs whose batch sizes
-differ fail with INVALID_ARGUMENT naming them.
+score (in `recommend`, every task's output too).
+
+`history` is one string per query: the user's recent item ids, most recent
+first, joined by `|` (e.g. "i50|i100|i7"; "" for none). Spaces around ids
+are trimmed (" i50 | i100 " reads as "i50|i100"), empty ids are skipped and
+ids the model does not know are dropped; a history that names ids but no
+known one (e.g. "i50,i100", another separator) fails rather than silently
+reading as no history.
+
+Requests that cannot be answered fail with INVALID_ARGUMENT and a message
+that names the input. The checks are ops inside the signatures, so TF
+Serving runs them too:
+
+- an input whose rank is not the table's, e.g. a scalar `k`, a [batch, 1]
+  `user_id` or a 1-D `exclude_item_ids` (which would otherwise be read as
+  one id per query): "exclude_item_ids: expected shape [batch, n] (a list
+  of ids per query), got rank 1";
+- inputs whose batch sizes differ;
+- a `history` that names no known item: "history: `i50,i100` has no known
+  item id; expected item ids joined by `|` ...".
+
+So that these checks answer (rather than TF's own errors deep in the
+graph), the SavedModel declares every input with any shape; the shapes in
+the table are the ones checked.
 """
 
 from __future__ import annotations
@@ -43,7 +64,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.config import RANKING_TASK_TYPES, ExportConfig, ScannConfig, TaskConfig
-from tfmtl.data.schema import ITEM_ID, USER_ID, vector_dims
+from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, vector_dims
 from tfmtl.serving.index import EXCLUDED_SCORE, BruteForceIndex, ScannIndex
 from tfmtl.tasks import task_predictions
 
@@ -127,7 +148,12 @@ class ServingModule(tf.Module):
       self.signature_specs["rank"] = (self._rank, {
           **self.user_signature, ITEM_ID: tf.TensorSpec([None, None], tf.string, name=ITEM_ID)})
     for name, (method, signature) in self.signature_specs.items():
-      setattr(self, name, tf.function(_checked(method), input_signature=[signature]))
+      # Declared with any shape: each input's shape is checked inside (`_checked`),
+      # where a wrong one fails with a message naming the input.
+      any_shape = {key: tf.TensorSpec(None, spec.dtype, name=spec.name)
+                   for key, spec in signature.items()}
+      setattr(self, name, tf.function(self._checked(method, signature),
+                                       input_signature=[any_shape]))
 
   def concrete_functions(self) -> dict:
     """Signature name -> concrete function, for `tf.saved_model.save`."""
@@ -182,6 +208,50 @@ class ServingModule(tf.Module):
   def _candidate_embedding(self, features):
     return {"embedding": self._candidates(features[ITEM_ID])}
 
+  # Their checks (module doc).
+
+  def _checked(self, method, signature: dict):
+    """`method` behind checks of its inputs: each has the rank `signature`
+    documents, then all have the same batch size; a `history` is read
+    leniently (`_history`). The checks are graph ops, so TF Serving runs
+    them; each fails with INVALID_ARGUMENT naming the input."""
+    def checked(features):
+      names = sorted(features)
+      ranks = [_rank_check(name, features[name], signature[name]) for name in names]
+      with tf.control_dependencies(ranks):  # before anything reads a shape
+        features = {name: tf.identity(features[name]) for name in names}
+      for name, value in features.items():
+        # The static shape the checks ensure. (Not tf.ensure_shape: with
+        # constant folding on, it fails first, with TF's own message.)
+        value.set_shape(signature[name].shape)
+      sizes = tf.stack([tf.shape(features[name])[0] for name in names])
+      checks = [tf.debugging.Assert(
+          tf.reduce_all(sizes == sizes[0]),
+          ["the inputs' batch sizes (first dimensions) differ:", *names, sizes],
+          summarize=len(names))]
+      if HISTORY in features:
+        features[HISTORY], check = self._history(features[HISTORY])
+        checks.append(check)
+      with tf.control_dependencies(checks):
+        return method({name: tf.identity(value) for name, value in features.items()})
+    return checked
+
+  def _history(self, history):
+    """`history` (module doc) with spaces around ids trimmed and empty and
+    unknown ids dropped, and the check that fails when a history names ids
+    but none the model knows."""
+    items = tf.strings.strip(tf.strings.split(history, HISTORY_SEPARATOR))
+    items = tf.ragged.boolean_mask(items, tf.strings.length(items) > 0)
+    known = tf.ragged.boolean_mask(items, self.encoder.lookups[ITEM_ID](items) > 0)
+    unreadable = (items.row_lengths() > 0) & (known.row_lengths() == 0)
+    example = tf.strings.substr(
+        tf.strings.reduce_join(tf.boolean_mask(history, unreadable)[:1]), 0, 200)
+    # (Backquotes: the error message escapes quotes.)
+    check = tf.debugging.Assert(~tf.reduce_any(unreadable), [tf.strings.join([
+        f"{HISTORY}: `", example, "` has no known item id; expected item ids joined by "
+        f"`{HISTORY_SEPARATOR}` (most recent first), e.g. `i50{HISTORY_SEPARATOR}i100`"])])
+    return tf.strings.reduce_join(known, axis=1, separator=HISTORY_SEPARATOR), check
+
   # Their parts.
 
   def _query(self, features):
@@ -232,15 +302,19 @@ def retrieval_task_name(task_configs: dict[str, TaskConfig]) -> str:
               "retrieval")
 
 
-def _checked(method):
-  """`method` behind a check that every input has the same batch size."""
-  def checked(features):
-    names = sorted(features)
-    sizes = tf.stack([tf.shape(features[name])[0] for name in names])
-    check = tf.debugging.Assert(
-        tf.reduce_all(sizes == sizes[0]),
-        ["the inputs' batch sizes (first dimensions) differ:", *names, sizes],
-        summarize=len(names))
-    with tf.control_dependencies([check]):
-      return method({name: tf.identity(value) for name, value in features.items()})
-  return checked
+def expected_shape(spec: tf.TensorSpec) -> str:
+  """An input's documented shape in words, as errors name it."""
+  if spec.shape.rank == 1:
+    return "[batch] (one value per row)"
+  if spec.dtype == tf.string:
+    return "[batch, n] (a list of ids per query)"
+  return f"[batch, {', '.join(str(d) for d in spec.shape[1:])}]"
+
+
+def _rank_check(name: str, value: tf.Tensor, spec: tf.TensorSpec):
+  """An op that fails unless `value` has `spec`'s rank, naming `name` and
+  the expected shape. The rank is read at run time (`value` is declared
+  with any shape, so nothing folds it away)."""
+  rank = tf.raw_ops.Rank(input=value)
+  return tf.debugging.Assert(tf.equal(rank, spec.shape.rank), [tf.strings.join([
+      f"{name}: expected shape {expected_shape(spec)}, got rank ", tf.strings.as_string(rank)])])

@@ -6,9 +6,14 @@
    `assets.extra/tf_serving_warmup_requests`. For a ScaNN index it first
    imports scann, which registers ScaNN's ops, as a TF Serving build with
    ScaNN has them; a brute-force export loads with TensorFlow alone.
-3. The signatures and their inputs (names, dtypes, ranks) are the ones the
-   run's model documents (`ServingModule`).
-4. Every replayed answer matches the run's in-memory model on the same
+3. The signatures and their inputs (names, dtypes, declared ranks) are the
+   ones the run's model declares (`ServingModule` declares every input with
+   any shape and checks the documented ranks inside, so an older export
+   that declares ranks, and lacks those checks, fails here).
+4. Every number the replayed requests got is finite (a model whose weights
+   went NaN, e.g. trained with far too high a learning rate, fails here,
+   naming the signature and output).
+5. Every replayed answer matches the run's in-memory model on the same
    request (strings equal, numbers within `atol`).
 
 Example (after `tfmtl run`): `tfmtl validate --run runs/movielens_100k`, or
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -76,6 +82,13 @@ def validate_export(run_dir: str | Path, export_dir: str | Path,
   export_dir = Path(export_dir).resolve()
   if not (export_dir / "saved_model.pb").is_file():
     raise FileNotFoundError(f"{export_dir}: no saved_model.pb (not an export version folder)")
+  missing = [name for name, found in (
+      ("variables/variables.index", (export_dir / "variables" / "variables.index").is_file()),
+      ("variables/variables.data-*", any((export_dir / "variables").glob("variables.data-*"))))
+             if not found]
+  if missing:
+    raise FileNotFoundError(f"{export_dir}: an incomplete SavedModel ({', '.join(missing)} "
+                            "missing); export the run again")
   config, model = training.load_run(run_dir)
   module = ServingModule.from_config(model, config.export)
   checks = [_scan(export_dir)]
@@ -86,7 +99,9 @@ def validate_export(run_dir: str | Path, export_dir: str | Path,
                         replay["replayed"] > 0 and not replay["tfmtl_imported"],
                         f"{replay['replayed']} requests replayed without tfmtl"))
     checks.append(_signatures_check(module, replay["signatures"]))
-    checks.append(_answers_check(module, export_dir, answers, atol))
+    requests = _warmup_requests(export_dir)
+    checks.append(_finite_check(requests, answers))
+    checks.append(_answers_check(module, requests, answers, atol))
   return checks
 
 
@@ -105,8 +120,10 @@ def _replay_in_fresh_process(export_dir: Path, out: Path, index: str) -> tuple[d
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   result = subprocess.run([sys.executable, "-c", _REPLAY, str(export_dir), str(out), index],
                           capture_output=True, text=True, timeout=900, env=env, cwd="/")
-  if result.returncode != 0:
-    last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+  if result.returncode != 0:  # the exception's line, not TensorFlow's log lines after it
+    lines = result.stderr.strip().splitlines() or ["no output"]
+    last = next((line for line in reversed(lines)
+                 if re.match(r"[\w.]+(Error|Exception)\b", line)), lines[-1])
     raise RuntimeError(f"{export_dir}: a fresh process could not load it and replay the "
                        f"warm-up requests: {last}")
   with np.load(out) as answers:
@@ -114,8 +131,11 @@ def _replay_in_fresh_process(export_dir: Path, out: Path, index: str) -> tuple[d
 
 
 def _signatures_check(module: ServingModule, saved: dict) -> Check:
-  expected = {name: {key: [spec.dtype.name, spec.shape.rank] for key, spec in specs.items()}
-              for name, (_, specs) in module.signature_specs.items()}
+  """The saved signatures' inputs ([dtype, declared rank] by name) against
+  those the module's functions declare."""
+  expected = {name: {key: [spec.dtype.name, spec.shape.rank]
+                     for key, spec in getattr(module, name).input_signature[0].items()}
+              for name in module.signature_specs}
   differences = [f"{name}: saved {saved.get(name)}, documented {inputs}"
                  for name, inputs in expected.items() if saved.get(name) != inputs]
   differences += [f"{name}: not documented" for name in saved if name not in expected]
@@ -123,14 +143,37 @@ def _signatures_check(module: ServingModule, saved: dict) -> Check:
                "; ".join(differences) or ", ".join(sorted(saved)))
 
 
-def _answers_check(module: ServingModule, export_dir: Path, answers: dict,
+def _warmup_requests(export_dir: Path) -> list[tuple[str, dict]]:
+  """The export's warm-up requests, in order: (signature name, inputs)."""
+  requests = []
+  for record in tf.data.TFRecordDataset(str(export_dir / WARMUP_FILE)):
+    request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+    requests.append((request.model_spec.signature_name,
+                     {name: tf.constant(tf.make_ndarray(proto))
+                      for name, proto in request.inputs.items()}))
+  return requests
+
+
+def _finite_check(requests: list[tuple[str, dict]], answers: dict) -> Check:
+  """Whether every float output of the replayed requests is finite (the
+  lowest float32, which marks empty places, is)."""
+  bad = []
+  for key, value in answers.items():  # "<request index>/<output name>"
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+      index, name = key.split("/", 1)
+      bad.append(f"{requests[int(index)][0]}.{name} (request {index})")
+  if not bad:
+    return Check("every output is finite", True,
+                 f"the outputs of {len(requests)} requests are finite")
+  more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+  return Check("every output is finite", False,
+               f"not finite (NaN or infinite): {'; '.join(bad[:5])}{more}")
+
+
+def _answers_check(module: ServingModule, requests: list[tuple[str, dict]], answers: dict,
                    atol: float) -> Check:
   worst, mismatches = 0.0, []
-  records = tf.data.TFRecordDataset(str(export_dir / WARMUP_FILE))
-  for index, record in enumerate(records):
-    request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
-    signature = request.model_spec.signature_name
-    inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+  for index, (signature, inputs) in enumerate(requests):
     for name, value in getattr(module, signature)(inputs).items():
       served, expected = answers[f"{index}/{name}"], value.numpy()
       if expected.dtype == object:
