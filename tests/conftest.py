@@ -65,8 +65,7 @@ def tiny_frames():
 
 
 def _last_epoch_losses(stdout: str) -> dict:
-  """Each task's mean loss over the last epoch `tfmtl train` printed (`loss`
-  itself is the last batch's)."""
+  """Each task's mean loss over the last epoch `tfmtl train` printed."""
   line = [line for line in stdout.splitlines() if " - loss: " in line][-1]
   return {name: float(value) for name, value in re.findall(r"(\w+_loss): ([\d.]+)", line)
           if name not in ("total_loss", "regularization_loss")}

@@ -53,6 +53,24 @@ def test_loss_is_the_weighted_sum_of_task_losses(tiny_data, model_and_batch):
   assert total == pytest.approx(sum(weights[n] * per_task[n] for n in per_task), rel=1e-5)
 
 
+
+def test_fit_logs_the_epochs_mean_loss_the_weighted_sum_of_the_task_means(tiny_data):
+  """`loss` and `total_loss` are epoch means, not the last batch's values."""
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items,
+                               ModelConfig(embedding_dim=8, l2=1e-3))
+  model.compile(optimizer=keras.optimizers.Adam(0.01))
+  # 720 examples in batches of 100: the last batch (20) is smaller than the others
+  history = model.fit(make_dataset(tiny_data, tiny_data.interactions, model.encoder, 100),
+                      epochs=3, verbose=0).history
+  weights = {name: task.weight for name, task in default_tasks().items()}
+  for epoch in range(3):
+    weighted = sum(weight * history[f"{name}_loss"][epoch] for name, weight in weights.items())
+    assert history["loss"][epoch] == pytest.approx(weighted, rel=1e-5)
+    assert history["regularization_loss"][epoch] > 0
+    assert history["total_loss"][epoch] == pytest.approx(
+        weighted + history["regularization_loss"][epoch], rel=1e-5)
+
 ALL_TASKS = {**default_tasks(),
              "taste": TaskConfig(type="classification", label="taste"),
              "genre": TaskConfig(type="classification", label="genres"),

@@ -47,8 +47,9 @@ def test_a_saved_run_reloads_with_the_same_predictions(tmp_path, tiny_data):
   model = training.fit(config, prepared, verbose=0)
   run_dir = training.save_run(training.default_run_dir(config), config, prepared, model)
   assert sorted(p.name for p in run_dir.iterdir()) == [
-      "catalogue.parquet", "config.yaml", "history.json", "vocabulary.json", "weights"]
-  assert not run_dir.with_name("run.tmp").exists()
+      "catalogue.parquet", "config.yaml", "history.json", "tfmtl_run.json", "vocabulary.json",
+      "weights"]
+  assert not run_dir.with_name(".run.tmp").exists()
   reloaded_config, reloaded = training.load_run(run_dir)
   assert reloaded_config == config
   np.testing.assert_allclose(reloaded.catalogue_embeddings().numpy(),

@@ -62,8 +62,12 @@ def backup_and_restore(model, folder: Path, steps: int = 0, resume: bool = True,
   calls callbacks once per execution, so `steps` is rounded up to whole
   executions.
   """
+  if folder.exists() and not _is_checkpoint_folder(folder):
+    raise CheckpointError(f"{folder}: exists and is not a folder of tfmtl's training "
+                          "checkpoints, so tfmtl will not use or remove it; move it away")
   if not resume:
     shutil.rmtree(folder, ignore_errors=True)
+  read_epochs(folder / "history.json")  # unreadable: an error now, not after training
   latest = check_resumable(model, folder)
   if latest:
     logger.info("resuming from %s", latest)
@@ -83,7 +87,7 @@ class EpochHistory(keras.callbacks.Callback):
     self.path = Path(folder) / "history.json"
 
   def on_train_begin(self, logs=None):
-    self.epochs = (json.loads(self.path.read_text()) if self.path.is_file() else {})
+    self.epochs = read_epochs(self.path)
 
   def on_epoch_end(self, epoch, logs=None):
     self.epochs[str(epoch)] = {name: float(value) for name, value in (logs or {}).items()}
@@ -100,6 +104,30 @@ class EpochHistory(keras.callbacks.Callback):
                                + history.history.get(name, []))
     history.epoch = earlier + history.epoch
     self.path.unlink(missing_ok=True)
+
+
+def read_epochs(path: Path) -> dict:
+  """The epochs' logs `EpochHistory` kept in `path` ({} if there is none)."""
+  if not path.is_file():
+    return {}
+  try:
+    epochs = json.loads(path.read_text())
+  except (ValueError, OSError) as error:
+    raise CheckpointError(f"{path}: the logs of the epochs trained before a crash cannot "
+                          f"be read ({error}). "
+                          + _REMEDY.format(folder=path.parent)) from None
+  if not isinstance(epochs, dict):
+    raise CheckpointError(f"{path}: expected a mapping of epochs to their logs. "
+                          + _REMEDY.format(folder=path.parent))
+  return epochs
+
+
+def _is_checkpoint_folder(folder: Path) -> bool:
+  """Whether `folder` holds only what `fit` writes there: Keras' `chief`
+  (and other workers' `workertemp_*`) folders and `history.json`."""
+  return folder.is_dir() and all(
+      entry.name in ("chief", "history.json", ".history.json.tmp")
+      or entry.name.startswith("workertemp") for entry in folder.iterdir())
 
 
 def check_resumable(model, folder: Path) -> Optional[str]:
@@ -129,6 +157,7 @@ def check_resumable(model, folder: Path) -> Optional[str]:
                           "whose files are missing. " + _REMEDY.format(folder=folder))
   try:
     saved = _model_variables(latest)
+    _read_every_tensor(latest)  # the optimizer's part too: Keras restores it later
   except (ValueError, IndexError, tf.errors.OpError) as error:
     _cannot_resume(latest, folder, error, "It is corrupt")
   with tempfile.TemporaryDirectory() as scratch:
@@ -147,6 +176,28 @@ def check_resumable(model, folder: Path) -> Optional[str]:
   except (AssertionError, ValueError, IndexError, KeyError, tf.errors.OpError) as error:
     _cannot_resume(latest, folder, error, "It is corrupt")
   return latest
+
+
+def resume_point(folder: Path, steps_per_epoch: int, by_steps: bool) -> tuple[int, int]:
+  """The (epoch, step) that `fit` resumes at from the latest checkpoint in
+  `folder`, by Keras' `BackupAndRestore` rule ((0, 0) without one);
+  `by_steps`: checkpoints are written every N steps, not every epoch."""
+  latest = tf.train.latest_checkpoint(str(Path(folder) / "chief"))
+  if latest is None:
+    return 0, 0
+  reader = tf.train.load_checkpoint(latest)
+  epoch, batch = (int(reader.get_tensor(f"ckpt_saved_{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+                  for name in ("epoch", "batch"))
+  if by_steps and batch >= 0:
+    return (epoch + 1, 0) if batch == steps_per_epoch - 1 else (epoch, batch + 1)
+  return epoch + 1 if epoch >= 0 else 0, 0
+
+
+def _read_every_tensor(checkpoint: str) -> None:
+  """Reads every value in `checkpoint`, whose checksums TensorFlow verifies."""
+  reader = tf.train.load_checkpoint(checkpoint)
+  for name in reader.get_variable_to_shape_map():
+    reader.get_tensor(name)
 
 
 def _model_variables(checkpoint: str) -> dict[str, tuple]:

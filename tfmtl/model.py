@@ -179,6 +179,8 @@ class MultiTaskModel(tfrs.Model):
     self.task_weights = {name: keras.metrics.Mean(name=f"{name}_weight")
                          for name in self.task_configs}
     self.distillation_loss = keras.metrics.Mean(name="distillation_loss")
+    self.loss_means = {name: keras.metrics.Mean(name=name)  # the epoch's, as Keras logs `loss`
+                       for name in ("loss", "regularization_loss", "total_loss")}
     if any(task.type == "retrieval" for task in self.task_configs.values()):
       self.retrieval_metric = tfrs.metrics.FactorizedTopK(
           CatalogueTopK(self.catalogue_embeddings))
@@ -336,14 +338,22 @@ class MultiTaskModel(tfrs.Model):
     self.optimizer.apply_gradients(zip(gradients, variables))
     for i, scale in scales.items():
       variables[i].assign(before[i] + scale * (variables[i] - before[i]))
+    self._update_loss_means(loss, regularization_loss)
     logs = {metric.name: metric.result() for metric in self.metrics}  # this replica's
     if not self.training_metrics:  # the other metrics were not computed
       logs = {name: value for name, value in logs.items()
               if name.endswith("loss") or name.endswith("_weight")}
     if self.distillation is None:
       logs.pop("distillation_loss", None)
-    return agreed_logs(logs, {"loss": loss, "regularization_loss": regularization_loss,
-                              "total_loss": total_loss})
+    return agreed_logs(logs)
+
+  def _update_loss_means(self, loss: tf.Tensor, regularization_loss: tf.Tensor) -> None:
+    """Adds a step's losses (this replica's shares of the global means) to
+    the epoch's means that `fit` and `evaluate` log."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    for name, value in (("loss", loss), ("regularization_loss", regularization_loss),
+                        ("total_loss", loss + regularization_loss)):
+      self.loss_means[name].update_state(value * replicas)
 
   @property
   def _loss_scaled(self) -> bool:
@@ -361,11 +371,10 @@ class MultiTaskModel(tfrs.Model):
   def test_step(self, inputs):
     with replica_device_scope():
       loss = self.compute_loss(inputs, training=False)
-      regularization_loss = self._regularization_loss()
+      self._update_loss_means(loss, self._regularization_loss())
       logs = {metric.name: metric.result() for metric in self.metrics
               if not metric.name.endswith("_weight") and metric.name != "distillation_loss"}
-      return agreed_logs(logs, {"loss": loss, "regularization_loss": regularization_loss,
-                                "total_loss": loss + regularization_loss})
+      return agreed_logs(logs)
 
 
 def _by_item_index(item_indices: np.ndarray, values: np.ndarray, num_items: int) -> np.ndarray:

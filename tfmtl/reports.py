@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from tfmtl import atomic
 
 _NOT_TASK_LOSSES = ("loss", "total_loss", "regularization_loss", "distillation_loss")
 
@@ -204,10 +205,8 @@ def _save(figure: Figure, path: Path, *axes, legend: bool = True) -> None:
 
 
 def _write_folder(folder: Path, write: Callable[[Path], None]) -> Path:
-  staging = folder.with_name(f".{folder.name}.tmp")
-  shutil.rmtree(staging, ignore_errors=True)
-  staging.mkdir(parents=True)
-  write(staging)
-  shutil.rmtree(folder, ignore_errors=True)
-  staging.rename(folder)
+  """Writes a report folder whole (`tfmtl.atomic.write_folder`), replacing
+  an earlier report."""
+  atomic.write_folder(folder, write,
+                      replaceable=lambda old: (old / "report.md").is_file())
   return folder / "report.md"

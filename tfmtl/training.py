@@ -10,7 +10,8 @@ Example (what `tfmtl train` does, on the real MovieLens 100K):
 >>> model = training.fit(config, prepared, verbose=0)
 >>> run_dir = training.save_run(tempfile.mkdtemp() + "/run", config, prepared, model)
 >>> sorted(p.name for p in run_dir.iterdir())
-['catalogue.parquet', 'config.yaml', 'history.json', 'vocabulary.json', 'weights']
+['catalogue.parquet', 'config.yaml', 'history.json', 'tfmtl_run.json', 'vocabulary.json',
+ 'weights']
 >>> training.load_run(run_dir)[0] == config
 True
 """
@@ -21,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,19 +32,20 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl import atomic
-from tfmtl.checkpoints import EpochHistory, backup_and_restore, checkpoint_folder
+from tfmtl import __version__ as tfmtl_version, atomic
+from tfmtl.checkpoints import (EpochHistory, backup_and_restore, checkpoint_folder,
+                               resume_point)
 from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig, TrainConfig
 from tfmtl.content import encode_item_content, with_content
 from tfmtl.data.history import add_history, add_history_column
 from tfmtl.data.pipeline import batched_dataset, encode_interactions
 from tfmtl.data.schema import ITEM_ID, USER_ID, InteractionData
 from tfmtl.data.service import served
-from tfmtl.data.shards import example_shards_dataset, write_example_shards
+from tfmtl.data.shards import SPEC as SHARDS_SPEC, example_shards_dataset, write_example_shards
 from tfmtl.data.sources import load_data, load_source, mix_source
 from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
-from tfmtl.distribute import (input_readers, is_chief, make_strategy, on_tpu,
+from tfmtl.distribute import (epoch_steps, input_readers, is_chief, make_strategy, on_tpu,
                               steps_per_execution, training_input)
 from tfmtl.evaluation import ValidationMetrics
 from tfmtl.features import FeatureVocabulary
@@ -87,11 +90,13 @@ def prepare(config: ExperimentConfig) -> Prepared:
     if task.type in TOWER_TASK_TYPES:
       tower_task_side(name, task, data.user_features, data.item_features)
     if task.type in ("regression", "binary") and task.label not in data.label_columns:
-      raise ConfigError(f"tasks.{name}.label: column {task.label!r} is not in the "
-                        f"interactions (numeric columns: {data.label_columns}; a column "
+      raise ConfigError(f"tasks.{name}.label: column {task.label!r} is not in "
+                        f"{data.sources.get('interactions', 'the interactions')} (numeric "
+                        f"columns: {data.label_columns}; a column "
                         f"with a value that is not a finite number is not one, and a "
                         f"warning names its first such row)")
   split = split_interactions(data.interactions, config.split)
+  check_split(config, split, ("train",))
   logger.info("%s; split %s: %d train, %d validation, %d test", data.summary(),
               config.split.protocol, len(split.train), len(split.validation),
               len(split.test))
@@ -108,6 +113,57 @@ def prepare(config: ExperimentConfig) -> Prepared:
                 config.transfer.source_weight)
   return prepared._replace(vocabulary=FeatureVocabulary.build(
       *prepared.training_examples(), config.history_length))
+
+
+def check_split(config: ExperimentConfig, split: Split, needed: Sequence[str]) -> None:
+  """A `ConfigError` saying which of the `needed` parts of `split` is empty
+  and why, so that a run fails before it trains, not after."""
+  for part in needed:
+    if len(getattr(split, part)):
+      continue
+    options, total = config.split, sum(len(rows) for rows in split)
+    fraction = (dict(zip(Split._fields, options.fractions)).get(part)
+                if options.protocol != "temporal" else None)
+    if fraction == 0:
+      why = f"split.fractions {options.fractions} gives it none"
+    elif options.protocol in ("per_user", "temporal"):
+      why = (f"split.protocol {options.protocol} cuts each user's interactions, and no user "
+             f"has enough for a {part} one (the most any user has: "
+             f"{_most_per_user(split)})")
+    else:
+      why = f"split.fractions {options.fractions} leaves it none of {total} interactions"
+    raise ConfigError(f"split: the {part} part is empty: {why}")
+
+
+def _most_per_user(split: Split) -> int:
+  users = pd.concat([rows[USER_ID] for rows in split])
+  return int(users.value_counts().max()) if len(users) else 0
+
+
+class NonFiniteLossError(ValueError):
+  """Training produced a loss that is NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+  """Raises `NonFiniteLossError`, naming the epoch and the task, when an
+  epoch's mean loss is not finite: `fit` stops, and nothing is saved or
+  exported. It comes before the checkpointing callback, so the last
+  checkpoint holds the last finite epoch's weights."""
+
+  def __init__(self, learning_rate: float):
+    super().__init__()
+    self.learning_rate = learning_rate
+
+  def on_epoch_end(self, epoch, logs=None):
+    bad = {name: value for name, value in (logs or {}).items()
+           if name.endswith("loss") and not math.isfinite(float(value))}
+    if bad:
+      tasks = [name for name in bad if name not in ("loss", "total_loss", "regularization_loss")]
+      raise NonFiniteLossError(
+          f"training diverged in epoch {epoch + 1}: "
+          f"{', '.join(f'{name} {bad[name]}' for name in tasks or bad)}; nothing was saved. "
+          f"Lower train.learning_rate (now {self.learning_rate:g}), or set "
+          "train.resume=false to start over rather than resume from the last finite epoch")
 
 
 def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
@@ -153,6 +209,8 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   checkpointing as it goes (`tfmtl.checkpoints`); `callbacks` join `fit`'s."""
   keras.utils.set_random_seed(config.seed)
   options = config.train
+  if is_chief():
+    check_run_dir(default_run_dir(config))  # before training, not after it
   strategy = make_strategy(options.strategy, options.devices, options.tpu,
                            options.shard_min_bytes)
   tables_on_tpu = config.model.tpu_embedding and on_tpu(strategy)
@@ -188,17 +246,30 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
                    "the host only after training")
   data, rows = prepared.training_examples()
   encoded = encode_interactions(model.encoder, data, rows)
+  epochs, first_step = range(options.epochs), None
+  if options.input == "memory":  # each epoch's order from the seed and the epoch alone
+    first_epoch, first_step = resume_point(
+        checkpoints, epoch_steps(strategy, len(rows), options.batch_size, steps_per_call),
+        options.checkpoint_steps > 0)
+    epochs = range(min(first_epoch, options.epochs - 1), options.epochs)
   with _input_folder(config) as folder:
-    train, steps = training_input(strategy, _batches(options, encoded, folder, config.seed),
+    train, steps = training_input(strategy, _batches(options, encoded, folder, config.seed,
+                                                     epochs),
                                   len(rows), options.batch_size, config.model.tpu_embedding,
-                                  steps_per_call)
+                                  steps_per_call, first_step)
     logs = [ValidationMetrics(prepared.data, prepared.split, config.evaluate.ks,
                               0 if tables_on_tpu else options.validate_every,
                               options.validation_users, config.seed)]
     if options.log_dir and is_chief():
       logs.append(keras.callbacks.TensorBoard(str(Path(options.log_dir) / config.name)))
-    model.fit(train, epochs=options.epochs, verbose=verbose,
-              callbacks=[*logs, EpochHistory(checkpoints), backup, *callbacks], **steps)
+    try:
+      model.fit(train, epochs=options.epochs, verbose=verbose,
+                callbacks=[StopOnNonFiniteLoss(options.learning_rate), *logs,
+                           EpochHistory(checkpoints), backup, *callbacks], **steps)
+    except BaseException:
+      if is_chief() and not (checkpoints / "chief" / "checkpoint").exists():
+        shutil.rmtree(checkpoints, ignore_errors=True)  # nothing to resume from
+      raise
   with contextlib.suppress(OSError):
     checkpoints.rmdir()  # Keras has removed the checkpoints, not their folder
   return host_copy(config, prepared, model) if tables_on_tpu else model
@@ -247,18 +318,22 @@ def _input_folder(config: ExperimentConfig):
     return
   run_dir = default_run_dir(config)
   folder = run_dir.with_name(run_dir.name + ".input")
+  if folder.exists() and not (folder / SHARDS_SPEC).is_file():
+    raise FileExistsError(f"{folder}: exists and is not tfmtl's training input (it has no "
+                          f"{SHARDS_SPEC}), so tfmtl will not replace it; move it away")
   try:
     yield folder
   finally:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _batches(options: TrainConfig, encoded: dict, folder: Path, seed: int):
-  """`training_input`'s epoch of batches: from memory, or from TFRecord
-  shards (through the tf.data service if the config names one)."""
+def _batches(options: TrainConfig, encoded: dict, folder: Path, seed: int, epochs: range):
+  """`training_input`'s batches: from memory (those of `epochs`), or an
+  epoch from TFRecord shards (through the tf.data service if the config
+  names one)."""
   if options.input == "memory":
     return lambda input_context, drop_remainder: batched_dataset(
-        encoded, options.batch_size, True, seed, drop_remainder, input_context)
+        encoded, options.batch_size, True, seed, drop_remainder, input_context, epochs)
   write_example_shards(encoded, folder, options.input_shards, seed=seed)
   if options.data_service:
     logger.info("train.data_service: input through the tf.data service at %s (this waits "
@@ -278,28 +353,54 @@ def default_run_dir(config: ExperimentConfig) -> Path:
   return Path(config.train.run_dir or Path("runs") / config.name)
 
 
+RUN_MARKER = "tfmtl_run.json"
+_RUN_FILES = ("config.yaml", "vocabulary.json", "catalogue.parquet", "weights/model.index")
+
+
+def is_run(folder: str | Path) -> bool:
+  """Whether `folder` is a saved tfmtl run: it holds the marker file that
+  `save_run` writes (or, saved before the marker existed, every run file)."""
+  folder = Path(folder)
+  return (folder / RUN_MARKER).is_file() or all((folder / name).is_file()
+                                                for name in _RUN_FILES)
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+  """Raises `FileExistsError` unless `run_dir` is free or a tfmtl run that
+  `save_run` may replace: a folder of anything else is never touched."""
+  run_dir = Path(run_dir)
+  if run_dir.exists() and not is_run(run_dir):
+    raise FileExistsError(
+        f"{run_dir}: exists and is not a tfmtl run (it has no {RUN_MARKER}), so tfmtl will "
+        "not replace it; choose another name or train.run_dir, or move that folder away")
+  return run_dir
+
+
 def save_run(run_dir: str | Path, config: ExperimentConfig, prepared: Prepared,
              model: MultiTaskModel) -> Path:
-  """Writes config, vocabularies, catalogue and weights; replaces atomically.
+  """Writes config, vocabularies, catalogue and weights, then puts them in
+  place of `run_dir` at once (`tfmtl.atomic.write_folder`). An existing
+  `run_dir` is replaced only if it is a tfmtl run (`check_run_dir`); if
+  writing fails, `run_dir` is left as it was and nothing else remains.
 
   A multi-worker run's other workers write theirs to a temporary folder,
   which is removed: the chief's is the run (`tfmtl.distribute.is_chief`).
   """
-  run_dir = Path(run_dir)
+  run_dir = check_run_dir(run_dir)
+  write = lambda folder: _write_run(folder, config, prepared, model)
   if not is_chief():
     with tempfile.TemporaryDirectory() as scratch:
-      _write_run(Path(scratch), config, prepared, model)
+      write(Path(scratch))
     return run_dir
-  staging = run_dir.with_name(run_dir.name + ".tmp")
-  shutil.rmtree(staging, ignore_errors=True)
-  _write_run(staging, config, prepared, model)
-  _replace_dir(staging, run_dir)
-  return run_dir
+  run_dir.parent.mkdir(parents=True, exist_ok=True)
+  return atomic.write_folder(run_dir, write, replaceable=is_run)
 
 
 def _write_run(folder: Path, config: ExperimentConfig, prepared: Prepared,
                model: MultiTaskModel) -> None:
   folder.mkdir(parents=True, exist_ok=True)
+  (folder / RUN_MARKER).write_text(json.dumps({"tfmtl_version": tfmtl_version,
+                                               "name": config.name}) + "\n")
   (folder / "config.yaml").write_text(config.to_yaml())
   prepared.vocabulary.save(folder / "vocabulary.json")
   prepared.data.items.to_parquet(folder / "catalogue.parquet", index=False)
@@ -317,19 +418,10 @@ def save_metrics(run_dir: str | Path, metrics: dict) -> Path:
   return atomic.write_text(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2))
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-  old = target.with_name(target.name + ".old")
-  shutil.rmtree(old, ignore_errors=True)
-  if target.exists():
-    target.rename(old)
-  staging.rename(target)
-  shutil.rmtree(old, ignore_errors=True)
-
-
 def read_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureVocabulary, pd.DataFrame]:
   """A saved run's config, vocabulary and catalogue (no model is built)."""
   run_dir = Path(run_dir)
-  for name in ("config.yaml", "vocabulary.json", "catalogue.parquet", "weights/model.index"):
+  for name in _RUN_FILES:
     if not (run_dir / name).exists():
       raise FileNotFoundError(f"{run_dir}: not a tfmtl run ({name} is missing); "
                               "train one with `tfmtl train`")

@@ -34,13 +34,13 @@ Example:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
+from tfmtl import atomic
 from tfmtl.data.schema import DataError
 
 SPEC = "spec.json"
@@ -64,22 +64,20 @@ def write_example_shards(encoded: dict[str, np.ndarray], folder: str | Path,
   folder = Path(folder)
   size = len(next(iter(encoded.values())))
   order = np.random.default_rng(seed).permutation(size)
-  staging = folder.with_name(f".{folder.name}.tmp")
-  shutil.rmtree(staging, ignore_errors=True)
-  staging.mkdir(parents=True)
   bounds = np.linspace(0, size, num_shards + 1).astype(int)
-  for shard in range(num_shards):
-    path = staging / f"examples-{shard:05d}-of-{num_shards:05d}.tfrecord"
-    with tf.io.TFRecordWriter(str(path)) as writer:
-      for start in range(bounds[shard], bounds[shard + 1], rows_per_record):
-        rows = order[start:min(start + rows_per_record, bounds[shard + 1])]
-        writer.write(_block({name: values[rows] for name, values in encoded.items()}))
-  spec = {"num_examples": int(size), "rows_per_record": rows_per_record,
-          "features": {name: {"dtype": values.dtype.name, "shape": list(values.shape[1:])}
-                       for name, values in encoded.items()}}
-  (staging / SPEC).write_text(json.dumps(spec, indent=2))
-  shutil.rmtree(folder, ignore_errors=True)
-  staging.rename(folder)
+
+  def write(staging: Path) -> None:
+    for shard in range(num_shards):
+      path = staging / f"examples-{shard:05d}-of-{num_shards:05d}.tfrecord"
+      with tf.io.TFRecordWriter(str(path)) as writer:
+        for start in range(bounds[shard], bounds[shard + 1], rows_per_record):
+          rows = order[start:min(start + rows_per_record, bounds[shard + 1])]
+          writer.write(_block({name: values[rows] for name, values in encoded.items()}))
+    spec = {"num_examples": int(size), "rows_per_record": rows_per_record,
+            "features": {name: {"dtype": values.dtype.name, "shape": list(values.shape[1:])}
+                         for name, values in encoded.items()}}
+    (staging / SPEC).write_text(json.dumps(spec, indent=2))
+  atomic.write_folder(folder, write, replaceable=lambda old: (old / SPEC).is_file())
   return folder
 
 

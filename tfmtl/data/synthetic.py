@@ -30,12 +30,13 @@ Example:
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tfmtl import atomic
 
 
 def write_synthetic(folder: str | Path, num_interactions: int, num_users: int,
@@ -66,13 +67,11 @@ def write_synthetic(folder: str | Path, num_interactions: int, num_users: int,
   taste_cdfs = [_cdf(item_weight[items]) if len(items) else None for items in by_taste]
   if folder.parent.exists() and not folder.parent.is_dir():
     raise NotADirectoryError(f"{folder.parent}: not a folder, so {folder} cannot be made")
-  staging = folder.with_name(f".{folder.name}.tmp")
-  shutil.rmtree(staging, ignore_errors=True)
-  staging.mkdir(parents=True)
   # Chunks of at most chunk_size rows, the same number for every shard.
   chunks_per_shard = -(-num_interactions // (shards * chunk_size))
   chunk_size = -(-num_interactions // (shards * chunks_per_shard))
-  try:
+
+  def write(staging: Path) -> None:
     writers = [None] * shards
     for start in range(0, num_interactions, chunk_size):
       size = min(chunk_size, num_interactions - start)
@@ -95,9 +94,7 @@ def write_synthetic(folder: str | Path, num_interactions: int, num_users: int,
     pq.write_table(pa.table({"item_id": _ids("i", num_items),
                              "taste": _noisy_tokens("t", item_taste, feature_noise, rng)}),
                    staging / "items.parquet")
-    staging.rename(folder)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  atomic.write_folder(folder, write)
   return folder
 
 

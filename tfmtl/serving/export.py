@@ -33,9 +33,9 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tfmtl.config import ExperimentConfig, ScannConfig
+from tfmtl.config import ExperimentConfig, ScannConfig, check_name
 from tfmtl.serving.signatures import ServingModule
-from tfmtl.serving.tf_serving import write_server_configs, write_warmup_requests
+from tfmtl.serving.tf_serving import server_configs, write_warmup_requests
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -117,9 +117,7 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
     index, scann: the retrieval index, `brute_force` or `scann`, and the
       ScaNN options (see `tfmtl.serving.index`).
   """
-  if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
-    raise ValueError(f"export name {name!r}: use letters, digits, '-', '_' and '.', "
-                     "not starting with '.'")
+  check_name(name, "export name")
   model_dir = Path(base_path) / name
   version = max(versions(model_dir), default=0) + 1 if version is None else version
   if version < 1:
@@ -130,20 +128,52 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
                           "exports never overwrite a version")
   module = ServingModule(model, top_k, recommend_candidates, recommend_weights, index, scann)
   signatures = module.concrete_functions()
+  created = [folder for folder in (Path(base_path), model_dir) if not folder.exists()]
   model_dir.mkdir(parents=True, exist_ok=True)
   _remove_left_behind(model_dir)
-  staging = _hidden_folder(model_dir, "tmp", version)
-  try:
-    tf.saved_model.save(module, str(staging), signatures=signatures)
-    write_warmup_requests(module, staging, name)
-    staging.rename(target)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  _write_version(module, signatures, target, name, created)
   if keep_versions:
     for old in versions(model_dir)[:-keep_versions]:
       if old != version:  # hidden first: TF Serving never sees a version half-removed
         removing = _hidden_folder(model_dir, "removing", old)
         (model_dir / str(old)).rename(removing)
         shutil.rmtree(removing)
-  write_server_configs(Path(base_path))
+  return target
+
+
+def _write_version(module, signatures: dict, target: Path, name: str,
+                   created: list[Path]) -> None:
+  """Writes the version folder and the base path's server configs together:
+  all are staged first, then renamed into place. If anything fails (a full
+  disk, a read-only folder), the base path is left as it was: the staged
+  files, and the folders in `created`, are removed."""
+  model_dir, base_path = target.parent, target.parent.parent
+  staging = _hidden_folder(model_dir, "tmp", int(target.name))
+  configs, writing = {}, "the SavedModel"  # staged file -> its place; what is being written
+  try:
+    tf.saved_model.save(module, str(staging), signatures=signatures)
+    writing = "its warm-up requests"
+    write_warmup_requests(module, staging, name)
+    for file_name, text in server_configs(base_path, also=(name,)).items():
+      writing = str(base_path / file_name)
+      staged = base_path / f".{file_name}.{staging.name}"
+      configs[staged] = base_path / file_name
+      staged.write_text(text)
+    writing = str(target)
+    staging.rename(target)
+    for staged, place in configs.items():
+      writing = str(place)
+      staged.replace(place)
+  except (OSError, tf.errors.OpError) as error:
+    if target.exists() and not staging.exists():
+      target.rename(staging)  # removed below
+    for folder in reversed(created):
+      shutil.rmtree(folder, ignore_errors=True)
+    reason = getattr(error, "message", None) or str(error)
+    raise OSError(f"{target}: not exported, and {base_path} is as it was: writing "
+                  f"{writing}: {reason.strip().splitlines()[0]}") from None
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    for staged in configs:
+      staged.unlink(missing_ok=True)
   return target

@@ -30,7 +30,6 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tfmtl import atomic
 from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID
 from tfmtl.serving.client import grpc_request
 
@@ -96,11 +95,11 @@ def models_config(model_names: list[str], mount: str = "/models") -> str:
   return f"model_config_list {{\n{entries}}}\n"
 
 
-def write_server_configs(base_path: Path) -> None:
-  """(Re)writes `models.config` and `batching.config` in the base path, atomically."""
+def server_configs(base_path: Path, also: tuple[str, ...] = ()) -> dict[str, str]:
+  """`models.config` and `batching.config`'s texts for the models under the
+  base path (those with a version folder) and the models named in `also`."""
   base_path = Path(base_path)
-  names = [p.name for p in base_path.iterdir()
-           if p.is_dir() and any(v.name.isdigit() for v in p.iterdir())]
-  for file_name, text in (("models.config", models_config(names)),
-                          ("batching.config", BATCHING_CONFIG)):
-    atomic.write_text(base_path / file_name, text)
+  names = {p.name for p in base_path.iterdir()
+           if p.is_dir() and any(v.name.isdigit() for v in p.iterdir())} | set(also)
+  return {"models.config": models_config(sorted(names)), "batching.config": BATCHING_CONFIG}
+
