@@ -211,6 +211,38 @@ def test_checkpointing_onto_a_full_disk_is_one_line_naming_the_file(user, capsys
     assert not (user / "small" / "run").exists()
 
 
+
+class _Crash(Exception):
+  pass
+
+
+def test_a_corrupt_checkpoint_is_the_last_line_printed(user, capfd):
+  """No TensorFlow warnings about unrestored values follow the error."""
+  import gc
+
+  import tf_keras as keras
+  from tfmtl.config import ExperimentConfig
+
+  class CrashAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+      raise _Crash()
+  config = ExperimentConfig.from_file("tiny.yaml")
+  with pytest.raises(_Crash):
+    training.fit(config, training.prepare(config), verbose=0,
+                 callbacks=[CrashAfterFirstEpoch()])
+  [data] = Path("runs/tiny.checkpoints/chief").glob("ckpt-1.data-*")
+  raw = data.read_bytes()
+  data.write_bytes(raw[:len(raw) // 2] + bytes(64) + raw[len(raw) // 2 + 64:])
+  capfd.readouterr()
+  code = cli.main(["train", "--config", "tiny.yaml"])
+  gc.collect()  # unrestored checkpoint values would warn when collected
+  lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+  assert code == 2
+  assert lines[-1].startswith("tfmtl train: error: runs/tiny.checkpoints/chief/ckpt-1: cannot "
+                              "resume training from this checkpoint (")
+  assert lines[-1].endswith("It is corrupt. Remove runs/tiny.checkpoints (or set "
+                            "train.resume=false) to train from the start.")
+
 # Splits and numbers that cannot work
 
 
