@@ -92,6 +92,50 @@ def _small_filesystem(folder: Path, size: str):
     subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
+# Input that was accepted silently, or named nothing
+
+
+def _damage(user: Path, case: str) -> list[str]:
+  """Damages the project as `case` says; the command's extra arguments."""
+  if case == "nan":
+    return ["--set", "train.learning_rate=.nan"]
+  if case == "binary":
+    (user / "tiny.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+  elif case == "duplicate":
+    with open(user / "tiny.yaml", "a") as config:
+      config.write("seed: 1\nseed: 2\n")
+  elif case == "short_user_row":
+    with open(user / "users.csv", "a") as users:
+      users.write("u999\n")
+  elif case == "no_rating":
+    import pandas as pd
+    pd.read_csv(user / "ratings.csv").drop(columns="rating").to_csv(user / "ratings.csv",
+                                                                     index=False)
+  return []
+
+
+@pytest.mark.parametrize("case, message", [
+    ("nan", "train.learning_rate: expected a finite number, got nan"),
+    ("binary", "tiny.yaml: not a text YAML file ("),
+    ("duplicate", "tiny.yaml: key 'seed' appears twice (lines "),
+    ("short_user_row", "line 62 of users.csv: 1 field, expected 3 (user_id, taste, age)"),
+    ("no_rating", "tasks.rating.label: column 'rating' is not in ratings.csv"),
+])
+def test_bad_input_is_one_line_naming_it_and_changes_nothing(user, capsys, case, message):
+  extra = _damage(user, case)
+  before = _snapshot(user)
+  code, errors = _tfmtl(capsys, "run", "--config", "tiny.yaml", *extra)
+  assert code == 2 and len(errors) == 1 and message in errors[0], errors
+  assert _snapshot(user) == before
+
+
+def test_a_learning_rate_in_e_notation_trains(user, capsys):
+  code, errors = _tfmtl(capsys, "train", "--config", "tiny.yaml", "--set", "train.epochs=1",
+                        "--set", "train.learning_rate=1e-3")
+  assert code == 0 and not errors
+  assert "learning_rate: 0.001" in (user / "runs" / "tiny" / "config.yaml").read_text()
+
+
 # Data loss
 
 
