@@ -180,7 +180,7 @@ class MultiTaskModel(tfrs.Model):
                          for name in self.task_configs}
     self.distillation_loss = keras.metrics.Mean(name="distillation_loss")
     self.loss_means = {name: keras.metrics.Mean(name=name)  # the epoch's, as Keras logs `loss`
-                       for name in ("loss", "regularization_loss", "total_loss")}
+                       for name in ("loss", "regularization_loss")}
     if any(task.type == "retrieval" for task in self.task_configs.values()):
       self.retrieval_metric = tfrs.metrics.FactorizedTopK(
           CatalogueTopK(self.catalogue_embeddings))
@@ -345,14 +345,13 @@ class MultiTaskModel(tfrs.Model):
               if name.endswith("loss") or name.endswith("_weight")}
     if self.distillation is None:
       logs.pop("distillation_loss", None)
-    return agreed_logs(logs)
+    return _with_total_loss(agreed_logs(logs))
 
   def _update_loss_means(self, loss: tf.Tensor, regularization_loss: tf.Tensor) -> None:
     """Adds a step's losses (this replica's shares of the global means) to
     the epoch's means that `fit` and `evaluate` log."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    for name, value in (("loss", loss), ("regularization_loss", regularization_loss),
-                        ("total_loss", loss + regularization_loss)):
+    for name, value in (("loss", loss), ("regularization_loss", regularization_loss)):
       self.loss_means[name].update_state(value * replicas)
 
   @property
@@ -374,7 +373,12 @@ class MultiTaskModel(tfrs.Model):
       self._update_loss_means(loss, self._regularization_loss())
       logs = {metric.name: metric.result() for metric in self.metrics
               if not metric.name.endswith("_weight") and metric.name != "distillation_loss"}
-      return agreed_logs(logs)
+      return _with_total_loss(agreed_logs(logs))
+
+
+def _with_total_loss(logs: dict) -> dict:
+  """`logs` with `total_loss`, the epoch's mean of loss + regularization."""
+  return {**logs, "total_loss": logs["loss"] + logs["regularization_loss"]}
 
 
 def _by_item_index(item_indices: np.ndarray, values: np.ndarray, num_items: int) -> np.ndarray:
