@@ -317,3 +317,19 @@ def test_a_diverging_loss_stops_training_and_saves_nothing(user, capsys):
   assert "_loss nan" in errors[0]
   assert "nothing was saved. Lower train.learning_rate (now 1e+08)" in errors[0]
   assert _snapshot(user) == before
+
+
+def test_a_content_table_never_replaces_a_users_folder(tmp_path):
+  import numpy as np
+  from tfmtl.content import ItemContentTable
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("my notes")
+  table = ItemContentTable(["i1"], np.zeros((1, 4), np.float32), "minilm", "{title}", 8)
+  with pytest.raises(FileExistsError, match=f"^{mine}: exists and is not what tfmtl writes"):
+    table.save(mine)
+  assert [p.name for p in tmp_path.iterdir()] == ["mine"]
+  assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+  table.save(tmp_path / "table")
+  table.save(tmp_path / "table")  # a table replaces a table
+  assert ItemContentTable.load(tmp_path / "table").item_ids == ["i1"]

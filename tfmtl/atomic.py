@@ -47,7 +47,8 @@ def write_folder(folder: str | Path, writer: Callable[[Path], object],
   """
   folder = Path(folder)
   if folder.exists() and not (replaceable and replaceable(folder)):
-    raise FileExistsError(f"{folder}: already exists")
+    raise FileExistsError(f"{folder}: exists and is not what tfmtl writes there, so tfmtl "
+                          "will not replace it; move it away or choose another path")
   staging = folder.with_name(f".{folder.name}.tmp")
   shutil.rmtree(staging, ignore_errors=True)
   try:
