@@ -149,8 +149,10 @@ def training_input(strategy: tf.distribute.Strategy, batches: Callable[..., tf.d
   batches or, given `first_step`, the batches of every epoch left to train
   (`tfmtl.data.pipeline.batched_dataset`'s `epochs`), of which `fit` skips
   the first `first_step` (those a resumed epoch already trained on) and
-  takes `steps_per_epoch` an epoch. They have a fixed size on a TPU, and under several replicas
-  with `steps_per_execution` > 1: TensorFlow's collectives (e.g. Keras
+  takes `steps_per_epoch` an epoch.
+
+  The batches have a fixed size on a TPU, and under several replicas with
+  `steps_per_execution` > 1: TensorFlow's collectives (e.g. Keras
   gathering sparse gradients) fail in a multi-step loop whose last batch
   is smaller. A model with TPU embedding tables gets them distributed on
   the host (`host_fed`). Under ParameterServerStrategy, `fit` takes a
