@@ -107,6 +107,29 @@ def is_nonempty_png():
   return _is_nonempty_png
 
 
+@pytest.fixture
+def tfmtl_cli(capsys, monkeypatch):
+  """`run(*args, cwd)`: the `tfmtl` command run in this process, in folder
+  `cwd`, as a `subprocess.CompletedProcess` (exit code, stdout, stderr).
+
+  Its code path is `python -m tfmtl.cli`'s without a new TensorFlow start;
+  with `--debug`, the exception propagates as it would to a traceback. A
+  few tests still run a fresh process, where that process is the point.
+  """
+  from tfmtl import cli
+
+  def run(*args, cwd):
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+      code = cli.main([str(arg) for arg in args])
+    except SystemExit as exit_:  # argparse's usage errors
+      code = exit_.code
+    output = capsys.readouterr()
+    return subprocess.CompletedProcess(["tfmtl", *args], code, output.out, output.err)
+  return run
+
+
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_data):
   """The tiny set prepared for `training.fit`, all of it the training split."""

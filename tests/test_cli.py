@@ -1,4 +1,8 @@
-"""The `tfmtl` command end to end on small files, and its error messages."""
+"""The `tfmtl` command end to end on small files, and its error messages.
+
+`tfmtl run` runs as a fresh process; the other commands run in this one
+(the `tfmtl_cli` fixture), which is the same code without TensorFlow's
+start-up each time."""
 
 import json
 import subprocess
@@ -43,7 +47,7 @@ def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file,
   assert history["epoch"] == [0, 1, 2] and len(history["val_recall@10"]) == 3
   assert max(history["val_recall@10"]) > 0 and len(history["learning_rate"]) == 3
   report = tmp_path / "runs" / "tiny" / "report"
-  assert f"Report: runs/tiny/report/report.md" in result.stdout
+  assert "Report: runs/tiny/report/report.md" in result.stdout
   for plot in ("learning_curves.png", "metrics_at_k.png", "tradeoff.png"):
     assert is_nonempty_png(report / plot), plot
     assert f"]({plot})" in (report / "report.md").read_text()
@@ -53,7 +57,8 @@ def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file,
                                   "epoch_learning_rate", "epoch_recall@10"}
 
 
-def test_train_then_evaluate_then_export_a_new_version(tmp_path, config_file):
+def test_train_then_evaluate_then_export_a_new_version(tmp_path, config_file, tfmtl_cli):
+  _tfmtl = tfmtl_cli
   assert _tfmtl("train", "--config", str(config_file), cwd=tmp_path).returncode == 0
   evaluated = _tfmtl("evaluate", "--run", "runs/tiny", cwd=tmp_path)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -69,8 +74,8 @@ def test_train_then_evaluate_then_export_a_new_version(tmp_path, config_file):
   assert refused.returncode == 2 and "runs: no saved_model.pb" in refused.stderr
 
 
-def test_data_summarises_the_source(tmp_path, config_file):
-  result = _tfmtl("data", "--config", str(config_file), cwd=tmp_path)
+def test_data_summarises_the_source(tmp_path, config_file, tfmtl_cli):
+  result = tfmtl_cli("data", "--config", str(config_file), cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "720 interactions, 60 users" in result.stdout
 
@@ -84,16 +89,17 @@ def test_data_summarises_the_source(tmp_path, config_file):
     (["--set", "content.encoder=minilm", "--set", "content.text='{plot}'"],
      "content.text: '{plot}' names item column(s) ['plot']"),
 ])
-def test_errors_are_one_clear_line_without_a_traceback(tmp_path, config_file, args, message):
-  result = _tfmtl("train", "--config", str(config_file), *args, cwd=tmp_path)
+def test_errors_are_one_clear_line_without_a_traceback(tmp_path, config_file, args, message,
+                                                      tfmtl_cli):
+  result = tfmtl_cli("train", "--config", str(config_file), *args, cwd=tmp_path)
   assert result.returncode == 2
   assert message in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "runs").exists()  # nothing half-written
 
 
-def test_evaluate_of_a_missing_run_names_it(tmp_path):
-  result = _tfmtl("evaluate", "--run", "runs/nothing", cwd=tmp_path)
+def test_evaluate_of_a_missing_run_names_it(tmp_path, tfmtl_cli):
+  result = tfmtl_cli("evaluate", "--run", "runs/nothing", cwd=tmp_path)
   assert result.returncode == 2
   assert "runs/nothing: not a tfmtl run" in result.stderr
 
@@ -110,19 +116,20 @@ def test_tensorflow_warnings_print_once(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_debug_before_or_after_the_subcommand_shows_the_traceback(tmp_path, where):
+def test_debug_before_or_after_the_subcommand_raises_for_the_traceback(tmp_path, where,
+                                                                       tfmtl_cli):
   args = ["evaluate", "--run", "runs/nothing"]
-  result = _tfmtl(*(["--debug", *args] if where == "before" else [*args, "--debug"]), cwd=tmp_path)
-  assert result.returncode == 1
-  assert "Traceback" in result.stderr and "runs/nothing: not a tfmtl run" in result.stderr
+  with pytest.raises(FileNotFoundError, match="runs/nothing: not a tfmtl run"):
+    tfmtl_cli(*(["--debug", *args] if where == "before" else [*args, "--debug"]), cwd=tmp_path)
 
 
 def test_the_auxiliary_config_runs_on_movielens_and_exports_the_history_input(tmp_path,
-                                                                              movielens):
+                                                                              movielens,
+                                                                              tfmtl_cli):
   import tensorflow as tf
   from pathlib import Path
   config = Path(__file__).resolve().parents[1] / "configs" / "movielens_100k_auxiliary.yaml"
-  result = _tfmtl("run", "--config", str(config), "--set", "train.epochs=1", cwd=tmp_path)
+  result = tfmtl_cli("run", "--config", str(config), "--set", "train.epochs=1", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   log = result.stdout + result.stderr
   for name in ("occupation", "genre_profile", "rating", "retrieval"):
@@ -137,14 +144,14 @@ def test_the_auxiliary_config_runs_on_movielens_and_exports_the_history_input(tm
   assert recommended["item_ids"].shape == (1, 100)
 
 
-def test_encode_items_writes_a_table_that_training_reads(tmp_path):
+def test_encode_items_writes_a_table_that_training_reads(tmp_path, tfmtl_cli):
   from tfmtl.content import ItemContentTable
   table = tmp_path / "minilm_titles"
-  result = _tfmtl("encode-items", "--set", "content.encoder=minilm", "--set",
+  result = tfmtl_cli("encode-items", "--set", "content.encoder=minilm", "--set",
                   "content.text='{title} ({year})'", "--output", str(table), cwd=tmp_path)
   assert "1682 items, 384-d vectors" in result.stdout, result.stderr[-2000:]
   loaded = ItemContentTable.load(table)
   assert loaded.recipe == "{title} ({year})" and loaded.vectors.shape == (1682, 384)
-  result = _tfmtl("data", "--set", f"content.table={table}", "--set", "content.encoder=minilm",
+  result = tfmtl_cli("data", "--set", f"content.table={table}", "--set", "content.encoder=minilm",
                   cwd=tmp_path)
   assert result.returncode == 0 and "100,000 interactions" in result.stdout, result.stderr[-2000:]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import tfmtl
-from tfmtl import content, training
+from tfmtl import content, runs, training
 from tfmtl.config import ConfigError, ContentConfig, ExperimentConfig
 from tfmtl.content import CONTENT, ItemContentTable, TextEncoder, item_texts, with_content
 from tfmtl.data import DataError, Split
@@ -170,8 +170,8 @@ def test_an_export_carries_the_content_vectors_of_unseen_items(tiny_frames, enco
 def test_a_saved_run_keeps_the_content_vectors(tiny_frames, encoder, tmp_path):
   model, data, split = _cold_item_model(tiny_frames, encoder, with_text=True)
   prepared = training.Prepared(data, split, model.vocabulary)
-  run_dir = training.save_run(tmp_path / "run", ExperimentConfig(), prepared, model)
-  _, loaded = training.load_run(run_dir)
+  run_dir = runs.save_run(tmp_path / "run", ExperimentConfig(), prepared, model)
+  _, loaded = runs.load_run(run_dir)
   np.testing.assert_allclose(loaded.catalogue_embeddings().numpy(),
                              model.catalogue_embeddings().numpy(), atol=1e-6)
 
@@ -186,7 +186,7 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
   model, data, split = _cold_item_model(tiny_frames, encoder, with_text=True)
   config = ExperimentConfig().with_overrides(
       ["name=tiny", "content.encoder=minilm", "content.text='{genres}'", "export.top_k=5"])
-  run = training.save_run(tmp_path / "run", config,
+  run = runs.save_run(tmp_path / "run", config,
                           training.Prepared(data, split, model.vocabulary), model)
   base = tmp_path / "saved_models"
   first = export_model(model, base, "tiny")

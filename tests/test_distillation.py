@@ -7,7 +7,7 @@ import pytest
 import tf_keras as keras
 
 import tfmtl
-from tfmtl import training
+from tfmtl import runs, training
 from tfmtl.config import ExperimentConfig, ModelConfig, default_tasks
 from tfmtl.data import Split, make_dataset
 from tfmtl.distillation import Distillation
@@ -35,9 +35,7 @@ def _batch(model, data):
 
 
 def _soft_loss(student, distillation, batch):
-  query, candidate = student.query_tower(batch), student.candidate_tower(batch)
-  logits = student.ranking(query, candidate)
-  return float(distillation.loss(student, batch, query, candidate, logits))
+  return float(distillation.loss(student, student._task_inputs(batch)))
 
 
 def test_the_soft_loss_is_zero_when_the_student_is_the_teacher(tiny_data, teacher):
@@ -71,7 +69,7 @@ def test_a_config_distills_from_a_saved_teacher_run(tiny_data, teacher, tmp_path
   empty = tiny_data.interactions.iloc[:0]
   prepared = training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
                                teacher.vocabulary)
-  run = training.save_run(tmp_path / "teacher",
+  run = runs.save_run(tmp_path / "teacher",
                           ExperimentConfig().with_overrides(["model.embedding_dim=16"]),
                           prepared, teacher)
   config = ExperimentConfig().with_overrides([
@@ -114,7 +112,7 @@ def test_a_config_initialises_the_student_from_the_teacher(tiny_data, teacher, t
   empty = tiny_data.interactions.iloc[:0]
   prepared = training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
                                teacher.vocabulary)
-  run = training.save_run(tmp_path / "teacher", ExperimentConfig().with_overrides(
+  run = runs.save_run(tmp_path / "teacher", ExperimentConfig().with_overrides(
       ["model.embedding_dim=16"]), prepared, teacher)
   config = ExperimentConfig().with_overrides([
       "model.embedding_dim=4", "model.id_embedding_dim=2", "model.tower_layers=[]",

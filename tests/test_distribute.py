@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmtl import training
+from tfmtl import runs
 from tfmtl.config import ConfigError, ExperimentConfig
 from tfmtl.distribute import (is_chief, make_strategy, serve_cluster_task,
                               steps_per_execution)
@@ -75,13 +75,13 @@ def _same(a: dict, b: dict) -> None:
 def test_mirrored_on_two_cpus_trains_as_one_device(config_file, tmp_path):
   mirrored = ["train.strategy=mirrored", "train.devices=[/cpu:0,/cpu:1]"]
   shared_tables = ["model.tpu_embedding=true"]
-  runs = json.loads(_python(["-c", _MIRRORED, str(config_file), "[]", json.dumps(mirrored),
+  trainings = json.loads(_python(["-c", _MIRRORED, str(config_file), "[]", json.dumps(mirrored),
                              json.dumps(mirrored + ["tasks.retrieval.cross_replica_negatives=false"]),
                              json.dumps(shared_tables), json.dumps(mirrored + shared_tables),
                              json.dumps(mirrored + ["train.steps_per_execution=4"])],
                             cwd=tmp_path).stdout.strip().splitlines()[-1])
   (one_device, two_replicas, local_negatives, tables_one_device, tables_two_replicas,
-   four_steps_a_call) = runs
+   four_steps_a_call) = trainings
   _same(one_device, two_replicas)
   _same(tables_one_device, tables_two_replicas)  # TFRS's TPUEmbedding layer, off-TPU
   # 2 epochs of 720 rows in batches of 64: 12 steps each. Unset,
@@ -110,7 +110,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _run_weights(run_dir) -> dict:
-  _, model = training.load_run(run_dir)
+  _, model = runs.load_run(run_dir)
   return {"losses": {}, "weights": [w.numpy() for w in model.trainable_weights]}
 
 
@@ -215,7 +215,7 @@ def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
   # input: 2.59 against 2.23; one device's first epoch averages 3.65).
   assert last_epoch_losses(chief.stdout) == pytest.approx(
       last_epoch_losses(one_device.stdout), rel=0.25)
-  training.load_run(tmp_path / "runs" / "ps")  # the sharded tables reload whole
+  runs.load_run(tmp_path / "runs" / "ps")  # the sharded tables reload whole
 
 
 def test_tpu_falls_back_to_the_default_strategy_off_tpu(caplog):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tfmtl.data import Split
-from tfmtl.evaluation import (PopularityScorer, ValidationMetrics, _auc, retrieval_metrics,
+from tfmtl.evaluation import (PopularityScorer, ValidationMetrics, retrieval_metrics,
                               with_users)
 
 
@@ -158,5 +158,7 @@ def test_popularity_ranks_by_training_counts():
 
 
 def test_auc_by_hand():
-  assert _auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
-  assert _auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+  from tfmtl.tasks import exact_auc
+  assert exact_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+  assert exact_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+  assert np.isnan(exact_auc(np.array([1, 1]), np.array([0.2, 0.5])))

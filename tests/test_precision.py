@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl import training
+from tfmtl import runs, training
 from tfmtl.config import ConfigError, ExperimentConfig
 from tfmtl.data import make_dataset
 from tfmtl.serving import export_model
@@ -55,8 +55,8 @@ def test_mixed_precision_trains_in_16_bits_to_the_float32_losses(
 def test_a_mixed_precision_run_reloads_and_exports_float32_signatures(tmp_path, tiny_prepared):
   config = _config(tmp_path, "mixed_bfloat16", "train.epochs=1")
   model = training.fit(config, tiny_prepared, verbose=0)
-  run_dir = training.save_run(tmp_path / "run", config, tiny_prepared, model)
-  _, reloaded = training.load_run(run_dir)
+  run_dir = runs.save_run(tmp_path / "run", config, tiny_prepared, model)
+  _, reloaded = runs.load_run(run_dir)
   assert reloaded.query_tower.dense_layers[0].compute_dtype == "bfloat16"
   export = export_model(reloaded, tmp_path / "saved_models", "tiny", top_k=5)
   signatures = tf.saved_model.load(str(export)).signatures

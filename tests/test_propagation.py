@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import tf_keras as keras
 
 import tfmtl
-from tfmtl import training
+from tfmtl import runs, training
 from tfmtl.config import ExperimentConfig, ModelConfig, PropagationConfig
 from tfmtl.data import Split, make_dataset
 from tfmtl.evaluation import ModelScorer
@@ -111,9 +111,9 @@ def test_an_export_looks_the_propagated_vector_up_by_user_id(tiny_data, tmp_path
 
   empty = data.interactions.iloc[:0]
   config = ExperimentConfig().with_overrides(["model.embedding_dim=8"])
-  run = training.save_run(tmp_path / "run", config,
+  run = runs.save_run(tmp_path / "run", config,
                           training.Prepared(data, Split(data.interactions, empty, empty),
                                             vocabulary), model)
-  _, loaded = training.load_run(run)
+  _, loaded = runs.load_run(run)
   np.testing.assert_array_equal(np.stack(loaded.user_vectors["propagated_genres"]),
                                 np.stack(model.user_vectors["propagated_genres"]))

@@ -22,7 +22,7 @@ def test_readme_python_example_runs(tmp_path):
   assert (tmp_path / "saved_models" / "movielens_100k" / "1" / "saved_model.pb").is_file()
 
 
-def test_readme_command_line_block_runs_in_order(tmp_path):
+def test_readme_command_line_block_runs_in_order(tmp_path, tfmtl_cli):
   """The block under "The command line", each command as written, in
   order: training is cut to one epoch, and `new_movies.csv` is made."""
   section = README.read_text().split("## The command line", 1)[1]
@@ -36,8 +36,7 @@ def test_readme_command_line_block_runs_in_order(tmp_path):
                                             "export", "validate", "run", "add-items"]
   for argv in commands:
     one_epoch = ["--set", "train.epochs=1"] if argv[0] in ("train", "run") else []
-    result = subprocess.run([sys.executable, "-m", "tfmtl.cli", *argv, *one_epoch],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    result = tfmtl_cli(*argv, *one_epoch, cwd=tmp_path)
     assert result.returncode == 0, f"tfmtl {shlex.join(argv)}:\n{result.stderr[-3000:]}"
   versions = tmp_path / "saved_models" / "movielens_100k"
   assert sorted(p.name for p in versions.iterdir()) == ["1", "2", "3"]  # export, run, add-items

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tfmtl import cli, training
+from tfmtl import cli, runs, training
 
 
 def _snapshot(folder: Path) -> dict:
@@ -181,7 +181,7 @@ def test_a_retrained_run_replaces_the_earlier_run(user, capsys):
   (user / "runs" / "tiny" / "stale.txt").write_text("from the earlier run")
   code, errors = _tfmtl(capsys, "train", "--config", "tiny.yaml", "--set", "train.epochs=1")
   assert code == 0 and not errors
-  assert training.is_run("runs/tiny") and not (user / "runs" / "tiny" / "stale.txt").exists()
+  assert runs.is_run("runs/tiny") and not (user / "runs" / "tiny" / "stale.txt").exists()
   assert sorted(p.name for p in (user / "runs").iterdir()) == ["tiny"]  # nothing staged left
 
 
@@ -190,7 +190,7 @@ def test_a_failed_save_leaves_the_earlier_run_and_no_staging_folder(user, capsys
 
   def disk_full(*args):
     raise OSError(28, "No space left on device", "runs/.tiny.tmp/weights")
-  monkeypatch.setattr(training, "_write_run", disk_full)
+  monkeypatch.setattr(runs, "_write_run", disk_full)
   code, errors = _tfmtl(capsys, "train", "--config", "tiny.yaml", "--set", "train.epochs=1")
   assert code == 2
   assert errors == ["tfmtl train: error: runs/.tiny.tmp/weights: No space left on device"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmtl import training
+from tfmtl import runs, training
 from tfmtl.config import ConfigError, ExperimentConfig, ScannConfig
 from tfmtl.serving.export import export_configured
 from tfmtl.serving.index import BruteForceIndex, ScannIndex, require_scann
@@ -38,7 +38,7 @@ def run(tmp_path_factory, tiny_prepared):
       "name=tiny", "model.embedding_dim=8", "train.epochs=1", "export.index=scann",
       "export.recommend_candidates=10", "export.top_k=5"])
   model = training.fit(config, prepared, verbose=0)
-  return training.save_run(folder / "run", config, prepared, model), config, model
+  return runs.save_run(folder / "run", config, prepared, model), config, model
 
 
 def _signature(export, name, **inputs):

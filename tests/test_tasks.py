@@ -1,4 +1,4 @@
-"""`InBatchSoftmax` gives TFRS's retrieval loss and gradients."""
+"""Task types: `InBatchSoftmax` gives TFRS's retrieval loss and gradients; a new type is one class."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,9 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
+import tfmtl
 from tfmtl.config import TaskConfig
-from tfmtl.tasks import InBatchSoftmax, make_task
+from tfmtl.tasks import InBatchSoftmax
 
 
 def _loss_and_gradients(task, queries, candidates, **kwargs):
@@ -141,12 +142,15 @@ def test_unique_candidates_score_an_id_by_its_first_candidate():
                              rtol=1e-5)
 
 
-def test_the_configured_retrieval_task_scores_each_item_once():
+def test_the_configured_retrieval_task_scores_each_item_once(tiny_data):
   rng = np.random.default_rng(4)
   queries, candidates = (rng.normal(size=(6, 3)).astype(np.float32) for _ in range(2))
   ids = np.array([3, 4, 3, 3, 8, 4])
-  task = make_task("retrieval", TaskConfig(type="retrieval", temperature=0.5))
-  loss = task(queries, candidates, candidate_ids=tf.constant(ids))  # accidental hits removed
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, tasks={
+      "retrieval": TaskConfig(type="retrieval", temperature=0.5)})
+  task = model.tasks["retrieval"].task  # the defaults: accidental hits removed
+  loss = task(queries, candidates, candidate_ids=tf.constant(ids))
   np.testing.assert_allclose(
       loss.numpy(), _first_candidate_losses(queries, candidates, ids, 0.5), rtol=1e-5)
 
@@ -154,3 +158,47 @@ def test_the_configured_retrieval_task_scores_each_item_once():
 def test_unique_candidates_need_accidental_hit_removal():
   with pytest.raises(ValueError, match="remove_accidental_hits"):
     InBatchSoftmax(unique_candidates=True)
+
+
+def test_a_new_task_type_is_one_class(tiny_data, monkeypatch):
+  """A type registered in `TASK_TYPES` is validated, trained, predicted,
+  evaluated and exported in its blend with no change elsewhere."""
+  import tfmtl.tasks
+  from tfmtl.config import ConfigError, ExperimentConfig
+  from tfmtl.data import make_dataset
+  from tfmtl.evaluation import metric_names, ranking_metrics
+  from tfmtl.serving.signatures import default_blend
+  from tfmtl.tasks import Regression
+
+  class Hinge(Regression):  # a pair-reading task with a loss and metric of its own
+    type = "hinge"
+    exact_metrics = ("error_rate",)
+
+    def __init__(self, name, config, model, **kwargs):
+      super().__init__(name, config, model, **kwargs)
+      self.task = tfrs.tasks.Ranking(
+          loss=keras.losses.Hinge(reduction=keras.losses.Reduction.NONE), name=name)
+
+    def labels(self, features):
+      return tf.where(super().labels(features) >= 4.0, 1.0, -1.0)
+
+    def evaluate(self, predicted, test):
+      return {"error_rate": float(np.mean((predicted > 0) != (test["rating"] >= 4)))}
+
+  monkeypatch.setitem(tfmtl.tasks.TASK_TYPES, "hinge", Hinge)
+  with pytest.raises(ConfigError, match="tasks.liked.label: a hinge task needs a label"):
+    ExperimentConfig.from_dict({"tasks": {"liked": {"type": "hinge"}}})
+  tasks = ExperimentConfig.from_dict(
+      {"tasks": {"liked": {"type": "hinge", "label": "rating"}}}).tasks
+  assert metric_names(tasks, [10]) == ["liked_error_rate"]
+  assert default_blend(tasks) == {"liked": 1.0}
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, tasks=tasks)
+  model.compile(optimizer=keras.optimizers.Adam(0.01))
+  keras.utils.set_random_seed(0)
+  dataset = make_dataset(tiny_data, tiny_data.interactions, model.encoder, 64, shuffle=True)
+  history = model.fit(dataset, epochs=15, verbose=0).history
+  assert history["liked_loss"][-1] < 0.7 * history["liked_loss"][0]
+  metrics = ranking_metrics(model, tiny_data, tiny_data.interactions)
+  # One in three ratings is a like: predicting "no like" for all errs 1/3 of the time.
+  assert list(metrics) == ["liked_error_rate"] and metrics["liked_error_rate"] < 0.2

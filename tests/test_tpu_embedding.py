@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmtl import training
+from tfmtl import runs, training
+from tfmtl.model import build_model
 from tfmtl.config import ConfigError, ExperimentConfig
 from tfmtl.data import make_dataset
 from tfmtl.distribute import on_tpu
@@ -29,7 +30,7 @@ def _config(tpu_embedding: bool, **train) -> ExperimentConfig:
 
 
 def _built(config, prepared):
-  model = training.build_model(config, prepared.vocabulary, prepared.data.items)
+  model = build_model(config, prepared.vocabulary, prepared.data.items)
   model.create_variables()
   return model
 
@@ -107,8 +108,8 @@ def test_a_run_with_shared_tables_saves_reloads_and_exports(tiny_prepared, tmp_p
                                                             fresh_process):
   config = _config(True)
   model = training.fit(config, tiny_prepared, verbose=0)
-  run_dir = training.save_run(tmp_path / "run", config, tiny_prepared, model)
-  _, reloaded = training.load_run(run_dir)
+  run_dir = runs.save_run(tmp_path / "run", config, tiny_prepared, model)
+  _, reloaded = runs.load_run(run_dir)
   copy = training.host_copy(config, tiny_prepared, model)
   np.testing.assert_allclose(reloaded.catalogue_embeddings(), model.catalogue_embeddings(),
                              atol=1e-6)
@@ -168,7 +169,7 @@ def test_on_a_tpu_creating_the_variables_builds_the_tables_without_a_lookup(
   import tfmtl.model
   config = _config(True)
   reference = _built(config, tiny_prepared)
-  model = training.build_model(config, tiny_prepared.vocabulary, tiny_prepared.data.items)
+  model = build_model(config, tiny_prepared.vocabulary, tiny_prepared.data.items)
   built_for, lookups = [], []
   monkeypatch.setattr(tfmtl.model, "on_tpu", lambda: True)
   monkeypatch.setattr(model.embedding_tables, "build", lambda shapes: (

@@ -8,7 +8,7 @@ import pytest
 import tf_keras as keras
 
 import tfmtl
-from tfmtl import evaluation, training
+from tfmtl import evaluation, runs, training
 from tfmtl.config import ConfigError, ExperimentConfig
 from tfmtl.data import Split
 
@@ -45,12 +45,12 @@ def test_a_saved_run_reloads_with_the_same_predictions(tmp_path, tiny_data):
   config = _files_config(tmp_path, tiny_data)
   prepared = training.prepare(config)
   model = training.fit(config, prepared, verbose=0)
-  run_dir = training.save_run(training.default_run_dir(config), config, prepared, model)
+  run_dir = runs.save_run(runs.default_run_dir(config), config, prepared, model)
   assert sorted(p.name for p in run_dir.iterdir()) == [
       "catalogue.parquet", "config.yaml", "history.json", "tfmtl_run.json", "vocabulary.json",
       "weights"]
   assert not run_dir.with_name(".run.tmp").exists()
-  reloaded_config, reloaded = training.load_run(run_dir)
+  reloaded_config, reloaded = runs.load_run(run_dir)
   assert reloaded_config == config
   np.testing.assert_allclose(reloaded.catalogue_embeddings().numpy(),
                              model.catalogue_embeddings().numpy(), atol=1e-6)
@@ -59,14 +59,14 @@ def test_a_saved_run_reloads_with_the_same_predictions(tmp_path, tiny_data):
 def test_a_run_whose_checkpoint_does_not_match_its_config_is_an_error(tmp_path, tiny_data):
   config = _files_config(tmp_path, tiny_data)
   prepared = training.prepare(config)
-  run_dir = training.save_run(tmp_path / "run", config, prepared,
+  run_dir = runs.save_run(tmp_path / "run", config, prepared,
                               training.fit(config, prepared, verbose=0))
   changed = config.with_overrides(["model.id_embedding_dim=7"])
   (run_dir / "config.yaml").write_text(changed.to_yaml())
   with pytest.raises(ValueError, match=r"weights: the checkpoint is unreadable or does not "
                                        r"match the model that .*config.yaml and "
                                        r"vocabulary.json describe: "):
-    training.load_run(run_dir)
+    runs.load_run(run_dir)
 
 
 def _truncate(path):
@@ -86,16 +86,16 @@ def test_a_damaged_run_is_an_error_naming_the_file(tmp_path, tiny_prepared, dama
   from tfmtl.reports import run_report
   config = ExperimentConfig().with_overrides(["name=tiny", "model.embedding_dim=8",
                                               "train.epochs=1", "train.validate_every=0"])
-  run_dir = training.save_run(tmp_path / "run", config, tiny_prepared,
+  run_dir = runs.save_run(tmp_path / "run", config, tiny_prepared,
                               training.fit(config, tiny_prepared, verbose=0))
   damage(run_dir)
   with pytest.raises(ValueError if "index" not in message else FileNotFoundError, match=message):
-    (run_report if "history" in message else training.load_run)(run_dir)
+    (run_report if "history" in message else runs.load_run)(run_dir)
 
 
 def test_a_folder_that_is_not_a_run_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"not a tfmtl run \(config.yaml is missing\)"):
-    training.load_run(tmp_path)
+    runs.load_run(tmp_path)
 
 
 def test_a_task_label_missing_from_the_data_is_a_config_error(tmp_path, tiny_data):
@@ -111,14 +111,14 @@ def test_a_run_with_learned_weights_and_an_auxiliary_head_reloads_them(tmp_path,
                                 "genre": {"type": "classification", "label": "genres"}})
   prepared = training.prepare(config)
   model = training.fit(config, prepared, verbose=0)
-  run_dir = training.save_run(tmp_path / "run", config, prepared, model)
-  _, reloaded = training.load_run(run_dir)
+  run_dir = runs.save_run(tmp_path / "run", config, prepared, model)
+  _, reloaded = runs.load_run(run_dir)
   np.testing.assert_allclose(reloaded.loss_weighting.log_variances.numpy(),
                              model.loss_weighting.log_variances.numpy())
   assert np.abs(model.loss_weighting.log_variances.numpy()).max() > 0  # they were trained
   items = model.candidate_tower(model.catalogue_features)
-  np.testing.assert_allclose(reloaded.feature_heads["genre"](items).numpy(),
-                             model.feature_heads["genre"](items).numpy(), atol=1e-5)
+  np.testing.assert_allclose(reloaded.tasks["genre"].head(items).numpy(),
+                             model.tasks["genre"].head(items).numpy(), atol=1e-5)
 
 
 def test_a_classification_label_that_is_not_a_feature_is_a_config_error(tmp_path, tiny_data):
@@ -136,8 +136,8 @@ def test_a_sequence_model_trains_evaluates_and_reloads_from_config(tmp_path, tin
   assert all("history" in part for part in prepared.split)
   model = training.fit(config, prepared, verbose=0)
   metrics = evaluation.evaluate_model(model, prepared.data, prepared.split, ks=[10])
-  run_dir = training.save_run(tmp_path / "run", config, prepared, model)
-  _, reloaded = training.load_run(run_dir)
+  run_dir = runs.save_run(tmp_path / "run", config, prepared, model)
+  _, reloaded = runs.load_run(run_dir)
   batch = reloaded.encoder(prepared.data.examples(prepared.split.test))
   np.testing.assert_allclose(reloaded.query_tower(batch).numpy(),
                              model.query_tower(batch).numpy(), atol=1e-5)
@@ -191,7 +191,7 @@ def test_tfrecord_input_on_one_device_trains_as_memory_input(tmp_path, tiny_prep
 
 
 def test_metrics_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
-  path = training.save_metrics(tmp_path, {"recall@10": 0.25})
+  path = runs.save_metrics(tmp_path, {"recall@10": 0.25})
 
   def crash_midway(self, text, *args, **kwargs):
     with open(self, "w") as file:
@@ -200,7 +200,7 @@ def test_metrics_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
   monkeypatch.setattr(Path, "write_text", crash_midway)
   with pytest.raises(OSError, match="disk full"):
-    training.save_metrics(tmp_path, {"recall@10": 0.5})
+    runs.save_metrics(tmp_path, {"recall@10": 0.5})
   monkeypatch.undo()
   assert json.loads(path.read_text()) == {"recall@10": 0.25}  # the last whole one
   assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

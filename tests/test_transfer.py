@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import tfmtl
-from tfmtl import training
+from tfmtl import runs, training
 from tfmtl.config import EmbeddingBlock, ExperimentConfig, ModelConfig, TransferConfig
 from tfmtl.data import Split, make_dataset
 from tfmtl.features import FeatureVocabulary
@@ -62,6 +62,21 @@ def test_components_cover_every_layer_kind():
   assert component_of("ranking/mmoe/expert_0_0/kernel") == "experts"
   assert component_of("ranking/rating_head/logit/kernel") == "heads"
   assert component_of("occupation_head/logit/kernel") == "heads"
+
+
+def test_every_trainable_variable_of_a_model_with_every_head_kind_has_a_component(tiny_data):
+  from tfmtl.config import TaskConfig
+  from tfmtl.transfer import variable_path
+  vocabulary = FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, tasks={
+      "retrieval": TaskConfig(type="retrieval"),
+      "rating": TaskConfig(type="regression", label="rating"),
+      "genre": TaskConfig(type="classification", label="genres")})
+  model.create_variables()
+  paths = [variable_path(v) for v in model.trainable_variables]
+  assert len(set(paths)) == len(paths)  # no two variables share a path
+  assert {path: component_of(path) for path in paths if component_of(path) is None} == {}
+  assert {component_of(path) for path in paths if "genre_head" in path} == {"heads"}
 
 
 def test_remapping_keeps_shared_rows_bit_identical_and_new_rows_fresh(tiny_data, source):
@@ -181,7 +196,7 @@ def test_the_l2sp_gradient_points_back_to_the_pretrained_weights(tiny_data, sour
 
 def test_a_config_fine_tunes_from_a_saved_run(tiny_data, source, tmp_path):
   empty = tiny_data.interactions.iloc[:0]
-  source_run = training.save_run(
+  source_run = runs.save_run(
       tmp_path / "source", ExperimentConfig().with_overrides(["model.embedding_dim=8"]),
       training.Prepared(tiny_data, Split(empty, empty, empty), source.vocabulary), source)
   target_part = _target_part(tiny_data)
@@ -281,7 +296,7 @@ def test_a_source_domain_joins_training_at_its_weight(tiny_frames, tmp_path):
   assert history[-1] < history[0]
   metrics = tfmtl.evaluation.evaluate_model(model, prepared.data, prepared.split, [5])
   assert 0 < metrics["recall@5"] <= 1
-  _, loaded = training.load_run(training.save_run(tmp_path / "run", config, prepared, model))
+  _, loaded = runs.load_run(runs.save_run(tmp_path / "run", config, prepared, model))
   np.testing.assert_allclose(loaded.catalogue_embeddings(), model.catalogue_embeddings())
 
 

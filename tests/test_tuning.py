@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tfmtl import evaluation, training
+from tfmtl import evaluation, runs, training
 from tfmtl.config import ConfigError, ExperimentConfig
 from tfmtl.tuning import Search, objective
 
@@ -81,7 +81,7 @@ def test_the_best_config_retrains_to_the_reported_metric(config_file, tmp_path,
   assert rescored == pytest.approx(reported, abs=1e-4)
   # `tfmtl train --config best.yaml` reproduces the trial
   _finished(_tfmtl("train", "--config", str(best_path), cwd=tmp_path))
-  config, model = training.load_run(tmp_path / "runs" / "tiny")
+  config, model = runs.load_run(tmp_path / "runs" / "tiny")
   retrained = _validation_metrics(config, training.prepare(config), model)["recall@10"]
   assert retrained == pytest.approx(reported, abs=0.02)
 

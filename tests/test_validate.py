@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tfmtl import training
+from tfmtl import runs as run_folders, training
 from tfmtl.config import ExperimentConfig
 from tfmtl.serving.export import export_configured
 from tfmtl.serving.validate import validate_export
@@ -21,7 +21,7 @@ def runs(tmp_path_factory, tiny_prepared):
         "name=tiny", f"seed={seed}", "model.embedding_dim=8", "train.epochs=1",
         "export.recommend_candidates=10", "export.top_k=5"])
     model = training.fit(config, prepared, verbose=0)
-    run = training.save_run(folder / f"run{seed}", config, prepared, model)
+    run = run_folders.save_run(folder / f"run{seed}", config, prepared, model)
     made[seed] = run, export_configured(model, config, folder / f"saved_models{seed}")
   return made
 
@@ -49,7 +49,7 @@ def test_an_export_of_another_model_fails_the_answers_check(runs):
 
 def test_an_export_whose_outputs_are_nan_fails_the_finite_check(runs, tmp_path):
   run, _ = runs[0]
-  config, model = training.load_run(run)  # a fresh copy of the run's model
+  config, model = run_folders.load_run(run)  # a fresh copy of the run's model
   table = next(v for v in model.candidate_tower.variables if "item_id_embedding" in v.name)
   table.assign(np.full(table.shape, np.nan, np.float32))  # as weights that diverged
   checks = {check.name: check for check in validate_export(

@@ -54,24 +54,10 @@ def _print_metrics(metrics: dict, baseline: dict) -> None:
     print(f"{name:<22}{value:>10.4f}{'' if other is None else f'{other:>12.4f}'}")
 
 
-def _evaluate(config, prepared, model) -> dict:
-  from tfmtl import evaluation
-  from tfmtl.data.splits import held_out_candidates
-  logging.getLogger("tfmtl").info("Evaluating on %d test interactions over %d items",
-                                  len(prepared.split.test), len(prepared.data.items))
-  ks = config.evaluate.ks
-  candidates = held_out_candidates(config.split, prepared.split.test)
-  return {"model": evaluation.evaluate_model(model, prepared.data, prepared.split, ks,
-                                             config.evaluate.batch_size, candidates),
-          "popularity": evaluation.evaluate_popularity(prepared.data, prepared.split, ks,
-                                                       candidates)}
-
-
-def _export(config, model, base_path=None, version=None) -> Path:
-  from tfmtl.serving.export import export_configured
-  path = export_configured(model, config, base_path, version)
-  logging.getLogger("tfmtl").info("Exported %s", path)
-  return path
+def _run_dir_line(run_dir: Path) -> str:
+  from tfmtl.distribute import is_chief
+  return (f"Saved the trained model to {run_dir}" if is_chief() else
+          f"Trained; the chief saves the run to {run_dir}")
 
 
 def cmd_data(args) -> None:
@@ -98,18 +84,11 @@ def cmd_encode_items(args) -> None:
                                      if args.output else " (cached for training)"))
 
 
-def cmd_train(args, evaluating: bool = False) -> dict:
-  from tfmtl import training
+def cmd_train(args) -> None:
+  from tfmtl import experiment, training
   config = _config(args)
-  prepared = training.prepare(config)
-  if evaluating:  # an empty test split fails now, not after training
-    training.check_split(config, prepared.split, ("test",))
-  model = training.fit(config, prepared)
-  run_dir = training.save_run(training.default_run_dir(config), config, prepared, model)
-  from tfmtl.distribute import is_chief
-  print(f"Saved the trained model to {run_dir}" if is_chief() else
-        f"Trained; the chief saves the run to {run_dir}")
-  return {"config": config, "prepared": prepared, "model": model, "run_dir": run_dir}
+  _, run_dir = experiment.train(config, training.prepare(config))
+  print(_run_dir_line(run_dir))
 
 
 def cmd_tune(args) -> None:
@@ -134,19 +113,20 @@ def cmd_tune(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-  from tfmtl import training
-  config, model = training.load_run(args.run)
+  from tfmtl import experiment, runs, training
+  config, model = runs.load_run(args.run)
   prepared = training.prepare(config)
   training.check_split(config, prepared.split, ("test",))
-  metrics = _evaluate(config, prepared, model)
-  training.save_metrics(args.run, metrics)
+  metrics = experiment.evaluate(config, prepared, model)
+  runs.save_metrics(args.run, metrics)
   _print_metrics(metrics["model"], metrics["popularity"])
 
 
 def cmd_export(args) -> None:
-  from tfmtl import training
-  config, model = training.load_run(args.run)
-  print(_export(config, model, args.base_path, args.version))
+  from tfmtl import runs
+  from tfmtl.serving.export import export_configured
+  config, model = runs.load_run(args.run)
+  print(export_configured(model, config, args.base_path, args.version))
 
 
 def cmd_synthesize(args) -> None:
@@ -171,10 +151,10 @@ def cmd_data_service(args) -> None:
 
 
 def cmd_validate(args) -> None:
-  from tfmtl import training
+  from tfmtl import runs
   from tfmtl.serving.export import latest_export
   from tfmtl.serving.validate import validate_export
-  export = args.export or latest_export(training.read_run(args.run)[0])
+  export = args.export or latest_export(runs.read_run(args.run)[0])
   checks = validate_export(args.run, export)
   for check in checks:
     print(f"{'ok' if check.passed else 'FAILED':<8}{check.name}: {check.detail}")
@@ -198,15 +178,12 @@ def cmd_report(args) -> None:
 
 
 def cmd_run(args) -> None:
-  from tfmtl import training
-  trained = cmd_train(args, evaluating=True)
-  metrics = _evaluate(trained["config"], trained["prepared"], trained["model"])
-  training.save_metrics(trained["run_dir"], metrics)
-  path = _export(trained["config"], trained["model"], args.base_path)
-  _print_metrics(metrics["model"], metrics["popularity"])
-  print(f"SavedModel: {path}")
-  from tfmtl.reports import run_report
-  print(f"Report: {run_report(trained['run_dir'])}")
+  from tfmtl import experiment
+  result = experiment.run(_config(args), args.base_path)
+  print(_run_dir_line(result.run_dir))
+  _print_metrics(result.metrics, result.baseline)
+  print(f"SavedModel: {result.export}")
+  print(f"Report: {result.report}")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -35,9 +35,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.nodes import MappingNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
-
-class ConfigError(ValueError):
-  """A config file, key or value is malformed; the message names it."""
+from tfmtl.errors import ConfigError
 
 
 def check_name(value: str, field: str) -> str:
@@ -224,12 +222,6 @@ class SplitConfig:
       raise ConfigError(f"fractions: must sum to 1, got {sum(self.fractions)}")
 
 
-TASK_TYPES = ("retrieval", "regression", "binary", "implicit", "classification",
-              "reconstruction")
-RANKING_TASK_TYPES = ("regression", "binary", "implicit")
-TOWER_TASK_TYPES = ("classification", "reconstruction")
-
-
 @dataclasses.dataclass
 class TaskConfig:
   """One task of the multi-task model.
@@ -279,18 +271,15 @@ class TaskConfig:
   layers: list[int] = dataclasses.field(default_factory=lambda: [64])
 
   def _validate(self):
-    _one_of("type", self.type, TASK_TYPES)
+    task_type = _task_type(self.type)
     if self.weight < 0:
       raise ConfigError("weight: must be non-negative")
     if self.temperature <= 0:
       raise ConfigError("temperature: must be positive")
-    if self.type not in ("retrieval", "implicit") and not self.label:
-      raise ConfigError(f"label: a {self.type} task needs a label column")
     if self.num_negatives < 1:
       raise ConfigError("num_negatives: must be at least 1")
     _widths("layers", self.layers)
-    if self.type == "binary" and self.threshold is None:
-      raise ConfigError("threshold: a binary task needs a threshold")
+    task_type.check_config(self)
 
 
 def default_tasks() -> dict[str, TaskConfig]:
@@ -557,9 +546,8 @@ class TrainConfig:
     resume: resume from that folder's checkpoint (false: remove it and
       start over).
     steps_per_execution: training steps run per call into TensorFlow
-      (Keras `compile`); more cuts Keras' per-step overhead (32 trains
-      MovieLens 20-30% faster than 1 on a 2-core CPU; TPUs want
-      16-32). Callbacks then see every N-th step. With several replicas
+      (Keras `compile`); more cuts Keras' per-step overhead (BENCHMARKS.md,
+      Training speed; TPUs want 16-32). Callbacks then see every N-th step. With several replicas
       every batch then has the full size (TensorFlow's collectives in a
       multi-step loop need one shape). Unset (null): 32 on one replica or
       a TPU reading `memory` input, else 1
@@ -654,7 +642,10 @@ class EvaluateConfig:
 
   Attributes:
     ks: cut-offs of Recall/NDCG/MRR/Hit@k and top-k accuracy.
-    batch_size: users scored against the whole catalogue per batch.
+    batch_size: users scored against the whole catalogue per batch (and
+      test interactions per batch for the ranking tasks), in every
+      evaluation: `tfmtl evaluate`, the per-epoch validation metrics,
+      tuning trials and the popularity baseline.
   """
   ks: list[int] = dataclasses.field(default_factory=lambda: [10, 50, 100])
   batch_size: int = 512
@@ -849,7 +840,7 @@ class ExperimentConfig:
                         f"it must be one of {', '.join(TPU_EMBEDDING_OPTIMIZERS)}, which the "
                         "TPU embedding engine runs")
     scored = [n for n, t in self.tasks.items()
-              if t.type in ("retrieval", *RANKING_TASK_TYPES)]
+              if t.type == "retrieval" or _task_type(t.type).reads_pair]
     for name in self.export.recommend_weights:
       if name not in scored:
         raise ConfigError(f"export.recommend_weights: {name!r} is not a retrieval or "
@@ -985,9 +976,16 @@ def history_length(model: ModelConfig, tasks: dict[str, TaskConfig]) -> int:
   """Length of the `history` feature: 0 unless the sequence tower or a
   reconstruction task reads it."""
   if model.sequence.type == "none" and not any(
-      task.type == "reconstruction" for task in tasks.values()):
+      _task_type(task.type).reads_history for task in tasks.values()):
     return 0
   return model.sequence.length
+
+
+def _task_type(name: str):
+  """The class of task type `name` (`tfmtl.tasks`, which imports this
+  module, owns the types)."""
+  from tfmtl.tasks import task_type  # pylint: disable=import-outside-toplevel
+  return task_type(name)
 
 
 def _widths(field: str, widths: list[int]) -> None:

@@ -1,7 +1,9 @@
 """Knowledge distillation: a small student model learns from a trained teacher.
 
 The student trains on its usual hard-label losses plus, with `weight`, soft
-losses toward the teacher on the same batch (Hinton et al. 2015):
+losses toward the teacher on the same batch (Hinton et al. 2015), one per
+task that the teacher has too, as the task's type defines it
+(`Task.distillation_loss`):
 
 - retrieval: the KL divergence from the teacher's softmax over the batch's
   candidates to the student's, both at `temperature` (scaled by its square);
@@ -29,6 +31,8 @@ import dataclasses
 
 import numpy as np
 import tensorflow as tf
+
+from tfmtl.tasks import TaskInputs
 
 
 @dataclasses.dataclass
@@ -64,34 +68,23 @@ class Distillation:
         width = coordinates.shape[1]
         table.assign(tf.concat([coordinates, table[:, width:]], axis=1))
 
-  def loss(self, student, features: dict[str, tf.Tensor], query: tf.Tensor,
-           candidate: tf.Tensor, logits: dict[str, tf.Tensor]) -> tf.Tensor:
-    """The weighted soft loss for one batch (the student's embeddings and
-    ranking logits given)."""
+  def loss(self, student, inputs: TaskInputs) -> tf.Tensor:
+    """The weighted soft loss for one batch: the sum of each student task's
+    distillation term toward the teacher's task of the same name and type
+    (`Task.distillation_loss`)."""
     teacher = self.teacher
-    teacher_query = tf.stop_gradient(teacher.query_tower(features))
-    teacher_candidate = tf.stop_gradient(teacher.candidate_tower(features))
-    teacher_logits = ({} if teacher.ranking is None else
-                      teacher.ranking(teacher_query, teacher_candidate))
-    t = self.temperature
+    query = tf.stop_gradient(teacher.query_tower(inputs.features))
+    candidate = tf.stop_gradient(teacher.candidate_tower(inputs.features))
+    logits = {} if teacher.ranking is None else teacher.ranking(query, candidate)
+    taught = TaskInputs(inputs.features, query, candidate,
+                        {name: tf.stop_gradient(logit) for name, logit in logits.items()})
     terms = []
-    for name, config in student.task_configs.items():
-      if config.type == "retrieval" and name in teacher.task_configs:
-        taught = tf.matmul(teacher_query, teacher_candidate, transpose_b=True) / (
-            teacher.task_configs[name].temperature * t)
-        learnt = tf.matmul(query, candidate, transpose_b=True) / (config.temperature * t)
-        terms.append(t * t * tf.reduce_mean(tf.reduce_sum(
-            tf.nn.softmax(taught) * (tf.nn.log_softmax(taught) - tf.nn.log_softmax(learnt)),
-            axis=1)))
-      elif config.type == "regression" and name in teacher_logits:
-        terms.append(tf.reduce_mean(tf.square(logits[name] - tf.stop_gradient(
-            teacher_logits[name]))))
-      elif config.type == "binary" and name in teacher_logits:
-        taught = tf.stop_gradient(teacher_logits[name]) / t
-        soft_labels = tf.sigmoid(taught)
-        terms.append(t * t * tf.reduce_mean(  # KL: cross-entropy less the teacher's entropy
-            tf.nn.sigmoid_cross_entropy_with_logits(soft_labels, logits[name] / t)
-            - tf.nn.sigmoid_cross_entropy_with_logits(soft_labels, taught)))
+    for name, task in student.tasks.items():
+      teacher_task = teacher.tasks.get(name)
+      if teacher_task is not None and teacher_task.type == task.type:
+        term = task.distillation_loss(inputs, taught, teacher_task, self.temperature)
+        if term is not None:
+          terms.append(term)
     return self.weight * tf.add_n(terms) if terms else tf.constant(0.0)
 
 

@@ -11,8 +11,9 @@ Two retrieval metric families over every item of the catalogue
   candidates and every test interaction is a relevant item; averaged over
   users with at least one test interaction.
 
-Ranking tasks are scored on the test interactions: `<task>_rmse`,
-`<task>_mae` for regression tasks, `<task>_auc` for binary ones.
+Ranking tasks are scored on the test interactions by their type's exact
+metrics (`Task.evaluate`): `<task>_rmse`, `<task>_mae` for regression
+tasks, `<task>_auc` for binary ones.
 
 Anything that scores users against the catalogue can be evaluated: the
 model (`ModelScorer`) or the popularity baseline (`PopularityScorer`).
@@ -45,6 +46,7 @@ from tfmtl.data.pipeline import make_dataset
 from tfmtl.data.schema import (HISTORY, ITEM_ID, USER_ID, InteractionData, ids_in, table_arrays,
                                vector_dims)
 from tfmtl.data.splits import Split
+from tfmtl.tasks import task_type
 
 
 class Scorer(Protocol):
@@ -92,12 +94,6 @@ class ModelScorer:
 
 
 FULL_RANKING_METRICS = ("recall", "ndcg", "mrr", "hit")  # protocol B, each @k
-RANKING_METRICS = {  # by task type: metric -> score(predicted, label, task)
-    "regression": {
-        "rmse": lambda predicted, label, _: float(np.sqrt(np.mean((predicted - label) ** 2))),
-        "mae": lambda predicted, label, _: float(np.mean(np.abs(predicted - label)))},
-    "binary": {"auc": lambda predicted, label, task: _auc(label >= task.threshold, predicted)},
-}
 
 
 class _ColumnsByUser:
@@ -203,35 +199,20 @@ def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50,
   return metrics
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-  """Area under the ROC curve (Mann-Whitney, ties averaged)."""
-  positives = labels.astype(bool)
-  n_pos, n_neg = positives.sum(), (~positives).sum()
-  if n_pos == 0 or n_neg == 0:
-    return float("nan")
-  ranks = pd.Series(scores).rank(method="average").to_numpy()
-  return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def ranking_metrics(model, data: InteractionData, test: pd.DataFrame,
-                    batch_size: int = 4096) -> dict[str, float]:
-  """RMSE / MAE of regression tasks and AUC of binary tasks on `test`."""
-  ranking_tasks = {name: task for name, task in model.task_configs.items()
-                   if task.type in RANKING_METRICS}
-  if not ranking_tasks:
+                    batch_size: int = 512) -> dict[str, float]:
+  """Each task's exact metrics on `test` (`Task.evaluate`: RMSE and MAE of
+  regression tasks, AUC of binary tasks), `<task>_<metric>`."""
+  evaluated = {name: task for name, task in model.tasks.items() if task.exact_metrics}
+  if not evaluated:
     return {}
-  predictions = {name: [] for name in ranking_tasks}
+  predictions = {name: [] for name in evaluated}
   for batch in make_dataset(data, test, model.encoder, batch_size):
     outputs = model(batch)
-    for name in ranking_tasks:
+    for name in evaluated:
       predictions[name].append(outputs[name].numpy())
-  metrics = {}
-  for name, task in ranking_tasks.items():
-    predicted = np.concatenate(predictions[name])
-    label = test[task.label].to_numpy(np.float64)
-    for metric, score in RANKING_METRICS[task.type].items():
-      metrics[f"{name}_{metric}"] = score(predicted, label, task)
-  return metrics
+  return {f"{name}_{metric}": value for name, task in evaluated.items()
+          for metric, value in task.evaluate(np.concatenate(predictions[name]), test).items()}
 
 
 def metric_names(tasks: dict[str, TaskConfig], ks: Sequence[int]) -> list[str]:
@@ -247,7 +228,7 @@ def metric_names(tasks: dict[str, TaskConfig], ks: Sequence[int]) -> list[str]:
     names += [f"top{k}_accuracy" for k in ks]
     names += [f"{name}@{k}" for k in ks for name in FULL_RANKING_METRICS]
   for name, task in tasks.items():
-    names += [f"{name}_{metric}" for metric in RANKING_METRICS.get(task.type, {})]
+    names += [f"{name}_{metric}" for metric in task_type(task.type).exact_metrics]
   return names
 
 
@@ -255,22 +236,24 @@ def evaluate_model(model, data: InteractionData, split: Split,
                    ks: Sequence[int] = (10, 50, 100), batch_size: int = 512,
                    candidates: Optional[Sequence[str]] = None) -> dict[str, float]:
   """Every retrieval and ranking metric of `model` on `split.test`
-  (`candidates`: see `retrieval_metrics`)."""
+  (`candidates`: see `retrieval_metrics`); `batch_size` users, or test
+  interactions for the ranking tasks, are scored at a time."""
   metrics = {}
   if any(t.type == "retrieval" for t in model.task_configs.values()):
     metrics.update(retrieval_metrics(ModelScorer(model, data, split.train), split, ks,
                                      batch_size, candidates))
-  metrics.update(ranking_metrics(model, data, split.test))
+  metrics.update(ranking_metrics(model, data, split.test, batch_size))
   return metrics
 
 
 def evaluate_popularity(data: InteractionData, split: Split,
                         ks: Sequence[int] = (10, 50, 100),
-                        candidates: Optional[Sequence[str]] = None) -> dict[str, float]:
+                        candidates: Optional[Sequence[str]] = None,
+                        batch_size: int = 512) -> dict[str, float]:
   """The popularity baseline's retrieval metrics on `split.test`."""
   catalogue = data.items[ITEM_ID].to_numpy(dtype=object)
-  return retrieval_metrics(PopularityScorer(split.train, catalogue), split, ks,
-                           candidates=candidates)
+  return retrieval_metrics(PopularityScorer(split.train, catalogue), split, ks, batch_size,
+                           candidates)
 
 
 def on_validation(split: Split) -> Split:
@@ -306,18 +289,18 @@ class ValidationMetrics(keras.callbacks.Callback):
 
   Each user is scored against the whole catalogue, so the metrics cost
   users x items: `max_users` (0: every user) caps the users, drawn once
-  with `seed` and then scored every epoch.
+  with `seed` and then scored every epoch, `batch_size` at a time.
   """
 
   def __init__(self, data: InteractionData, split: Split, ks: Sequence[int], every: int = 1,
-               max_users: int = 0, seed: int = 0):
+               max_users: int = 0, seed: int = 0, batch_size: int = 512):
     super().__init__()
-    self.data, self.ks, self.every = data, ks, every
+    self.data, self.ks, self.every, self.batch_size = data, ks, every, batch_size
     self.split = with_users(on_validation(split), max_users, seed)
 
   def on_epoch_end(self, epoch, logs=None):
     logs = logs if logs is not None else {}
     logs["learning_rate"] = float(keras.backend.get_value(self.model.optimizer.learning_rate))
     if self.every and (epoch + 1) % self.every == 0 and len(self.split.test):
-      metrics = evaluate_model(self.model, self.data, self.split, self.ks)
+      metrics = evaluate_model(self.model, self.data, self.split, self.ks, self.batch_size)
       logs.update({f"val_{name}": value for name, value in metrics.items()})

@@ -32,51 +32,34 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfmtl.config import (RANKING_TASK_TYPES, TOWER_TASK_TYPES, ModelConfig, TaskConfig,
-                          default_tasks, history_length)
+from tfmtl.config import (ConfigError, ExperimentConfig, ModelConfig, TaskConfig, default_tasks,
+                          history_length)
 from tfmtl.data.pipeline import encode_table
-from tfmtl.data.schema import HISTORY, ITEM_ID, SAMPLE_WEIGHT, USER_ID, vector_dims
+from tfmtl.data.schema import ITEM_ID, SAMPLE_WEIGHT, USER_ID, vector_dims
 from tfmtl.distillation import Distillation
-from tfmtl.distribute import (agreed_logs, all_replicas_own_first, on_tpu,
-                              replica_device_scope)
+from tfmtl.distribute import agreed_logs, on_tpu, replica_device_scope, steps_per_execution
 from tfmtl.features import FeatureVocabulary
-from tfmtl.layers import (EmbeddingTables, FeatureTower, PredictionHead, RankingHeads,
-                          SequencePooling, make_block)
-from tfmtl.tasks import make_task, task_labels, task_predictions, tower_task_side
+from tfmtl.layers import EmbeddingTables, FeatureTower, RankingHeads, SequencePooling, make_block
+from tfmtl.optimizers import OPTIMIZERS, tpu_embedding_optimizer
+from tfmtl.precision import dtype_policy
+from tfmtl.tasks import TaskInputs, make_task, task_type
 from tfmtl.transfer import FineTuning, FineTuningCallback
 from tfmtl.weighting import make_weighting
-
-
-class CatalogueTopK(tfrs.layers.factorized_top_k.TopK):
-  """Exact top-k over the model's whole catalogue, embedded on each call."""
-
-  def __init__(self, catalogue_embeddings, k: int = 100, **kwargs):
-    super().__init__(k=k, **kwargs)
-    self._catalogue_embeddings = catalogue_embeddings  # a function, not a layer
-
-  def index(self, candidates, identifiers=None):
-    raise NotImplementedError("CatalogueTopK indexes the model's own catalogue")
-
-  def is_exact(self) -> bool:
-    return True
-
-  def call(self, queries: tf.Tensor, k: Optional[int] = None):
-    scores = tf.linalg.matmul(queries, self._catalogue_embeddings(), transpose_b=True)
-    return tf.math.top_k(scores, k=tf.minimum(k or self._k, tf.shape(scores)[1]))
 
 
 class MultiTaskModel(tfrs.Model):
   """Retrieval, ranking and auxiliary tasks over shared two-tower embeddings.
 
-  The tasks come from their configs alone (see `TaskConfig`): retrieval on
-  the two towers, ranking tasks through `RankingHeads`, classification and
-  reconstruction tasks through a head on one tower. Their losses are combined by the
+  The tasks come from their configs alone (see `TaskConfig`); each is an
+  instance of its type's class (`tfmtl.tasks`), in `model.tasks`: retrieval
+  reads the two towers, pair-reading tasks (regression, binary, implicit)
+  the shared `RankingHeads`, classification and reconstruction tasks a
+  head of their own on one tower. Their losses are combined by the
   configured loss weighting (`tfmtl.weighting`); `fit` logs each task's
   `<task>_loss` and effective `<task>_weight` every epoch.
 
@@ -113,12 +96,11 @@ class MultiTaskModel(tfrs.Model):
     self.fine_tuning: Optional[FineTuning] = None  # see `tfmtl.transfer`
     self.distillation: Optional[Distillation] = None  # see `tfmtl.distillation`
     self.encoder = vocabulary.encoder()
-    self.task_sides = {name: tower_task_side(name, task, vocabulary.user_features,
-                                             vocabulary.item_features)
-                       for name, task in self.task_configs.items()
-                       if task.type in TOWER_TASK_TYPES}
-    predicted = {side for name, side in self.task_sides.items()
-                 if self.task_configs[name].type == "classification"}
+    self.embedding_dim = config.embedding_dim
+    hidden = {task_type(task.type).predicted_feature(name, task, vocabulary.user_features,
+                                                     vocabulary.item_features)
+              for name, task in self.task_configs.items()
+              if task_type(task.type).hides_feature()}  # (tower, feature) a task predicts
     features = {**vocabulary.user_features, **vocabulary.item_features}
     sizes = {name: vocabulary.size(name) for name in (USER_ID, ITEM_ID, *features)
              if name not in vector_dims(features)}  # vectors have no indices
@@ -136,9 +118,9 @@ class MultiTaskModel(tfrs.Model):
           f"has history_length {vocabulary.history_length}; build it with "
           "FeatureVocabulary.build(..., history_length=config.history_length)")
     query_features = {n: f for n, f in vocabulary.user_features.items()
-                      if ("query", n) not in predicted}
+                      if ("query", n) not in hidden}
     candidate_features = {n: f for n, f in vocabulary.item_features.items()
-                          if ("candidate", n) not in predicted}
+                          if ("candidate", n) not in hidden}
     self.embedding_tables = EmbeddingTables(
         {name: (sizes[name], config.id_embedding_dim if name in (USER_ID, ITEM_ID)
                 else config.feature_embedding_dim)
@@ -156,19 +138,17 @@ class MultiTaskModel(tfrs.Model):
         ITEM_ID, sizes, candidate_features,
         id_embedding_blocks=_blocks(config, ITEM_ID), name="candidate_tower", **tower_args)
     ranking_tasks = {name: task for name, task in self.task_configs.items()
-                     if task.type in RANKING_TASK_TYPES}
+                     if task_type(task.type).reads_pair}
     self.ranking = RankingHeads(
         make_block(config.multitask, list(ranking_tasks)),
         {name: task.layers for name, task in ranking_tasks.items()},
         cross_layers=config.multitask.cross_layers,
         name="ranking") if ranking_tasks else None
-    self.feature_heads = {
-        name: PredictionHead(self.task_configs[name].layers, sizes[feature],
-                             name=f"{name}_head")
-        for name, (_, feature) in self.task_sides.items()}
-    for head in self.feature_heads.values():  # create the variables: call() skips them
-      head(tf.zeros([1, config.embedding_dim]))
-    self.tasks = {name: make_task(name, task, features.get(task.label))
+    self.catalogue_item_ids = catalogue[ITEM_ID].to_numpy(dtype=object)
+    self.catalogue_features = {
+        name: tf.constant(values) for name, values in encode_table(
+            self.encoder, catalogue, [ITEM_ID, *vocabulary.item_features]).items()}
+    self.tasks = {name: make_task(name, task, self)
                   for name, task in self.task_configs.items()}
     self.loss_weighting = make_weighting(
         config.loss_weighting.type,
@@ -181,18 +161,6 @@ class MultiTaskModel(tfrs.Model):
     self.distillation_loss = keras.metrics.Mean(name="distillation_loss")
     self.loss_means = {name: keras.metrics.Mean(name=name)  # the epoch's, as Keras logs `loss`
                        for name in ("loss", "regularization_loss")}
-    if any(task.type == "retrieval" for task in self.task_configs.values()):
-      self.retrieval_metric = tfrs.metrics.FactorizedTopK(
-          CatalogueTopK(self.catalogue_embeddings))
-    self.item_probability = tf.constant(vocabulary.item_probabilities())
-
-    self.catalogue_item_ids = catalogue[ITEM_ID].to_numpy(dtype=object)
-    encoded = encode_table(self.encoder, catalogue, [ITEM_ID, *vocabulary.item_features])
-    self.catalogue_features = {k: tf.constant(v) for k, v in encoded.items()}
-    self.item_feature_tables = {  # item index -> the feature's multi-hot
-        feature: tf.constant(_by_item_index(encoded[ITEM_ID], encoded[feature], sizes[ITEM_ID]))
-        for name, (_, feature) in self.task_sides.items()
-        if self.task_configs[name].type == "reconstruction"}
 
   def catalogue_embeddings(self) -> tf.Tensor:
     """Candidate embeddings of the whole catalogue, [num_items, dim]."""
@@ -229,46 +197,14 @@ class MultiTaskModel(tfrs.Model):
                "candidate_embedding": candidate_embeddings}
     if self.ranking is not None:
       logits = self.ranking(query_embeddings, candidate_embeddings)
-      outputs.update({name: task_predictions(self.task_configs[name], logit)
+      outputs.update({name: self.tasks[name].prediction(logit)
                       for name, logit in logits.items()})
     return outputs
 
   def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-    embeddings = dict(zip(("query", "candidate"), self._tower_embeddings(features)))
-    compute_metrics = self.training_metrics or not training
-    logits = ({} if self.ranking is None else
-              self.ranking(embeddings["query"], embeddings["candidate"]))
-    losses, sample_weight = {}, features.get(SAMPLE_WEIGHT)
-    for name, config in self.task_configs.items():
-      task = self.tasks[name]
-      if config.type == "retrieval":
-        candidates, ids = embeddings["candidate"], features[ITEM_ID]
-        probability = (tf.gather(self.item_probability, ids) if config.logq_correction
-                       else None)
-        if config.cross_replica_negatives:
-          candidates, ids, probability = all_replicas_own_first(candidates, ids, probability)
-        per_example_loss = task(
-            embeddings["query"], candidates, candidate_sampling_probability=probability,
-            candidate_ids=ids, sample_weight=sample_weight)
-        if compute_metrics:
-          self.retrieval_metric.update_state(embeddings["query"], embeddings["candidate"])
-      elif name in self.task_sides:  # classification, reconstruction: one tower
-        side, feature = self.task_sides[name]
-        labels = (self._history_profile(feature, features[HISTORY])
-                  if config.type == "reconstruction" else features[feature])
-        per_example_loss = task(labels, self.feature_heads[name](embeddings[side]),
-                                sample_weight=sample_weight, compute_metrics=compute_metrics)
-      elif config.type == "implicit":
-        negative_logits = self._sampled_item_logits(name, config.num_negatives,
-                                                    embeddings["query"])
-        per_example_loss = task(
-            tf.concat([tf.ones_like(logits[name]), tf.zeros_like(negative_logits)], 1),
-            tf.concat([logits[name], negative_logits], 1), sample_weight=sample_weight,
-            compute_metrics=compute_metrics)
-      else:
-        per_example_loss = task(task_labels(config, features), logits[name],
-                                sample_weight=sample_weight, compute_metrics=compute_metrics)
-      losses[name] = tf.nn.compute_average_loss(per_example_loss)
+    inputs = self._task_inputs(features, compute_metrics=self.training_metrics or not training)
+    losses = {name: tf.nn.compute_average_loss(task.compute_loss(inputs, self))
+              for name, task in self.tasks.items()}
     total_loss, weights = self.loss_weighting(losses)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     for name, loss in losses.items():
@@ -278,11 +214,18 @@ class MultiTaskModel(tfrs.Model):
       if training:
         self.task_weights[name].update_state(weights[name])
     if self.distillation is not None and training:
-      soft_loss = self.distillation.loss(self, features, embeddings["query"],
-                                         embeddings["candidate"], logits)
+      soft_loss = self.distillation.loss(self, inputs)
       self.distillation_loss.update_state(soft_loss)  # this replica's mean
       total_loss += soft_loss / replicas
     return total_loss
+
+  def _task_inputs(self, features: dict[str, tf.Tensor],
+                   compute_metrics: bool = False) -> TaskInputs:
+    """The towers' embeddings and ranking logits of a batch: what tasks read."""
+    query, candidate = self._tower_embeddings(features)
+    logits = {} if self.ranking is None else self.ranking(query, candidate)
+    return TaskInputs(features, query, candidate, logits, features.get(SAMPLE_WEIGHT),
+                      compute_metrics)
 
   def _tower_embeddings(self, features: dict[str, tf.Tensor],
                         rows: Optional[dict[str, tf.Tensor]] = None
@@ -293,14 +236,8 @@ class MultiTaskModel(tfrs.Model):
       rows = self.embedding_tables(features)
     return self.query_tower(features, rows=rows), self.candidate_tower(features, rows=rows)
 
-  def _history_profile(self, feature: str, history: tf.Tensor) -> tf.Tensor:
-    """Each token's share among the history items' tokens, [batch, tokens]."""
-    table = self.item_feature_tables[feature]
-    counts = tf.reduce_sum(tf.gather(table, history), axis=1)  # padding rows are zero
-    return counts / tf.maximum(tf.reduce_sum(counts, axis=-1, keepdims=True), 1.0)
-
-  def _sampled_item_logits(self, task: str, num_negatives: int,
-                           query_embeddings: tf.Tensor) -> tf.Tensor:
+  def sampled_item_logits(self, task: str, num_negatives: int,
+                          query_embeddings: tf.Tensor) -> tf.Tensor:
     """A ranking task's logits for catalogue items drawn uniformly, [batch, n]."""
     batch = tf.shape(query_embeddings)[0]
     rows = tf.random.uniform([batch * num_negatives], maxval=len(self.catalogue_item_ids),
@@ -376,17 +313,36 @@ class MultiTaskModel(tfrs.Model):
       return _with_total_loss(agreed_logs(logs))
 
 
+def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
+                catalogue: pd.DataFrame, users: Optional[pd.DataFrame] = None
+                ) -> MultiTaskModel:
+  """The compiled model a config describes (its layers under the dtype policy
+  `train.precision`; with `mixed_float16`, Keras wraps the optimizer in a
+  `LossScaleOptimizer`). With `model.tpu_embedding` under `TPUStrategy`,
+  the TPU embedding engine gets its own version of the optimizer."""
+  name, learning_rate = config.train.optimizer, config.train.learning_rate
+  embedding_optimizer = (tpu_embedding_optimizer(name, learning_rate)
+                         if config.model.tpu_embedding and on_tpu() else None)
+  with dtype_policy(config.train.precision):  # layers take the policy when created
+    model = MultiTaskModel(vocabulary, catalogue, config.model, config.tasks,
+                           training_metrics=config.train.training_metrics, users=users,
+                           embedding_optimizer=embedding_optimizer)
+  try:
+    optimizer = (OPTIMIZERS[name](learning_rate) if name in OPTIMIZERS else
+                 keras.optimizers.get({"class_name": name,
+                                       "config": {"learning_rate": learning_rate}}))
+  except ValueError:
+    raise ConfigError(f"train.optimizer: unknown optimizer {name!r}"
+                      " (e.g. adam, lazy_adam, adagrad, sgd)") from None
+  model.compile(optimizer=optimizer, jit_compile=config.train.jit_compile,
+                steps_per_execution=steps_per_execution(tf.distribute.get_strategy(),
+                                                        config.train))
+  return model
+
+
 def _with_total_loss(logs: dict) -> dict:
   """`logs` with `total_loss`, the epoch's mean of loss + regularization."""
   return {**logs, "total_loss": logs["loss"] + logs["regularization_loss"]}
-
-
-def _by_item_index(item_indices: np.ndarray, values: np.ndarray, num_items: int) -> np.ndarray:
-  """Catalogue rows' `values` placed at their item index; OOV row 0 stays zero."""
-  table = np.zeros([num_items, *values.shape[1:]], np.float32)
-  known = item_indices > 0
-  table[item_indices[known]] = values[known]
-  return table
 
 
 def _blocks(config: ModelConfig, id_feature: str) -> list[tuple[float, int]]:

@@ -1,26 +1,23 @@
-"""From a config to a trained model: prepare data, build, fit, save, reload.
+"""From a config to a trained model: prepare the data, build, fit.
+
+Saving and reloading the trained model is `tfmtl.runs`; the whole job
+(train, evaluate, export, report) is `tfmtl.run`.
 
 Example (what `tfmtl train` does, on the real MovieLens 100K):
 
->>> import tempfile
 >>> from tfmtl.config import ExperimentConfig
 >>> from tfmtl import training
 >>> config = ExperimentConfig.from_dict({"train": {"epochs": 1}})
 >>> prepared = training.prepare(config)
 >>> model = training.fit(config, prepared, verbose=0)
->>> run_dir = training.save_run(tempfile.mkdtemp() + "/run", config, prepared, model)
->>> sorted(p.name for p in run_dir.iterdir())
-['catalogue.parquet', 'config.yaml', 'history.json', 'tfmtl_run.json', 'vocabulary.json',
- 'weights']
->>> training.load_run(run_dir)[0] == config
-True
+>>> sorted(model.tasks)
+['like', 'rating', 'retrieval']
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -32,10 +29,9 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl import __version__ as tfmtl_version, atomic
 from tfmtl.checkpoints import (EpochHistory, backup_and_restore, checkpoint_folder,
                                resume_point)
-from tfmtl.config import TOWER_TASK_TYPES, ConfigError, ExperimentConfig, TrainConfig
+from tfmtl.config import ConfigError, ExperimentConfig, TrainConfig
 from tfmtl.content import encode_item_content, with_content
 from tfmtl.data.history import add_history, add_history_column
 from tfmtl.data.pipeline import batched_dataset, encode_interactions
@@ -49,11 +45,11 @@ from tfmtl.distribute import (epoch_steps, input_readers, is_chief, make_strateg
                               steps_per_execution, training_input)
 from tfmtl.evaluation import ValidationMetrics
 from tfmtl.features import FeatureVocabulary
-from tfmtl.model import MultiTaskModel
-from tfmtl.optimizers import DENSE_ADAM_WARNING_ROWS, OPTIMIZERS, tpu_embedding_optimizer
-from tfmtl.precision import dtype_policy
+from tfmtl.model import MultiTaskModel, build_model
+from tfmtl.optimizers import DENSE_ADAM_WARNING_ROWS
 from tfmtl.propagation import add_propagated_feature
-from tfmtl.tasks import tower_task_side
+from tfmtl.runs import check_run_dir, default_run_dir, load_run
+from tfmtl.tasks import task_type
 from tfmtl.transfer import fine_tune_from
 
 logger = logging.getLogger("tfmtl")
@@ -87,14 +83,9 @@ def prepare(config: ExperimentConfig) -> Prepared:
                                                     config.data.cache_dir))
     data, source = encoded(data), source and encoded(source)
   for name, task in config.tasks.items():
-    if task.type in TOWER_TASK_TYPES:
-      tower_task_side(name, task, data.user_features, data.item_features)
-    if task.type in ("regression", "binary") and task.label not in data.label_columns:
-      raise ConfigError(f"tasks.{name}.label: column {task.label!r} is not in "
-                        f"{data.sources.get('interactions', 'the interactions')} (numeric "
-                        f"columns: {data.label_columns}; a column "
-                        f"with a value that is not a finite number is not one, and a "
-                        f"warning names its first such row)")
+    task_type(task.type).check_data(name, task, data.user_features, data.item_features,
+                                    data.label_columns,
+                                    data.sources.get("interactions", "the interactions"))
   split = split_interactions(data.interactions, config.split)
   check_split(config, split, ("train",))
   logger.info("%s; split %s: %d train, %d validation, %d test", data.summary(),
@@ -166,33 +157,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
           "train.resume=false to start over rather than resume from the last finite epoch")
 
 
-def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
-                catalogue: pd.DataFrame, users: Optional[pd.DataFrame] = None
-                ) -> MultiTaskModel:
-  """The compiled model a config describes (its layers under the dtype policy
-  `train.precision`; with `mixed_float16`, Keras wraps the optimizer in a
-  `LossScaleOptimizer`). With `model.tpu_embedding` under `TPUStrategy`,
-  the TPU embedding engine gets its own version of the optimizer."""
-  name, learning_rate = config.train.optimizer, config.train.learning_rate
-  embedding_optimizer = (tpu_embedding_optimizer(name, learning_rate)
-                         if config.model.tpu_embedding and on_tpu() else None)
-  with dtype_policy(config.train.precision):  # layers take the policy when created
-    model = MultiTaskModel(vocabulary, catalogue, config.model, config.tasks,
-                           training_metrics=config.train.training_metrics, users=users,
-                           embedding_optimizer=embedding_optimizer)
-  try:
-    optimizer = (OPTIMIZERS[name](learning_rate) if name in OPTIMIZERS else
-                 keras.optimizers.get({"class_name": name,
-                                       "config": {"learning_rate": learning_rate}}))
-  except ValueError:
-    raise ConfigError(f"train.optimizer: unknown optimizer {name!r}"
-                      " (e.g. adam, lazy_adam, adagrad, sgd)") from None
-  model.compile(optimizer=optimizer, jit_compile=config.train.jit_compile,
-                steps_per_execution=steps_per_execution(tf.distribute.get_strategy(),
-                                                        config.train))
-  return model
-
-
 def _warn_dense_adam(vocabulary: FeatureVocabulary) -> None:
   """Keras' Adam moves every row of a sparse-gradient table at every step."""
   rows, feature = max((vocabulary.size(feature), feature) for feature in (USER_ID, ITEM_ID))
@@ -259,7 +223,8 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
                                   steps_per_call, first_step)
     logs = [ValidationMetrics(prepared.data, prepared.split, config.evaluate.ks,
                               0 if tables_on_tpu else options.validate_every,
-                              options.validation_users, config.seed)]
+                              options.validation_users, config.seed,
+                              config.evaluate.batch_size)]
     if options.log_dir and is_chief():
       logs.append(keras.callbacks.TensorBoard(str(Path(options.log_dir) / config.name)))
     try:
@@ -347,105 +312,3 @@ def _batches(options: TrainConfig, encoded: dict, folder: Path, seed: int, epoch
     return example_shards_dataset(folder, options.batch_size, True, seed, drop_remainder,
                                   input_context)
   return batches
-
-
-def default_run_dir(config: ExperimentConfig) -> Path:
-  return Path(config.train.run_dir or Path("runs") / config.name)
-
-
-RUN_MARKER = "tfmtl_run.json"
-_RUN_FILES = ("config.yaml", "vocabulary.json", "catalogue.parquet", "weights/model.index")
-
-
-def is_run(folder: str | Path) -> bool:
-  """Whether `folder` is a saved tfmtl run: it holds the marker file that
-  `save_run` writes (or, saved before the marker existed, every run file)."""
-  folder = Path(folder)
-  return (folder / RUN_MARKER).is_file() or all((folder / name).is_file()
-                                                for name in _RUN_FILES)
-
-
-def check_run_dir(run_dir: str | Path) -> Path:
-  """Raises `FileExistsError` unless `run_dir` is free or a tfmtl run that
-  `save_run` may replace: a folder of anything else is never touched."""
-  run_dir = Path(run_dir)
-  if run_dir.exists() and not is_run(run_dir):
-    raise FileExistsError(
-        f"{run_dir}: exists and is not a tfmtl run (it has no {RUN_MARKER}), so tfmtl will "
-        "not replace it; choose another name or train.run_dir, or move that folder away")
-  return run_dir
-
-
-def save_run(run_dir: str | Path, config: ExperimentConfig, prepared: Prepared,
-             model: MultiTaskModel) -> Path:
-  """Writes config, vocabularies, catalogue and weights, then puts them in
-  place of `run_dir` at once (`tfmtl.atomic.write_folder`). An existing
-  `run_dir` is replaced only if it is a tfmtl run (`check_run_dir`); if
-  writing fails, `run_dir` is left as it was and nothing else remains.
-
-  A multi-worker run's other workers write theirs to a temporary folder,
-  which is removed: the chief's is the run (`tfmtl.distribute.is_chief`).
-  """
-  run_dir = check_run_dir(run_dir)
-  write = lambda folder: _write_run(folder, config, prepared, model)
-  if not is_chief():
-    with tempfile.TemporaryDirectory() as scratch:
-      write(Path(scratch))
-    return run_dir
-  run_dir.parent.mkdir(parents=True, exist_ok=True)
-  return atomic.write_folder(run_dir, write, replaceable=is_run)
-
-
-def _write_run(folder: Path, config: ExperimentConfig, prepared: Prepared,
-               model: MultiTaskModel) -> None:
-  folder.mkdir(parents=True, exist_ok=True)
-  (folder / RUN_MARKER).write_text(json.dumps({"tfmtl_version": tfmtl_version,
-                                               "name": config.name}) + "\n")
-  (folder / "config.yaml").write_text(config.to_yaml())
-  prepared.vocabulary.save(folder / "vocabulary.json")
-  prepared.data.items.to_parquet(folder / "catalogue.parquet", index=False)
-  if model.user_vectors is not None:
-    model.user_vectors.to_parquet(folder / "user_vectors.parquet", index=False)
-  model.save_weights(str(folder / "weights" / "model"))
-  if model.history is not None and model.history.history:
-    (folder / "history.json").write_text(json.dumps(
-        {"epoch": model.history.epoch, **model.history.history}, indent=2))
-
-
-def save_metrics(run_dir: str | Path, metrics: dict) -> Path:
-  """Writes a run's `metrics.json` whole or not at all (`tfmtl.atomic`), so
-  `tfmtl report` never reads half of it."""
-  return atomic.write_text(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2))
-
-
-def read_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureVocabulary, pd.DataFrame]:
-  """A saved run's config, vocabulary and catalogue (no model is built)."""
-  run_dir = Path(run_dir)
-  for name in _RUN_FILES:
-    if not (run_dir / name).exists():
-      raise FileNotFoundError(f"{run_dir}: not a tfmtl run ({name} is missing); "
-                              "train one with `tfmtl train`")
-  return (ExperimentConfig.from_file(run_dir / "config.yaml"),
-          FeatureVocabulary.load(run_dir / "vocabulary.json"),
-          pd.read_parquet(run_dir / "catalogue.parquet"))
-
-
-def load_run(run_dir: str | Path, catalogue: Optional[pd.DataFrame] = None
-             ) -> tuple[ExperimentConfig, MultiTaskModel]:
-  """Rebuilds a saved run's model with its trained weights (over `catalogue`,
-  by default the run's own)."""
-  run_dir = Path(run_dir)
-  config, vocabulary, own_catalogue = read_run(run_dir)
-  catalogue = own_catalogue if catalogue is None else catalogue
-  user_vectors = run_dir / "user_vectors.parquet"
-  model = build_model(config, vocabulary, catalogue,
-                      pd.read_parquet(user_vectors) if user_vectors.exists() else None)
-  model.create_variables()
-  try:
-    status = model.load_weights(str(run_dir / "weights" / "model"))
-    status.assert_existing_objects_matched().expect_partial()  # no optimizer state
-  except (AssertionError, ValueError, IndexError, tf.errors.OpError) as error:
-    raise ValueError(f"{run_dir / 'weights'}: the checkpoint is unreadable or does not match "
-                     f"the model that {run_dir / 'config.yaml'} and vocabulary.json describe: "
-                     f"{str(error).strip().splitlines()[0]}") from None
-  return config, model

@@ -21,7 +21,7 @@ validation metrics for TensorBoard's HParams view) are in its
 `trial_<id>/logs/`: `tensorboard --logdir tuning/<name>`.
 
 Each trial's trained model is saved as a run in `trial_<id>/run/` (what
-`tfmtl export --run` and `training.load_run` read), so KerasTuner's
+`tfmtl export --run` and `runs.load_run` read), so KerasTuner's
 `get_best_models` returns trained models. After the search, `best.yaml`
 in that folder is the base config with the best trial's values:
 `tfmtl train --config .../best.yaml` trains it again.
@@ -59,7 +59,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorboard.plugins.hparams import api as hparams_api
 
-from tfmtl import atomic, evaluation, training
+from tfmtl import atomic, evaluation, runs, training
 from tfmtl.config import ConfigError, ExperimentConfig
 
 logger = logging.getLogger("tfmtl")
@@ -196,8 +196,8 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
     model = training.fit(config, prepared, verbose=0)
     metrics = evaluation.evaluate_model(model, prepared.data,
                                         evaluation.on_validation(prepared.split),
-                                        config.evaluate.ks)
-    training.save_run(config.train.run_dir, config, prepared, model)  # get_best_models
+                                        config.evaluate.ks, config.evaluate.batch_size)
+    runs.save_run(config.train.run_dir, config, prepared, model)  # get_best_models
     metrics["blend"] = sum(weight * metrics[name]
                            for name, weight in self.config.tune.objective_weights.items())
     with tf.summary.create_file_writer(str(Path(config.train.log_dir) / config.name)).as_default():
@@ -244,7 +244,7 @@ class Search(keras_tuner.engine.base_tuner.BaseTuner):
 
   def load_model(self, trial) -> keras.Model:
     """The trained model of a finished trial (from its saved run)."""
-    return training.load_run(self.trial_run_dir(trial.trial_id))[1]
+    return runs.load_run(self.trial_run_dir(trial.trial_id))[1]
 
   def trial_run_dir(self, trial_id: str) -> Path:
     """Where a trial's run is saved (`tfmtl export --run` takes it)."""

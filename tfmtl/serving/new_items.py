@@ -25,7 +25,7 @@ from typing import Optional
 
 import pandas as pd
 
-from tfmtl import atomic, training
+from tfmtl import atomic, runs
 from tfmtl.content import CONTENT, TextEncoder, item_texts
 from tfmtl.data.schema import ITEM_ID, DataError, check_feature_table
 from tfmtl.serving.export import export_configured, versions
@@ -39,7 +39,7 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
   catalogue (first trained on, or added before) are refused.
   """
   run_dir = Path(run_dir)
-  config, vocabulary, catalogue = training.read_run(run_dir)
+  config, vocabulary, catalogue = runs.read_run(run_dir)
   features = vocabulary.item_features
   new = check_feature_table(items, ITEM_ID, {name: spec for name, spec in features.items()
                                             if name != CONTENT}, source)
@@ -56,7 +56,7 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
                                        config.content.batch_size))
   grown = pd.concat([catalogue, new[[c for c in catalogue.columns if c in new.columns]]],
                     ignore_index=True)
-  _, model = training.load_run(run_dir, catalogue=grown)
+  _, model = runs.load_run(run_dir, catalogue=grown)
   # The run's catalogue first, so later exports keep the new items: a crash
   # in between leaves the run ahead of its exports (`tfmtl export` catches up),
   # never behind them. An export that fails before its version is written

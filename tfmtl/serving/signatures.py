@@ -63,10 +63,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.config import RANKING_TASK_TYPES, ExportConfig, ScannConfig, TaskConfig
+from tfmtl.config import ExportConfig, ScannConfig, TaskConfig
 from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, vector_dims
 from tfmtl.serving.index import EXCLUDED_SCORE, BruteForceIndex, ScannIndex
-from tfmtl.tasks import task_predictions
+from tfmtl.tasks import task_type
 
 K, EXCLUDE = "k", "exclude_item_ids"
 
@@ -272,7 +272,7 @@ class ServingModule(tf.Module):
     if self.ranking is None:
       return {}
     query = tf.repeat(query, per_query, axis=0)
-    return {name: task_predictions(self.task_configs[name], logits)
+    return {name: task_type(self.task_configs[name].type).prediction(logits)
             for name, logits in self.ranking(query, candidates).items()}
 
   def _columns(self, item_ids):
@@ -291,7 +291,7 @@ class ServingModule(tf.Module):
 
 def default_blend(task_configs: dict[str, TaskConfig]) -> dict[str, float]:
   """`recommend`'s default weights: 1 per ranking task, else the retrieval score."""
-  ranking = [name for name, task in task_configs.items() if task.type in RANKING_TASK_TYPES]
+  ranking = [name for name, task in task_configs.items() if task_type(task.type).reads_pair]
   return ({name: 1.0 for name in ranking} if ranking
           else {retrieval_task_name(task_configs): 1.0})
 

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tfmtl import training
+from tfmtl import runs
 from tfmtl.serving.signatures import ServingModule
 from tfmtl.serving.tf_serving import WARMUP_FILE
 
@@ -89,7 +89,7 @@ def validate_export(run_dir: str | Path, export_dir: str | Path,
   if missing:
     raise FileNotFoundError(f"{export_dir}: an incomplete SavedModel ({', '.join(missing)} "
                             "missing); export the run again")
-  config, model = training.load_run(run_dir)
+  config, model = runs.load_run(run_dir)
   module = ServingModule.from_config(model, config.export)
   checks = [_scan(export_dir)]
   with tempfile.TemporaryDirectory() as folder:
