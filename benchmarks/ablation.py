@@ -14,10 +14,11 @@ does not produce (RMSE of `retrieval_only`) is absent from its row. To add a row
         [--markdown FILE | --no-table] [--keep-protocols]
     python benchmarks/ablation.py --table-only [--results-dir DIR]
 
-Writes <results-dir>/ablation.json (default benchmarks/results):
-{"rows": [{"config", "protocol", "overrides", "metrics": {METRIC: {"mean",
-"std"}}}, ...], "seeds", ...}. Rows not run keep their entries from an
-earlier ablation.json, which must then have the same seeds. Every config is
+Writes <results-dir>/ablation.json (default benchmarks/results; the record
+of common.write_record, whose `results` are {"rows": [{"config", "protocol",
+"overrides", "metrics": {METRIC: {"mean", "std"}}}, ...]}). Rows not run
+keep their entries from an earlier ablation.json, which must then have the
+same seeds. Every config is
 checked before training starts: a row that does not validate stops the run
 (leave it out with --rows). Each finished (row, protocol) is saved at once
 in ablation.partial.json: after an interruption, the same command reuses
@@ -42,8 +43,8 @@ from pathlib import Path
 
 from tfmtl.config import ConfigError
 
-from common import RESULTS, write_result
-from protocols import protocol_config, run_protocol
+from common import results_dir, write_json, write_record
+from protocols import protocol_config, run_protocol, write_protocol
 
 _DEFAULT_TASKS = ("retrieval: {type: retrieval, temperature: 0.1}, "
                   "rating: {type: regression, label: rating}, "
@@ -80,9 +81,8 @@ SECTION = f"""## Multi-task ablation
 `python benchmarks/ablation.py` → [`benchmarks/results/ablation.json`](benchmarks/results/ablation.json)
 
 The default joint model changed one way per row (the overrides of `ROWS` in
-`benchmarks/ablation.py`), on protocols A and B: test metrics, means ± std
-over the seeds, `-` where the row's model has no such task. These numbers
-compare configs; they do not choose the model above (validation data does).
+`benchmarks/ablation.py`), on protocols A and B: test metrics, mean ± std
+over the seeds, `-` where the row's model has no such task.
 
 {START}
 {END}
@@ -117,10 +117,11 @@ def best_joint_row(summaries: dict[tuple[str, str], dict]) -> str | None:
 
 def render_table(result: dict) -> str:
   """ablation.json's rows as a Markdown table, `mean ± std` per cell."""
-  metrics = {(row["config"], row["protocol"]): row["metrics"] for row in result["rows"]}
+  rows = result["results"]["rows"]
+  metrics = {(row["config"], row["protocol"]): row["metrics"] for row in rows}
   lines = ["| config | " + " | ".join(column for column, _, _ in COLUMNS) + " |",
            "|---" * (len(COLUMNS) + 1) + "|"]
-  for config in dict.fromkeys(row["config"] for row in result["rows"]):
+  for config in dict.fromkeys(row["config"] for row in rows):
     cells = [metrics.get((config, protocol), {}).get(metric) for _, protocol, metric in COLUMNS]
     lines.append(f"| {config} | " + " | ".join(
         "-" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
@@ -141,8 +142,9 @@ def write_markdown(path: Path, block: str) -> None:
 
 
 def publish_table(result: dict, markdown: Path | None) -> None:
-  block = (f"Seeds {', '.join(map(str, result['seeds']))}; {result['machine']}; "
-           f"{result['date']}.\n\n{render_table(result)}")
+  commit = (result.get("commit") or "unknown")[:7]
+  block = (f"Seeds {', '.join(map(str, result['seeds']))}; commit {commit}; "
+           f"{result['machine']}; {result['date'][:10]}.\n\n{render_table(result)}")
   print(block)
   if markdown is not None:
     write_markdown(markdown, block)
@@ -163,7 +165,7 @@ def run_rows(args) -> dict[tuple[str, str], dict]:
         print(f"== {name}, protocol {protocol}: {key['overrides']}", flush=True)
         run = {**key, "summary": run_protocol(protocol, args.seeds, key["overrides"])}
         saved.append(run)
-        write_result("ablation.partial", {"runs": saved}, args.results_dir)
+        write_json(partial, {"runs": saved})
       else:
         print(f"== {name}, protocol {protocol}: reused from {partial}", flush=True)
       summaries[name, protocol] = run["summary"]
@@ -178,7 +180,8 @@ def main():
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override applied to every row, e.g. train.epochs=1")
-  parser.add_argument("--results-dir", type=Path, default=RESULTS)
+  parser.add_argument("--results-dir", type=Path, default=None,
+                      help="default benchmarks/results (results/device with an accelerator)")
   parser.add_argument("--markdown", type=Path,
                       default=Path(__file__).resolve().parent.parent / "BENCHMARKS.md",
                       help="Markdown file the table goes into (default BENCHMARKS.md)")
@@ -189,18 +192,20 @@ def main():
   parser.add_argument("--keep-protocols", action="store_true",
                       help="do not rewrite protocol_a/b.json with the best joint row")
   args = parser.parse_args()
+  args.results_dir = args.results_dir or results_dir()
   markdown = None if args.no_table else args.markdown
   path = args.results_dir / "ablation.json"
-  previous = json.loads(path.read_text()) if path.exists() else {"rows": [], "seeds": []}
+  previous = (json.loads(path.read_text()) if path.exists()
+              else {"results": {"rows": []}, "seeds": []})
   if args.table_only:
-    if not previous["rows"]:
+    if not previous["results"]["rows"]:
       sys.exit(f"{path}: no ablation results to render")
     return publish_table(previous, markdown)
 
   errors = check_rows(args.rows, args.protocols, args.seeds, args.set)
   if errors:
     sys.exit("\n".join(errors))
-  kept = [row for row in previous["rows"]
+  kept = [row for row in previous["results"]["rows"]
           if not (row["config"] in args.rows and row["protocol"] in args.protocols)]
   if kept and previous["seeds"] != args.seeds:
     sys.exit(f"{path} has rows run with seeds {previous['seeds']}, which this run "
@@ -215,15 +220,17 @@ def main():
   order = list(ROWS)
   rows.sort(key=lambda row: (order.index(row["config"]) if row["config"] in ROWS
                              else len(order), row["protocol"]))
-  path = write_result("ablation", {"rows": rows, "seeds": args.seeds}, args.results_dir)
+  settings = {"configs": list(dict.fromkeys(row["config"] for row in rows)),
+              "protocols": sorted({row["protocol"] for row in rows})}
+  path = write_record("ablation", settings, {"rows": rows}, args.seeds, args.results_dir)
   (args.results_dir / "ablation.partial.json").unlink(missing_ok=True)
   print(f"-> {path}")
   best = best_joint_row(summaries)
   if best and not args.keep_protocols:
     print(f"best joint row on protocol B validation NDCG@10: {best}")
     for protocol in ("A", "B"):
-      print("-> " + str(write_result(f"protocol_{protocol.lower()}",
-                                     summaries[best, protocol], args.results_dir)))
+      print("-> " + str(write_protocol(f"protocol_{protocol.lower()}",
+                                       summaries[best, protocol], args.results_dir)))
   publish_table(json.loads(path.read_text()), markdown)
 
 

@@ -29,7 +29,7 @@ from tfmtl.config import ExperimentConfig
 from tfmtl.data import Split
 from tfmtl.propagation import knn_graph, spread_labels
 
-from common import format_summaries, summary, write_result
+from common import format_summaries, summary, write_record
 
 SPLIT = ["split.protocol=per_user", "split.fractions=[0.8, 0.1, 0.1]"]
 ROWS = {"default": [], "propagated_genres": ["propagation.feature=genres"]}
@@ -84,8 +84,9 @@ def main():
   args = parser.parse_args()
   rows = quality(args.seeds)
   cost = scale(args.users)
-  path = write_result("propagation", {"protocol": "B", "seeds": args.seeds,
-                                      "light_threshold": LIGHT, "rows": rows, "scale": cost})
+  path = write_record("propagation", {"protocol": "B", "light_threshold": LIGHT,
+                                      "users": args.users},
+                      {"rows": rows, "scale": cost}, args.seeds)
   for row in rows:
     print(f"{row['config']:<18} {format_summaries(row['metrics'])}")
   print(f"scale: {cost}\n-> {path}")

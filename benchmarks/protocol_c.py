@@ -33,7 +33,7 @@ from tfmtl.content import CONTENT
 from tfmtl.data.splits import held_out_candidates
 from tfmtl.features import FeatureVocabulary
 
-from common import format_summaries, summary, write_result
+from common import format_summaries, summary, write_record
 
 SPLIT = ["split.protocol=cold_items", "split.fractions=[0.9, 0.0, 0.1]"]
 ROWS = {  # name: (item features kept, config overrides)
@@ -113,7 +113,7 @@ def main():
                       choices=["random", *ROWS])
   args = parser.parse_args()
   rows = [run_row(name, args.seeds) for name in args.rows]
-  path = write_result("protocol_c", {"protocol": "C", "seeds": args.seeds, "rows": rows})
+  path = write_record("protocol_c", {"protocol": "C"}, {"rows": rows}, args.seeds)
   for row in rows:
     print(f"{row['config']:<12} {format_summaries(row['metrics'])}")
   print(f"-> {path}")

@@ -31,7 +31,8 @@ fraction lacks keep their pretrained rows (and get fresh ones from scratch).
     python benchmarks/protocol_d.py [--seeds 0 1 2] [--fractions 0.1 0.25 0.5]
         [--methods ...] [--source-weights 1 0.5] [--on test|validation]
 
-Writes benchmarks/results/protocol_d.json.
+Writes benchmarks/results/protocol_d.json (protocol_d_validation.json with
+`--on validation`).
 """
 
 from __future__ import annotations
@@ -44,12 +45,12 @@ from pathlib import Path
 import pandas as pd
 
 import tfmtl  # noqa: F401  (binds Keras 2 first)
-from tfmtl import evaluation, training
+from tfmtl import evaluation, runs, training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data import Split, load_movielens_100k, per_user_split
 from tfmtl.features import FeatureVocabulary
 
-from common import format_summaries, summary, write_result
+from common import format_summaries, summary, write_record
 
 TARGET_GENRE = "Comedy"
 METHODS = {
@@ -84,7 +85,7 @@ def pretrain(data, source: pd.DataFrame, seed: int, folder: Path) -> Path:
   prepared = training.Prepared(data, Split(source, empty, empty),
                                FeatureVocabulary.build(data, source))
   model = training.fit(config, prepared, verbose=0)
-  return training.save_run(folder / f"source_{seed}", config, prepared, model)
+  return runs.save_run(folder / f"source_{seed}", config, prepared, model)
 
 
 def run_method(method, data, source, target: Split, fraction, seed, run, candidates,
@@ -133,10 +134,10 @@ def main():
   rows = [{"fraction": f, "method": m, **({} if w is None else {"source_weight": w}),
            "metrics": {k: summary([r[k] for r in results]) for k in METRICS}}
           for (f, m, w), results in runs.items()]
-  path = write_result("protocol_d" if args.on == "test" else "protocol_d_validation", {
-      "protocol": "D", "on": args.on, "seeds": args.seeds, "target_genre": TARGET_GENRE,
+  path = write_record("protocol_d" if args.on == "test" else "protocol_d_validation", {
+      "protocol": "D", "on": args.on, "target_genre": TARGET_GENRE,
       "source_ratings": len(source), "target_movies": len(candidates),
-      "target_split": [len(part) for part in target], "rows": rows})
+      "target_split": [len(part) for part in target]}, {"rows": rows}, args.seeds)
   for row in rows:
     print(f"{row['fraction']:<5} {row['method']:<16} {row.get('source_weight', ''):<5} "
           f"{format_summaries(row['metrics'])}")

@@ -36,11 +36,11 @@ import numpy as np
 import tensorflow as tf
 
 import tfmtl  # noqa: F401  (binds Keras 2 first)
-from tfmtl import evaluation, training
+from tfmtl import evaluation, runs, training
 from tfmtl.config import ExperimentConfig
 from tfmtl.serving import export_model
 
-from common import format_summaries, summary, write_result
+from common import format_summaries, summary, write_record
 
 SPLIT = ["split.protocol=per_user", "split.fractions=[0.8, 0.1, 0.1]"]
 STUDENT = ["model.embedding_dim=8", "model.id_embedding_dim=8",
@@ -75,7 +75,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   args = parser.parse_args()
-  runs = {name: [] for name in ROWS}
+  by_row = {name: [] for name in ROWS}
   with tempfile.TemporaryDirectory() as folder:
     for seed in args.seeds:
       teacher_run = Path(folder) / f"teacher_{seed}"
@@ -85,22 +85,22 @@ def main():
         prepared = training.prepare(config)
         model = training.fit(config, prepared, verbose=0)
         if name == "teacher":
-          training.save_run(teacher_run, config, prepared, model)
+          runs.save_run(teacher_run, config, prepared, model)
         metrics = evaluation.evaluate_model(model, prepared.data, prepared.split, [10])
         result = {short: metrics[full] for short, full in METRICS.items()}
         result["params"] = model.count_params()
         result["retrieve_p50_ms"] = retrieve_p50_ms(model, Path(folder) / name, prepared)
-        runs[name].append(result)
+        by_row[name].append(result)
         print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()),
               flush=True)
-  teacher_ndcg = np.mean([r["ndcg@10"] for r in runs["teacher"]])
+  teacher_ndcg = np.mean([r["ndcg@10"] for r in by_row["teacher"]])
   rows = [{"config": name, "params": results[0]["params"],
            "metrics": {k: summary([r[k] for r in results])
                        for k in [*METRICS, "retrieve_p50_ms"]},
            "ndcg@10_of_teacher": float(np.mean([r["ndcg@10"] for r in results]) / teacher_ndcg)}
-          for name, results in runs.items()]
-  path = write_result("protocol_e", {"protocol": "E", "split": "B", "seeds": args.seeds,
-                                     "student": STUDENT, "rows": rows})
+          for name, results in by_row.items()]
+  path = write_record("protocol_e", {"protocol": "E", "split": "B", "student": STUDENT},
+                      {"rows": rows}, args.seeds)
   for row in rows:
     print(f"{row['config']:<14} params {row['params']:>7}  {format_summaries(row['metrics'])}"
           f"  ({row['ndcg@10_of_teacher']:.1%} of the teacher's NDCG@10)")

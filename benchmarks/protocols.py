@@ -21,8 +21,8 @@ movies (Hit@10 is Recall@10 with one relevant item).
 `--config` starts from a config file (e.g. a search's best.yaml) rather
 than the defaults; the protocol's split still overrides its split.
 
-Writes benchmarks/results/protocol_a.json and protocol_b.json (or
-NAME_a.json, NAME_b.json, ...).
+Writes protocol_a.json and protocol_b.json (or NAME_a.json, NAME_b.json,
+...) in benchmarks/results (common.write_record).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import tfmtl  # noqa: F401  (binds Keras 2 first)
 from tfmtl import evaluation, training
 from tfmtl.config import ExperimentConfig
 
-from common import format_summaries, summary, write_result
+from common import format_summaries, summary, write_record
 
 PROTOCOLS = {
     "A": (["split.protocol=random", "split.fractions=[0.8, 0.0, 0.2]"],
@@ -108,6 +108,15 @@ def run_protocol(name: str, seeds: list[int], overrides: list[str],
   }
 
 
+def write_protocol(name: str, result: dict, directory=None):
+  """Writes run_protocol's `result` as the record `name`: the protocol and config
+  are its settings, the metrics its results."""
+  settings = {key: result[key] for key in ("protocol", "config")}
+  results = {key: value for key, value in result.items()
+             if key not in settings and key != "seeds"}
+  return write_record(name, settings, results, result["seeds"], directory)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -119,7 +128,7 @@ def main():
   args = parser.parse_args()
   for name in args.protocols:
     result = run_protocol(name, args.seeds, args.set, args.config)
-    path = write_result(f"{args.output}_{name.lower()}", result)
+    path = write_protocol(f"{args.output}_{name.lower()}", result)
     print(f"protocol {name}: {format_summaries(result['metrics'])} -> {path}")
 
 

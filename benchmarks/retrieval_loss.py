@@ -37,7 +37,7 @@ from tfmtl.data.pipeline import encode_table
 from tfmtl.data.schema import ITEM_ID
 from tfmtl.tasks import InBatchSoftmax
 
-from common import write_result
+from common import write_record
 
 BATCH, DIM, TEMPERATURE = 1024, 32, 0.1
 ROUNDS, STEPS = 9, 100
@@ -101,13 +101,13 @@ def main():
       float(value[0])
       rounds[name].append((time.perf_counter() - start) / STEPS * 1e3)
   milliseconds = {name: float(np.median(values)) for name, values in rounds.items()}
-  path = write_result("retrieval_loss", {
-      "settings": {"batch": BATCH, "distinct_movies": int(tf.size(tf.unique(ids)[0])),
-                   "dim": DIM, "temperature": TEMPERATURE,
-                   "logq_correction": True, "remove_accidental_hits": True,
-                   "timing": f"median of {ROUNDS} alternating rounds of {STEPS} steps, "
-                             "forward and backward"},
-      "milliseconds_per_step": milliseconds})
+  path = write_record("retrieval_loss", {
+      "batch": BATCH, "distinct_movies": int(tf.size(tf.unique(ids)[0])),
+      "dim": DIM, "temperature": TEMPERATURE,
+      "logq_correction": True, "remove_accidental_hits": True,
+      "timing": f"median of {ROUNDS} alternating rounds of {STEPS} steps, "
+                "forward and backward"},
+      {"milliseconds_per_step": milliseconds}, [0])
   print(", ".join(f"{name} {value:.2f} ms" for name, value in milliseconds.items()), "->", path)
 
 

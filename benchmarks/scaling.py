@@ -38,7 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, write_result
+from common import results_dir, write_record
 
 # Run by a fresh interpreter: argv = folder, interactions, optimizer, input.
 _MEASURE = r"""
@@ -132,8 +132,13 @@ def main():
     print(json.dumps(rows[-1]), flush=True)
   name = "_".join(["scaling"] + [part for part in (args.input, args.optimizer)
                                   if part not in ("memory", "lazy_adam")])
-  plot(rows, RESULTS / f"{name}.png")
-  print(f"-> {write_result(name, {'optimizer': args.optimizer, 'input': args.input, 'rows': rows})}")
+  directory = results_dir()
+  directory.mkdir(parents=True, exist_ok=True)
+  plot(rows, directory / f"{name}.png")
+  settings = {"optimizer": args.optimizer, "input": args.input, "sizes": args.sizes,
+              "synthetic_seed": 0}
+  seeds = [42]  # the measuring process's config sets none: ExperimentConfig's default
+  print(f"-> {write_record(name, settings, {'rows': rows}, seeds, directory)}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ per call, and compiled with XLA and 16 steps per call
         [--output NAME]
 
 `--set` changes the three tfmtl contenders (e.g. `train.precision=mixed_bfloat16`).
-Writes benchmarks/results/speed_train.json (or NAME.json).
+Writes benchmarks/results/speed_train.json (or NAME.json; results/device/ where
+a GPU or TPU is present: common.write_record).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ import tfmtl  # noqa: F401  (binds Keras 2 first)
 import numpy as np
 
 from tfmtl import training
+from tfmtl.model import build_model
 from tfmtl.config import ExperimentConfig
 from tfmtl.data import make_dataset
 from tfmtl.distribute import make_strategy, steps_per_execution
 
-from common import EpochTimer, summary, write_result
+from common import EpochTimer, summary, write_record
 from tfrs_recipe import build_recipe
 
 ONE_STEP = ["train.steps_per_execution=1"]
@@ -58,7 +60,7 @@ def measure(rounds: int, epochs_per_round: int, overrides: list[str]) -> dict:
                 "tfmtl_compiled": config.with_overrides(COMPILED)}
   runs = {}
   for name, contender in contenders.items():
-    model = training.build_model(contender, prepared.vocabulary, prepared.data.items)
+    model = build_model(contender, prepared.vocabulary, prepared.data.items)
     runs[name] = model, make_dataset(prepared.data, train, model.encoder,
                                      config.train.batch_size, shuffle=True, seed=config.seed)
   runs["tfrs_recipe"] = build_recipe(prepared.data, train)
@@ -69,7 +71,7 @@ def measure(rounds: int, epochs_per_round: int, overrides: list[str]) -> dict:
   for _ in range(rounds):
     for name, (model, dataset) in runs.items():
       times[name] += epoch_seconds(model, dataset, epochs_per_round)
-  return {"rows": len(train), "batch_size": config.train.batch_size,
+  return {"rows": len(train), "seed": config.seed, "batch_size": config.train.batch_size,
           "optimizer": config.train.optimizer,
           "training_metrics": config.train.training_metrics,
           "steps_per_execution": steps_per_execution(make_strategy("default"), config.train),
@@ -96,20 +98,18 @@ def main():
            for run in runs]
   ratios = {name: [rate[name] / rate["tfrs_recipe"] for rate in rates] for name in contenders}
   first = runs[0]
-  path = write_result(args.output, {
-      "protocol": "speed",
-      "settings": {
-          "data": f"MovieLens 100K protocol A train split ({first['rows']} ratings)",
-          "tfmtl": {"batch_size": first["batch_size"], "optimizer": first["optimizer"],
-                    "training_metrics": first["training_metrics"],
-                    "steps_per_execution": first["steps_per_execution"],
-                    "overrides": args.set, "tfmtl_1_step": ONE_STEP,
-                    "tfmtl_compiled": COMPILED},
-          "tfrs_recipe": {"batch_size": 8192, "optimizer": "adagrad",
-                          "training_metrics": False},
-          "processes": args.processes, "rounds": args.rounds,
-          "epochs_per_round": args.epochs_per_round,
-          "threads": "TensorFlow defaults (all cores)"},
+  path = write_record(args.output, {
+      "data": f"MovieLens 100K protocol A train split ({first['rows']} ratings)",
+      "tfmtl": {"batch_size": first["batch_size"], "optimizer": first["optimizer"],
+                "training_metrics": first["training_metrics"],
+                "steps_per_execution": first["steps_per_execution"],
+                "overrides": args.set, "tfmtl_1_step": ONE_STEP,
+                "tfmtl_compiled": COMPILED},
+      "tfrs_recipe": {"batch_size": 8192, "optimizer": "adagrad",
+                      "training_metrics": False},
+      "processes": args.processes, "rounds": args.rounds,
+      "epochs_per_round": args.epochs_per_round,
+      "threads": "TensorFlow defaults (all cores)"}, {
       "metrics": {**{f"{name}_examples_per_s": float(np.median([r[name] for r in rates]))
                      for name in names},
                   **{name.replace("tfmtl", "ratio"): float(np.median(ratios[name]))
@@ -121,7 +121,7 @@ def main():
                      "epochs_examples_per_s": {name: [round(value) for value in values]
                                                for name, values in run["throughput"].items()}}
                     for i, run in enumerate(runs)],
-  })
+  }, [first["seed"]])
   print("ratios by process:", "; ".join(
       ", ".join(f"{name} {ratios[name][i]:.2f}" for name in contenders)
       for i in range(len(runs))), f"-> {path}")

@@ -10,8 +10,8 @@ seeds with their std as error bars. The single-task rows of ablation.json
     python benchmarks/tradeoff.py [--seeds 0] [--weights 0.01 0.1 0.3 1 3 10]
         [--set KEY=VALUE ...] [--results-dir DIR]
 
-Writes <results-dir>/tradeoff.json ({"rows": [{"weight", "metrics"}], "seeds",
-"overrides", ...}) and tradeoff.png (default benchmarks/results).
+Writes <results-dir>/tradeoff.json (common.write_record; its `results` are
+{"rows": [{"weight", "metrics"}]}) and tradeoff.png (default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ablation import ROWS
-from common import RESULTS, write_result
+from common import results_dir, write_record
 from protocols import run_protocol
 
 
 def single_task_metric(directory: Path, name: str, metric: str, extra: list[str]):
   """`metric` of ablation.json's protocol B row `name`, when run with `extra`."""
   path = directory / "ablation.json"
-  rows = json.loads(path.read_text())["rows"] if path.exists() else []
+  rows = json.loads(path.read_text())["results"]["rows"] if path.exists() else []
   for row in rows:
     if row["config"] == name and row["protocol"] == "B":
       if row["overrides"] == [*ROWS[name], *extra]:
@@ -83,15 +83,17 @@ def main():
   parser.add_argument("--weights", type=float, nargs="+", default=[0.01, 0.1, 0.3, 1, 3, 10])
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override applied to every run, e.g. train.epochs=1")
-  parser.add_argument("--results-dir", type=Path, default=RESULTS)
+  parser.add_argument("--results-dir", type=Path, default=None,
+                      help="default benchmarks/results (results/device with an accelerator)")
   args = parser.parse_args()
+  args.results_dir = args.results_dir or results_dir()
   rows = []
   for weight in args.weights:
     print(f"== rating weight {weight:g}", flush=True)
     summary = run_protocol("B", args.seeds, [f"tasks.rating.weight={weight:g}", *args.set])
     rows.append({"weight": weight, "metrics": summary["metrics"]})
-  path = write_result("tradeoff", {"rows": rows, "seeds": args.seeds, "overrides": args.set},
-                      args.results_dir)
+  path = write_record("tradeoff", {"weights": args.weights, "overrides": args.set},
+                      {"rows": rows}, args.seeds, args.results_dir)
   print(f"-> {path}\n-> {plot(rows, args.seeds, args.set, args.results_dir)}")
 
 

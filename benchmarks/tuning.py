@@ -10,7 +10,7 @@ B's test split, side by side.
     python benchmarks/tuning.py [--seeds 0 1 2] [--set KEY=VALUE ...]
 
 `--set` overrides the search's config (e.g. `tune.max_trials=5`). Writes
-benchmarks/results/tuning.json.
+benchmarks/results/tuning.json (common.write_record).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.tuning import Search, trial_overrides
 
-from common import format_summaries, write_result
+from common import format_summaries, write_record
 from protocols import run_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,15 +57,16 @@ def main():
 
   tuned = run_protocol("B", args.seeds, [], str(best))
   default = run_protocol("B", args.seeds, [])
-  path = write_result("tuning", {
+  path = write_record("tuning", {
       "protocol": "B (search on its validation split, test split below)",
       "search": {"config": str(SEARCH.relative_to(ROOT)), "overrides": args.set,
                  "algorithm": config.tune.algorithm,
                  "objective": config.tune.objective, "direction": config.tune.direction,
-                 "space": config.tune.space, "trials": trials},
+                 "space": config.tune.space}}, {
+      "trials": trials,
       "best_overrides": trials[0]["overrides"],
       "test": {"tuned": tuned, "default": default},
-  })
+  }, args.seeds)
   for name, result in (("tuned", tuned), ("default", default)):
     print(f"{name}: {format_summaries(result['metrics'])}")
   print(f"-> {path}")

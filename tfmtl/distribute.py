@@ -190,8 +190,8 @@ def steps_per_execution(strategy: tf.distribute.Strategy, train: TrainConfig) ->
   """Training steps per call into TensorFlow (Keras `compile`) under `strategy`.
 
   `train.steps_per_execution` where set. Unset, 32 on one replica or a TPU:
-  Keras' per-step call costs a small model's step much of its time
-  (BENCHMARKS.md), and it trains the same model. Unset, 1 under several
+  it saves Keras' per-step call, which is much of a small model's step,
+  and it trains the same model. Unset, 1 under several
   GPU or worker replicas (several steps a call would drop each epoch's
   last, smaller batch; `training_input`), under parameter servers, and with
   `tfrecord` input, alone or through the tf.data service (Keras cannot

@@ -7,8 +7,8 @@ was) updates only the rows in the batch: their moments and weights follow
 Adam, and the other rows wait, untouched, until they are seen again. Dense
 gradients (towers, heads) get plain Adam. `train.optimizer: lazy_adam`
 picks it; with `adam` and an id table over `DENSE_ADAM_WARNING_ROWS` rows,
-training logs a warning that says so (at 20M synthetic interactions over
-1M items, an epoch took 10x as long with Adam: BENCHMARKS.md, Scaling).
+training logs a warning that says so (how much slower Adam is at 1M
+items: BENCHMARKS.md, Scaling).
 
 With `model.tpu_embedding` on a TPU, the TPU embedding engine updates the
 tables itself, with `tpu_embedding_optimizer`'s version of the same

@@ -32,13 +32,11 @@ from tfmtl.data.schema import ITEM_ID, USER_ID, InteractionData, table_arrays, v
 from tfmtl.features import FeatureEncoder
 
 _ENCODE_CHUNK = 1_000_000
-GATHER_ROWS = 65_536  # rows gathered per op, in whole batches: 7% and 16% faster training
-                     # than a gather per batch (BENCHMARKS.md, Training speed)
+GATHER_ROWS = 65_536  # rows gathered per op, in whole batches, rather than one gather a batch
 
 # tf.data's autotuning runs a thread per iterator, and deleting an iterator
-# (Keras does, every epoch) can wait for that thread's next wake-up: about
-# 30 ms an epoch on MovieLens, up to 30 s after a 20M epoch (BENCHMARKS.md,
-# Scaling). Nothing here needs it: the prefetch buffer sizes itself without.
+# (Keras does, every epoch) can wait for that thread's next wake-up. Nothing
+# here needs it: the prefetch buffer sizes itself without.
 _UNTUNED = tf.data.Options()
 _UNTUNED.autotune.enabled = False
 
@@ -65,8 +63,7 @@ def encode_interactions(encoder: FeatureEncoder, data: InteractionData,
 
   The feature tables are encoded once per user and item and gathered onto
   the interactions by id index, in place of joining their raw values onto
-  every interaction: at 20M interactions, 7 s against 30 s (BENCHMARKS.md,
-  Scaling).
+  every interaction.
 
   >>> import pandas as pd
   >>> from tfmtl.config import FeatureConfig
@@ -176,9 +173,8 @@ def _row_orders(size: int, shuffle: bool, seed: Optional[int],
                 epochs: Optional[range] = None) -> tf.data.Dataset:
   """An element per epoch: its row indices, [size], a permutation when
   shuffling (fresh each iteration without `epochs`, else drawn from
-  `(seed, epoch)`). One vectorised shuffle an epoch is about 6x faster
-  than `Dataset.shuffle`'s row by row, which cost a quarter of a training
-  step's CPU time on MovieLens."""
+  `(seed, epoch)`): one vectorised shuffle an epoch, in place of
+  `Dataset.shuffle`'s row by row."""
   rows = tf.range(size, dtype=tf.int64)
   if not shuffle:
     return tf.data.Dataset.from_tensors(rows).repeat(1 if epochs is None else len(epochs))
