@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 import yaml
 
-import tfmtl
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  # Several test processes share the cores: one TensorFlow thread pool thread
+  # each (and in the commands they start) rather than pools that outnumber them.
+  os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+  os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+import tfmtl  # noqa: E402  (after the thread settings, before TensorFlow starts)
 from tfmtl.config import FeatureConfig
 
 
