@@ -11,14 +11,16 @@ import pandas as pd
 import pytest
 import yaml
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-  # Several test processes share the cores: one TensorFlow thread pool thread
-  # each (and in the commands they start) rather than pools that outnumber them.
-  os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-  os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-
-import tfmtl  # noqa: E402  (after the thread settings, before TensorFlow starts)
+import tfmtl
 from tfmtl.config import FeatureConfig
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  # Several test processes share the cores: one thread for each op's work in
+  # this one, rather than pools that outnumber the cores. (Not for the
+  # processes tests start, whose strategies' collectives need their threads.)
+  import tensorflow as tf
+  tf.config.threading.set_intra_op_parallelism_threads(1)
 
 
 @pytest.fixture(scope="session")

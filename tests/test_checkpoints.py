@@ -171,6 +171,7 @@ def test_an_unreadable_index_is_an_error_not_a_fresh_start(crashed, tiny_prepare
     training.fit(_config(run_dir), tiny_prepared, verbose=0)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(
     tmp_path, tiny_frames):
   make_frames, _ = tiny_frames

@@ -28,6 +28,7 @@ def config_file(tiny_config_file):
   return tiny_config_file()
 
 
+@pytest.mark.slow
 def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file,
                                                         is_nonempty_png):
   result = _tfmtl("run", "--config", str(config_file), "--set", "train.epochs=3",
@@ -57,6 +58,7 @@ def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file,
                                   "epoch_learning_rate", "epoch_recall@10"}
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_then_export_a_new_version(tmp_path, config_file, tfmtl_cli):
   _tfmtl = tfmtl_cli
   assert _tfmtl("train", "--config", str(config_file), cwd=tmp_path).returncode == 0
@@ -123,6 +125,7 @@ def test_debug_before_or_after_the_subcommand_raises_for_the_traceback(tmp_path,
     tfmtl_cli(*(["--debug", *args] if where == "before" else [*args, "--debug"]), cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_the_auxiliary_config_runs_on_movielens_and_exports_the_history_input(tmp_path,
                                                                               movielens,
                                                                               tfmtl_cli):

@@ -176,6 +176,7 @@ def test_a_saved_run_keeps_the_content_vectors(tiny_frames, encoder, tmp_path):
                              model.catalogue_embeddings().numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_text(
     tiny_frames, encoder, tmp_path, monkeypatch):
   import subprocess

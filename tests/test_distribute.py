@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmtl import runs
+from tfmtl import runs, training
 from tfmtl.config import ConfigError, ExperimentConfig
 from tfmtl.distribute import (is_chief, make_strategy, serve_cluster_task,
                               steps_per_execution)
@@ -72,6 +72,7 @@ def _same(a: dict, b: dict) -> None:
     np.testing.assert_allclose(left, right, atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpus_trains_as_one_device(config_file, tmp_path):
   mirrored = ["train.strategy=mirrored", "train.devices=[/cpu:0,/cpu:1]"]
   shared_tables = ["model.tpu_embedding=true"]
@@ -97,6 +98,23 @@ def test_mirrored_on_two_cpus_trains_as_one_device(config_file, tmp_path):
   # batch only: fewer negatives, a lower retrieval loss.
   assert (local_negatives["losses"]["retrieval_loss"]
           < one_device["losses"]["retrieval_loss"] - 0.1)
+
+
+def _untrained_and_trained_losses(config) -> tuple[dict, dict]:
+  """Each task's loss on the training data before training (the untrained
+  model's evaluation) and over the last epoch of one device's training."""
+  import tf_keras as keras
+  from tfmtl.data import make_dataset
+  from tfmtl.model import build_model
+  prepared = training.prepare(config)
+  keras.utils.set_random_seed(config.seed)
+  model = build_model(config, prepared.vocabulary, prepared.data.items)
+  untrained = model.evaluate(make_dataset(prepared.data, prepared.split.train, model.encoder,
+                                          config.train.batch_size), return_dict=True, verbose=0)
+  history = training.fit(config, prepared, verbose=0).history.history
+  tasks = [name for name in history if name.endswith("_loss")
+           and name not in ("loss", "total_loss", "regularization_loss")]
+  return ({task: untrained[task] for task in tasks}, {task: history[task][-1] for task in tasks})
 
 
 def _free_ports(n: int) -> list[int]:
@@ -138,6 +156,7 @@ def _two_worker_processes(config_file, cwd, *overrides) -> list[tuple[int, str, 
   return [(worker.returncode, *output) for worker, output in zip(workers, outputs)]
 
 
+@pytest.mark.slow
 def test_two_worker_processes_train_as_one_device(config_file, tmp_path):
   chief, other = _two_workers(config_file, tmp_path, "train.run_dir=runs/two_workers")
   assert chief.strip().endswith("Saved the trained model to runs/two_workers")
@@ -149,6 +168,7 @@ def test_two_worker_processes_train_as_one_device(config_file, tmp_path):
         _run_weights(tmp_path / "runs" / "two_workers"))
 
 
+@pytest.mark.slow
 def test_two_workers_split_tfrecord_input_by_file(config_file, tmp_path, last_epoch_losses):
   stdouts = _two_workers(config_file, tmp_path, "train.run_dir=runs/two_workers",
                          "train.input=tfrecord", "train.input_shards=4", "train.epochs=4")
@@ -176,6 +196,7 @@ def test_fewer_tfrecord_files_than_workers_is_a_config_error(config_file, tmp_pa
             "their own files; give at least 2") in stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_input, tables", [("memory", "false"), ("tfrecord", "false"),
                                                  ("memory", "true")])
 def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
@@ -205,16 +226,18 @@ def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
   sharded = chief.stderr.split("split across the parameter servers: ")[1].splitlines()[0]
   assert "user_id_embedding" in sharded and "item_id_embedding" in sharded
   assert ("embedding_tables/user_id_embedding" in sharded) == (tables == "true")
-  one_device = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
-                        "--set", "train.run_dir=runs/one_device", "--set", "train.epochs=4",
-                        "--set", f"model.tpu_embedding={tables}"], cwd=tmp_path)
-  # Two workers update the parameters asynchronously: close to one device, not
-  # equal. Over 2 epochs how stale their updates were moved the rating loss by
-  # up to 16%; over 4, by at most 7% in 4 runs, then in CI runs once the like
-  # loss by 10.7% (shared tables) and once the rating loss by 16% (tfrecord
-  # input: 2.59 against 2.23; one device's first epoch averages 3.65).
-  assert last_epoch_losses(chief.stdout) == pytest.approx(
-      last_epoch_losses(one_device.stdout), rel=0.25)
+  # Two workers update the parameters asynchronously: close to one device,
+  # not equal. Each task's loss must fall from the untrained model's by at
+  # least half of what one device's falls (the like loss, which 4 epochs
+  # move least, fell by 0.69 of it in one run); a cluster whose updates are
+  # lost does not.
+  config = ExperimentConfig.from_file(config_file).with_overrides(
+      ["train.epochs=4", f"model.tpu_embedding={tables}", "train.log_dir=''",
+       f"train.run_dir={tmp_path / 'one_device'}"])
+  untrained, one_device = _untrained_and_trained_losses(config)
+  for task, loss in last_epoch_losses(chief.stdout).items():
+    assert untrained[task] - loss >= 0.5 * (untrained[task] - one_device[task]), (
+        task, untrained[task], loss, one_device[task])
   runs.load_run(tmp_path / "runs" / "ps")  # the sharded tables reload whole
 
 

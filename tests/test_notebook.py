@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "colab_quickstart.ipynb"
@@ -13,6 +14,7 @@ def _stdout(cell) -> str:
                  if output.get("name") == "stdout")
 
 
+@pytest.mark.slow
 def test_the_colab_notebook_trains_evaluates_and_exports(tmp_path):
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   NotebookClient(notebook, timeout=900, kernel_name="python3",

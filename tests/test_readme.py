@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path):
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
   assert blocks, "the README has a Python example"
@@ -22,6 +24,7 @@ def test_readme_python_example_runs(tmp_path):
   assert (tmp_path / "saved_models" / "movielens_100k" / "1" / "saved_model.pb").is_file()
 
 
+@pytest.mark.slow
 def test_readme_command_line_block_runs_in_order(tmp_path, tfmtl_cli):
   """The block under "The command line", each command as written, in
   order: training is cut to one epoch, and `new_movies.csv` is made."""

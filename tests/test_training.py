@@ -1,5 +1,6 @@
 """Training from a config: a real short run on MovieLens, and saved runs."""
 
+import inspect
 import json
 from pathlib import Path
 
@@ -54,6 +55,27 @@ def test_a_saved_run_reloads_with_the_same_predictions(tmp_path, tiny_data):
   assert reloaded_config == config
   np.testing.assert_allclose(reloaded.catalogue_embeddings().numpy(),
                              model.catalogue_embeddings().numpy(), atol=1e-6)
+
+
+def test_evaluate_batch_size_reaches_every_evaluation(tmp_path, tiny_data, monkeypatch):
+  from tfmtl import experiment
+  config = _files_config(tmp_path, tiny_data, evaluate={"ks": [10], "batch_size": 7})
+  config = config.with_overrides(["train.epochs=1"])
+  batch_sizes = []  # (what was scored, rows a batch)
+  for name in ("retrieval_metrics", "ranking_metrics"):
+    real = getattr(evaluation, name)
+    def spy(*args, _real=real, _name=name, **kwargs):
+      call = inspect.signature(_real).bind(*args, **kwargs)
+      call.apply_defaults()
+      batch_sizes.append((_name, call.arguments["batch_size"]))
+      return _real(*args, **kwargs)
+    monkeypatch.setattr(evaluation, name, spy)
+  prepared = training.prepare(config)
+  model = training.fit(config, prepared, verbose=0)  # validation metrics after the epoch
+  assert batch_sizes == [("retrieval_metrics", 7), ("ranking_metrics", 7)]
+  experiment.evaluate(config, prepared, model)  # the model's test metrics, then popularity's
+  assert batch_sizes[2:] == [("retrieval_metrics", 7), ("ranking_metrics", 7),
+                             ("retrieval_metrics", 7)]
 
 
 def test_a_run_whose_checkpoint_does_not_match_its_config_is_an_error(tmp_path, tiny_data):

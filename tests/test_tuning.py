@@ -43,6 +43,7 @@ def _finished(process, timeout=900):
   return stdout, stderr
 
 
+@pytest.mark.slow
 def test_the_best_config_retrains_to_the_reported_metric(config_file, tmp_path,
                                                         is_nonempty_png):
   stdout, _ = _finished(_tfmtl("tune", "--config", str(config_file), cwd=tmp_path))
@@ -151,6 +152,7 @@ def test_a_search_interrupted_in_its_first_trial_starts_over(config_file, monkey
   assert [t.status for t in again.oracle.trials.values()] == ["COMPLETED"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["bayesian", "hyperband"])
 def test_bayesian_optimization_and_hyperband_search(config_file, algorithm, tmp_path):
   config = ExperimentConfig.from_file(config_file).with_overrides(
@@ -170,6 +172,7 @@ def test_bayesian_optimization_and_hyperband_search(config_file, algorithm, tmp_
     assert {t.hyperparameters.values["tuner/epochs"] for t in trials} <= {1, 3}
 
 
+@pytest.mark.slow
 def test_a_chief_and_two_workers_search_together(config_file, tmp_path):
   with socket.socket() as probe:
     probe.bind(("localhost", 0))

@@ -65,6 +65,7 @@ def test_a_folder_that_is_not_an_export_is_named(runs, tmp_path):
     validate_export(run, tmp_path)
 
 
+@pytest.mark.slow
 def test_an_export_a_fresh_process_cannot_load_is_one_clear_error(runs, tmp_path, capsys):
   from tfmtl.cli import main
   run, export = runs[0]

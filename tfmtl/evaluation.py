@@ -47,6 +47,7 @@ from tfmtl.data.schema import (HISTORY, ITEM_ID, USER_ID, InteractionData, ids_i
                                vector_dims)
 from tfmtl.data.splits import Split
 from tfmtl.tasks import task_type
+from tfmtl.top_k import top_k
 
 
 class Scorer(Protocol):
@@ -135,11 +136,9 @@ def _rank(scores, seen, test, k):
   seen_scores = tf.RaggedTensor.from_value_rowids(tf.gather_nd(scores, seen), seen[:, 0],
                                                   nrows=rows)
   test_scores = tf.gather_nd(scores, test)
-  unseen = tf.tensor_scatter_nd_update(
-      scores, seen, tf.fill(tf.shape(seen)[:1], tf.constant(-np.inf, scores.dtype)))
-  best_unseen = tf.math.top_k(unseen, k)
-  best = tf.math.top_k(tf.concat([best_unseen.values, seen_scores.to_tensor(-np.inf)], 1), k)
-  return best_unseen.indices, best.values, test_scores
+  best_unseen_scores, best_unseen = top_k(scores, k, seen, excluded_score=-np.inf)
+  best_scores, _ = top_k(tf.concat([best_unseen_scores, seen_scores.to_tensor(-np.inf)], 1), k)
+  return best_unseen, best_scores, test_scores
 
 
 def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50, 100),

@@ -34,6 +34,7 @@ from scipy.sparse.linalg import svds
 
 from tfmtl.config import FeatureConfig, PropagationConfig
 from tfmtl.data.schema import ITEM_ID, USER_ID, DataError, InteractionData
+from tfmtl.top_k import top_k_dot
 
 logger = logging.getLogger("tfmtl")
 
@@ -100,12 +101,12 @@ def _top_k(unit: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int, block: 
     return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
   for start in range(0, len(rows), block):
     batch = rows[start:start + block]
-    sims = unit[batch] @ unit[cols].T
-    sims[batch[:, None] == cols[None, :]] = -np.inf
-    top = np.argpartition(-sims, keep - 1, axis=1)[:, :keep]
+    itself = np.argwhere(batch[:, None] == cols[None, :])  # (row, column) of each row's own
+    sims, top = (tensor.numpy() for tensor in top_k_dot(unit[batch], unit[cols], keep,
+                                                        itself if len(itself) else None))
     out_rows.append(np.repeat(batch, keep))
     out_cols.append(cols[top].ravel())
-    out_sims.append(np.take_along_axis(sims, top, axis=1).ravel())
+    out_sims.append(sims.ravel())
   return np.concatenate(out_rows), np.concatenate(out_cols), np.concatenate(out_sims)
 
 

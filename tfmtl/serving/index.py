@@ -29,8 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmtl.config import ConfigError, ScannConfig
-
-EXCLUDED_SCORE = float(np.finfo(np.float32).min)  # JSON-safe, unlike -inf
+from tfmtl.top_k import EXCLUDED_SCORE, top_k, top_k_dot
 
 
 class BruteForceIndex(tf.Module):
@@ -43,14 +42,10 @@ class BruteForceIndex(tf.Module):
   def top(self, query, n, exclude_columns):
     """Best `n` items per query row, `exclude_columns` [batch, m] left out
     (-1: nothing)."""
-    scores = tf.linalg.matmul(query, self.candidate_matrix)
     known = tf.where(exclude_columns >= 0)  # [m, 2]: (row, position)
-    indices = tf.stack([tf.cast(known[:, 0], tf.int32),
-                        tf.gather_nd(exclude_columns, known)], axis=1)
-    scores = tf.tensor_scatter_nd_update(
-        scores, indices, tf.fill([tf.shape(indices)[0]], EXCLUDED_SCORE))
-    top = tf.math.top_k(scores, k=n)
-    return top.values, top.indices
+    excluded = tf.stack([tf.cast(known[:, 0], tf.int32),
+                         tf.gather_nd(exclude_columns, known)], axis=1)  # (row, column)
+    return top_k_dot(query, self.candidate_matrix, n, excluded, transposed=True)
 
 
 class ScannIndex(tf.Module):
@@ -79,8 +74,8 @@ class ScannIndex(tf.Module):
     scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=EXCLUDED_SCORE)
     columns = tf.pad(columns, [[0, 0], [0, missing]])
     excluded = tf.reduce_any(columns[:, :, None] == exclude_columns[:, None, :], axis=2)
-    top = tf.math.top_k(tf.where(excluded, EXCLUDED_SCORE, scores), k=n)
-    return top.values, tf.gather(columns, top.indices, batch_dims=1)
+    values, positions = top_k(scores, n, tf.where(excluded))
+    return values, tf.gather(columns, positions, batch_dims=1)
 
 
 def scann_parameters(num_items: int, wanted: int, options: ScannConfig) -> dict:

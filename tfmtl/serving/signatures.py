@@ -65,8 +65,9 @@ import tf_keras as keras
 
 from tfmtl.config import ExportConfig, ScannConfig, TaskConfig
 from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, vector_dims
-from tfmtl.serving.index import EXCLUDED_SCORE, BruteForceIndex, ScannIndex
+from tfmtl.serving.index import BruteForceIndex, ScannIndex
 from tfmtl.tasks import task_type
+from tfmtl.top_k import EXCLUDED_SCORE, top_k
 
 K, EXCLUDE = "k", "exclude_item_ids"
 
@@ -192,12 +193,12 @@ class ServingModule(tf.Module):
     blend = tf.add_n([weight * task_scores[name]
                       for name, weight in self.recommend_weights.items()])
     blend = tf.where(shortlist_scores > EXCLUDED_SCORE, blend, EXCLUDED_SCORE)
-    best = tf.math.top_k(blend, k=self._clipped_k(features[K], n))
-    kept = best.values > EXCLUDED_SCORE
+    best_scores, best = top_k(blend, self._clipped_k(features[K], n))
+    kept = best_scores > EXCLUDED_SCORE
     outputs = {"item_ids": tf.where(kept, tf.gather(self.catalogue_item_ids, tf.gather(
-        shortlist, best.indices, batch_dims=1)), ""),
-               "score": best.values}
-    outputs.update({name: tf.where(kept, tf.gather(values, best.indices, batch_dims=1),
+        shortlist, best, batch_dims=1)), ""),
+               "score": best_scores}
+    outputs.update({name: tf.where(kept, tf.gather(values, best, batch_dims=1),
                                    EXCLUDED_SCORE)
                     for name, values in task_scores.items()})
     return outputs

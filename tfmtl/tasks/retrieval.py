@@ -20,6 +20,7 @@ from tfmtl.distribute import all_replicas_own_first
 from tfmtl.precision import dtype_policy
 from tfmtl.tasks.base import Task, TaskInputs
 from tfmtl.tasks.in_batch_softmax import InBatchSoftmax
+from tfmtl.top_k import top_k_dot
 
 
 class CatalogueTopK(tfrs.layers.factorized_top_k.TopK):
@@ -36,8 +37,8 @@ class CatalogueTopK(tfrs.layers.factorized_top_k.TopK):
     return True
 
   def call(self, queries: tf.Tensor, k: Optional[int] = None):
-    scores = tf.linalg.matmul(queries, self._catalogue_embeddings(), transpose_b=True)
-    return tf.math.top_k(scores, k=tf.minimum(k or self._k, tf.shape(scores)[1]))
+    candidates = self._catalogue_embeddings()
+    return top_k_dot(queries, candidates, tf.minimum(k or self._k, tf.shape(candidates)[0]))
 
 
 class Retrieval(Task):
