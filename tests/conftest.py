@@ -1,5 +1,6 @@
 """Shared fixtures: the real MovieLens 100K and a small structured data set."""
 
+import collections
 import json
 import os
 import re
@@ -21,6 +22,26 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
   # processes tests start, whose strategies' collectives need their threads.)
   import tensorflow as tf
   tf.config.threading.set_intra_op_parallelism_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+  """Files with the most slow tests run first (each file's tests in their
+  order): with several test processes, each taking whole files, the longest
+  start early and the processes finish together."""
+  slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+  first_seen = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+  items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_working_folder(tmp_path_factory):
+  """Each test process works in a folder of its own: what a test writes to a
+  relative path (`runs/<name>`, `saved_models/`) lands there, never in the
+  repository or beside another process's."""
+  before = os.getcwd()
+  os.chdir(tmp_path_factory.mktemp("cwd"))
+  yield
+  os.chdir(before)
 
 
 @pytest.fixture(scope="session")

@@ -178,9 +178,7 @@ def test_a_saved_run_keeps_the_content_vectors(tiny_frames, encoder, tmp_path):
 
 @pytest.mark.slow
 def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_text(
-    tiny_frames, encoder, tmp_path, monkeypatch):
-  import subprocess
-  import sys
+    tiny_frames, encoder, tmp_path, monkeypatch, tfmtl_cli):
 
   import tensorflow as tf
   from tfmtl.serving import add_items, export_model
@@ -209,9 +207,8 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
   with pytest.raises(ConfigError, match=r"content.text.*\['genres'\]"):
     add_items(run, pd.DataFrame({"item_id": ["n3"]}), base_path=str(base))
   pd.DataFrame({"item_id": ["n3"], "genres": ["Comedy"]}).to_csv(tmp_path / "new.csv", index=False)
-  result = subprocess.run([sys.executable, "-m", "tfmtl.cli", "add-items", "--run", str(run),
-                           "--items", str(tmp_path / "new.csv"), "--base-path", str(base)],
-                          capture_output=True, text=True, timeout=600)
+  result = tfmtl_cli("add-items", "--run", run, "--items", tmp_path / "new.csv",
+                     "--base-path", base, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().endswith(str(base / "tiny" / "3"))
   assert sorted(p.name for p in (base / "tiny").iterdir()) == ["1", "2", "3"]

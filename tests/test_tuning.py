@@ -45,8 +45,10 @@ def _finished(process, timeout=900):
 
 @pytest.mark.slow
 def test_the_best_config_retrains_to_the_reported_metric(config_file, tmp_path,
-                                                        is_nonempty_png):
-  stdout, _ = _finished(_tfmtl("tune", "--config", str(config_file), cwd=tmp_path))
+                                                        is_nonempty_png, tfmtl_cli):
+  tuned = tfmtl_cli("tune", "--config", config_file, cwd=tmp_path)
+  assert tuned.returncode == 0, tuned.stderr[-3000:]
+  stdout = tuned.stdout
   best_path = tmp_path / "tuning" / "tiny" / "best.yaml"
   assert f"retrain it with: tfmtl train --config {best_path}" in stdout
   reported = float(stdout.split("recall@10 = ")[1].split()[0])
@@ -81,7 +83,7 @@ def test_the_best_config_retrains_to_the_reported_metric(config_file, tmp_path,
   rescored = _validation_metrics(base, training.prepare(base), best_model)["recall@10"]
   assert rescored == pytest.approx(reported, abs=1e-4)
   # `tfmtl train --config best.yaml` reproduces the trial
-  _finished(_tfmtl("train", "--config", str(best_path), cwd=tmp_path))
+  assert tfmtl_cli("train", "--config", best_path, cwd=tmp_path).returncode == 0
   config, model = runs.load_run(tmp_path / "runs" / "tiny")
   retrained = _validation_metrics(config, training.prepare(config), model)["recall@10"]
   assert retrained == pytest.approx(reported, abs=0.02)
