@@ -73,8 +73,6 @@ def test_an_export_a_fresh_process_cannot_load_is_one_clear_error(runs, tmp_path
   shutil.copytree(export, broken)
   data = next((broken / "variables").glob("variables.data-*"))
   data.write_bytes(data.read_bytes()[:100])  # truncated, as by a copy that died
-  with pytest.raises(RuntimeError, match="a fresh process could not load it"):
-    validate_export(run, broken)
   assert main(["validate", "--run", str(run), "--export", str(broken)]) == 2
   error = capsys.readouterr().err
   assert f"tfmtl validate: error: {broken}: a fresh process could not load it" in error

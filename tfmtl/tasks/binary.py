@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import sklearn.metrics
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
@@ -84,6 +83,7 @@ def exact_auc(labels: np.ndarray, scores: np.ndarray) -> float:
   >>> exact_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
   0.75
   """
+  import sklearn.metrics  # pylint: disable=import-outside-toplevel  (a second to import)
   labels = np.asarray(labels, bool)
   if labels.all() or not labels.any():
     return float("nan")
