@@ -100,7 +100,7 @@ class MultiTaskModel(tfrs.Model):
     hidden = {task_type(task.type).predicted_feature(name, task, vocabulary.user_features,
                                                      vocabulary.item_features)
               for name, task in self.task_configs.items()
-              if task_type(task.type).hides_feature()}  # (tower, feature) a task predicts
+              if task_type(task.type).hides_feature}  # (tower, feature) a task predicts
     features = {**vocabulary.user_features, **vocabulary.item_features}
     sizes = {name: vocabulary.size(name) for name in (USER_ID, ITEM_ID, *features)
              if name not in vector_dims(features)}  # vectors have no indices

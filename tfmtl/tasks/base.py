@@ -61,6 +61,7 @@ class Task(keras.layers.Layer):
   reads_pair: ClassVar[bool] = False  # a ranking head scores (query, candidate)
   reads_history: ClassVar[bool] = False  # needs the `history` feature
   needs_label: ClassVar[bool] = True  # the config names a label
+  hides_feature: ClassVar[bool] = False  # its tower stops reading the feature it predicts
   exact_metrics: ClassVar[tuple[str, ...]] = ()  # `evaluate`'s, each `<task>_<metric>`
 
   def __init__(self, name: str, config: TaskConfig, **kwargs):
@@ -87,11 +88,6 @@ class Task(keras.layers.Layer):
     """(`query` | `candidate`, feature) of a task that reads one tower's
     embedding; None for the others."""
     return None
-
-  @classmethod
-  def hides_feature(cls) -> bool:
-    """Whether the tower stops reading the feature it predicts."""
-    return False
 
   def compute_loss(self, inputs: TaskInputs, model) -> tf.Tensor:
     """The loss of each example of the batch, [batch] (`model`: the task's)."""

@@ -48,6 +48,7 @@ class Classification(TowerTask):
   """The classification task (see module doc)."""
 
   type = "classification"
+  hides_feature = True  # or the tower would copy the feature into its embedding
 
   def __init__(self, name, config, model, **kwargs):
     super().__init__(name, config, model, **kwargs)
@@ -76,10 +77,6 @@ class Classification(TowerTask):
     raise ConfigError(f"tasks.{name}.label: {config.label!r} is not a user or item feature "
                       f"(user features: {sorted(user_features)}, item features: "
                       f"{sorted(item_features)})")
-
-  @classmethod
-  def hides_feature(cls) -> bool:
-    return True
 
   def compute_loss(self, inputs: TaskInputs, model) -> tf.Tensor:
     return self.task(inputs.features[self.feature], self.tower_logits(inputs),
