@@ -29,7 +29,6 @@ from tfmtl import evaluation, runs, training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data.splits import held_out_candidates
 from tfmtl.model import MultiTaskModel
-from tfmtl.reports import run_report
 from tfmtl.serving.export import export_configured
 
 logger = logging.getLogger("tfmtl")
@@ -57,6 +56,7 @@ def run(config: ExperimentConfig, base_path: Optional[str | Path] = None,
   runs.save_metrics(run_dir, metrics)
   export = export_configured(model, config, base_path)
   logger.info("Exported %s", export)
+  from tfmtl.reports import run_report  # matplotlib: not at `import tfmtl`
   return RunResult(model, run_dir, metrics["model"], metrics["popularity"], export,
                    run_report(run_dir))
 
