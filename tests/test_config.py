@@ -225,3 +225,44 @@ def test_yaml_round_trip_keeps_floats_and_string_lookalikes(tmp_path):
   path = tmp_path / "experiment.yaml"
   path.write_text(config.to_yaml())
   assert ExperimentConfig.from_file(path) == config
+
+
+def _declared_choices():
+  """Each config choice and the values its implementing module declares."""
+  from tfmtl import distribute, features, precision, transfer, weighting
+  from tfmtl.data import files, sources, splits
+  from tfmtl.layers import multitask, sequence
+  from tfmtl.serving import index
+  from tfmtl.tasks import TASK_TYPES
+  return [("train.strategy", distribute.STRATEGIES), ("train.precision", precision.PRECISIONS),
+          ("export.index", index.INDEXES), ("data.format", files.FILE_FORMATS),
+          ("data.source", sources.SOURCES), ("split.protocol", splits.PROTOCOLS),
+          ("model.multitask.type", multitask.BLOCKS), ("model.loss_weighting.type",
+                                                       weighting.SCHEMES),
+          ("model.sequence.type", ("none",) + sequence.POOLINGS),
+          ("data.user_features.x.type", features.FEATURE_TYPES),
+          ("tasks.x.type", tuple(TASK_TYPES)), ("transfer.components", transfer.COMPONENTS)]
+
+
+# what a value needs beside it to make a valid config
+_NEEDS = {"files": ["data.interactions=a.csv"], "vector": ["data.user_features.x.dim=2"],
+          "mmoe": ["model.multitask.layers=[8]"], "ple": ["model.multitask.layers=[8]"],
+          "shared_bottom": ["model.multitask.layers=[8]"],
+          "regression": ["tasks.x.label=rating"], "binary": ["tasks.x.label=rating",
+                                                             "tasks.x.threshold=4"],
+          "classification": ["tasks.x.label=genres"], "reconstruction": ["tasks.x.label=genres"],
+          "retrieval": ["tasks={x: {type: retrieval}}"]}
+
+
+@pytest.mark.parametrize("key, values", _declared_choices(), ids=lambda v: str(v)[:24])
+def test_a_choice_takes_exactly_the_values_its_module_declares(key, values):
+  for value in values:
+    written = f"[{value}]" if key == "transfer.components" else value
+    loaded = ExperimentConfig().with_overrides(_NEEDS.get(value, []) + [f"{key}={written}"])
+    for part in key.split("."):
+      loaded = loaded[part] if isinstance(loaded, dict) else getattr(loaded, part)
+    assert loaded == ([value] if key == "transfer.components" else value)
+  written = "[nope]" if key == "transfer.components" else "nope"
+  with pytest.raises(ConfigError, match=rf"{re.escape(key)}.*: unknown \w+ 'nope'; expected one "
+                                        rf"of {re.escape(', '.join(values))}$"):
+    ExperimentConfig().with_overrides(_NEEDS.get(values[-1], []) + [f"{key}={written}"])

@@ -48,10 +48,12 @@ from typing import Any, Callable, Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.config import STRATEGIES, ConfigError, TrainConfig
+from tfmtl.config import ConfigError, TrainConfig
 
 logger = logging.getLogger("tfmtl")
 
+#: `train.strategy`'s values (see `make_strategy`).
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "parameter_server", "tpu")
 #: Steps per call into TensorFlow on one replica, `train.steps_per_execution` unset.
 DEFAULT_STEPS_PER_EXECUTION = 32
 

@@ -46,6 +46,10 @@ from tfmtl.config import FeatureConfig
 from tfmtl.data.schema import (HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, InteractionData,
                                ids_in)
 
+# what `FeatureConfig.type` may be: one token, tokens, a number cut into
+# buckets, a vector of floats
+FEATURE_TYPES = ("categorical", "multi_categorical", "bucketized", "vector")
+
 
 @dataclasses.dataclass
 class FeatureVocabulary:

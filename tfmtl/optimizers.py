@@ -60,7 +60,7 @@ OPTIMIZERS = {"lazy_adam": LazyAdam}
 DENSE_ADAM_WARNING_ROWS = 100_000  # about where Adam's every-row update outgrows the step
 
 
-_TPU_EMBEDDING_OPTIMIZERS = {  # by name, those of `config.TPU_EMBEDDING_OPTIMIZERS`
+TPU_EMBEDDING_OPTIMIZERS = {  # `train.optimizer` names the TPU embedding engine runs
     "adam": tf.tpu.experimental.embedding.Adam,
     "lazy_adam": tf.tpu.experimental.embedding.Adam,
     "adagrad": tf.tpu.experimental.embedding.Adagrad,
@@ -71,9 +71,9 @@ _TPU_EMBEDDING_OPTIMIZERS = {  # by name, those of `config.TPU_EMBEDDING_OPTIMIZ
 
 def tpu_embedding_optimizer(name: str, learning_rate: float):
   """The TPU embedding engine's optimizer for `train.optimizer` `name`
-  (one of `tfmtl.config.TPU_EMBEDDING_OPTIMIZERS`).
+  (a key of `TPU_EMBEDDING_OPTIMIZERS`).
 
   >>> tpu_embedding_optimizer("lazy_adam", 0.01).learning_rate
   0.01
   """
-  return _TPU_EMBEDDING_OPTIMIZERS[name](learning_rate=learning_rate)
+  return TPU_EMBEDDING_OPTIMIZERS[name](learning_rate=learning_rate)

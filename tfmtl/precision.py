@@ -26,6 +26,8 @@ import contextlib
 
 import tf_keras as keras
 
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # `train.precision`
+
 
 @contextlib.contextmanager
 def dtype_policy(name: str):

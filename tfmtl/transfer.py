@@ -39,13 +39,13 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.config import TRANSFER_COMPONENTS, TransferConfig
+from tfmtl.config import TransferConfig
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers.mixed_embedding import MixedDimensionEmbedding
 
 logger = logging.getLogger("tfmtl")
 
-COMPONENTS = TRANSFER_COMPONENTS
+COMPONENTS = ("embeddings", "towers", "experts", "heads")  # `transfer.components`
 
 
 def variable_path(variable: tf.Variable) -> str:

@@ -129,6 +129,9 @@ class _DynamicWeightAveragingCallback(keras.callbacks.Callback):
       self.weighting.update(self.history[-1], self.history[-2])
 
 
+SCHEMES = ("fixed", "uncertainty", "dwa")  # `model.loss_weighting.type`
+
+
 def make_weighting(scheme: str, task_weights: dict[str, float],
                    temperature: float = 2.0) -> LossWeighting:
   """The weighting layer for a scheme name (`fixed`, `uncertainty`, `dwa`)."""
@@ -138,4 +141,4 @@ def make_weighting(scheme: str, task_weights: dict[str, float],
     return UncertaintyWeighting(task_weights, name="loss_weighting")
   if scheme == "dwa":
     return DynamicWeightAveraging(task_weights, temperature, name="loss_weighting")
-  raise ValueError(f"unknown loss weighting {scheme!r}; expected fixed, uncertainty or dwa")
+  raise ValueError(f"unknown loss weighting {scheme!r}; expected one of {', '.join(SCHEMES)}")

@@ -26,12 +26,14 @@ from typing import Optional
 
 import pandas as pd
 
-from tfmtl.config import FILE_FORMATS, FeatureConfig
+from tfmtl.config import FeatureConfig
 from tfmtl.data.schema import (ORIGIN, RATING, TIMESTAMP, DataError, InteractionData, Origin,
                                require_columns, text_records, where)
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
             ".inter": "atomic", ".user": "atomic", ".item": "atomic"}
+
+FILE_FORMATS = ("auto",) + tuple(dict.fromkeys(_FORMATS.values()))  # `data.format`
 
 
 def read_table(path: str | Path, format: str = "auto") -> pd.DataFrame:

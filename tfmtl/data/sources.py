@@ -31,6 +31,9 @@ from tfmtl.data.schema import (ITEM_ID, SAMPLE_WEIGHT, USER_ID, DataError, Inter
                                ids_in)
 
 
+SOURCES = ("movielens_100k", "tfds", "files")  # `data.source`
+
+
 def load_data(config: DataConfig) -> InteractionData:
   """Loads `config.source`: `movielens_100k`, `tfds` or `files`.
 

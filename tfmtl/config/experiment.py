@@ -1,0 +1,129 @@
+"""The whole experiment's config: its sections, read from YAML and
+overridden by `key.path=value` strings."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any
+
+from tfmtl.config.data import ContentConfig, DataConfig, PropagationConfig, SplitConfig
+from tfmtl.config.evaluation import EvaluateConfig, ExportConfig, TuneConfig
+from tfmtl.config.model import ModelConfig
+from tfmtl.config.section import Section, check_name, load_section
+from tfmtl.config.tasks import TaskConfig, _task_type, default_tasks, history_length
+from tfmtl.config.training import DistillationConfig, TrainConfig, TransferConfig
+from tfmtl.config.yaml_text import load_yaml, yaml_io
+from tfmtl.errors import ConfigError
+
+
+@dataclasses.dataclass
+class ExperimentConfig(Section):
+  """A whole experiment. See `tfmtl.config` for an example."""
+  name: str = "movielens_100k"
+  seed: int = 42
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  content: ContentConfig = dataclasses.field(default_factory=ContentConfig)
+  split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+  propagation: PropagationConfig = dataclasses.field(default_factory=PropagationConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  tasks: dict[str, TaskConfig] = dataclasses.field(default_factory=default_tasks)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
+  distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
+  evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+  export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+  tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
+
+  def _validate(self):
+    from tfmtl.optimizers import TPU_EMBEDDING_OPTIMIZERS  # pylint: disable=import-outside-toplevel
+    check_name(self.name, "name")
+    retrieval = [n for n, t in self.tasks.items() if t.type == "retrieval"]
+    if len(retrieval) > 1:
+      raise ConfigError(f"tasks: at most one retrieval task, got {retrieval}")
+    if not self.tasks:
+      raise ConfigError("tasks: at least one task is required")
+    if self.model.tpu_embedding and self.train.optimizer not in TPU_EMBEDDING_OPTIMIZERS:
+      raise ConfigError(f"train.optimizer: {self.train.optimizer!r}: with model.tpu_embedding "
+                        f"it must be one of {', '.join(TPU_EMBEDDING_OPTIMIZERS)}, which the "
+                        "TPU embedding engine runs")
+    scored = [n for n, t in self.tasks.items()
+              if t.type == "retrieval" or _task_type(t.type).reads_pair]
+    for name in self.export.recommend_weights:
+      if name not in scored:
+        raise ConfigError(f"export.recommend_weights: {name!r} is not a retrieval or "
+                          f"ranking task (those are: {scored})")
+
+  @property
+  def history_length(self) -> int:
+    """Length of the `history` feature (see `tfmtl.config.history_length`)."""
+    return history_length(self.model, self.tasks)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
+    """Builds and checks the config from plain values (what YAML gives)."""
+    return load_section(cls, values)
+
+  @classmethod
+  def from_file(cls, path: str | Path) -> "ExperimentConfig":
+    """Reads a YAML config; errors name the file and the key."""
+    path = Path(path)
+    try:
+      text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+      raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+      raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError as error:
+      raise ConfigError(f"{path}: not a text YAML file ({error.reason} at byte "
+                        f"{error.start})") from None
+    except OSError as error:
+      raise ConfigError(f"{path}: cannot read the config file ({error.strerror})") from None
+    try:
+      values = load_yaml(text) or {}
+      if not isinstance(values, dict):
+        raise ConfigError("the top level must be a mapping of sections")
+      return cls.from_dict(values)
+    except ConfigError as error:
+      raise ConfigError(f"{path}: {error}") from None
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_yaml(self) -> str:
+    """The config as YAML that `from_file` reads back, keys in field order."""
+    stream = io.StringIO()
+    yaml_io().dump(self.to_dict(), stream)
+    return stream.getvalue()
+
+  def with_overrides(self, overrides: list[str]) -> "ExperimentConfig":
+    """Returns a copy with `dotted.key=value` overrides (values are YAML;
+    `key=` is the empty string). A key below a mapping of named entries
+    (`tasks.clicks.type=binary`) adds the entry."""
+    values = self.to_dict()
+    for override in overrides:
+      key, sep, raw = override.partition("=")
+      if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key.path=value")
+      try:
+        _set(values, key.split("."), load_yaml(raw) if raw.strip() else "")
+      except ConfigError as error:
+        raise ConfigError(f"override {override!r}: {error}") from None
+    return ExperimentConfig.from_dict(values)
+
+
+def _set(values: dict, keys: list[str], value: Any) -> None:
+  """Sets `values[keys[0]][keys[1]]...` to `value`, adding missing mappings
+  below the top level (whose sections all exist)."""
+  node = values
+  for depth, key in enumerate(keys[:-1]):
+    child = node.get(key)
+    if child is None and depth > 0:
+      child = node[key] = {}
+    if not isinstance(child, dict):
+      name = ".".join(keys[:depth + 1])
+      raise ConfigError(f"unknown key {name!r}" if child is None else
+                        f"{name!r} is a value, not a section")
+    node = child
+  node[keys[-1]] = value
