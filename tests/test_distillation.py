@@ -4,14 +4,17 @@ import dataclasses
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 
 import tfmtl
 from tfmtl import runs, training
-from tfmtl.config import ExperimentConfig, ModelConfig, default_tasks
+from tfmtl.config import ConfigError, ExperimentConfig, ModelConfig, default_tasks
 from tfmtl.data import Split, make_dataset
 from tfmtl.distillation import Distillation
 from tfmtl.features import FeatureVocabulary
+from tfmtl.teachers import EaseTeacher
+from tfmtl.teachers.ease import interaction_matrix
 
 
 def _model(data, vocabulary, tasks=None, **model_args):
@@ -123,3 +126,75 @@ def test_a_config_initialises_the_student_from_the_teacher(tiny_data, teacher, t
   taught = teacher.query_tower.id_embedding.embeddings.numpy()
   np.testing.assert_allclose(student.query_tower.id_embedding.embeddings.numpy(),
                              tfmtl.distillation.principal_coordinates(taught, 2), atol=1e-4)
+
+
+def test_the_unseen_kl_equals_a_direct_numpy_computation():
+  rng = np.random.default_rng(0)
+  teacher, student = rng.normal(size=(2, 3, 6)).astype(np.float32)
+  seen = rng.random((3, 6)) < 0.3
+  expected = []
+  for t, s, hidden in zip(teacher, student, seen):
+    t, s = t[~hidden], s[~hidden]
+    p, q = np.exp(t) / np.exp(t).sum(), np.exp(s) / np.exp(s).sum()
+    expected.append(float((p * np.log(p / q)).sum()))
+  got = tfmtl.distillation.unseen_kl(tf.constant(teacher), tf.constant(student),
+                                     tf.constant(seen)).numpy()
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_ease_teacher_equals_the_numpy_closed_form():
+  rng = np.random.default_rng(1)
+  matrix = (rng.random((30, 12)) < 0.3).astype(np.float32)
+  gram = matrix.T.astype(np.float64) @ matrix + 5.0 * np.eye(12)
+  inverse = np.linalg.inv(gram)
+  weights = -inverse / np.diag(inverse)
+  np.fill_diagonal(weights, 0.0)
+  np.testing.assert_allclose(EaseTeacher.from_matrix(matrix, l2=5.0).score_matrix.numpy(),
+                             matrix @ weights, rtol=1e-4, atol=1e-5)
+
+
+def test_ease_that_would_not_fit_in_memory_is_refused_naming_the_key():
+  with pytest.raises(ConfigError, match=r"^distillation.teacher: ease needs about [\d.]+ GiB "
+                                        r"for 10,000,000 items"):
+    tfmtl.teachers.ease._check_memory(users=1_000, items=10_000_000)
+
+
+def _top(scores, seen, k=5):
+  return np.argsort(-np.where(seen, -np.inf, scores), axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("listwise_weight", [0.0, 20.0])
+def test_the_listwise_term_teaches_a_ranking_the_labels_do_not_hold(tiny_data, teacher,
+                                                                      listwise_weight):
+  """A fixed toy teacher ranks items by random low-rank scores, unrelated to
+  the data: a student with the listwise term shares most of its top 5 per
+  user; the same student without it (weight 0) does not."""
+  student = _model(tiny_data, teacher.vocabulary, embedding_dim=8)
+  rng = np.random.default_rng(0)
+  users, items = teacher.vocabulary.size("user_id"), len(student.catalogue_item_ids)
+  scores = (rng.normal(size=(users, 3)) @ rng.normal(size=(3, items)) / np.sqrt(3))
+  seen = interaction_matrix(student, tiny_data.interactions) > 0
+  student.distillation = Distillation(
+      EaseTeacher(tf.constant(scores, tf.float32)), weight=0.0, listwise_weight=listwise_weight,
+      listwise_temperature=0.5, seen=tf.constant(seen))
+  student.fit(make_dataset(tiny_data, tiny_data.interactions, student.encoder, 64), epochs=20,
+              verbose=0)
+  ids = np.asarray(teacher.vocabulary.user_ids, object)
+  learnt = tfmtl.evaluation.ModelScorer(student, tiny_data).scores(ids).numpy()
+  rows = np.arange(1, users)  # index 0 is the unknown user
+  overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(
+      _top(learnt, seen[rows]), _top(scores[rows], seen[rows]))])
+  assert (overlap > 0.6) if listwise_weight else (overlap < 0.3), overlap
+
+
+def test_a_config_distills_from_ease_with_the_listwise_term(tiny_data, teacher):
+  empty = tiny_data.interactions.iloc[:0]
+  prepared = training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
+                               teacher.vocabulary)
+  config = ExperimentConfig().with_overrides([
+      "train.epochs=2", "train.batch_size=64", "distillation.teacher=ease",
+      "distillation.listwise_weight=1.0", "distillation.ease_lambda=10"])
+  student = training.fit(config, prepared, verbose=0)
+  assert isinstance(student.distillation.teacher, EaseTeacher)
+  losses = student.history.history["distillation_loss"]
+  assert losses[-1] < losses[0] and losses[-1] > 0

@@ -1,21 +1,26 @@
-"""Knowledge distillation: a small student model learns from a trained teacher.
+"""Knowledge distillation: a student model learns from a teacher.
 
-The student trains on its usual hard-label losses plus, with `weight`, soft
-losses toward the teacher on the same batch (Hinton et al. 2015), one per
-task that the teacher has too, as the task's type defines it
-(`Task.distillation_loss`):
+The student trains on its usual hard-label losses plus soft losses toward a
+teacher (`tfmtl.teachers`: a trained tfmtl run, or the closed-form EASE):
 
-- retrieval: the KL divergence from the teacher's softmax over the batch's
-  candidates to the student's, both at `temperature` (scaled by its square);
-- regression: the squared error to the teacher's prediction;
-- binary: the KL divergence between the teacher's and the student's
-  probabilities at `temperature` (scaled by its square).
+- with `weight`, one term per task that the teacher has too, as the task's
+  type defines it (`Task.distillation_loss`; Hinton et al. 2015):
+  retrieval, the KL divergence from the teacher's softmax over the batch's
+  candidates to the student's; regression, the squared error to the
+  teacher's prediction; binary, the KL divergence between the two
+  probabilities; all at `temperature`;
+- with `listwise_weight`, the listwise term over the whole catalogue: for
+  each example's user, the KL divergence from the teacher's softmax over
+  the items the user has not interacted with in training to the student's
+  (both the teacher's scores and the student's query . candidate dot
+  products divided by `listwise_temperature`). It teaches the student the
+  teacher's ranking of exactly the items that evaluation ranks.
 
 Teacher and student read the same encoded batch, so they share a vocabulary
 (train both on the same data); the student may be far smaller (narrower
 embeddings, fewer or no experts). The teacher is never updated.
 
-`initialize_student` also starts the student's id embeddings from the
+`initialize_student` also starts the student's id embeddings from a model
 teacher's: each id's teacher embedding on the first principal axes of all
 of them, as many as the student's table (or mixed-dimension block) is wide.
 
@@ -28,37 +33,79 @@ Example (`teacher` a trained `MultiTaskModel`, `student` a new, smaller one):
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Optional
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
+from tfmtl.data.schema import USER_ID
+from tfmtl.errors import ConfigError
 from tfmtl.tasks import TaskInputs
+from tfmtl.teachers import EaseTeacher, ModelTeacher
+from tfmtl.teachers.ease import interaction_matrix
 
 
 @dataclasses.dataclass
 class Distillation:
-  """The teacher and how strongly the student follows it (see module doc)."""
-  teacher: object
+  """The teacher and how strongly the student follows it (see module doc).
+
+  Attributes:
+    teacher: a `tfmtl.teachers` teacher, or a `MultiTaskModel` (taken as a
+      `ModelTeacher`).
+    weight, temperature: the per-task terms' weight and temperature.
+    listwise_weight, listwise_temperature: the listwise term's.
+    seen: [user indices, items], true where a user interacted with an item
+      in training; needed by the listwise term.
+  """
+  teacher: Any
   weight: float = 1.0
   temperature: float = 2.0
+  listwise_weight: float = 0.0
+  listwise_temperature: float = 0.05
+  seen: Optional[tf.Tensor] = None
+
+  def __post_init__(self):
+    if not hasattr(self.teacher, "catalogue_scores"):
+      self.teacher = ModelTeacher(self.teacher)
+    if self.listwise_weight and self.seen is None:
+      raise ValueError("the listwise term needs `seen`, the training interactions")
+
+  @classmethod
+  def from_config(cls, options, student, train: pd.DataFrame, load_run) -> "Distillation":
+    """The distillation `options` (`config.distillation`) name for `student`,
+    trained on `train`; `load_run(path)` loads a run's model."""
+    if options.teacher == "ease":
+      teacher = EaseTeacher.fit(student, train, options.ease_lambda)
+    else:
+      teacher = ModelTeacher(load_run(options.teacher))
+      teacher.check_student(student)
+    seen = None
+    if options.listwise_weight:
+      if not any(task.type == "retrieval" for task in student.tasks.values()):
+        raise ConfigError("distillation.listwise_weight: the listwise term trains the "
+                          "retrieval scores; add a retrieval task or set it to 0")
+      seen = tf.constant(interaction_matrix(student, train) > 0)
+    return cls(teacher, options.weight, options.temperature, options.listwise_weight,
+               options.listwise_temperature, seen)
 
   def check_student(self, student) -> None:
     """ValueError unless the teacher reads the student's encoded features."""
-    mine, theirs = student.vocabulary, self.teacher.vocabulary
-    for field in ("user_ids", "item_ids", "tokens", "boundaries", "history_length"):
-      if getattr(mine, field) != getattr(theirs, field):
-        raise ValueError(f"distillation.teacher: its vocabulary ({field}) differs from the "
-                         "student's; train teacher and student on the same data")
+    self.teacher.check_student(student)
 
   def initialize_student(self, student) -> None:
     """The student's user and item id tables <- the teacher's id embeddings
     projected on their principal axes (see module doc); the student's
     variables must exist."""
-    if student.embedding_tables or self.teacher.embedding_tables:
+    teacher = getattr(self.teacher, "model", None)
+    if teacher is None:
+      raise ConfigError("distillation.initialize: pca starts the student from a model "
+                        "teacher's embeddings; this teacher has none (use initialize: none)")
+    if student.embedding_tables or teacher.embedding_tables:
       raise ValueError("distillation.initialize: pca reads and writes the towers' own id "
                        "tables; with model.tpu_embedding use initialize: none")
     for tower in ("query_tower", "candidate_tower"):
-      theirs = getattr(self.teacher, tower).id_embedding
+      theirs = getattr(teacher, tower).id_embedding
       taught = theirs(tf.range(theirs.input_dim)).numpy()  # [ids, width], any table kind
       mine = getattr(student, tower).id_embedding
       tables = getattr(mine, "tables", None) or [mine.embeddings]
@@ -69,23 +116,44 @@ class Distillation:
         table.assign(tf.concat([coordinates, table[:, width:]], axis=1))
 
   def loss(self, student, inputs: TaskInputs) -> tf.Tensor:
-    """The weighted soft loss for one batch: the sum of each student task's
+    """The weighted soft loss for one batch: each student task's
     distillation term toward the teacher's task of the same name and type
-    (`Task.distillation_loss`)."""
-    teacher = self.teacher
-    query = tf.stop_gradient(teacher.query_tower(inputs.features))
-    candidate = tf.stop_gradient(teacher.candidate_tower(inputs.features))
-    logits = {} if teacher.ranking is None else teacher.ranking(query, candidate)
-    taught = TaskInputs(inputs.features, query, candidate,
-                        {name: tf.stop_gradient(logit) for name, logit in logits.items()})
+    (`Task.distillation_loss`), plus the listwise term."""
     terms = []
-    for name, task in student.tasks.items():
-      teacher_task = teacher.tasks.get(name)
+    taught = self.teacher.task_inputs(inputs.features) if self.weight else None
+    for name, task in student.tasks.items() if taught is not None else ():
+      teacher_task = self.teacher.tasks.get(name)
       if teacher_task is not None and teacher_task.type == task.type:
         term = task.distillation_loss(inputs, taught, teacher_task, self.temperature)
         if term is not None:
-          terms.append(term)
-    return self.weight * tf.add_n(terms) if terms else tf.constant(0.0)
+          terms.append(self.weight * term)
+    if self.listwise_weight:
+      terms.append(self.listwise_weight * self.listwise_loss(student, inputs))
+    return tf.add_n(terms) if terms else tf.constant(0.0)
+
+  def listwise_loss(self, student, inputs: TaskInputs) -> tf.Tensor:
+    """The batch's mean KL divergence from the teacher's softmax over each
+    user's unseen catalogue items to the student's (see module doc)."""
+    seen = tf.gather(self.seen, tf.reshape(inputs.features[USER_ID], [-1]))
+    taught = self.teacher.catalogue_scores(inputs.features) / self.listwise_temperature
+    learnt = tf.matmul(inputs.query, student.catalogue_embeddings(),
+                       transpose_b=True) / self.listwise_temperature
+    return tf.reduce_mean(unseen_kl(taught, tf.cast(learnt, tf.float32), seen))
+
+
+def unseen_kl(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
+              seen: tf.Tensor) -> tf.Tensor:
+  """Per row, KL(softmax(teacher) || softmax(student)) over the columns that
+  are not `seen`, [rows].
+
+  >>> float(unseen_kl(tf.constant([[1., 2., 9.]]), tf.constant([[1., 2., 0.]]),
+  ...                 tf.constant([[False, False, True]]))[0])
+  0.0
+  """
+  hidden = tf.constant(-1e9, teacher_logits.dtype)
+  teacher = tf.nn.log_softmax(tf.where(seen, hidden, teacher_logits))
+  student = tf.nn.log_softmax(tf.where(seen, hidden, student_logits))
+  return tf.reduce_sum(tf.where(seen, 0.0, tf.exp(teacher) * (teacher - student)), axis=1)
 
 
 def principal_coordinates(rows: np.ndarray, width: int) -> np.ndarray:

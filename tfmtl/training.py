@@ -193,12 +193,12 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
     if config.transfer.pretrained:
       fine_tune_from(model, load_run(config.transfer.pretrained)[1], config.transfer)
     if config.distillation.teacher:
-      distillation = Distillation(load_run(config.distillation.teacher)[1],
-                                  config.distillation.weight, config.distillation.temperature)
-      distillation.check_student(model)
+      distillation = Distillation.from_config(config.distillation, model, prepared.split.train,
+                                              lambda path: load_run(path)[1])
       if config.distillation.initialize == "pca":
         distillation.initialize_student(model)
-      model.distillation = distillation if distillation.weight else None
+      if distillation.weight or distillation.listwise_weight:
+        model.distillation = distillation
     checkpoints = checkpoint_folder(default_run_dir(config))
     backup = backup_and_restore(model, checkpoints, options.checkpoint_steps, options.resume,
                                 steps_per_call)

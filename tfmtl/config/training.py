@@ -191,21 +191,38 @@ class DistillationConfig(Section):
   """Knowledge distillation from a trained teacher (see `tfmtl.distillation`).
 
   Attributes:
-    teacher: a run directory (`tfmtl train`) trained on the same data; the
-      model trained now is its student.
-    weight: weight of the soft losses toward the teacher (0: none).
-    temperature: softening temperature of the teacher's and student's scores.
+    teacher: a run directory (`tfmtl train`) trained on the same data, or
+      `ease`: the closed-form item-item model EASE, fitted on the training
+      split (`tfmtl.teachers`); the model trained now is its student.
+    weight: weight of the per-task soft losses toward a run teacher's tasks
+      (0: none).
+    temperature: softening temperature of those terms' scores.
+    listwise_weight: weight of the listwise term: the KL divergence from the
+      teacher's softmax over each user's unseen catalogue items to the
+      student's retrieval scores' (0: none; needs a retrieval task).
+    listwise_temperature: both sides' scores are divided by it in that term.
+    ease_lambda: EASE's L2 strength (`teacher: ease`).
     initialize: `none`, or `pca`: the student's id embeddings start at the
       teacher's, on their principal axes (as many as the student's are wide).
   """
   teacher: Optional[str] = None
   weight: float = 1.0
   temperature: float = 2.0
+  listwise_weight: float = 0.0
+  listwise_temperature: float = 0.05
+  ease_lambda: float = 250.0
   initialize: str = "none"
 
   def _validate(self):
     one_of("initialize", self.initialize, ("none", "pca"))
     if self.weight < 0:
       raise ConfigError("weight: must be non-negative")
+    if self.listwise_weight < 0:
+      raise ConfigError("listwise_weight: must be non-negative")
+    if self.listwise_temperature <= 0 or self.ease_lambda <= 0:
+      raise ConfigError("listwise_temperature, ease_lambda: must be positive")
+    if self.teacher == "ease" and self.initialize != "none":
+      raise ConfigError("initialize: pca starts from a model teacher's embeddings; "
+                        "teacher ease has none")
     if self.temperature <= 0:
       raise ConfigError("temperature: must be positive")

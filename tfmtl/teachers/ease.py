@@ -1,0 +1,105 @@
+"""EASE (Steck 2019), the closed-form item-item model, as a teacher.
+
+From the training interactions X (users x items, 1 where a user rated an
+item), EASE's item weights are B = I - P diag(1 / diag(P)) with
+P = (X^T X + lambda I)^-1 (so B's diagonal is 0), and a user's scores are
+their row of X B. `EaseTeacher.fit` computes both in TensorFlow once and
+keeps the score matrix; a batch's scores are a gather. It is also an
+evaluation scorer (`tfmtl.evaluation.retrieval_metrics`), so EASE itself can
+be measured beside its students.
+
+>>> import numpy as np
+>>> teacher = EaseTeacher.from_matrix(np.array([[0., 0., 0.], [1., 1., 0.], [0., 1., 1.]]),
+...                                   l2=1.0, user_ids=["a", "b"])
+>>> teacher.score_matrix.shape
+TensorShape([3, 3])
+>>> teacher.scores(["b"]).shape
+TensorShape([1, 3])
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfmtl.data.schema import ITEM_ID, USER_ID
+from tfmtl.errors import ConfigError
+
+
+class EaseTeacher:
+  """Scores of every user (by encoded user index) over the catalogue.
+
+  Args:
+    score_matrix: [user indices, items] EASE scores, items in the student's
+      catalogue order; row 0 is the unknown user's.
+    user_ids: the user id of each later row (the vocabulary's order).
+  """
+  tasks: dict = {}  # no per-pair outputs: only the listwise term applies
+
+  def __init__(self, score_matrix: tf.Tensor, user_ids=()):
+    self.score_matrix = score_matrix
+    self.user_ids = pd.Index(list(user_ids))
+
+  @classmethod
+  def fit(cls, student, train: pd.DataFrame, l2: float) -> "EaseTeacher":
+    """Fits EASE with L2 strength `l2` on the `train` interactions, for
+    `student`'s users (its encoded user indices) and catalogue.
+
+    Raises `ConfigError` when the item-item matrices would not fit in memory.
+    """
+    users, items = student.vocabulary.size(USER_ID), len(student.catalogue_item_ids)
+    _check_memory(users, items)
+    return cls.from_matrix(interaction_matrix(student, train), l2, student.vocabulary.user_ids)
+
+  @classmethod
+  def from_matrix(cls, interactions: np.ndarray, l2: float, user_ids=()) -> "EaseTeacher":
+    """Fits EASE on a [user indices, items] 0/1 matrix (see `user_ids`)."""
+    x = tf.constant(interactions, tf.float32)
+    gram = tf.matmul(x, x, transpose_a=True) + l2 * tf.eye(x.shape[1])
+    inverse = tf.linalg.inv(gram)
+    weights = -inverse / tf.linalg.diag_part(inverse)[tf.newaxis, :]
+    weights = tf.linalg.set_diag(weights, tf.zeros(x.shape[1]))
+    return cls(tf.matmul(x, weights), user_ids)
+
+  def check_student(self, student) -> None:
+    """Nothing to check: `fit` reads the student's own vocabulary."""
+
+  def catalogue_scores(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
+    """The batch's users' scores, [batch, items]."""
+    return tf.gather(self.score_matrix, tf.reshape(features[USER_ID], [-1]))
+
+  def scores(self, user_ids) -> tf.Tensor:
+    """Scores of users by id, [users, items] (unknown users: row 0)."""
+    return tf.gather(self.score_matrix, self.user_ids.get_indexer(list(user_ids)) + 1)
+
+  def task_inputs(self, features):  # pylint: disable=unused-argument
+    return None
+
+
+def _check_memory(users: int, items: int) -> None:
+  """ConfigError when EASE's matrices (3 items x items, 2 users x items,
+  float32) need more than half the memory available now."""
+  needed = 4 * (3 * items * items + 2 * users * items)
+  try:
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):  # not a POSIX system
+    return
+  if needed > available / 2:
+    raise ConfigError(f"distillation.teacher: ease needs about {needed / 2**30:.1f} GiB for "
+                      f"{items:,} items and {users:,} users, more than half of the "
+                      f"{available / 2**30:.1f} GiB available; distil from a tfmtl run instead")
+
+
+def interaction_matrix(student, train: pd.DataFrame) -> np.ndarray:
+  """[user indices, items] float32: 1 where `train` has the user (by
+  `student`'s encoded user index) and the catalogue item, else 0."""
+  users = pd.Index(student.vocabulary.user_ids).get_indexer(train[USER_ID].to_numpy(object))
+  items = pd.Index(student.catalogue_item_ids).get_indexer(train[ITEM_ID].to_numpy(object))
+  matrix = np.zeros((student.vocabulary.size(USER_ID), len(student.catalogue_item_ids)),
+                    np.float32)
+  known = items >= 0
+  matrix[users[known] + 1, items[known]] = 1.0  # index 0: the unknown user
+  return matrix
