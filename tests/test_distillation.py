@@ -81,9 +81,27 @@ def test_a_config_distills_from_a_saved_teacher_run(tiny_data, teacher, tmp_path
   student = training.fit(config, prepared, verbose=0)
   assert student.distillation.weight == 2.0
   assert "distillation_loss" in student.history.history
-  other = FeatureVocabulary.build(tiny_data, tiny_data.interactions.iloc[:100])
-  with pytest.raises(ValueError, match=r"distillation.teacher: its vocabulary \(user_ids\)"):
-    training.fit(config, training.Prepared(tiny_data, prepared.split, other), verbose=0)
+
+
+def test_a_teacher_with_other_vocabularies_reads_the_batch_by_raw_ids_and_tokens(tiny_data,
+                                                                              teacher):
+  """The teacher knows only the first 300 interactions' ids and tokens, in
+  another order than the student: mapped, the student's encoded batch is
+  what the teacher's own encoder makes of the raw values, and the examples
+  with a user or item the teacher lacks are marked unknown."""
+  known_rows = tiny_data.interactions.iloc[:300]
+  narrow = _model(tiny_data, FeatureVocabulary.build(tiny_data, known_rows), embedding_dim=4)
+  distilled = Distillation(narrow, weight=1.0)
+  distilled.check_student(teacher)  # the full-vocabulary model as the student
+  raw = tiny_data.examples(tiny_data.interactions.iloc[::-1])
+  mapped = distilled.teacher.vocabulary_map(teacher.encoder(raw))
+  theirs = narrow.encoder(raw)
+  for name in ("user_id", "item_id", "taste", "genres"):
+    np.testing.assert_array_equal(mapped[name].numpy(), theirs[name].numpy(), err_msg=name)
+  weights = distilled.teacher.task_inputs(teacher.encoder(raw)).sample_weight.numpy()
+  np.testing.assert_array_equal(weights == 1, np.isin(raw["user_id"], known_rows["user_id"])
+                                & np.isin(raw["item_id"], known_rows["item_id"]))
+  assert 0 < weights.mean() < 1
 
 
 def _distances(table):
@@ -128,7 +146,7 @@ def test_a_config_initialises_the_student_from_the_teacher(tiny_data, teacher, t
                              tfmtl.distillation.principal_coordinates(taught, 2), atol=1e-4)
 
 
-def test_the_unseen_kl_equals_a_direct_numpy_computation():
+def test_the_masked_kl_equals_a_direct_numpy_computation():
   rng = np.random.default_rng(0)
   teacher, student = rng.normal(size=(2, 3, 6)).astype(np.float32)
   seen = rng.random((3, 6)) < 0.3
@@ -137,8 +155,8 @@ def test_the_unseen_kl_equals_a_direct_numpy_computation():
     t, s = t[~hidden], s[~hidden]
     p, q = np.exp(t) / np.exp(t).sum(), np.exp(s) / np.exp(s).sum()
     expected.append(float((p * np.log(p / q)).sum()))
-  got = tfmtl.distillation.unseen_kl(tf.constant(teacher), tf.constant(student),
-                                     tf.constant(seen)).numpy()
+  got = tfmtl.tasks.base.masked_kl(tf.constant(teacher), tf.constant(student),
+                                   tf.constant(seen)).numpy()
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -16,9 +16,10 @@ teacher (`tfmtl.teachers`: a trained tfmtl run, or the closed-form EASE):
   products divided by `listwise_temperature`). It teaches the student the
   teacher's ranking of exactly the items that evaluation ranks.
 
-Teacher and student read the same encoded batch, so they share a vocabulary
-(train both on the same data); the student may be far smaller (narrower
-embeddings, fewer or no experts). The teacher is never updated.
+The student may be far smaller (narrower embeddings, fewer or no experts).
+A run teacher whose vocabulary differs reads the batch mapped by raw ids and
+tokens, and what it does not know gets no term (`tfmtl.teachers.model`).
+The teacher is never updated.
 
 `initialize_student` also starts the student's id embeddings from a model
 teacher's: each id's teacher embedding on the first principal axes of all
@@ -42,6 +43,7 @@ import tensorflow as tf
 from tfmtl.data.schema import USER_ID
 from tfmtl.errors import ConfigError
 from tfmtl.tasks import TaskInputs
+from tfmtl.tasks.base import masked_kl
 from tfmtl.teachers import EaseTeacher, ModelTeacher
 from tfmtl.teachers.ease import interaction_matrix
 
@@ -79,7 +81,7 @@ class Distillation:
       teacher = EaseTeacher.fit(student, train, options.ease_lambda)
     else:
       teacher = ModelTeacher(load_run(options.teacher))
-      teacher.check_student(student)
+    teacher.check_student(student)
     seen = None
     if options.listwise_weight:
       if not any(task.type == "retrieval" for task in student.tasks.values()):
@@ -90,7 +92,7 @@ class Distillation:
                options.listwise_temperature, seen)
 
   def check_student(self, student) -> None:
-    """ValueError unless the teacher reads the student's encoded features."""
+    """Adapts the teacher to `student` (see `tfmtl.teachers`)."""
     self.teacher.check_student(student)
 
   def initialize_student(self, student) -> None:
@@ -135,25 +137,11 @@ class Distillation:
     """The batch's mean KL divergence from the teacher's softmax over each
     user's unseen catalogue items to the student's (see module doc)."""
     seen = tf.gather(self.seen, tf.reshape(inputs.features[USER_ID], [-1]))
-    taught = self.teacher.catalogue_scores(inputs.features) / self.listwise_temperature
-    learnt = tf.matmul(inputs.query, student.catalogue_embeddings(),
-                       transpose_b=True) / self.listwise_temperature
-    return tf.reduce_mean(unseen_kl(taught, tf.cast(learnt, tf.float32), seen))
-
-
-def unseen_kl(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
-              seen: tf.Tensor) -> tf.Tensor:
-  """Per row, KL(softmax(teacher) || softmax(student)) over the columns that
-  are not `seen`, [rows].
-
-  >>> float(unseen_kl(tf.constant([[1., 2., 9.]]), tf.constant([[1., 2., 0.]]),
-  ...                 tf.constant([[False, False, True]]))[0])
-  0.0
-  """
-  hidden = tf.constant(-1e9, teacher_logits.dtype)
-  teacher = tf.nn.log_softmax(tf.where(seen, hidden, teacher_logits))
-  student = tf.nn.log_softmax(tf.where(seen, hidden, student_logits))
-  return tf.reduce_sum(tf.where(seen, 0.0, tf.exp(teacher) * (teacher - student)), axis=1)
+    taught, known = self.teacher.catalogue_scores(inputs.features)
+    learnt = tf.matmul(inputs.query, student.catalogue_embeddings(), transpose_b=True)
+    return tf.reduce_mean(masked_kl(taught / self.listwise_temperature,
+                                    tf.cast(learnt, tf.float32) / self.listwise_temperature,
+                                    seen | ~known))
 
 
 def principal_coordinates(rows: np.ndarray, width: int) -> np.ndarray:

@@ -191,9 +191,11 @@ class DistillationConfig(Section):
   """Knowledge distillation from a trained teacher (see `tfmtl.distillation`).
 
   Attributes:
-    teacher: a run directory (`tfmtl train`) trained on the same data, or
-      `ease`: the closed-form item-item model EASE, fitted on the training
-      split (`tfmtl.teachers`); the model trained now is its student.
+    teacher: a run directory (`tfmtl train`; its vocabularies may differ:
+      ids and tokens are matched by their raw values, and examples whose
+      user or item it lacks get no teacher term), or `ease`: the closed-form
+      item-item model EASE, fitted on the training split
+      (`tfmtl.teachers`); the model trained now is its student.
     weight: weight of the per-task soft losses toward a run teacher's tasks
       (0: none).
     temperature: softening temperature of those terms' scores.

@@ -105,8 +105,33 @@ class Task(keras.layers.Layer):
   def distillation_loss(self, student: TaskInputs, teacher: TaskInputs, teacher_task: "Task",
                         temperature: float) -> Optional[tf.Tensor]:
     """The soft loss toward a teacher's task of the same name and type (a
-    scalar), or None for a type without one."""
+    scalar, counting only the examples the teacher knows: `known_mean`), or
+    None for a type without one."""
     return None
+
+
+def masked_kl(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
+              hidden: tf.Tensor) -> tf.Tensor:
+  """Per row, KL(softmax(teacher) || softmax(student)) over the columns not
+  `hidden`, [rows] (0 for a row with every column hidden).
+
+  >>> float(masked_kl(tf.constant([[1., 2., 9.]]), tf.constant([[1., 2., 0.]]),
+  ...                 tf.constant([[False, False, True]]))[0])
+  0.0
+  """
+  out = tf.constant(-1e9, teacher_logits.dtype)
+  teacher = tf.nn.log_softmax(tf.where(hidden, out, teacher_logits))
+  student = tf.nn.log_softmax(tf.where(hidden, out, student_logits))
+  return tf.reduce_sum(tf.where(hidden, 0.0, tf.exp(teacher) * (teacher - student)), axis=1)
+
+
+def known_mean(values: tf.Tensor, teacher: TaskInputs) -> tf.Tensor:
+  """The batch mean of per-example `values`, those the teacher does not know
+  (`teacher.sample_weight` 0) counting 0."""
+  values = tf.reshape(values, [-1])
+  if teacher.sample_weight is None:
+    return tf.reduce_mean(values)
+  return tf.reduce_mean(values * tf.reshape(teacher.sample_weight, [-1]))
 
 
 def label_values(config: TaskConfig, features: dict[str, tf.Tensor]) -> tf.Tensor:

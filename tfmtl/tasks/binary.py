@@ -17,7 +17,7 @@ import tf_keras as keras
 
 from tfmtl.errors import ConfigError
 from tfmtl.precision import dtype_policy
-from tfmtl.tasks.base import Task, TaskInputs, check_label_column, label_values
+from tfmtl.tasks.base import Task, TaskInputs, check_label_column, known_mean, label_values
 from tfmtl.tasks.regression import NONE
 
 
@@ -70,9 +70,9 @@ class Binary(Task):
     t = temperature
     taught = tf.stop_gradient(teacher.logits[self.name]) / t
     soft_labels = tf.sigmoid(taught)
-    return t * t * tf.reduce_mean(  # cross-entropy less the teacher's entropy
+    return t * t * known_mean(  # cross-entropy less the teacher's entropy
         tf.nn.sigmoid_cross_entropy_with_logits(soft_labels, student.logits[self.name] / t)
-        - tf.nn.sigmoid_cross_entropy_with_logits(soft_labels, taught))
+        - tf.nn.sigmoid_cross_entropy_with_logits(soft_labels, taught), teacher)
 
 
 def exact_auc(labels: np.ndarray, scores: np.ndarray) -> float:

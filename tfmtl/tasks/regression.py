@@ -14,7 +14,7 @@ import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 from tfmtl.precision import dtype_policy
-from tfmtl.tasks.base import Task, TaskInputs, check_label_column, label_values
+from tfmtl.tasks.base import Task, TaskInputs, check_label_column, known_mean, label_values
 
 NONE = keras.losses.Reduction.NONE  # per example: the model averages over the global batch
 
@@ -53,5 +53,5 @@ class Regression(Task):
   def distillation_loss(self, student: TaskInputs, teacher: TaskInputs, teacher_task: Task,
                         temperature: float) -> tf.Tensor:
     """The squared error to the teacher's prediction."""
-    return tf.reduce_mean(tf.square(student.logits[self.name]
-                                    - tf.stop_gradient(teacher.logits[self.name])))
+    return known_mean(tf.square(student.logits[self.name]
+                                - tf.stop_gradient(teacher.logits[self.name])), teacher)

@@ -18,7 +18,7 @@ import tensorflow_recommenders as tfrs
 from tfmtl.data.schema import ITEM_ID
 from tfmtl.distribute import all_replicas_own_first
 from tfmtl.precision import dtype_policy
-from tfmtl.tasks.base import Task, TaskInputs
+from tfmtl.tasks.base import Task, TaskInputs, known_mean, masked_kl
 from tfmtl.tasks.in_batch_softmax import InBatchSoftmax
 from tfmtl.top_k import top_k_dot
 
@@ -75,12 +75,15 @@ class Retrieval(Task):
                         temperature: float) -> tf.Tensor:
     """The KL divergence from the teacher's softmax over the batch's
     candidates to the student's, both at their task's temperature times
-    `temperature`, scaled by `temperature` squared."""
+    `temperature`, scaled by `temperature` squared; candidates of examples
+    the teacher does not know are left out."""
     t = temperature
     taught = tf.matmul(teacher.query, teacher.candidate, transpose_b=True) / (
         teacher_task.config.temperature * t)
     learnt = tf.matmul(student.query, student.candidate, transpose_b=True) / (
         self.config.temperature * t)
-    return t * t * tf.reduce_mean(tf.reduce_sum(
-        tf.nn.softmax(taught) * (tf.nn.log_softmax(taught) - tf.nn.log_softmax(learnt)),
-        axis=1))
+    unknown = tf.zeros_like(taught, tf.bool)
+    if teacher.sample_weight is not None:
+      unknown |= (tf.reshape(teacher.sample_weight, [-1]) == 0)[tf.newaxis, :]
+    return t * t * known_mean(masked_kl(taught, tf.cast(learnt, taught.dtype), unknown),
+                              teacher)

@@ -7,10 +7,13 @@ module each:
 - `ease`: the closed-form item-item model EASE (`EaseTeacher`, Steck 2019),
   fitted on the student's training split: scores over the catalogue only.
 
-A teacher gives `catalogue_scores(features)`, [batch, items] in the student's
-catalogue order (what the listwise term of `tfmtl.distillation` reads), and
-`task_inputs(features)`, the per-pair outputs its tasks' terms read (None
-when it has no tasks). Adding a teacher is one module with that class.
+A teacher gives `catalogue_scores(features)`: its scores of the batch's users
+over the student's catalogue, [batch, items], and where it knows them (what
+the listwise term of `tfmtl.distillation` reads); `task_inputs(features)`,
+the per-pair outputs its tasks' terms read, with `sample_weight` 1 where it
+knows the example (None when it has no tasks); and `check_student(student)`,
+called once before training, to adapt to the student's vocabulary and
+catalogue. Adding a teacher is one module with that class.
 """
 
 from tfmtl.teachers.ease import EaseTeacher

@@ -36,12 +36,14 @@ class EaseTeacher:
     score_matrix: [user indices, items] EASE scores, items in the student's
       catalogue order; row 0 is the unknown user's.
     user_ids: the user id of each later row (the vocabulary's order).
+    catalogue: the item id of each column.
   """
   tasks: dict = {}  # no per-pair outputs: only the listwise term applies
 
-  def __init__(self, score_matrix: tf.Tensor, user_ids=()):
+  def __init__(self, score_matrix: tf.Tensor, user_ids=(), catalogue=()):
     self.score_matrix = score_matrix
     self.user_ids = pd.Index(list(user_ids))
+    self.catalogue = np.asarray(catalogue, object)
 
   @classmethod
   def fit(cls, student, train: pd.DataFrame, l2: float) -> "EaseTeacher":
@@ -52,24 +54,29 @@ class EaseTeacher:
     """
     users, items = student.vocabulary.size(USER_ID), len(student.catalogue_item_ids)
     _check_memory(users, items)
-    return cls.from_matrix(interaction_matrix(student, train), l2, student.vocabulary.user_ids)
+    return cls.from_matrix(interaction_matrix(student, train), l2, student.vocabulary.user_ids,
+                           student.catalogue_item_ids)
 
   @classmethod
-  def from_matrix(cls, interactions: np.ndarray, l2: float, user_ids=()) -> "EaseTeacher":
-    """Fits EASE on a [user indices, items] 0/1 matrix (see `user_ids`)."""
+  def from_matrix(cls, interactions: np.ndarray, l2: float, user_ids=(),
+                  catalogue=()) -> "EaseTeacher":
+    """Fits EASE on a [user indices, items] 0/1 matrix (see `__init__`)."""
     x = tf.constant(interactions, tf.float32)
     gram = tf.matmul(x, x, transpose_a=True) + l2 * tf.eye(x.shape[1])
     inverse = tf.linalg.inv(gram)
     weights = -inverse / tf.linalg.diag_part(inverse)[tf.newaxis, :]
     weights = tf.linalg.set_diag(weights, tf.zeros(x.shape[1]))
-    return cls(tf.matmul(x, weights), user_ids)
+    return cls(tf.matmul(x, weights), user_ids, catalogue)
 
   def check_student(self, student) -> None:
     """Nothing to check: `fit` reads the student's own vocabulary."""
 
-  def catalogue_scores(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
-    """The batch's users' scores, [batch, items]."""
-    return tf.gather(self.score_matrix, tf.reshape(features[USER_ID], [-1]))
+  def catalogue_scores(self, features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """The batch's users' scores, [batch, items], and where they are known
+    (every item of a user the training split has)."""
+    users = tf.reshape(features[USER_ID], [-1])
+    scores = tf.gather(self.score_matrix, users)
+    return scores, tf.broadcast_to((users > 0)[:, tf.newaxis], tf.shape(scores))
 
   def scores(self, user_ids) -> tf.Tensor:
     """Scores of users by id, [users, items] (unknown users: row 0)."""

@@ -1,19 +1,29 @@
 """A trained tfmtl model as a teacher: `distillation.teacher: runs/<name>`, or
-`Distillation(trained_model)` in Python (`tfmtl.distillation`)."""
+`Distillation(trained_model)` in Python (`tfmtl.distillation`).
+
+The teacher may have learnt other vocabularies than the student (trained on
+other data, or on the same data with other features): `check_student` then
+maps the student's encoded batches to the teacher's by the raw strings
+(`VocabularyMap`), and examples whose user or item the teacher does not
+know get no teacher term.
+"""
 
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+import pandas as pd
 import tensorflow as tf
 
+from tfmtl.data.schema import HISTORY, ITEM_ID, USER_ID
 from tfmtl.tasks import TaskInputs
 
 
 class ModelTeacher:
-  """Scores and per-task outputs of a trained `MultiTaskModel`, which must
-  read the student's encoded features (the same vocabulary); it is never
-  updated.
+  """Scores and per-task outputs of a trained `MultiTaskModel`; it is never
+  updated. Until `check_student` says otherwise, it reads the student's
+  encoded features and catalogue as they are.
 
   Args:
     model: the teacher model.
@@ -22,27 +32,118 @@ class ModelTeacher:
   def __init__(self, model):
     self.model = model
     self.tasks = model.tasks
+    self.vocabulary_map: Optional[VocabularyMap] = None
     self._catalogue = tf.constant(model.catalogue_embeddings())  # [items, dim]
+    self._catalogue_known = tf.ones([self._catalogue.shape[0]], tf.bool)
 
   def check_student(self, student) -> None:
-    """ValueError unless the teacher reads the student's encoded features."""
+    """Adapts to `student`: its vocabulary (mapped by raw strings when it
+    differs) and its catalogue's order (items the teacher lacks: unknown)."""
     mine, theirs = student.vocabulary, self.model.vocabulary
-    for field in ("user_ids", "item_ids", "tokens", "boundaries", "history_length"):
-      if getattr(mine, field) != getattr(theirs, field):
-        raise ValueError(f"distillation.teacher: its vocabulary ({field}) differs from the "
-                         "student's; train teacher and student on the same data")
+    if any(getattr(mine, field) != getattr(theirs, field) for field in (
+        "user_ids", "item_ids", "tokens", "boundaries", "user_features", "item_features")):
+      self.vocabulary_map = VocabularyMap(mine, theirs)
+    positions = pd.Index(self.model.catalogue_item_ids).get_indexer(student.catalogue_item_ids)
+    self._catalogue = tf.gather(self._catalogue, np.maximum(positions, 0))
+    self._catalogue_known = tf.constant(positions >= 0)
 
-  def catalogue_scores(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
-    """The teacher's retrieval scores (query . candidate) of every catalogue
-    item, [batch, items]; the catalogue's embeddings are computed once."""
-    query = self.model.query_tower(features)
-    return tf.stop_gradient(tf.matmul(query, self._catalogue, transpose_b=True))
+  def catalogue_scores(self, features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """The teacher's retrieval scores (query . candidate) of every student
+    catalogue item, [batch, items], and where it knows both user and item."""
+    features, known = self._mapped(features)
+    scores = tf.matmul(self.model.query_tower(features), self._catalogue, transpose_b=True)
+    return tf.stop_gradient(scores), known[:, 0:1] & self._catalogue_known[tf.newaxis, :]
 
   def task_inputs(self, features: dict[str, tf.Tensor]) -> Optional[TaskInputs]:
-    """The teacher's embeddings and ranking logits of the batch."""
+    """The teacher's embeddings and ranking logits of the batch; its
+    `sample_weight` is 1 where the teacher knows the user and the item."""
     model = self.model
+    features, known = self._mapped(features)
     query = tf.stop_gradient(model.query_tower(features))
     candidate = tf.stop_gradient(model.candidate_tower(features))
     logits = {} if model.ranking is None else model.ranking(query, candidate)
     return TaskInputs(features, query, candidate,
-                      {name: tf.stop_gradient(logit) for name, logit in logits.items()})
+                      {name: tf.stop_gradient(logit) for name, logit in logits.items()},
+                      tf.cast(known[:, 0] & known[:, 1], tf.float32))
+
+  def _mapped(self, features):
+    """The batch in the teacher's encoding, and [batch, 2] whether it knows
+    each example's (user, item)."""
+    if self.vocabulary_map is not None:
+      features = self.vocabulary_map(features)
+    known = tf.stack([tf.reshape(features[USER_ID], [-1]) > 0,
+                      tf.reshape(features[ITEM_ID], [-1]) > 0], axis=1)
+    return features, known
+
+
+class VocabularyMap:
+  """Re-encodes a student's encoded batch for a teacher whose vocabulary
+  differs, by the raw strings: ids, tokens and history items the teacher
+  knows get its indices, the others its unknown index 0; a bucket becomes
+  the teacher's bucket of its middle value; vectors pass as they are; a
+  feature only the teacher reads is missing.
+
+  >>> from tfmtl.features import FeatureVocabulary
+  >>> student = FeatureVocabulary(["u1", "u2"], ["a", "b"], [2, 1], {}, {}, {}, {})
+  >>> teacher = FeatureVocabulary(["u2"], ["b", "c", "a"], [3, 2, 1], {}, {}, {}, {})
+  >>> mapped = VocabularyMap(student, teacher)({"user_id": tf.constant([1, 2]),
+  ...                                           "item_id": tf.constant([1, 2])})
+  >>> mapped["user_id"].numpy().tolist(), mapped["item_id"].numpy().tolist()
+  ([0, 1], [3, 1])
+  """
+
+  def __init__(self, student, teacher):
+    self.student, self.teacher = student, teacher
+    self.index_maps = {USER_ID: _index_map(student.user_ids, teacher.user_ids),
+                       ITEM_ID: _index_map(student.item_ids, teacher.item_ids)}
+    self.token_maps, self.missing = {}, {}
+    theirs = {**teacher.user_features, **teacher.item_features}
+    mine = {**student.user_features, **student.item_features}
+    for name, spec in theirs.items():
+      if name not in mine or mine[name].type != spec.type:
+        self.missing[name] = spec
+      elif spec.type == "categorical":
+        self.index_maps[name] = _index_map(student.tokens[name], teacher.tokens[name])
+      elif spec.type == "multi_categorical":
+        columns = _index_map(student.tokens[name], teacher.tokens[name]).numpy()
+        matrix = np.zeros((len(columns), len(teacher.tokens[name]) + 1), np.float32)
+        matrix[np.arange(len(columns)), columns] = 1.0  # unknown tokens: its column 0
+        self.token_maps[name] = tf.constant(matrix)
+      elif spec.type == "bucketized":
+        self.index_maps[name] = tf.constant(_bucket_map(student.boundaries[name],
+                                                        teacher.boundaries[name]))
+      elif spec.dim != mine[name].dim:
+        raise ValueError(f"distillation.teacher: its vector feature {name!r} is {spec.dim} "
+                         f"wide, the student's {mine[name].dim}")
+
+  def __call__(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    mapped = dict(features)
+    for name, index_map in self.index_maps.items():
+      if name in features:
+        mapped[name] = tf.gather(index_map, tf.cast(features[name], tf.int64))
+    for name, matrix in self.token_maps.items():
+      if name in features:
+        mapped[name] = tf.minimum(tf.matmul(tf.cast(features[name], tf.float32), matrix), 1.0)
+    if HISTORY in features:
+      mapped[HISTORY] = tf.gather(self.index_maps[ITEM_ID], tf.cast(features[HISTORY], tf.int64))
+    rows = tf.shape(features[USER_ID])[0]
+    for name, spec in self.missing.items():
+      mapped[name] = (tf.zeros([rows, spec.dim]) if spec.type == "vector" else
+                      tf.zeros([rows, len(self.teacher.tokens[name]) + 1])
+                      if spec.type == "multi_categorical" else tf.zeros([rows], tf.int64))
+    return mapped
+
+
+def _index_map(mine: list, theirs: list) -> tf.Tensor:
+  """[len(mine) + 1] int64: each of my indices (0: unknown) -> theirs."""
+  return tf.constant(np.concatenate(
+      [[0], pd.Index(list(theirs)).get_indexer(list(mine)) + 1]).astype(np.int64))
+
+
+def _bucket_map(mine: list[float], theirs: list[float]) -> np.ndarray:
+  """Each of my buckets (0: missing, 1..n) -> their bucket of its middle."""
+  cuts = np.asarray(mine, np.float64)
+  edges = np.concatenate([[cuts[0] - 1.0], cuts, [cuts[-1] + 1.0]])
+  middles = (edges[:-1] + edges[1:]) / 2
+  return np.concatenate([[0], np.searchsorted(theirs, middles, side="right") + 1]).astype(
+      np.int64)
