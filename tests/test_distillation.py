@@ -177,24 +177,41 @@ def test_ease_that_would_not_fit_in_memory_is_refused_naming_the_key():
     tfmtl.teachers.ease._check_memory(users=1_000, items=10_000_000)
 
 
+def test_the_top_k_and_margin_terms_equal_direct_numpy_computations():
+  rng = np.random.default_rng(2)
+  teacher, student = rng.normal(size=(2, 3, 8)).astype(np.float32)
+  hidden = rng.random((3, 8)) < 0.3
+  weights = np.exp(-np.arange(3) / 2.0)
+  weights /= weights.sum()
+  top, margins = [], []
+  for t, s, h in zip(teacher, student, hidden):
+    t, s = t[~h], s[~h]
+    log_p = s - np.log(np.exp(s).sum())
+    top.append(-(weights * log_p[np.argsort(-t)[:3]]).sum())
+    margins.append(np.mean(((s[:, None] - s[None]) - (t[:, None] - t[None])) ** 2))
+  args = tf.constant(teacher), tf.constant(student), tf.constant(hidden)
+  np.testing.assert_allclose(tfmtl.distillation.top_k_cross_entropy(*args, k=3, decay=2.0),
+                             top, rtol=1e-5)
+  np.testing.assert_allclose(tfmtl.distillation.margin_mse(*args), margins, rtol=1e-5)
+
+
 def _top(scores, seen, k=5):
   return np.argsort(-np.where(seen, -np.inf, scores), axis=1)[:, :k]
 
 
-@pytest.mark.parametrize("listwise_weight", [0.0, 20.0])
-def test_the_listwise_term_teaches_a_ranking_the_labels_do_not_hold(tiny_data, teacher,
-                                                                      listwise_weight):
+@pytest.mark.parametrize("term", [None, "listwise_weight", "topk_weight", "margin_weight"])
+def test_each_listwise_term_teaches_a_ranking_the_labels_do_not_hold(tiny_data, teacher, term):
   """A fixed toy teacher ranks items by random low-rank scores, unrelated to
-  the data: a student with the listwise term shares most of its top 5 per
-  user; the same student without it (weight 0) does not."""
+  the data: a student with a listwise term shares most of its top 5 per
+  user; the same student without one does not."""
   student = _model(tiny_data, teacher.vocabulary, embedding_dim=8)
   rng = np.random.default_rng(0)
   users, items = teacher.vocabulary.size("user_id"), len(student.catalogue_item_ids)
   scores = (rng.normal(size=(users, 3)) @ rng.normal(size=(3, items)) / np.sqrt(3))
   seen = interaction_matrix(student, tiny_data.interactions) > 0
   student.distillation = Distillation(
-      EaseTeacher(tf.constant(scores, tf.float32)), weight=0.0, listwise_weight=listwise_weight,
-      listwise_temperature=0.5, seen=tf.constant(seen))
+      EaseTeacher(tf.constant(scores, tf.float32)), weight=0.0, listwise_temperature=0.5,
+      seen=tf.constant(seen), **({term: 20.0} if term else {}))
   student.fit(make_dataset(tiny_data, tiny_data.interactions, student.encoder, 64), epochs=20,
               verbose=0)
   ids = np.asarray(teacher.vocabulary.user_ids, object)
@@ -202,7 +219,7 @@ def test_the_listwise_term_teaches_a_ranking_the_labels_do_not_hold(tiny_data, t
   rows = np.arange(1, users)  # index 0 is the unknown user
   overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(
       _top(learnt, seen[rows]), _top(scores[rows], seen[rows]))])
-  assert (overlap > 0.6) if listwise_weight else (overlap < 0.3), overlap
+  assert (overlap > 0.6) if term else (overlap < 0.3), overlap
 
 
 def test_a_config_distills_from_ease_with_the_listwise_term(tiny_data, teacher):

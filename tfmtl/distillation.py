@@ -9,12 +9,19 @@ teacher (`tfmtl.teachers`: a trained tfmtl run, or the closed-form EASE):
   candidates to the student's; regression, the squared error to the
   teacher's prediction; binary, the KL divergence between the two
   probabilities; all at `temperature`;
-- with `listwise_weight`, the listwise term over the whole catalogue: for
-  each example's user, the KL divergence from the teacher's softmax over
-  the items the user has not interacted with in training to the student's
-  (both the teacher's scores and the student's query . candidate dot
-  products divided by `listwise_temperature`). It teaches the student the
-  teacher's ranking of exactly the items that evaluation ranks.
+- the listwise terms, over the items each example's user has not
+  interacted with in training (the ranking evaluation measures), with the
+  teacher's scores and the student's query . candidate dot products both
+  divided by `listwise_temperature`:
+  - `listwise_weight`: the KL divergence from the teacher's softmax over
+    those items to the student's;
+  - `topk_weight`: ranking distillation (Tang & Wang 2018): the teacher's
+    `topk` best items as extra positives of the student's softmax, the
+    item at rank r weighted exp(-r / `topk_decay`);
+  - `margin_weight`: score-difference matching (Margin-MSE, Hofstätter et
+    al. 2020) over every pair of those items: the mean squared difference
+    between the student's and the teacher's score margins, which ignores
+    an offset between their scales.
 
 The student may be far smaller (narrower embeddings, fewer or no experts).
 A run teacher whose vocabulary differs reads the batch mapped by raw ids and
@@ -56,9 +63,10 @@ class Distillation:
     teacher: a `tfmtl.teachers` teacher, or a `MultiTaskModel` (taken as a
       `ModelTeacher`).
     weight, temperature: the per-task terms' weight and temperature.
-    listwise_weight, listwise_temperature: the listwise term's.
+    listwise_weight, topk_weight, topk, topk_decay, margin_weight,
+      listwise_temperature: the listwise terms'.
     seen: [user indices, items], true where a user interacted with an item
-      in training; needed by the listwise term.
+      in training; needed by the listwise terms.
   """
   teacher: Any
   weight: float = 1.0
@@ -66,12 +74,21 @@ class Distillation:
   listwise_weight: float = 0.0
   listwise_temperature: float = 0.05
   seen: Optional[tf.Tensor] = None
+  topk_weight: float = 0.0
+  topk: int = 10
+  topk_decay: float = 5.0
+  margin_weight: float = 0.0
 
   def __post_init__(self):
     if not hasattr(self.teacher, "catalogue_scores"):
       self.teacher = ModelTeacher(self.teacher)
-    if self.listwise_weight and self.seen is None:
-      raise ValueError("the listwise term needs `seen`, the training interactions")
+    if self.listwise and self.seen is None:
+      raise ValueError("the listwise terms need `seen`, the training interactions")
+
+  @property
+  def listwise(self) -> bool:
+    """Whether any listwise term is on."""
+    return bool(self.listwise_weight or self.topk_weight or self.margin_weight)
 
   @classmethod
   def from_config(cls, options, student, train: pd.DataFrame, load_run) -> "Distillation":
@@ -82,14 +99,18 @@ class Distillation:
     else:
       teacher = ModelTeacher(load_run(options.teacher))
     teacher.check_student(student)
+    weights = {"listwise_weight": options.listwise_weight,
+               "topk_weight": options.topk_weight, "margin_weight": options.margin_weight}
     seen = None
-    if options.listwise_weight:
+    if any(weights.values()):
       if not any(task.type == "retrieval" for task in student.tasks.values()):
-        raise ConfigError("distillation.listwise_weight: the listwise term trains the "
-                          "retrieval scores; add a retrieval task or set it to 0")
+        on = ", ".join(key for key, weight in weights.items() if weight)
+        raise ConfigError(f"distillation.{on}: the listwise terms train the retrieval "
+                          "scores; add a retrieval task or set them to 0")
       seen = tf.constant(interaction_matrix(student, train) > 0)
-    return cls(teacher, options.weight, options.temperature, options.listwise_weight,
-               options.listwise_temperature, seen)
+    return cls(teacher, options.weight, options.temperature,
+               listwise_temperature=options.listwise_temperature, seen=seen,
+               topk=options.topk, topk_decay=options.topk_decay, **weights)
 
   def check_student(self, student) -> None:
     """Adapts the teacher to `student` (see `tfmtl.teachers`)."""
@@ -120,7 +141,7 @@ class Distillation:
   def loss(self, student, inputs: TaskInputs) -> tf.Tensor:
     """The weighted soft loss for one batch: each student task's
     distillation term toward the teacher's task of the same name and type
-    (`Task.distillation_loss`), plus the listwise term."""
+    (`Task.distillation_loss`), plus the listwise terms."""
     terms = []
     taught = self.teacher.task_inputs(inputs.features) if self.weight else None
     for name, task in student.tasks.items() if taught is not None else ():
@@ -129,19 +150,66 @@ class Distillation:
         term = task.distillation_loss(inputs, taught, teacher_task, self.temperature)
         if term is not None:
           terms.append(self.weight * term)
-    if self.listwise_weight:
-      terms.append(self.listwise_weight * self.listwise_loss(student, inputs))
+    if self.listwise:
+      terms.append(self.listwise_loss(student, inputs))
     return tf.add_n(terms) if terms else tf.constant(0.0)
 
   def listwise_loss(self, student, inputs: TaskInputs) -> tf.Tensor:
-    """The batch's mean KL divergence from the teacher's softmax over each
-    user's unseen catalogue items to the student's (see module doc)."""
+    """The batch's weighted listwise terms over each user's unseen catalogue
+    items (see module doc)."""
     seen = tf.gather(self.seen, tf.reshape(inputs.features[USER_ID], [-1]))
     taught, known = self.teacher.catalogue_scores(inputs.features)
     learnt = tf.matmul(inputs.query, student.catalogue_embeddings(), transpose_b=True)
-    return tf.reduce_mean(masked_kl(taught / self.listwise_temperature,
-                                    tf.cast(learnt, tf.float32) / self.listwise_temperature,
-                                    seen | ~known))
+    taught = taught / self.listwise_temperature
+    learnt = tf.cast(learnt, tf.float32) / self.listwise_temperature
+    hidden = seen | ~known
+    terms = []
+    if self.listwise_weight:
+      terms.append(self.listwise_weight * masked_kl(taught, learnt, hidden))
+    if self.topk_weight:
+      terms.append(self.topk_weight * top_k_cross_entropy(taught, learnt, hidden, self.topk,
+                                                          self.topk_decay))
+    if self.margin_weight:
+      terms.append(self.margin_weight * margin_mse(taught, learnt, hidden))
+    return tf.reduce_mean(tf.add_n(terms))
+
+
+def top_k_cross_entropy(teacher_scores: tf.Tensor, student_logits: tf.Tensor,
+                        hidden: tf.Tensor, k: int, decay: float) -> tf.Tensor:
+  """Per row, the cross-entropy of the student's softmax over the columns
+  not `hidden` at the teacher's `k` best such columns, the one at rank r
+  (from 0) weighted exp(-r / decay), weights summing to 1; [rows].
+
+  >>> float(top_k_cross_entropy(tf.constant([[3., 1., 2.]]), tf.constant([[0., 0., 0.]]),
+  ...                           tf.constant([[False, False, True]]), k=1, decay=1.0)[0])
+  0.693...
+  """
+  k = min(k, int(teacher_scores.shape[-1]))
+  out = tf.constant(-1e9, teacher_scores.dtype)
+  best = tf.math.top_k(tf.where(hidden, out, teacher_scores), k).indices  # [rows, k]
+  weights = tf.exp(-tf.range(k, dtype=tf.float32) / decay)
+  weights = weights / tf.reduce_sum(weights)
+  log_probabilities = tf.nn.log_softmax(tf.where(hidden, out, student_logits))
+  usable = tf.cast(~tf.gather(hidden, best, batch_dims=1), tf.float32)  # fewer than k unseen
+  return -tf.reduce_sum(weights * usable * tf.gather(log_probabilities, best, batch_dims=1),
+                        axis=1)
+
+
+def margin_mse(teacher_scores: tf.Tensor, student_scores: tf.Tensor,
+               hidden: tf.Tensor) -> tf.Tensor:
+  """Per row, the mean over every ordered pair (j, k) of columns not
+  `hidden` of ((s_j - s_k) - (t_j - t_k))^2: twice the variance of s - t
+  over those columns; [rows].
+
+  >>> float(margin_mse(tf.constant([[1., 2., 3.]]), tf.constant([[11., 12., 0.]]),
+  ...                  tf.constant([[False, False, True]]))[0])
+  0.0
+  """
+  shown = tf.cast(~hidden, tf.float32)
+  count = tf.maximum(tf.reduce_sum(shown, axis=1, keepdims=True), 1.0)
+  difference = (student_scores - teacher_scores) * shown
+  centred = (difference - tf.reduce_sum(difference, axis=1, keepdims=True) / count) * shown
+  return 2.0 * tf.reduce_sum(tf.square(centred), axis=1) / tf.squeeze(count, 1)
 
 
 def principal_coordinates(rows: np.ndarray, width: int) -> np.ndarray:

@@ -197,7 +197,7 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
                                               lambda path: load_run(path)[1])
       if config.distillation.initialize == "pca":
         distillation.initialize_student(model)
-      if distillation.weight or distillation.listwise_weight:
+      if distillation.weight or distillation.listwise:
         model.distillation = distillation
     checkpoints = checkpoint_folder(default_run_dir(config))
     backup = backup_and_restore(model, checkpoints, options.checkpoint_steps, options.resume,

@@ -202,7 +202,13 @@ class DistillationConfig(Section):
     listwise_weight: weight of the listwise term: the KL divergence from the
       teacher's softmax over each user's unseen catalogue items to the
       student's retrieval scores' (0: none; needs a retrieval task).
-    listwise_temperature: both sides' scores are divided by it in that term.
+    topk_weight: weight of ranking distillation: the teacher's `topk` best
+      unseen items as the student's extra positives, rank r weighted
+      exp(-r / `topk_decay`) (Tang & Wang 2018; 0: none).
+    margin_weight: weight of score-difference matching (Margin-MSE) over
+      every pair of a user's unseen items (0: none).
+    listwise_temperature: both sides' scores are divided by it in these
+      three listwise terms.
     ease_lambda: EASE's L2 strength (`teacher: ease`).
     initialize: `none`, or `pca`: the student's id embeddings start at the
       teacher's, on their principal axes (as many as the student's are wide).
@@ -211,6 +217,10 @@ class DistillationConfig(Section):
   weight: float = 1.0
   temperature: float = 2.0
   listwise_weight: float = 0.0
+  topk_weight: float = 0.0
+  topk: int = 10
+  topk_decay: float = 5.0
+  margin_weight: float = 0.0
   listwise_temperature: float = 0.05
   ease_lambda: float = 250.0
   initialize: str = "none"
@@ -219,10 +229,12 @@ class DistillationConfig(Section):
     one_of("initialize", self.initialize, ("none", "pca"))
     if self.weight < 0:
       raise ConfigError("weight: must be non-negative")
-    if self.listwise_weight < 0:
-      raise ConfigError("listwise_weight: must be non-negative")
-    if self.listwise_temperature <= 0 or self.ease_lambda <= 0:
-      raise ConfigError("listwise_temperature, ease_lambda: must be positive")
+    if min(self.listwise_weight, self.topk_weight, self.margin_weight) < 0:
+      raise ConfigError("listwise_weight, topk_weight, margin_weight: must be non-negative")
+    if self.listwise_temperature <= 0 or self.ease_lambda <= 0 or self.topk_decay <= 0:
+      raise ConfigError("listwise_temperature, ease_lambda, topk_decay: must be positive")
+    if self.topk < 1:
+      raise ConfigError("topk: must be at least 1")
     if self.teacher == "ease" and self.initialize != "none":
       raise ConfigError("initialize: pca starts from a model teacher's embeddings; "
                         "teacher ease has none")
