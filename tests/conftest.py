@@ -169,25 +169,36 @@ def tiny_prepared(tiny_data):
                            tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions))
 
 
+def _write_tiny_config(folder, data, **sections):
+  """The tiny set as CSV files in `folder` and a config reading them (2
+  epochs of batch 64; `sections` update it); returns the config's path."""
+  for name, frame in (("ratings", data.interactions), ("users", data.users),
+                      ("items", data.items)):
+    frame.to_csv(folder / f"{name}.csv", index=False)
+  config = {
+      "name": "tiny",
+      "data": {"source": "files", "interactions": str(folder / "ratings.csv"),
+               "users": str(folder / "users.csv"), "items": str(folder / "items.csv"),
+               "user_features": {"taste": "categorical", "age": "bucketized"},
+               "item_features": {"genres": "multi_categorical", "year": "bucketized"}},
+      "train": {"epochs": 2, "batch_size": 64},
+  }
+  for section, values in sections.items():
+    config[section] = {**config.get(section, {}), **values}
+  path = folder / "tiny.yaml"
+  path.write_text(yaml.safe_dump(config))
+  return path
+
+
+@pytest.fixture(scope="session")
+def write_tiny_config(tiny_data):
+  """`write(folder, **sections)`: `tiny_config_file`'s files in `folder`, for
+  a fixture of wider scope than a test's tmp_path; returns the config's path."""
+  return lambda folder, **sections: _write_tiny_config(folder, tiny_data, **sections)
+
+
 @pytest.fixture
 def tiny_config_file(tmp_path, tiny_data):
   """`write(**sections)`: the tiny set as CSV files in tmp_path and a config
   reading them (2 epochs of batch 64; `sections` update it); returns its path."""
-  def write(**sections):
-    for name, frame in (("ratings", tiny_data.interactions), ("users", tiny_data.users),
-                        ("items", tiny_data.items)):
-      frame.to_csv(tmp_path / f"{name}.csv", index=False)
-    config = {
-        "name": "tiny",
-        "data": {"source": "files", "interactions": str(tmp_path / "ratings.csv"),
-                 "users": str(tmp_path / "users.csv"), "items": str(tmp_path / "items.csv"),
-                 "user_features": {"taste": "categorical", "age": "bucketized"},
-                 "item_features": {"genres": "multi_categorical", "year": "bucketized"}},
-        "train": {"epochs": 2, "batch_size": 64},
-    }
-    for section, values in sections.items():
-      config[section] = {**config.get(section, {}), **values}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-  return write
+  return lambda **sections: _write_tiny_config(tmp_path, tiny_data, **sections)

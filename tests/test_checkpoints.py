@@ -173,7 +173,9 @@ def test_an_unreadable_index_is_an_error_not_a_fresh_start(crashed, tiny_prepare
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(
-    tmp_path, tiny_frames):
+    tmp_path, tiny_frames, tfmtl_cli):
+  """The killed run and its rerun are processes of their own; the
+  uninterrupted run, the same `tfmtl train`, runs in this one."""
   make_frames, _ = tiny_frames
   interactions, users, items = make_frames(num_users=1_000)  # 188 steps per epoch
   for name, frame in (("ratings", interactions), ("users", users), ("items", items)):
@@ -207,8 +209,8 @@ def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(
   assert "Epoch 3/3" in resumed.stdout and "Epoch 2/3" not in resumed.stdout
   assert not state.parent.parent.exists()
 
-  uninterrupted = subprocess.run(train + ["--set", "train.run_dir=runs/uninterrupted"],
-                                 cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  uninterrupted = tfmtl_cli(*train[3:], "--set", "train.run_dir=runs/uninterrupted",
+                            cwd=tmp_path)
   assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
   # Epoch 3 sees the batches it would have seen; float sums may round differently.
   after_crash, expected = (json.loads((tmp_path / "runs" / name / "history.json").read_text())

@@ -3,9 +3,13 @@
 Each distributed run trains the tiny set on the same global batches as a
 one-device run, from the same initial weights, and must end with the same
 weights (tolerance: 1e-3, float sums in another order) and, in one process, the
-same task losses.
+same task losses. The one-device runs the cluster tests compare with are
+trained once for the module, in this process (`one_device`).
 """
 
+import contextlib
+import functools
+import io
 import json
 import os
 import re
@@ -52,9 +56,10 @@ print(json.dumps(runs))
 """
 
 
-@pytest.fixture
-def config_file(tiny_config_file):
-  return tiny_config_file(split={"fractions": [1.0, 0.0, 0.0]})
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory, write_tiny_config):
+  """The tiny set, all of it the training split (the module's tests share it)."""
+  return write_tiny_config(tmp_path_factory.mktemp("tiny"), split={"fractions": [1.0, 0.0, 0.0]})
 
 
 def _python(code_or_args, cwd, env=None, timeout=600):
@@ -73,16 +78,17 @@ def _same(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_mirrored_on_two_cpus_trains_as_one_device(config_file, tmp_path):
+def test_mirrored_on_two_cpus_trains_as_one_device(config_file, tmp_path, one_device):
   mirrored = ["train.strategy=mirrored", "train.devices=[/cpu:0,/cpu:1]"]
   shared_tables = ["model.tpu_embedding=true"]
-  trainings = json.loads(_python(["-c", _MIRRORED, str(config_file), "[]", json.dumps(mirrored),
+  trainings = json.loads(_python(["-c", _MIRRORED, str(config_file), json.dumps(mirrored),
                              json.dumps(mirrored + ["tasks.retrieval.cross_replica_negatives=false"]),
                              json.dumps(shared_tables), json.dumps(mirrored + shared_tables),
                              json.dumps(mirrored + ["train.steps_per_execution=4"])],
                             cwd=tmp_path).stdout.strip().splitlines()[-1])
-  (one_device, two_replicas, local_negatives, tables_one_device, tables_two_replicas,
+  (two_replicas, local_negatives, tables_one_device, tables_two_replicas,
    four_steps_a_call) = trainings
+  one_device = one_device(epochs=2, tables=False)  # trained in this process
   _same(one_device, two_replicas)
   _same(tables_one_device, tables_two_replicas)  # TFRS's TPUEmbedding layer, off-TPU
   # 2 epochs of 720 rows in batches of 64: 12 steps each. Unset,
@@ -100,21 +106,42 @@ def test_mirrored_on_two_cpus_trains_as_one_device(config_file, tmp_path):
           < one_device["losses"]["retrieval_loss"] - 0.1)
 
 
-def _untrained_and_trained_losses(config) -> tuple[dict, dict]:
-  """Each task's loss on the training data before training (the untrained
-  model's evaluation) and over the last epoch of one device's training."""
-  import tf_keras as keras
-  from tfmtl.data import make_dataset
-  from tfmtl.model import build_model
-  prepared = training.prepare(config)
-  keras.utils.set_random_seed(config.seed)
-  model = build_model(config, prepared.vocabulary, prepared.data.items)
-  untrained = model.evaluate(make_dataset(prepared.data, prepared.split.train, model.encoder,
-                                          config.train.batch_size), return_dict=True, verbose=0)
-  history = training.fit(config, prepared, verbose=0).history.history
-  tasks = [name for name in history if name.endswith("_loss")
-           and name not in ("loss", "total_loss", "regularization_loss")]
-  return ({task: untrained[task] for task in tasks}, {task: history[task][-1] for task in tasks})
+@pytest.fixture(scope="module")
+def one_device(config_file):
+  """`train(epochs, tables)`: `config_file` with `train.epochs` and
+  `model.tpu_embedding` set, trained on one device in this process as
+  `tfmtl train` trains it, once for the module. A dict: `stdout` (its
+  progress lines), `losses` (each loss of the last epoch), `weights`,
+  `calls` (calls into TensorFlow), `untrained` (each task's loss on the
+  training data before training: the untrained model's evaluation) and
+  `trained` (each task's loss over the last epoch)."""
+
+  @functools.cache
+  def train(epochs: int, tables: bool) -> dict:
+    import tf_keras as keras
+    from tfmtl.data import make_dataset
+    from tfmtl.model import build_model
+    config = ExperimentConfig.from_file(config_file).with_overrides(
+        [f"train.epochs={epochs}", f"model.tpu_embedding={str(tables).lower()}",
+         "train.log_dir=''"])
+    prepared = training.prepare(config)
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, prepared.vocabulary, prepared.data.items)
+    untrained = model.evaluate(make_dataset(prepared.data, prepared.split.train, model.encoder,
+                                            config.train.batch_size), return_dict=True, verbose=0)
+    calls = []
+    count = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: calls.append(1))
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+      model = training.fit(config, prepared, verbose=2, callbacks=[count])
+    history = model.history.history
+    tasks = [name for name in history if name.endswith("_loss")
+             and name not in ("loss", "total_loss", "regularization_loss")]
+    return {"stdout": stdout.getvalue(), "calls": len(calls),
+            "losses": {k: v[-1] for k, v in history.items() if k.endswith("_loss")},
+            "weights": [w.numpy() for w in model.trainable_weights],
+            "untrained": {task: untrained[task] for task in tasks},
+            "trained": {task: history[task][-1] for task in tasks}}
+  return train
 
 
 def _free_ports(n: int) -> list[int]:
@@ -157,33 +184,31 @@ def _two_worker_processes(config_file, cwd, *overrides) -> list[tuple[int, str, 
 
 
 @pytest.mark.slow
-def test_two_worker_processes_train_as_one_device(config_file, tmp_path):
+def test_two_worker_processes_train_as_one_device(config_file, tmp_path, one_device):
   chief, other = _two_workers(config_file, tmp_path, "train.run_dir=runs/two_workers")
   assert chief.strip().endswith("Saved the trained model to runs/two_workers")
   assert other.strip().endswith("Trained; the chief saves the run to runs/two_workers")
-  _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
-           "--set", "train.run_dir=runs/one_device"], cwd=tmp_path)
-  assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one_device", "two_workers"]
-  _same(_run_weights(tmp_path / "runs" / "one_device"),
+  assert [p.name for p in (tmp_path / "runs").iterdir()] == ["two_workers"]  # the chief's only
+  reference = one_device(epochs=2, tables=False)
+  _same({"losses": {}, "weights": reference["weights"]},
         _run_weights(tmp_path / "runs" / "two_workers"))
 
 
 @pytest.mark.slow
-def test_two_workers_split_tfrecord_input_by_file(config_file, tmp_path, last_epoch_losses):
+def test_two_workers_split_tfrecord_input_by_file(config_file, tmp_path, last_epoch_losses,
+                                                  one_device):
   stdouts = _two_workers(config_file, tmp_path, "train.run_dir=runs/two_workers",
-                         "train.input=tfrecord", "train.input_shards=4", "train.epochs=4")
-  one_device = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
-                        "--set", "train.run_dir=runs/one_device", "--set", "train.epochs=4"],
-                       cwd=tmp_path)
+                         "train.input=tfrecord", "train.input_shards=4")
+  reference = one_device(epochs=2, tables=False)  # memory input
   # Each worker reads 2 of the 4 files, in half batches: as many steps as one
   # device (reading every file would take twice as many), other batches.
-  steps = [re.findall(r"^(\d+)/\d+ - ", out, re.M) for out in (stdouts[0], one_device.stdout)]
-  assert steps[0] == steps[1] and len(steps[0]) == 4
+  steps = [re.findall(r"^(\d+)/\d+ - ", out, re.M) for out in (stdouts[0], reference["stdout"])]
+  assert steps[0] == steps[1] and len(steps[0]) == 2
   assert last_epoch_losses(stdouts[0]) == pytest.approx(
-      last_epoch_losses(one_device.stdout), rel=0.1)
+      last_epoch_losses(reference["stdout"]), rel=0.1)
   weights = _run_weights(tmp_path / "runs" / "two_workers")["weights"]
   assert all(np.isfinite(w).all() for w in weights)
-  assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one_device", "two_workers"]
+  assert [p.name for p in (tmp_path / "runs").iterdir()] == ["two_workers"]  # the chief's only
 
 
 def test_fewer_tfrecord_files_than_workers_is_a_config_error(config_file, tmp_path):
@@ -196,33 +221,46 @@ def test_fewer_tfrecord_files_than_workers_is_a_config_error(config_file, tmp_pa
             "their own files; give at least 2") in stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("train_input, tables", [("memory", "false"), ("tfrecord", "false"),
-                                                 ("memory", "true")])
-def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
-    config_file, tmp_path, last_epoch_losses, train_input, tables):
-  """Also with `model.tpu_embedding`: TFRS's layer, off-TPU, its tables split
-  across the parameter servers like the towers' own."""
+@pytest.fixture(scope="module")
+def parameter_server_cluster(tmp_path_factory):
+  """(folder, tf_config): a cluster's working folder and `tf_config(kind,
+  index)`, each of its tasks' TF_CONFIG. Its two workers and two parameter
+  servers (`tfmtl worker`) run in that folder while the module's tests do
+  (they read and write the chief's relative paths there); each test's
+  chief connects to them anew."""
+  folder = tmp_path_factory.mktemp("cluster")
   ports = iter(_free_ports(5))
   cluster = {"worker": [f"localhost:{next(ports)}" for _ in range(2)],
              "ps": [f"localhost:{next(ports)}" for _ in range(2)],
              "chief": [f"localhost:{next(ports)}"]}
   def tf_config(kind, index):
     return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})}
-  servers = [subprocess.Popen([sys.executable, "-m", "tfmtl.cli", "worker"], cwd=tmp_path,
+  servers = [subprocess.Popen([sys.executable, "-m", "tfmtl.cli", "worker"], cwd=folder,
                               env={**os.environ, **tf_config(kind, index)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for kind, index in (("worker", 0), ("worker", 1), ("ps", 0), ("ps", 1))]
-  try:
-    chief = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
-                     "--set", "train.strategy=parameter_server",
-                     "--set", "train.shard_min_bytes=1024", "--set", "train.run_dir=runs/ps",
-                     "--set", f"train.input={train_input}", "--set", "train.epochs=4",
-                     "--set", f"model.tpu_embedding={tables}"],
-                    cwd=tmp_path, env=tf_config("chief", 0))
-  finally:
-    for server in servers:
-      server.kill()
+  yield folder, tf_config
+  for server in servers:
+    server.kill()
+    server.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train_input, tables", [("tfrecord", "false"), ("memory", "true")])
+def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
+    config_file, last_epoch_losses, one_device, parameter_server_cluster, train_input, tables):
+  """The towers' own embeddings, or `model.tpu_embedding`'s tables (TFRS's
+  layer, off-TPU), split across the parameter servers. The two cases cover
+  each input (`tfrecord`, `memory`) and each kind of table (sharded towers'
+  embeddings, sharded shared tables) once, each with a chief of its own."""
+  folder, tf_config = parameter_server_cluster
+  run_dir = f"runs/ps_{train_input}_{tables}"
+  chief = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
+                   "--set", "train.strategy=parameter_server",
+                   "--set", "train.shard_min_bytes=1024", "--set", f"train.run_dir={run_dir}",
+                   "--set", f"train.input={train_input}", "--set", "train.epochs=4",
+                   "--set", f"model.tpu_embedding={tables}"],
+                  cwd=folder, env=tf_config("chief", 0))
   sharded = chief.stderr.split("split across the parameter servers: ")[1].splitlines()[0]
   assert "user_id_embedding" in sharded and "item_id_embedding" in sharded
   assert ("embedding_tables/user_id_embedding" in sharded) == (tables == "true")
@@ -231,14 +269,12 @@ def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
   # least half of what one device's falls (the like loss, which 4 epochs
   # move least, fell by 0.69 of it in one run); a cluster whose updates are
   # lost does not.
-  config = ExperimentConfig.from_file(config_file).with_overrides(
-      ["train.epochs=4", f"model.tpu_embedding={tables}", "train.log_dir=''",
-       f"train.run_dir={tmp_path / 'one_device'}"])
-  untrained, one_device = _untrained_and_trained_losses(config)
+  reference = one_device(epochs=4, tables=tables == "true")
+  untrained, trained = reference["untrained"], reference["trained"]
   for task, loss in last_epoch_losses(chief.stdout).items():
-    assert untrained[task] - loss >= 0.5 * (untrained[task] - one_device[task]), (
-        task, untrained[task], loss, one_device[task])
-  runs.load_run(tmp_path / "runs" / "ps")  # the sharded tables reload whole
+    assert untrained[task] - loss >= 0.5 * (untrained[task] - trained[task]), (
+        task, untrained[task], loss, trained[task])
+  runs.load_run(folder / run_dir)  # the sharded tables reload whole
 
 
 def test_tpu_falls_back_to_the_default_strategy_off_tpu(caplog):
