@@ -146,6 +146,17 @@ def test_a_config_initialises_the_student_from_the_teacher(tiny_data, teacher, t
                              tfmtl.distillation.principal_coordinates(taught, 2), atol=1e-4)
 
 
+def test_a_run_teachers_catalogue_scores_reuse_its_batch_outputs_unchanged(tiny_data, teacher):
+  taught = Distillation(teacher).teacher
+  batch = _batch(teacher, tiny_data)
+  (alone, known), (reused, reused_known) = (taught.catalogue_scores(batch),
+                                            taught.catalogue_scores(batch,
+                                                                    taught.task_inputs(batch)))
+  np.testing.assert_allclose(reused.numpy(), alone.numpy(), rtol=1e-6)
+  np.testing.assert_array_equal(reused_known.numpy(), known.numpy())
+  assert known.numpy().all()  # the teacher's own data: every user and item known
+
+
 def test_the_masked_kl_equals_a_direct_numpy_computation():
   rng = np.random.default_rng(0)
   teacher, student = rng.normal(size=(2, 3, 6)).astype(np.float32)

@@ -151,14 +151,16 @@ class Distillation:
         if term is not None:
           terms.append(self.weight * term)
     if self.listwise:
-      terms.append(self.listwise_loss(student, inputs))
+      terms.append(self.listwise_loss(student, inputs, taught))
     return tf.add_n(terms) if terms else tf.constant(0.0)
 
-  def listwise_loss(self, student, inputs: TaskInputs) -> tf.Tensor:
+  def listwise_loss(self, student, inputs: TaskInputs,
+                    taught_inputs: Optional[TaskInputs] = None) -> tf.Tensor:
     """The batch's weighted listwise terms over each user's unseen catalogue
-    items (see module doc)."""
+    items (see module doc); `taught_inputs`: the teacher's `task_inputs` of
+    the batch, if computed."""
     seen = tf.gather(self.seen, tf.reshape(inputs.features[USER_ID], [-1]))
-    taught, known = self.teacher.catalogue_scores(inputs.features)
+    taught, known = self.teacher.catalogue_scores(inputs.features, taught_inputs)
     learnt = tf.matmul(inputs.query, student.catalogue_embeddings(), transpose_b=True)
     taught = taught / self.listwise_temperature
     learnt = tf.cast(learnt, tf.float32) / self.listwise_temperature

@@ -7,9 +7,10 @@ module each:
 - `ease`: the closed-form item-item model EASE (`EaseTeacher`, Steck 2019),
   fitted on the student's training split: scores over the catalogue only.
 
-A teacher gives `catalogue_scores(features)`: its scores of the batch's users
-over the student's catalogue, [batch, items], and where it knows them (what
-the listwise term of `tfmtl.distillation` reads); `task_inputs(features)`,
+A teacher gives `catalogue_scores(features, taught=None)`: its scores of the
+batch's users over the student's catalogue, [batch, items], and where it
+knows them (what the listwise terms of `tfmtl.distillation` read; `taught`
+is the batch's `task_inputs` when already computed); `task_inputs(features)`,
 the per-pair outputs its tasks' terms read, with `sample_weight` 1 where it
 knows the example (None when it has no tasks); and `check_student(student)`,
 called once before training, to adapt to the student's vocabulary and

@@ -71,9 +71,11 @@ class EaseTeacher:
   def check_student(self, student) -> None:
     """Nothing to check: `fit` reads the student's own vocabulary."""
 
-  def catalogue_scores(self, features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+  def catalogue_scores(self, features: dict[str, tf.Tensor],
+                       taught=None) -> tuple[tf.Tensor, tf.Tensor]:
     """The batch's users' scores, [batch, items], and where they are known
     (every item of a user the training split has)."""
+    del taught  # per-pair outputs: EASE has none
     users = tf.reshape(features[USER_ID], [-1])
     scores = tf.gather(self.score_matrix, users)
     return scores, tf.broadcast_to((users > 0)[:, tf.newaxis], tf.shape(scores))

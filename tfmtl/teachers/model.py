@@ -47,12 +47,20 @@ class ModelTeacher:
     self._catalogue = tf.gather(self._catalogue, np.maximum(positions, 0))
     self._catalogue_known = tf.constant(positions >= 0)
 
-  def catalogue_scores(self, features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+  def catalogue_scores(self, features: dict[str, tf.Tensor],
+                       taught: Optional[TaskInputs] = None) -> tuple[tf.Tensor, tf.Tensor]:
     """The teacher's retrieval scores (query . candidate) of every student
-    catalogue item, [batch, items], and where it knows both user and item."""
-    features, known = self._mapped(features)
-    scores = tf.matmul(self.model.query_tower(features), self._catalogue, transpose_b=True)
-    return tf.stop_gradient(scores), known[:, 0:1] & self._catalogue_known[tf.newaxis, :]
+    catalogue item, [batch, items], and where it knows both user and item;
+    `taught`, this batch's `task_inputs` if already computed, saves running
+    the query tower again."""
+    if taught is None:
+      mapped, _ = self._mapped(features)
+      query = tf.stop_gradient(self.model.query_tower(mapped))
+    else:
+      mapped, query = taught.features, taught.query
+    users = tf.reshape(mapped[USER_ID], [-1]) > 0
+    scores = tf.matmul(query, self._catalogue, transpose_b=True)
+    return scores, users[:, tf.newaxis] & self._catalogue_known[tf.newaxis, :]
 
   def task_inputs(self, features: dict[str, tf.Tensor]) -> Optional[TaskInputs]:
     """The teacher's embeddings and ranking logits of the batch; its
