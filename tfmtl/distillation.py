@@ -50,9 +50,10 @@ import tensorflow as tf
 from tfmtl.data.schema import USER_ID
 from tfmtl.errors import ConfigError
 from tfmtl.tasks import TaskInputs
-from tfmtl.tasks.base import masked_kl
+from tfmtl.tasks.base import hide, masked_kl
 from tfmtl.teachers import EaseTeacher, ModelTeacher
 from tfmtl.teachers.ease import interaction_matrix
+from tfmtl.top_k import top_k
 
 
 @dataclasses.dataclass
@@ -187,11 +188,10 @@ def top_k_cross_entropy(teacher_scores: tf.Tensor, student_logits: tf.Tensor,
   0.693...
   """
   k = min(k, int(teacher_scores.shape[-1]))
-  out = tf.constant(-1e9, teacher_scores.dtype)
-  best = tf.math.top_k(tf.where(hidden, out, teacher_scores), k).indices  # [rows, k]
+  _, best = top_k(hide(teacher_scores, hidden), k)  # [rows, k]
   weights = tf.exp(-tf.range(k, dtype=tf.float32) / decay)
   weights = weights / tf.reduce_sum(weights)
-  log_probabilities = tf.nn.log_softmax(tf.where(hidden, out, student_logits))
+  log_probabilities = tf.nn.log_softmax(hide(student_logits, hidden))
   usable = tf.cast(~tf.gather(hidden, best, batch_dims=1), tf.float32)  # fewer than k unseen
   return -tf.reduce_sum(weights * usable * tf.gather(log_probabilities, best, batch_dims=1),
                         axis=1)

@@ -110,6 +110,16 @@ class Task(keras.layers.Layer):
     return None
 
 
+# A hidden column's logit: finite (a -inf would make NaN gradients through
+# tf.where), and far below any real one, so its softmax share is 0.
+HIDDEN_LOGIT = -1e9
+
+
+def hide(logits: tf.Tensor, hidden: tf.Tensor) -> tf.Tensor:
+  """`logits` with the `hidden` columns set to `HIDDEN_LOGIT`."""
+  return tf.where(hidden, tf.constant(HIDDEN_LOGIT, logits.dtype), logits)
+
+
 def masked_kl(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
               hidden: tf.Tensor) -> tf.Tensor:
   """Per row, KL(softmax(teacher) || softmax(student)) over the columns not
@@ -119,9 +129,8 @@ def masked_kl(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
   ...                 tf.constant([[False, False, True]]))[0])
   0.0
   """
-  out = tf.constant(-1e9, teacher_logits.dtype)
-  teacher = tf.nn.log_softmax(tf.where(hidden, out, teacher_logits))
-  student = tf.nn.log_softmax(tf.where(hidden, out, student_logits))
+  teacher = tf.nn.log_softmax(hide(teacher_logits, hidden))
+  student = tf.nn.log_softmax(hide(student_logits, hidden))
   return tf.reduce_sum(tf.where(hidden, 0.0, tf.exp(teacher) * (teacher - student)), axis=1)
 
 
