@@ -187,6 +187,9 @@ def test_fit_lowers_every_task_loss(tiny_data):
   history = model.fit(dataset, epochs=15, verbose=0).history
   for name in ("retrieval_loss", "rating_loss", "like_loss"):
     assert history[name][-1] < history[name][0], name
+  # `fit` created the model's and the optimizer's variables before the first
+  # step: Keras traced its step once, not again to run without creating them.
+  assert model.train_function.experimental_get_tracing_count() == 1
 
 
 def test_fit_learns_the_planted_tastes(tiny_data):

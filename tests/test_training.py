@@ -176,20 +176,26 @@ def test_a_sequence_model_needs_a_vocabulary_with_history(tiny_data):
                    tiny_data.items, ModelConfig(sequence=SequenceConfig(type="gru")))
 
 
+@pytest.fixture(scope="module")
+def plain_step(tmp_path_factory, tiny_prepared):
+  """(config, model): the tiny set trained 2 epochs, one step a call."""
+  config = ExperimentConfig().with_overrides([
+      "name=tiny", "model.embedding_dim=8", "train.epochs=2", "train.batch_size=64",
+      "train.steps_per_execution=1", f"train.run_dir={tmp_path_factory.mktemp('plain') / 'run'}"])
+  return config, training.fit(config, tiny_prepared, verbose=0)
+
+
 @pytest.mark.parametrize("options, steps_per_call", [
     (["train.steps_per_execution=null"], 32),  # unset: 32 on one device
     (["train.steps_per_execution=5"], 5),
     (["train.jit_compile=true"], 1)])
-def test_compile_options_train_as_the_plain_step(tmp_path, tiny_prepared, options,
+def test_compile_options_train_as_the_plain_step(tmp_path, tiny_prepared, plain_step, options,
                                                  steps_per_call):
-  base = ExperimentConfig().with_overrides([
-      "name=tiny", "model.embedding_dim=8", "train.epochs=2", "train.batch_size=64",
-      "train.steps_per_execution=1", f"train.run_dir={tmp_path / 'run'}"])
-  plain = training.fit(base, tiny_prepared, verbose=0)
+  base, plain = plain_step
   calls = []
   count = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: calls.append(1))
-  compiled = training.fit(base.with_overrides(options), tiny_prepared, verbose=0,
-                          callbacks=[count])
+  compiled = training.fit(base.with_overrides([*options, f"train.run_dir={tmp_path / 'run'}"]),
+                          tiny_prepared, verbose=0, callbacks=[count])
   steps_per_epoch = -(-len(tiny_prepared.split.train) // 64)
   assert len(calls) == 2 * -(-steps_per_epoch // steps_per_call)  # once per call
   assert compiled.jit_compile == ("jit_compile" in options[0])
@@ -197,6 +203,8 @@ def test_compile_options_train_as_the_plain_step(tmp_path, tiny_prepared, option
     assert compiled.history.history[name] == pytest.approx(losses, rel=1e-3), name
   for left, right in zip(plain.trainable_weights, compiled.trainable_weights):
     np.testing.assert_allclose(left.numpy(), right.numpy(), atol=1e-3)
+  # The optimizer's variables existed before the first step: one trace.
+  assert compiled.train_function.experimental_get_tracing_count() == 1
 
 
 def test_tfrecord_input_on_one_device_trains_as_memory_input(tmp_path, tiny_prepared):

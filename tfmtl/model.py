@@ -45,7 +45,7 @@ from tfmtl.distillation import Distillation
 from tfmtl.distribute import agreed_logs, on_tpu, replica_device_scope, steps_per_execution
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers import EmbeddingTables, FeatureTower, RankingHeads, SequencePooling, make_block
-from tfmtl.optimizers import OPTIMIZERS, tpu_embedding_optimizer
+from tfmtl.optimizers import OPTIMIZERS, create_optimizer_variables, tpu_embedding_optimizer
 from tfmtl.precision import dtype_policy
 from tfmtl.tasks import TaskInputs, make_task, task_type
 from tfmtl.transfer import FineTuning, FineTuningCallback
@@ -249,7 +249,15 @@ class MultiTaskModel(tfrs.Model):
 
   def fit(self, *args, callbacks=None, **kwargs):
     """Keras `fit`, with the callbacks of the loss weighting (DWA) and of
-    fine-tuning (the freezing schedule) added."""
+    fine-tuning (the freezing schedule) added. The model's and optimizer's
+    variables are created first (`create_variables`; on a TPU with shared
+    tables, call it with the step's batch before), so that Keras traces its
+    train step once instead of twice."""
+    with self.distribute_strategy.scope():
+      if not (self.built or self.embedding_tables is not None and on_tpu()):
+        self.create_variables()
+      if self.built:
+        create_optimizer_variables(self.optimizer, self.trainable_variables)
     callbacks = [*(callbacks or []), *self.loss_weighting.callbacks(),
                  *([FineTuningCallback(self.fine_tuning)] if self.fine_tuning else [])]
     return super().fit(*args, callbacks=callbacks, **kwargs)

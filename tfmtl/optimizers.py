@@ -57,6 +57,27 @@ class LazyAdam(keras.optimizers.Adam):
 
 OPTIMIZERS = {"lazy_adam": LazyAdam}
 
+
+def create_optimizer_variables(optimizer, variables) -> None:
+  """Creates `optimizer`'s variables (step count, slots) for `variables` now.
+
+  Keras otherwise creates them inside its first traced train step, and a
+  `tf.function` that creates variables is traced a second time to run
+  without creating them. Call it in the strategy's scope.
+
+  >>> import tensorflow as tf
+  >>> for optimizer in (keras.optimizers.Adam(), keras.optimizers.legacy.Adam()):
+  ...   create_optimizer_variables(optimizer, [tf.Variable(tf.ones([3]))])
+  ...   print(type(optimizer).__module__, len(optimizer.variables()))  # step count, m, v
+  tf_keras.src.optimizers.adam 3
+  tf_keras.src.optimizers.legacy.adam 3
+  """
+  if hasattr(optimizer, "build"):  # Keras' optimizer
+    optimizer.build(variables)
+  else:  # Keras' legacy OptimizerV2, which has no public way to do it
+    optimizer._create_all_weights(variables)
+
+
 DENSE_ADAM_WARNING_ROWS = 100_000  # about where Adam's every-row update outgrows the step
 
 
