@@ -58,24 +58,6 @@ def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file,
                                   "epoch_learning_rate", "epoch_recall@10"}
 
 
-@pytest.mark.slow
-def test_train_then_evaluate_then_export_a_new_version(tmp_path, config_file, tfmtl_cli):
-  _tfmtl = tfmtl_cli
-  assert _tfmtl("train", "--config", str(config_file), cwd=tmp_path).returncode == 0
-  evaluated = _tfmtl("evaluate", "--run", "runs/tiny", cwd=tmp_path)
-  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  assert "ndcg@10" in evaluated.stdout
-  for version in ("1", "2"):
-    exported = _tfmtl("export", "--run", "runs/tiny", cwd=tmp_path)
-    assert exported.returncode == 0, exported.stderr[-3000:]
-    assert exported.stdout.strip().endswith(f"saved_models/tiny/{version}")
-  validated = _tfmtl("validate", "--run", "runs/tiny", cwd=tmp_path)
-  assert validated.returncode == 0, validated.stderr[-3000:]
-  assert validated.stdout.count("\nok ") == 4 and "saved_models/tiny/2: ready" in validated.stdout
-  refused = _tfmtl("validate", "--run", "runs/tiny", "--export", "runs", cwd=tmp_path)
-  assert refused.returncode == 2 and "runs: no saved_model.pb" in refused.stderr
-
-
 def test_data_summarises_the_source(tmp_path, config_file, tfmtl_cli):
   result = tfmtl_cli("data", "--config", str(config_file), cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]

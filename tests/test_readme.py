@@ -27,7 +27,8 @@ def test_readme_python_example_runs(tmp_path):
 @pytest.mark.slow
 def test_readme_command_line_block_runs_in_order(tmp_path, tfmtl_cli):
   """The block under "The command line", each command as written, in
-  order: training is cut to one epoch, and `new_movies.csv` is made."""
+  order: training is cut to one epoch, and `new_movies.csv` is made. Each
+  prints what it did; `validate` refuses a folder that is not an export."""
   section = README.read_text().split("## The command line", 1)[1]
   block = re.search(r"^```\n(.*?)^```$", section, re.S | re.M).group(1)
   shutil.copytree(README.parent / "configs", tmp_path / "configs")
@@ -37,12 +38,21 @@ def test_readme_command_line_block_runs_in_order(tmp_path, tfmtl_cli):
   commands = [_tfmtl_argv(line) for line in block.splitlines() if line.strip()]
   assert [argv[0] for argv in commands] == ["data", "encode-items", "train", "evaluate",
                                             "export", "validate", "run", "add-items"]
+  stdout = {}
   for argv in commands:
     one_epoch = ["--set", "train.epochs=1"] if argv[0] in ("train", "run") else []
     result = tfmtl_cli(*argv, *one_epoch, cwd=tmp_path)
     assert result.returncode == 0, f"tfmtl {shlex.join(argv)}:\n{result.stderr[-3000:]}"
+    stdout[argv[0]] = result.stdout
+  assert "ndcg@10" in stdout["evaluate"]
   versions = tmp_path / "saved_models" / "movielens_100k"
+  assert stdout["export"].strip().endswith("saved_models/movielens_100k/1")
+  assert stdout["validate"].count("\nok ") == 4
+  assert "saved_models/movielens_100k/1: ready" in stdout["validate"]
   assert sorted(p.name for p in versions.iterdir()) == ["1", "2", "3"]  # export, run, add-items
+  refused = tfmtl_cli("validate", "--run", "runs/movielens_100k", "--export", "runs",
+                      cwd=tmp_path)
+  assert refused.returncode == 2 and "runs: no saved_model.pb" in refused.stderr
   catalogue = pd.read_parquet(tmp_path / "runs" / "movielens_100k" / "catalogue.parquet")
   assert len(catalogue) == 1682 + 2 and {"new1", "new2"} <= set(catalogue["item_id"])
 

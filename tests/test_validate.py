@@ -35,6 +35,7 @@ def test_an_export_passes_every_check(runs):
       "signatures and inputs as documented", "every output is finite",
       "answers match the in-memory model"]
   assert all(check.passed for check in checks), checks
+  assert "does not contain the default denylisted ops" in checks[0].detail
   assert "12 requests replayed without tfmtl" in checks[1].detail  # 6 signatures x 2 batches
 
 
