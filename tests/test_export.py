@@ -1,6 +1,5 @@
 """SavedModel export: TF Serving layout, atomic versions, fresh-process round trip."""
 
-import json
 import os
 import shutil
 import socket
