@@ -104,6 +104,28 @@ def test_a_teacher_with_other_vocabularies_reads_the_batch_by_raw_ids_and_tokens
   assert 0 < weights.mean() < 1
 
 
+def test_a_cached_run_teacher_says_what_its_towers_say_each_step(tiny_data, teacher):
+  """`cache` computes the teacher's embedding of each user and item once
+  (here through a vocabulary map: the teacher knows only some of them);
+  every output the terms read is the same as running its towers."""
+  known_rows = tiny_data.interactions.iloc[:300]
+  narrow = _model(tiny_data, FeatureVocabulary.build(tiny_data, known_rows), embedding_dim=4)
+  taught = Distillation(narrow, weight=1.0).teacher
+  taught.check_student(teacher)
+  batch = teacher.encoder(tiny_data.examples(tiny_data.interactions.iloc[::-1]))
+  towers = taught.task_inputs(batch), taught.catalogue_scores(batch)
+  examples = {name: value.numpy() for name, value in batch.items()}
+  assert taught.cache(teacher, examples, batch_size=25)  # in batches of 25 users or items
+  cached = taught.task_inputs(batch), taught.catalogue_scores(batch)
+  for name in ("query", "candidate", "sample_weight"):
+    np.testing.assert_allclose(getattr(cached[0], name), getattr(towers[0], name), atol=1e-6)
+  for name, logits in towers[0].logits.items():
+    np.testing.assert_allclose(cached[0].logits[name], logits, atol=1e-5)
+  np.testing.assert_allclose(cached[1][0], towers[1][0], atol=1e-5)
+  np.testing.assert_array_equal(cached[1][1], towers[1][1])
+  assert 0 < towers[0].sample_weight.numpy().mean() < 1
+
+
 def _distances(table):
   return np.linalg.norm(table[:, None] - table[None], axis=-1)
 

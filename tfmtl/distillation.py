@@ -92,14 +92,19 @@ class Distillation:
     return bool(self.listwise_weight or self.topk_weight or self.margin_weight)
 
   @classmethod
-  def from_config(cls, options, student, train: pd.DataFrame, load_run) -> "Distillation":
+  def from_config(cls, options, student, train: pd.DataFrame, load_run,
+                  examples: Optional[dict[str, np.ndarray]] = None) -> "Distillation":
     """The distillation `options` (`config.distillation`) name for `student`,
-    trained on `train`; `load_run(path)` loads a run's model."""
+    trained on `train`; `load_run(path)` loads a run's model. With
+    `examples` (the encoded training examples), a run teacher computes what
+    it says of each user and item once (`ModelTeacher.cache`)."""
     if options.teacher == "ease":
       teacher = EaseTeacher.fit(student, train, options.ease_lambda)
     else:
       teacher = ModelTeacher(load_run(options.teacher))
     teacher.check_student(student)
+    if examples is not None and isinstance(teacher, ModelTeacher):
+      teacher.cache(student, examples)
     weights = {"listwise_weight": options.listwise_weight,
                "topk_weight": options.topk_weight, "margin_weight": options.margin_weight}
     seen = None

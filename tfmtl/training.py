@@ -190,11 +190,13 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   with strategy.scope():
     model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
     model.create_variables(options.batch_size // strategy.num_replicas_in_sync)
+    data, rows = prepared.training_examples()
+    encoded = encode_interactions(model.encoder, data, rows)
     if config.transfer.pretrained:
       fine_tune_from(model, load_run(config.transfer.pretrained)[1], config.transfer)
     if config.distillation.teacher:
       distillation = Distillation.from_config(config.distillation, model, prepared.split.train,
-                                              lambda path: load_run(path)[1])
+                                              lambda path: load_run(path)[1], encoded)
       if config.distillation.initialize == "pca":
         distillation.initialize_student(model)
       if distillation.weight or distillation.listwise:
@@ -208,8 +210,6 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   if tables_on_tpu and options.validate_every:
     logger.warning("train.validate_every: skipped; the TPU embedding tables can be read on "
                    "the host only after training")
-  data, rows = prepared.training_examples()
-  encoded = encode_interactions(model.encoder, data, rows)
   epochs, first_step = range(options.epochs), None
   if options.input == "memory":  # each epoch's order from the seed and the epoch alone
     first_epoch, first_step = resume_point(

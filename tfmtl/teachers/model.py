@@ -6,6 +6,12 @@ other data, or on the same data with other features): `check_student` then
 maps the student's encoded batches to the teacher's by the raw strings
 (`VocabularyMap`), and examples whose user or item the teacher does not
 know get no teacher term.
+
+`cache(student, examples)` computes the teacher's query embedding of each
+student user and candidate embedding of each item once, from one training
+example each, in batches; every step then gathers them instead of running
+the teacher's towers. A teacher whose query reads a history (which changes
+from example to example) is not cached.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class ModelTeacher:
     self.vocabulary_map: Optional[VocabularyMap] = None
     self._catalogue = tf.constant(model.catalogue_embeddings())  # [items, dim]
     self._catalogue_known = tf.ones([self._catalogue.shape[0]], tf.bool)
+    self.cached: dict[str, tuple[tf.Tensor, tf.Tensor]] = {}  # side -> (embeddings, known)
 
   def check_student(self, student) -> None:
     """Adapts to `student`: its vocabulary (mapped by raw strings when it
@@ -47,18 +54,41 @@ class ModelTeacher:
     self._catalogue = tf.gather(self._catalogue, np.maximum(positions, 0))
     self._catalogue_known = tf.constant(positions >= 0)
 
+  def cache(self, student, examples: dict[str, np.ndarray], batch_size: int = 4096) -> bool:
+    """Computes the teacher's embedding of each of `student`'s user and item
+    indices once (module doc) from `examples`, encoded training examples
+    (one per user and per item is read); whether it did."""
+    if HISTORY in self.model.encoder.user_inputs:
+      return False  # its query changes with each example's history
+    for side, ids, tower in ((USER_ID, USER_ID, self.model.query_tower),
+                             (ITEM_ID, ITEM_ID, self.model.candidate_tower)):
+      indices, first = np.unique(np.reshape(examples[ids], [-1]), return_index=True)
+      embeddings, known = [], []
+      for start in range(0, len(first), batch_size):
+        rows = first[start:start + batch_size]
+        mapped, knows = self._mapped({name: tf.constant(np.asarray(values)[rows])
+                                      for name, values in examples.items()})
+        embeddings.append(tower(mapped, training=False))
+        known.append(knows[:, 0 if side == USER_ID else 1])
+      size = student.vocabulary.size(side)
+      self.cached[side] = (
+          tf.scatter_nd(indices[:, None], tf.concat(embeddings, 0), [size, embeddings[0].shape[1]]),
+          tf.scatter_nd(indices[:, None], tf.concat(known, 0), [size]))
+    return True
+
   def catalogue_scores(self, features: dict[str, tf.Tensor],
                        taught: Optional[TaskInputs] = None) -> tuple[tf.Tensor, tf.Tensor]:
     """The teacher's retrieval scores (query . candidate) of every student
     catalogue item, [batch, items], and where it knows both user and item;
     `taught`, this batch's `task_inputs` if already computed, saves running
     the query tower again."""
-    if taught is None:
-      mapped, _ = self._mapped(features)
-      query = tf.stop_gradient(self.model.query_tower(mapped))
+    if taught is not None:
+      query, users = taught.query, self._known_users(taught)
+    elif USER_ID in self.cached:
+      query, users = self._gathered(USER_ID, features)
     else:
-      mapped, query = taught.features, taught.query
-    users = tf.reshape(mapped[USER_ID], [-1]) > 0
+      mapped, known = self._mapped(features)
+      query, users = tf.stop_gradient(self.model.query_tower(mapped)), known[:, 0]
     scores = tf.matmul(query, self._catalogue, transpose_b=True)
     return scores, users[:, tf.newaxis] & self._catalogue_known[tf.newaxis, :]
 
@@ -66,13 +96,30 @@ class ModelTeacher:
     """The teacher's embeddings and ranking logits of the batch; its
     `sample_weight` is 1 where the teacher knows the user and the item."""
     model = self.model
-    features, known = self._mapped(features)
-    query = tf.stop_gradient(model.query_tower(features))
-    candidate = tf.stop_gradient(model.candidate_tower(features))
+    if self.cached:
+      (query, users), (candidate, items) = (self._gathered(side, features)
+                                            for side in (USER_ID, ITEM_ID))
+      known = tf.stack([users, items], axis=1)
+    else:
+      features, known = self._mapped(features)
+      query = tf.stop_gradient(model.query_tower(features))
+      candidate = tf.stop_gradient(model.candidate_tower(features))
     logits = {} if model.ranking is None else model.ranking(query, candidate)
     return TaskInputs(features, query, candidate,
                       {name: tf.stop_gradient(logit) for name, logit in logits.items()},
                       tf.cast(known[:, 0] & known[:, 1], tf.float32))
+
+  def _gathered(self, side: str, features) -> tuple[tf.Tensor, tf.Tensor]:
+    """The cached embeddings of the batch's `side` (user or item) and
+    whether the teacher knows each."""
+    embeddings, known = self.cached[side]
+    indices = tf.reshape(features[side], [-1])
+    return tf.gather(embeddings, indices), tf.gather(known, indices)
+
+  def _known_users(self, taught: TaskInputs) -> tf.Tensor:
+    if USER_ID in self.cached:
+      return tf.gather(self.cached[USER_ID][1], tf.reshape(taught.features[USER_ID], [-1]))
+    return tf.reshape(taught.features[USER_ID], [-1]) > 0
 
   def _mapped(self, features):
     """The batch in the teacher's encoding, and [batch, 2] whether it knows
