@@ -14,7 +14,12 @@ chosen on protocol B's validation split (BENCHMARKS.md). Rows:
 - `student_plain`: the same student without the teacher;
 - `student_pca`: the student whose id embeddings start at the teacher's on
   their principal axes (`distillation.initialize: pca`, weight 0);
-- `student_pca_kd`: that start and the soft losses.
+- `student_pca_kd`: that start and the soft losses;
+- `student_listwise`: the per-task soft losses and the listwise KL
+  divergence over each user's unseen catalogue items (weight 5, both
+  sides at temperature 0.1: the recipe `distillation.json` chose);
+- `student_ease`: the student distilled from EASE with that listwise KL,
+  the teacher the default model's config uses (`distillation.json`).
 
 Each row also has its parameter count and the exported SavedModel's
 `retrieve` latency at batch 1 (p50 over 200 calls after 20 warm-up calls,
@@ -48,10 +53,13 @@ STUDENT = ["model.embedding_dim=8", "model.id_embedding_dim=8",
            "model.feature_embedding_dim=2", "model.tower_layers=[]",
            "tasks.rating.layers=[8]", "tasks.like.layers=[8]"]
 TEACHER = "distillation.teacher={teacher}"
+LISTWISE = ["distillation.listwise_weight=5", "distillation.listwise_temperature=0.1"]
 ROWS = {"teacher": [], "student_kd": [*STUDENT, TEACHER], "student_plain": STUDENT,
         "student_pca": [*STUDENT, TEACHER, "distillation.initialize=pca",
                         "distillation.weight=0"],
-        "student_pca_kd": [*STUDENT, TEACHER, "distillation.initialize=pca"]}
+        "student_pca_kd": [*STUDENT, TEACHER, "distillation.initialize=pca"],
+        "student_listwise": [*STUDENT, TEACHER, *LISTWISE],
+        "student_ease": [*STUDENT, "distillation.teacher=ease", *LISTWISE]}
 METRICS = {"ndcg@10": "ndcg@10", "recall@10": "recall@10", "rmse": "rating_rmse"}
 
 
