@@ -193,7 +193,8 @@ class DistillationConfig(Section):
   Attributes:
     teacher: a run directory (`tfmtl train`; its vocabularies may differ:
       ids and tokens are matched by their raw values, and examples whose
-      user or item it lacks get no teacher term), or `ease`: the closed-form
+      user or item it lacks get no teacher term; its embeddings of each user
+      and item are computed once, before training), or `ease`: the closed-form
       item-item model EASE, fitted on the training split
       (`tfmtl.teachers`); the model trained now is its student.
     weight: weight of the per-task soft losses toward a run teacher's tasks
