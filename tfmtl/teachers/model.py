@@ -60,16 +60,16 @@ class ModelTeacher:
     (one per user and per item is read); whether it did."""
     if HISTORY in self.model.encoder.user_inputs:
       return False  # its query changes with each example's history
-    for side, ids, tower in ((USER_ID, USER_ID, self.model.query_tower),
-                             (ITEM_ID, ITEM_ID, self.model.candidate_tower)):
-      indices, first = np.unique(np.reshape(examples[ids], [-1]), return_index=True)
+    for column, (side, tower) in enumerate(((USER_ID, self.model.query_tower),
+                                            (ITEM_ID, self.model.candidate_tower))):
+      indices, first = np.unique(np.reshape(examples[side], [-1]), return_index=True)
       embeddings, known = [], []
       for start in range(0, len(first), batch_size):
         rows = first[start:start + batch_size]
         mapped, knows = self._mapped({name: tf.constant(np.asarray(values)[rows])
                                       for name, values in examples.items()})
         embeddings.append(tower(mapped, training=False))
-        known.append(knows[:, 0 if side == USER_ID else 1])
+        known.append(knows[:, column])  # `_mapped`'s columns: user, item
       size = student.vocabulary.size(side)
       self.cached[side] = (
           tf.scatter_nd(indices[:, None], tf.concat(embeddings, 0), [size, embeddings[0].shape[1]]),
@@ -117,6 +117,7 @@ class ModelTeacher:
     return tf.gather(embeddings, indices), tf.gather(known, indices)
 
   def _known_users(self, taught: TaskInputs) -> tf.Tensor:
+    """Whether the teacher knows each user of a batch it has read."""
     if USER_ID in self.cached:
       return tf.gather(self.cached[USER_ID][1], tf.reshape(taught.features[USER_ID], [-1]))
     return tf.reshape(taught.features[USER_ID], [-1]) > 0
