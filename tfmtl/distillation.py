@@ -103,10 +103,10 @@ class Distillation:
     else:
       teacher = ModelTeacher(load_run(options.teacher))
     teacher.check_student(student)
-    if examples is not None and isinstance(teacher, ModelTeacher):
-      teacher.cache(student, examples)
     weights = {"listwise_weight": options.listwise_weight,
                "topk_weight": options.topk_weight, "margin_weight": options.margin_weight}
+    if examples is not None and (options.weight or any(weights.values())):
+      teacher.cache(student, examples)
     seen = None
     if any(weights.values()):
       if not any(task.type == "retrieval" for task in student.tasks.values()):

@@ -14,8 +14,10 @@ is the batch's `task_inputs` when already computed); `task_inputs(features)`,
 the per-pair outputs its tasks' terms read, with `sample_weight` 1 where it
 knows the example (None when it has no tasks); and `check_student(student)`,
 called once before training, to adapt to the student's vocabulary and
-catalogue (a run teacher then also `cache`s its embeddings of each user and
-item). Adding a teacher is one module with that class.
+catalogue; and `cache(student, examples)`, called once after it with the
+encoded training examples, to compute ahead what it can (a run teacher: its
+embedding of each user and item; whether it did). Adding a teacher is one
+module with that class.
 """
 
 from tfmtl.teachers.ease import EaseTeacher

@@ -71,6 +71,10 @@ class EaseTeacher:
   def check_student(self, student) -> None:
     """Nothing to check: `fit` reads the student's own vocabulary."""
 
+  def cache(self, student, examples) -> bool:  # pylint: disable=unused-argument
+    """Nothing to cache: the score matrix is every user's scores already."""
+    return False
+
   def catalogue_scores(self, features: dict[str, tf.Tensor],
                        taught=None) -> tuple[tf.Tensor, tf.Tensor]:
     """The batch's users' scores, [batch, items], and where they are known
