@@ -2,6 +2,7 @@
 
 import collections
 import json
+import logging
 import os
 import re
 import subprocess
@@ -142,18 +143,25 @@ def tfmtl_cli(capsys, monkeypatch):
   `cwd`, as a `subprocess.CompletedProcess` (exit code, stdout, stderr).
 
   Its code path is `python -m tfmtl.cli`'s without a new TensorFlow start;
-  with `--debug`, the exception propagates as it would to a traceback. A
-  few tests still run a fresh process, where that process is the point.
+  with `--debug`, the exception propagates as it would to a traceback. Its
+  log lines are on stderr, as in a process of its own (pytest's handlers
+  make the command's `logging.basicConfig` do nothing). A few tests still
+  run a fresh process, where that process is the point.
   """
   from tfmtl import cli
 
   def run(*args, cwd):
     monkeypatch.chdir(cwd)
     capsys.readouterr()
+    log = logging.StreamHandler(sys.stderr)
+    log.setFormatter(logging.Formatter(cli.LOG_FORMAT))
+    logging.getLogger("tfmtl").addHandler(log)
     try:
       code = cli.main([str(arg) for arg in args])
     except SystemExit as exit_:  # argparse's usage errors
       code = exit_.code
+    finally:
+      logging.getLogger("tfmtl").removeHandler(log)
     output = capsys.readouterr()
     return subprocess.CompletedProcess(["tfmtl", *args], code, output.out, output.err)
   return run

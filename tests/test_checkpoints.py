@@ -174,8 +174,9 @@ def test_an_unreadable_index_is_an_error_not_a_fresh_start(crashed, tiny_prepare
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(
     tmp_path, tiny_frames, tfmtl_cli):
-  """The killed run and its rerun are processes of their own; the
-  uninterrupted run, the same `tfmtl train`, runs in this one."""
+  """The killed run is a process of its own; its rerun (as a user would
+  rerun it) and the uninterrupted run, the same `tfmtl train`, run in this
+  one."""
   make_frames, _ = tiny_frames
   interactions, users, items = make_frames(num_users=1_000)  # 188 steps per epoch
   for name, frame in (("ratings", interactions), ("users", users), ("items", items)):
@@ -203,7 +204,7 @@ def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(
   os.kill(process.pid, signal.SIGKILL)
   assert process.wait() == -signal.SIGKILL
 
-  resumed = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  resumed = tfmtl_cli(*train[3:], cwd=tmp_path)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resuming from" in resumed.stderr and "ckpt-2" in resumed.stderr
   assert "Epoch 3/3" in resumed.stdout and "Epoch 2/3" not in resumed.stdout

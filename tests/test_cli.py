@@ -1,8 +1,9 @@
 """The `tfmtl` command end to end on small files, and its error messages.
 
-`tfmtl run` runs as a fresh process; the other commands run in this one
-(the `tfmtl_cli` fixture), which is the same code without TensorFlow's
-start-up each time."""
+The commands run in this process (the `tfmtl_cli` fixture), which is
+`python -m tfmtl.cli`'s code without TensorFlow's start-up each time; the
+distribution and tuning tests run it as fresh processes, as does the one
+test here about a fresh process's logging."""
 
 import json
 import subprocess
@@ -10,11 +11,6 @@ import sys
 
 import pytest
 import yaml
-
-
-def _tfmtl(*args, cwd):
-  return subprocess.run([sys.executable, "-m", "tfmtl.cli", *args], capture_output=True,
-                        text=True, cwd=cwd, timeout=600)
 
 
 def _scalar_tags(event_files) -> set:
@@ -30,9 +26,9 @@ def config_file(tiny_config_file):
 
 @pytest.mark.slow
 def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file,
-                                                        is_nonempty_png):
-  result = _tfmtl("run", "--config", str(config_file), "--set", "train.epochs=3",
-                  cwd=tmp_path)
+                                                        is_nonempty_png, tfmtl_cli):
+  result = tfmtl_cli("run", "--config", str(config_file), "--set", "train.epochs=3",
+                     cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "recall@10" in result.stdout and "rating_rmse" in result.stdout
   assert "popularity" in result.stdout

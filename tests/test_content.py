@@ -122,6 +122,12 @@ def _cold_item_model(tiny_frames, encoder, with_text: bool):
   return training.fit(config, prepared, verbose=0), data, split
 
 
+@pytest.fixture(scope="module")
+def cold_item_model(tiny_frames, encoder):
+  """`_cold_item_model` with text, trained once: the module's tests only read it."""
+  return _cold_item_model(tiny_frames, encoder, with_text=True)
+
+
 def _cold_liked_margin(model, data, split: Split) -> np.ndarray:
   """Per user: mean predicted rating of held-out items of their taste minus
   that of the others (tastes show in ratings, not in what users rate)."""
@@ -137,8 +143,9 @@ def _cold_liked_margin(model, data, split: Split) -> np.ndarray:
                    for row, mask in zip(predicted, liked)])
 
 
-def test_text_vectors_let_the_model_rank_items_no_training_saw(tiny_frames, encoder):
-  model, data, split = _cold_item_model(tiny_frames, encoder, with_text=True)
+def test_text_vectors_let_the_model_rank_items_no_training_saw(tiny_frames, encoder,
+                                                              cold_item_model):
+  model, data, split = cold_item_model
   assert not set(split.test["item_id"]) & set(split.train["item_id"])
   margins = _cold_liked_margin(model, data, split)
   assert (margins > 0).mean() > 0.9, margins
@@ -147,10 +154,10 @@ def test_text_vectors_let_the_model_rank_items_no_training_saw(tiny_frames, enco
   np.testing.assert_allclose(_cold_liked_margin(ids_only, data, split), 0.0, atol=1e-5)
 
 
-def test_an_export_carries_the_content_vectors_of_unseen_items(tiny_frames, encoder, tmp_path):
+def test_an_export_carries_the_content_vectors_of_unseen_items(cold_item_model, tmp_path):
   import tensorflow as tf
   from tfmtl.serving import export_model
-  model, data, split = _cold_item_model(tiny_frames, encoder, with_text=True)
+  model, data, split = cold_item_model
   served = tf.saved_model.load(str(export_model(model, tmp_path, "content")))
   rank = served.signatures["rank"]
   assert CONTENT not in rank.structured_input_signature[1]  # looked up by item id
@@ -167,8 +174,8 @@ def test_an_export_carries_the_content_vectors_of_unseen_items(tiny_frames, enco
   assert np.ptp(expected[0]) > 1e-3  # unseen items are told apart by their text
 
 
-def test_a_saved_run_keeps_the_content_vectors(tiny_frames, encoder, tmp_path):
-  model, data, split = _cold_item_model(tiny_frames, encoder, with_text=True)
+def test_a_saved_run_keeps_the_content_vectors(cold_item_model, tmp_path):
+  model, data, split = cold_item_model
   prepared = training.Prepared(data, split, model.vocabulary)
   run_dir = runs.save_run(tmp_path / "run", ExperimentConfig(), prepared, model)
   _, loaded = runs.load_run(run_dir)
@@ -178,11 +185,10 @@ def test_a_saved_run_keeps_the_content_vectors(tiny_frames, encoder, tmp_path):
 
 @pytest.mark.slow
 def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_text(
-    tiny_frames, encoder, tmp_path, monkeypatch, tfmtl_cli):
-
+    cold_item_model, tmp_path, monkeypatch, tfmtl_cli):
   import tensorflow as tf
   from tfmtl.serving import add_items, export_model
-  model, data, split = _cold_item_model(tiny_frames, encoder, with_text=True)
+  model, data, split = cold_item_model
   config = ExperimentConfig().with_overrides(
       ["name=tiny", "content.encoder=minilm", "content.text='{genres}'", "export.top_k=5"])
   run = runs.save_run(tmp_path / "run", config,

@@ -211,14 +211,22 @@ def test_two_workers_split_tfrecord_input_by_file(config_file, tmp_path, last_ep
   assert [p.name for p in (tmp_path / "runs").iterdir()] == ["two_workers"]  # the chief's only
 
 
-def test_fewer_tfrecord_files_than_workers_is_a_config_error(config_file, tmp_path):
+def test_fewer_tfrecord_files_than_workers_is_a_config_error(config_file, tmp_path, tfmtl_cli,
+                                                            monkeypatch):
   """Each worker reads its own files; one file for two used to end in
-  TensorFlow's traceback on both."""
-  for returncode, _, stderr in _two_worker_processes(
-      config_file, tmp_path, "train.input=tfrecord", "train.input_shards=1"):
-    assert returncode == 2, stderr[-3000:]
+  TensorFlow's traceback on both. The check reads TF_CONFIG before any
+  strategy exists (so it runs here, in one process, as each worker would)."""
+  cluster = {"worker": ["localhost:1", "localhost:2"]}
+  for index in range(2):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                "task": {"type": "worker", "index": index}}))
+    result = tfmtl_cli("train", "--config", config_file, "--set", "train.strategy=multi_worker",
+                       "--set", "train.input=tfrecord", "--set", "train.input_shards=1",
+                       cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
     assert ("tfmtl train: error: train.input_shards: 1 file(s) for 2 workers that each read "
-            "their own files; give at least 2") in stderr
+            "their own files; give at least 2") in result.stderr
+  assert not (tmp_path / "runs").exists()
 
 
 @pytest.fixture(scope="module")

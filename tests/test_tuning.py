@@ -175,7 +175,9 @@ def test_bayesian_optimization_and_hyperband_search(config_file, algorithm, tmp_
 
 
 @pytest.mark.slow
-def test_a_chief_and_two_workers_search_together(config_file, tmp_path):
+def test_a_chief_and_two_workers_search_together(config_file, tmp_path, tfmtl_cli, monkeypatch):
+  """Two `tfmtl tune` worker processes take trials from the chief's oracle,
+  which runs in this process (as `tfmtl tune` with the chief's variables)."""
   with socket.socket() as probe:
     probe.bind(("localhost", 0))
     port = probe.getsockname()[1]
@@ -183,11 +185,13 @@ def test_a_chief_and_two_workers_search_together(config_file, tmp_path):
     return {"KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
             "KERASTUNER_ORACLE_PORT": str(port)}
   args = ("tune", "--config", str(config_file), "--set", "tune.max_trials=4")
-  chief = _tfmtl(*args, cwd=tmp_path, env=env("chief"))
   workers = [_tfmtl(*args, cwd=tmp_path, env=env(f"tuner{i}")) for i in range(2)]
+  for name, value in env("chief").items():
+    monkeypatch.setenv(name, value)
+  chief = tfmtl_cli(*args, cwd=tmp_path)
   worker_logs = [_finished(worker)[1] for worker in workers]
-  stdout, _ = _finished(chief)
-  assert "Best trial" in stdout and (tmp_path / "tuning" / "tiny" / "best.yaml").is_file()
+  assert chief.returncode == 0, chief.stderr[-3000:]
+  assert "Best trial" in chief.stdout and (tmp_path / "tuning" / "tiny" / "best.yaml").is_file()
   ran = [{line.split()[2].rstrip(":") for line in log.splitlines()
           if line.startswith("INFO trial ")} for log in worker_logs]
   assert all(ran), worker_logs[0][-2000:]  # both workers ran trials

@@ -287,10 +287,13 @@ def _positive(text: str) -> int:
   return value
 
 
+LOG_FORMAT = "%(levelname)s %(message)s"  # how the command's log lines read on stderr
+
+
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  logging.basicConfig(format="%(levelname)s %(message)s")
+  logging.basicConfig(format=LOG_FORMAT)
   logging.getLogger("tfmtl").setLevel(logging.INFO)  # progress; TensorFlow stays quiet
   try:
     import tfmtl  # noqa: F401  (binds Keras 2 before TensorFlow is used)

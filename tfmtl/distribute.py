@@ -213,16 +213,15 @@ def steps_per_execution(strategy: tf.distribute.Strategy, train: TrainConfig) ->
   return DEFAULT_STEPS_PER_EXECUTION
 
 
-def input_readers(strategy: tf.distribute.Strategy) -> int:
-  """How many processes read training input under `strategy`, each its own
-  files: TF_CONFIG's chief and workers under `multi_worker`, its workers
-  under `parameter_server`, else 1."""
-  parameter_servers = isinstance(strategy, tf.distribute.ParameterServerStrategy)
-  if not parameter_servers and not isinstance(strategy,
-                                              tf.distribute.MultiWorkerMirroredStrategy):
+def input_readers(strategy_name: str) -> int:
+  """How many processes read training input under the strategy called
+  `strategy_name`, each its own files: TF_CONFIG's chief and workers under
+  `multi_worker`, its workers under `parameter_server`, else 1. Read from
+  TF_CONFIG alone, so a config can be checked before any strategy exists."""
+  if strategy_name not in ("multi_worker", "parameter_server"):
     return 1
-  cluster = _tf_config("train.strategy").get("cluster", {})
-  jobs = ("worker",) if parameter_servers else ("chief", "worker")
+  cluster = _tf_config(f"train.strategy: {strategy_name}").get("cluster", {})
+  jobs = ("worker",) if strategy_name == "parameter_server" else ("chief", "worker")
   return sum(len(cluster.get(job, [])) for job in jobs) or 1
 
 

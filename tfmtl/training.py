@@ -175,14 +175,14 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
   options = config.train
   if is_chief():
     check_run_dir(default_run_dir(config))  # before training, not after it
+  readers = input_readers(options.strategy)
+  if options.input == "tfrecord" and not options.data_service and options.input_shards < readers:
+    raise ConfigError(f"train.input_shards: {options.input_shards} file(s) for {readers} "
+                      f"workers that each read their own files; give at least {readers}")
   strategy = make_strategy(options.strategy, options.devices, options.tpu,
                            options.shard_min_bytes)
   tables_on_tpu = config.model.tpu_embedding and on_tpu(strategy)
   steps_per_call = steps_per_execution(strategy, options)
-  readers = input_readers(strategy)
-  if options.input == "tfrecord" and not options.data_service and options.input_shards < readers:
-    raise ConfigError(f"train.input_shards: {options.input_shards} file(s) for {readers} "
-                      f"workers that each read their own files; give at least {readers}")
   if tables_on_tpu:
     _check_tables_on_tpu(config)
   elif options.optimizer.lower() == "adam":

@@ -127,11 +127,10 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
     raise FileExistsError(f"{target}: version {version} already exists; "
                           "exports never overwrite a version")
   module = ServingModule(model, top_k, recommend_candidates, recommend_weights, index, scann)
-  signatures = module.concrete_functions()
   created = [folder for folder in (Path(base_path), model_dir) if not folder.exists()]
   model_dir.mkdir(parents=True, exist_ok=True)
   _remove_left_behind(model_dir)
-  _write_version(module, signatures, target, name, created)
+  _write_version(module, target, name, created)
   if keep_versions:
     for old in versions(model_dir)[:-keep_versions]:
       if old != version:  # hidden first: TF Serving never sees a version half-removed
@@ -141,8 +140,7 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
   return target
 
 
-def _write_version(module, signatures: dict, target: Path, name: str,
-                   created: list[Path]) -> None:
+def _write_version(module, target: Path, name: str, created: list[Path]) -> None:
   """Writes the version folder and the base path's server configs together:
   all are staged first, then renamed into place. If anything fails (a full
   disk, a read-only folder), the base path is left as it was: the staged
@@ -151,7 +149,7 @@ def _write_version(module, signatures: dict, target: Path, name: str,
   staging = _hidden_folder(model_dir, "tmp", int(target.name))
   configs, writing = {}, "the SavedModel"  # staged file -> its place; what is being written
   try:
-    tf.saved_model.save(module, str(staging), signatures=signatures)
+    tf.saved_model.save(module, str(staging), signatures=module.functions())
     writing = "its warm-up requests"
     write_warmup_requests(module, staging, name)
     for file_name, text in server_configs(base_path, also=(name,)).items():
@@ -164,11 +162,13 @@ def _write_version(module, signatures: dict, target: Path, name: str,
     for staged, place in configs.items():
       writing = str(place)
       staged.replace(place)
-  except (OSError, tf.errors.OpError) as error:
+  except BaseException as error:  # the signatures are traced in the save, too
     if target.exists() and not staging.exists():
       target.rename(staging)  # removed below
     for folder in reversed(created):
       shutil.rmtree(folder, ignore_errors=True)
+    if not isinstance(error, (OSError, tf.errors.OpError)):
+      raise
     reason = getattr(error, "message", None) or str(error)
     raise OSError(f"{target}: not exported, and {base_path} is as it was: writing "
                   f"{writing}: {reason.strip().splitlines()[0]}") from None

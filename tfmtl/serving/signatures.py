@@ -154,11 +154,13 @@ class ServingModule(tf.Module):
       any_shape = {key: tf.TensorSpec(None, spec.dtype, name=spec.name)
                    for key, spec in signature.items()}
       setattr(self, name, tf.function(self._checked(method, signature),
-                                       input_signature=[any_shape]))
+                                       input_signature=[any_shape], autograph=False))
 
-  def concrete_functions(self) -> dict:
-    """Signature name -> concrete function, for `tf.saved_model.save`."""
-    return {name: getattr(self, name).get_concrete_function() for name in self.signature_specs}
+  def functions(self) -> dict:
+    """Signature name -> its `tf.function`, for `tf.saved_model.save`'s
+    `signatures` (traced there, in the save's context, once: a function
+    traced before the save is traced again in it)."""
+    return {name: getattr(self, name) for name in self.signature_specs}
 
   # The signatures.
 
