@@ -159,56 +159,71 @@ def _run_weights(run_dir) -> dict:
   return {"losses": {}, "weights": [w.numpy() for w in model.trainable_weights]}
 
 
-def _two_workers(config_file, cwd, *overrides) -> list[str]:
-  """Trains `config_file` with two MultiWorkerMirroredStrategy processes; their stdouts."""
-  outputs = _two_worker_processes(config_file, cwd, *overrides)
-  for returncode, _, stderr in outputs:
-    assert returncode == 0, stderr[-3000:]
-  return [stdout for _, stdout, _ in outputs]
+# `tfmtl train --config <argv[1]>` once per further argument (a JSON list of
+# overrides), as the `tfmtl` command runs it, in one process: the strategy
+# is made once per process and reused. Each run's stdout and stderr end with
+# a line of their own.
+_TRAIN_RUNS = r"""
+import json, sys
+from tfmtl import cli
+for overrides in sys.argv[2:]:
+  code = cli.main(["train", "--config", sys.argv[1],
+                   *[arg for o in json.loads(overrides) for arg in ("--set", o)]])
+  print("-- end of run", flush=True)
+  print("-- end of run", file=sys.stderr, flush=True)
+  if code:
+    sys.exit(code)
+"""
 
 
-def _two_worker_processes(config_file, cwd, *overrides) -> list[tuple[int, str, str]]:
-  """`tfmtl train` in two MultiWorkerMirroredStrategy processes: (returncode,
-  stdout, stderr) of each."""
-  cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
-  sets = [arg for override in ("train.strategy=multi_worker", *overrides)
-          for arg in ("--set", override)]
-  workers = [subprocess.Popen(
-      [sys.executable, "-m", "tfmtl.cli", "train", "--config", str(config_file), *sets],
+def _start_runs(config_file, cwd, runs_overrides, env: dict) -> subprocess.Popen:
+  """A process training `config_file` once per list of overrides
+  (`_TRAIN_RUNS`), with `env` (its TF_CONFIG) added to the environment."""
+  return subprocess.Popen(
+      [sys.executable, "-c", _TRAIN_RUNS, str(config_file), *map(json.dumps, runs_overrides)],
       cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env={**os.environ, "TF_CONFIG": json.dumps(
-          {"cluster": cluster, "task": {"type": "worker", "index": index}})})
-      for index in range(2)]
-  outputs = [worker.communicate(timeout=600) for worker in workers]
-  return [(worker.returncode, *output) for worker, output in zip(workers, outputs)]
+      env={**os.environ, **env})
+
+
+def _finished_runs(process: subprocess.Popen) -> tuple[list[str], list[str]]:
+  """A `_start_runs` process's stdout and stderr, per run, once it succeeded."""
+  stdout, stderr = process.communicate(timeout=600)
+  assert process.returncode == 0, stderr[-3000:]
+  return stdout.split("-- end of run\n")[:-1], stderr.split("-- end of run\n")[:-1]
+
+
+def _two_workers(config_file, cwd, *runs_overrides) -> list[list[str]]:
+  """Trains `config_file` once per list of overrides in two
+  MultiWorkerMirroredStrategy processes; each process's stdout, per run."""
+  cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+  runs_overrides = [["train.strategy=multi_worker", *overrides] for overrides in runs_overrides]
+  workers = [_start_runs(config_file, cwd, runs_overrides, {"TF_CONFIG": json.dumps(
+      {"cluster": cluster, "task": {"type": "worker", "index": index}})}) for index in range(2)]
+  return [_finished_runs(worker)[0] for worker in workers]
 
 
 @pytest.mark.slow
-def test_two_worker_processes_train_as_one_device(config_file, tmp_path, one_device):
-  chief, other = _two_workers(config_file, tmp_path, "train.run_dir=runs/two_workers")
-  assert chief.strip().endswith("Saved the trained model to runs/two_workers")
-  assert other.strip().endswith("Trained; the chief saves the run to runs/two_workers")
-  assert [p.name for p in (tmp_path / "runs").iterdir()] == ["two_workers"]  # the chief's only
+def test_two_worker_processes_train_as_one_device_and_split_tfrecord_input_by_file(
+    config_file, tmp_path, last_epoch_losses, one_device):
+  """Two runs in the same two processes: in-memory input (the global
+  batches of one device), then TFRecord files (each worker reads its own)."""
+  (chief_memory, chief_files), (other_memory, other_files) = _two_workers(
+      config_file, tmp_path, ["train.run_dir=runs/memory"],
+      ["train.run_dir=runs/files", "train.input=tfrecord", "train.input_shards=4"])
+  assert chief_memory.strip().endswith("Saved the trained model to runs/memory")
+  assert other_memory.strip().endswith("Trained; the chief saves the run to runs/memory")
+  assert other_files.strip().endswith("Trained; the chief saves the run to runs/files")
+  assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["files", "memory"]  # chief's
   reference = one_device(epochs=2, tables=False)
-  _same({"losses": {}, "weights": reference["weights"]},
-        _run_weights(tmp_path / "runs" / "two_workers"))
-
-
-@pytest.mark.slow
-def test_two_workers_split_tfrecord_input_by_file(config_file, tmp_path, last_epoch_losses,
-                                                  one_device):
-  stdouts = _two_workers(config_file, tmp_path, "train.run_dir=runs/two_workers",
-                         "train.input=tfrecord", "train.input_shards=4")
-  reference = one_device(epochs=2, tables=False)  # memory input
+  _same({"losses": {}, "weights": reference["weights"]}, _run_weights(tmp_path / "runs" / "memory"))
   # Each worker reads 2 of the 4 files, in half batches: as many steps as one
   # device (reading every file would take twice as many), other batches.
-  steps = [re.findall(r"^(\d+)/\d+ - ", out, re.M) for out in (stdouts[0], reference["stdout"])]
+  steps = [re.findall(r"^(\d+)/\d+ - ", out, re.M) for out in (chief_files, reference["stdout"])]
   assert steps[0] == steps[1] and len(steps[0]) == 2
-  assert last_epoch_losses(stdouts[0]) == pytest.approx(
+  assert last_epoch_losses(chief_files) == pytest.approx(
       last_epoch_losses(reference["stdout"]), rel=0.1)
-  weights = _run_weights(tmp_path / "runs" / "two_workers")["weights"]
+  weights = _run_weights(tmp_path / "runs" / "files")["weights"]
   assert all(np.isfinite(w).all() for w in weights)
-  assert [p.name for p in (tmp_path / "runs").iterdir()] == ["two_workers"]  # the chief's only
 
 
 def test_fewer_tfrecord_files_than_workers_is_a_config_error(config_file, tmp_path, tfmtl_cli,
@@ -234,8 +249,7 @@ def parameter_server_cluster(tmp_path_factory):
   """(folder, tf_config): a cluster's working folder and `tf_config(kind,
   index)`, each of its tasks' TF_CONFIG. Its two workers and two parameter
   servers (`tfmtl worker`) run in that folder while the module's tests do
-  (they read and write the chief's relative paths there); each test's
-  chief connects to them anew."""
+  (they read and write the chief's relative paths there)."""
   folder = tmp_path_factory.mktemp("cluster")
   ports = iter(_free_ports(5))
   cluster = {"worker": [f"localhost:{next(ports)}" for _ in range(2)],
@@ -254,35 +268,34 @@ def parameter_server_cluster(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("train_input, tables", [("tfrecord", "false"), ("memory", "true")])
 def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
-    config_file, last_epoch_losses, one_device, parameter_server_cluster, train_input, tables):
+    config_file, last_epoch_losses, one_device, parameter_server_cluster):
   """The towers' own embeddings, or `model.tpu_embedding`'s tables (TFRS's
-  layer, off-TPU), split across the parameter servers. The two cases cover
-  each input (`tfrecord`, `memory`) and each kind of table (sharded towers'
-  embeddings, sharded shared tables) once, each with a chief of its own."""
+  layer, off-TPU), split across the parameter servers. Two runs of one
+  chief cover each input (`tfrecord`, `memory`) and each kind of table
+  (sharded towers' embeddings, sharded shared tables) once."""
   folder, tf_config = parameter_server_cluster
-  run_dir = f"runs/ps_{train_input}_{tables}"
-  chief = _python(["-m", "tfmtl.cli", "train", "--config", str(config_file),
-                   "--set", "train.strategy=parameter_server",
-                   "--set", "train.shard_min_bytes=1024", "--set", f"train.run_dir={run_dir}",
-                   "--set", f"train.input={train_input}", "--set", "train.epochs=4",
-                   "--set", f"model.tpu_embedding={tables}"],
-                  cwd=folder, env=tf_config("chief", 0))
-  sharded = chief.stderr.split("split across the parameter servers: ")[1].splitlines()[0]
-  assert "user_id_embedding" in sharded and "item_id_embedding" in sharded
-  assert ("embedding_tables/user_id_embedding" in sharded) == (tables == "true")
-  # Two workers update the parameters asynchronously: close to one device,
-  # not equal. Each task's loss must fall from the untrained model's by at
-  # least half of what one device's falls (the like loss, which 4 epochs
-  # move least, fell by 0.69 of it in one run); a cluster whose updates are
-  # lost does not.
-  reference = one_device(epochs=4, tables=tables == "true")
-  untrained, trained = reference["untrained"], reference["trained"]
-  for task, loss in last_epoch_losses(chief.stdout).items():
-    assert untrained[task] - loss >= 0.5 * (untrained[task] - trained[task]), (
-        task, untrained[task], loss, trained[task])
-  runs.load_run(folder / run_dir)  # the sharded tables reload whole
+  cases = [("tfrecord", "false"), ("memory", "true")]
+  chief = _start_runs(config_file, folder, [
+      ["train.strategy=parameter_server", "train.shard_min_bytes=1024", "train.epochs=4",
+       f"train.run_dir=runs/ps_{train_input}_{tables}", f"train.input={train_input}",
+       f"model.tpu_embedding={tables}"] for train_input, tables in cases], tf_config("chief", 0))
+  stdouts, stderrs = _finished_runs(chief)
+  for (train_input, tables), stdout, stderr in zip(cases, stdouts, stderrs, strict=True):
+    sharded = stderr.split("split across the parameter servers: ")[1].splitlines()[0]
+    assert "user_id_embedding" in sharded and "item_id_embedding" in sharded
+    assert ("embedding_tables/user_id_embedding" in sharded) == (tables == "true")
+    # Two workers update the parameters asynchronously: close to one device,
+    # not equal. Each task's loss must fall from the untrained model's by at
+    # least half of what one device's falls (the like loss, which 4 epochs
+    # move least, fell by 0.69 of it in one run); a cluster whose updates are
+    # lost does not.
+    reference = one_device(epochs=4, tables=tables == "true")
+    untrained, trained = reference["untrained"], reference["trained"]
+    for task, loss in last_epoch_losses(stdout).items():
+      assert untrained[task] - loss >= 0.5 * (untrained[task] - trained[task]), (
+          train_input, task, untrained[task], loss, trained[task])
+    runs.load_run(folder / f"runs/ps_{train_input}_{tables}")  # the sharded tables reload whole
 
 
 def test_tpu_falls_back_to_the_default_strategy_off_tpu(caplog):
