@@ -69,6 +69,21 @@ def test_an_interrupted_export_leaves_no_version(trained, tmp_path, monkeypatch)
   assert list(tmp_path.iterdir()) == []  # as it was: no version, no model folder
 
 
+def test_an_export_traces_each_signature_once(trained, tmp_path, monkeypatch):
+  """A signature traced before `tf.saved_model.save` is traced again in it
+  (the save's context is part of tf.function's cache key)."""
+  model, _, _ = trained
+  saved, save = [], tf.saved_model.save
+  def recording_save(module, path, signatures):
+    saved.append(module)
+    save(module, path, signatures=signatures)
+  monkeypatch.setattr(tf.saved_model, "save", recording_save)
+  export_model(model, tmp_path, "m")
+  [module] = saved
+  assert {name: getattr(module, name).experimental_get_tracing_count()
+          for name in module.signature_specs} == dict.fromkeys(module.signature_specs, 1)
+
+
 def test_saved_model_cli_shows_the_documented_signatures(trained):
   _, _, path = trained
   cli = Path(sys.executable).with_name("saved_model_cli")
