@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 import tf_keras as keras
@@ -11,7 +12,7 @@ import tfmtl
 from tfmtl import runs, training
 from tfmtl.config import ConfigError, ExperimentConfig, ModelConfig, default_tasks
 from tfmtl.data import Split, make_dataset
-from tfmtl.distillation import Distillation
+from tfmtl.distillation import Distillation, ListwiseCandidates
 from tfmtl.features import FeatureVocabulary
 from tfmtl.teachers import EaseTeacher
 from tfmtl.teachers.ease import interaction_matrix
@@ -228,23 +229,78 @@ def test_the_top_k_and_margin_terms_equal_direct_numpy_computations():
   np.testing.assert_allclose(tfmtl.distillation.margin_mse(*args), margins, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["run", "ease"])
+def test_listwise_candidates_score_the_teachers_best_and_the_batchs_unseen_items(
+    tiny_data, teacher, kind):
+  """Per example: the teacher's n best unseen items for its user and the
+  batch's other unseen items, each once. With n the catalogue's size, every
+  listwise term equals the whole catalogue's."""
+  student = _model(tiny_data, teacher.vocabulary, embedding_dim=8)
+  train = tiny_data.interactions
+  taught = (EaseTeacher.fit(student, train, 10.0) if kind == "ease"
+            else Distillation(teacher).teacher)
+  batch = _batch(student, tiny_data)
+  if kind == "run":
+    taught.cache(student, {name: value.numpy() for name, value in batch.items()})
+  inputs = student._task_inputs(batch)
+  seen = interaction_matrix(student, train) > 0
+  users = batch["user_id"].numpy().reshape(-1)
+  items = len(student.catalogue_item_ids)
+  few = ListwiseCandidates.find(taught, student, train, n=5)
+  teacher_scores, _, hidden = (t.numpy() for t in few.scores(taught, student, inputs))
+  all_scores = taught.user_scores(tf.range(seen.shape[0]))[0].numpy()
+  columns = pd.Index(student.catalogue_item_ids).get_indexer(
+      np.asarray(student.vocabulary.item_ids, object)[batch["item_id"].numpy().reshape(-1) - 1])
+  for row, user in enumerate(users):
+    unseen = np.flatnonzero(~seen[user])
+    best = set(unseen[np.argsort(-all_scores[user, unseen])[:5]])
+    expected = best | (set(columns) - set(np.flatnonzero(seen[user])))
+    shown = teacher_scores[row][~hidden[row]]
+    assert len(shown) == len(expected)  # each item once
+    np.testing.assert_allclose(np.sort(shown), np.sort(all_scores[user, sorted(expected)]),
+                               rtol=1e-5)
+  terms = {"listwise_weight": 1.0, "topk_weight": 1.0, "margin_weight": 0.01}
+  whole = Distillation(taught, weight=0.0, seen=tf.constant(seen), **terms)
+  covering = Distillation(taught, weight=0.0, **terms,
+                          candidates=ListwiseCandidates.find(taught, student, train, n=items))
+  assert float(covering.listwise_loss(student, inputs)) == pytest.approx(
+      float(whole.listwise_loss(student, inputs)), rel=1e-4)
+
+
+def test_listwise_candidates_need_a_teacher_that_scores_users_on_their_own(tiny_data, teacher):
+  student = _model(tiny_data, teacher.vocabulary, embedding_dim=8)
+  options = ExperimentConfig().with_overrides([
+      "distillation.teacher=runs/teacher", "distillation.listwise_weight=1",
+      "distillation.listwise_candidates=5"]).distillation
+  with pytest.raises(ConfigError, match=r"^distillation.listwise_candidates: needs the "
+                                        r"teacher's embedding of each user"):
+    Distillation.from_config(options, student, tiny_data.interactions, lambda path: teacher)
+
+
 def _top(scores, seen, k=5):
   return np.argsort(-np.where(seen, -np.inf, scores), axis=1)[:, :k]
 
 
-@pytest.mark.parametrize("term", [None, "listwise_weight", "topk_weight", "margin_weight"])
-def test_each_listwise_term_teaches_a_ranking_the_labels_do_not_hold(tiny_data, teacher, term):
+@pytest.mark.parametrize("term, candidates", [
+    (None, 0), ("listwise_weight", 0), ("topk_weight", 0), ("margin_weight", 0),
+    ("listwise_weight", 8)])
+def test_each_listwise_term_teaches_a_ranking_the_labels_do_not_hold(tiny_data, teacher, term,
+                                                                     candidates):
   """A fixed toy teacher ranks items by random low-rank scores, unrelated to
   the data: a student with a listwise term shares most of its top 5 per
-  user; the same student without one does not."""
+  user, over the whole catalogue or over `candidates` (the teacher's best 8
+  of 40 and the batch's items); the same student without one does not."""
   student = _model(tiny_data, teacher.vocabulary, embedding_dim=8)
   rng = np.random.default_rng(0)
   users, items = teacher.vocabulary.size("user_id"), len(student.catalogue_item_ids)
   scores = (rng.normal(size=(users, 3)) @ rng.normal(size=(3, items)) / np.sqrt(3))
   seen = interaction_matrix(student, tiny_data.interactions) > 0
+  toy = EaseTeacher(tf.constant(scores, tf.float32))
+  sampled = candidates and ListwiseCandidates.find(toy, student, tiny_data.interactions,
+                                                   candidates)
   student.distillation = Distillation(
-      EaseTeacher(tf.constant(scores, tf.float32)), weight=0.0, listwise_temperature=0.5,
-      seen=tf.constant(seen), **({term: 20.0} if term else {}))
+      toy, weight=0.0, listwise_temperature=0.5, seen=None if sampled else tf.constant(seen),
+      candidates=sampled or None, **({term: 20.0} if term else {}))
   student.fit(make_dataset(tiny_data, tiny_data.interactions, student.encoder, 64), epochs=20,
               verbose=0)
   ids = np.asarray(teacher.vocabulary.user_ids, object)
@@ -255,14 +311,17 @@ def test_each_listwise_term_teaches_a_ranking_the_labels_do_not_hold(tiny_data, 
   assert (overlap > 0.6) if term else (overlap < 0.3), overlap
 
 
-def test_a_config_distills_from_ease_with_the_listwise_term(tiny_data, teacher):
+@pytest.mark.parametrize("candidates", [0, 8])
+def test_a_config_distills_from_ease_with_the_listwise_term(tiny_data, teacher, candidates):
   empty = tiny_data.interactions.iloc[:0]
   prepared = training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
                                teacher.vocabulary)
   config = ExperimentConfig().with_overrides([
       "train.epochs=2", "train.batch_size=64", "distillation.teacher=ease",
-      "distillation.listwise_weight=1.0", "distillation.ease_lambda=10"])
+      "distillation.listwise_weight=1.0", "distillation.ease_lambda=10",
+      f"distillation.listwise_candidates={candidates}"])
   student = training.fit(config, prepared, verbose=0)
   assert isinstance(student.distillation.teacher, EaseTeacher)
+  assert (student.distillation.candidates is not None) == bool(candidates)
   losses = student.history.history["distillation_loss"]
   assert losses[-1] < losses[0] and losses[-1] > 0

@@ -23,6 +23,13 @@ teacher (`tfmtl.teachers`: a trained tfmtl run, or the closed-form EASE):
     between the student's and the teacher's score margins, which ignores
     an offset between their scales.
 
+  By default they score the whole catalogue at each step. With
+  `listwise_candidates` N (`ListwiseCandidates`), each example scores only
+  the teacher's N best unseen items for its user, found once before
+  training, and the batch's other unseen items: the student's candidate
+  tower then runs on those items alone, and the training interactions are
+  kept as sorted (user, item) keys rather than a users x items mask.
+
 The student may be far smaller (narrower embeddings, fewer or no experts).
 A run teacher whose vocabulary differs reads the batch mapped by raw ids and
 tokens, and what it does not know gets no term (`tfmtl.teachers.model`).
@@ -47,13 +54,13 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfmtl.data.schema import USER_ID
+from tfmtl.data.schema import ITEM_ID, USER_ID
 from tfmtl.errors import ConfigError
 from tfmtl.tasks import TaskInputs
 from tfmtl.tasks.base import hide, masked_kl
 from tfmtl.teachers import EaseTeacher, ModelTeacher
-from tfmtl.teachers.ease import interaction_matrix
-from tfmtl.top_k import top_k
+from tfmtl.teachers.ease import interaction_matrix, training_pairs
+from tfmtl.top_k import EXCLUDED_SCORE, top_k
 
 
 @dataclasses.dataclass
@@ -67,7 +74,9 @@ class Distillation:
     listwise_weight, topk_weight, topk, topk_decay, margin_weight,
       listwise_temperature: the listwise terms'.
     seen: [user indices, items], true where a user interacted with an item
-      in training; needed by the listwise terms.
+      in training; needed by the listwise terms over the whole catalogue.
+    candidates: a `ListwiseCandidates`: the listwise terms score those
+      instead of the whole catalogue (then `seen` is not needed).
   """
   teacher: Any
   weight: float = 1.0
@@ -79,11 +88,12 @@ class Distillation:
   topk: int = 10
   topk_decay: float = 5.0
   margin_weight: float = 0.0
+  candidates: Optional["ListwiseCandidates"] = None
 
   def __post_init__(self):
     if not hasattr(self.teacher, "catalogue_scores"):
       self.teacher = ModelTeacher(self.teacher)
-    if self.listwise and self.seen is None:
+    if self.listwise and self.seen is None and self.candidates is None:
       raise ValueError("the listwise terms need `seen`, the training interactions")
 
   @property
@@ -107,16 +117,24 @@ class Distillation:
                "topk_weight": options.topk_weight, "margin_weight": options.margin_weight}
     if examples is not None and (options.weight or any(weights.values())):
       teacher.cache(student, examples)
-    seen = None
+    seen = candidates = None
     if any(weights.values()):
       if not any(task.type == "retrieval" for task in student.tasks.values()):
         on = ", ".join(key for key, weight in weights.items() if weight)
         raise ConfigError(f"distillation.{on}: the listwise terms train the retrieval "
                           "scores; add a retrieval task or set them to 0")
-      seen = tf.constant(interaction_matrix(student, train) > 0)
+      if options.listwise_candidates:
+        try:
+          candidates = ListwiseCandidates.find(teacher, student, train,
+                                               options.listwise_candidates)
+        except ValueError as error:
+          raise ConfigError(f"distillation.listwise_candidates: {error}") from None
+      else:
+        seen = tf.constant(interaction_matrix(student, train) > 0)
     return cls(teacher, options.weight, options.temperature,
                listwise_temperature=options.listwise_temperature, seen=seen,
-               topk=options.topk, topk_decay=options.topk_decay, **weights)
+               topk=options.topk, topk_decay=options.topk_decay, candidates=candidates,
+               **weights)
 
   def check_student(self, student) -> None:
     """Adapts the teacher to `student` (see `tfmtl.teachers`)."""
@@ -165,12 +183,16 @@ class Distillation:
     """The batch's weighted listwise terms over each user's unseen catalogue
     items (see module doc); `taught_inputs`: the teacher's `task_inputs` of
     the batch, if computed."""
-    seen = tf.gather(self.seen, tf.reshape(inputs.features[USER_ID], [-1]))
-    taught, known = self.teacher.catalogue_scores(inputs.features, taught_inputs)
-    learnt = tf.matmul(inputs.query, student.catalogue_embeddings(), transpose_b=True)
+    if self.candidates is not None:
+      taught, learnt, hidden = self.candidates.scores(self.teacher, student, inputs,
+                                                      taught_inputs)
+    else:
+      seen = tf.gather(self.seen, tf.reshape(inputs.features[USER_ID], [-1]))
+      taught, known = self.teacher.catalogue_scores(inputs.features, taught_inputs)
+      learnt = tf.matmul(inputs.query, student.catalogue_embeddings(), transpose_b=True)
+      hidden = seen | ~known
     taught = taught / self.listwise_temperature
     learnt = tf.cast(learnt, tf.float32) / self.listwise_temperature
-    hidden = seen | ~known
     terms = []
     if self.listwise_weight:
       terms.append(self.listwise_weight * masked_kl(taught, learnt, hidden))
@@ -180,6 +202,88 @@ class Distillation:
     if self.margin_weight:
       terms.append(self.margin_weight * margin_mse(taught, learnt, hidden))
     return tf.reduce_mean(tf.add_n(terms))
+
+
+class ListwiseCandidates:
+  """The items the listwise terms score when the catalogue is too large to
+  score whole at each step (module doc): per student user index, the
+  teacher's `n` best items that user did not interact with in training,
+  plus the batch's other items.
+
+  Args:
+    best: [user indices, n] int32 catalogue columns, best first.
+    best_seen: [user indices, n] bool, true where `best` had to take a
+      seen item (the user has fewer than n unseen).
+    seen_keys: int64 `user index * item vocabulary size + column` of the
+      training interactions.
+    item_columns: [item vocabulary size] int32, each encoded item's
+      catalogue column (-1: not in the catalogue).
+  """
+
+  def __init__(self, best, best_seen, seen_keys, item_columns):
+    self.best = tf.constant(best, tf.int32)
+    self.best_seen = tf.constant(best_seen, tf.bool)
+    self.items = int(len(item_columns))  # above every column: keys are unique
+    self.seen_keys = tf.constant(np.union1d([-1], seen_keys), tf.int64)  # never empty
+    self.item_columns = tf.constant(item_columns, tf.int32)
+
+  @classmethod
+  def find(cls, teacher, student, train: pd.DataFrame, n: int,
+           cells_per_step: int = 1 << 24) -> "ListwiseCandidates":
+    """The teacher's `n` best unseen items of each of `student`'s users in
+    `train`, scored in blocks of users of about `cells_per_step` scores;
+    a ValueError if the teacher cannot score users on their own."""
+    items = len(student.catalogue_item_ids)
+    users, columns = training_pairs(student, train)
+    item_columns = np.full(student.vocabulary.size(ITEM_ID), -1, np.int32)
+    item_columns[tf.reshape(student.catalogue_features[ITEM_ID], [-1]).numpy()] = np.arange(items)
+    n, block = min(n, items), max(1, cells_per_step // items)
+    best, best_seen = [], []
+    for start in range(0, student.vocabulary.size(USER_ID), block):
+      rows = tf.range(start, min(start + block, student.vocabulary.size(USER_ID)))
+      scores, _ = teacher.user_scores(rows)
+      mine = (users >= start) & (users < start + block)
+      values, top = top_k(scores, n, np.stack([users[mine] - start, columns[mine]], 1))
+      best.append(top)
+      best_seen.append(values == EXCLUDED_SCORE)  # users with fewer than n unseen items
+    return cls(tf.concat(best, 0), tf.concat(best_seen, 0),
+               users.astype(np.int64) * len(item_columns) + columns, item_columns)
+
+  def scores(self, teacher, student, inputs: TaskInputs, taught_inputs=None
+             ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(teacher scores, student scores, hidden), [batch, n + batch items]
+    each: every example's `best` items, then the batch's distinct items;
+    hidden where seen in training, unknown to the teacher, or already
+    among the example's `best`."""
+    users = tf.reshape(inputs.features[USER_ID], [-1])
+    best = tf.gather(self.best, users)  # [batch, n]
+    batch_items = tf.unique(tf.gather(self.item_columns,
+                                      tf.reshape(inputs.features[ITEM_ID], [-1])))[0]
+    batch_items = tf.boolean_mask(batch_items, batch_items >= 0)  # [m]
+    in_batch = tf.broadcast_to(batch_items[tf.newaxis, :],
+                               [tf.shape(best)[0], tf.shape(batch_items)[0]])
+    ordered = tf.sort(best, axis=1)
+    position = tf.minimum(tf.searchsorted(ordered, in_batch), tf.shape(best)[1] - 1)
+    repeated = tf.gather(ordered, position, batch_dims=1) == in_batch
+    keys = tf.cast(users, tf.int64)[:, tf.newaxis] * self.items + tf.cast(in_batch, tf.int64)
+    found = tf.minimum(tf.searchsorted(self.seen_keys, tf.reshape(keys, [-1])),
+                       tf.size(self.seen_keys) - 1)
+    seen = tf.reshape(tf.gather(self.seen_keys, found), tf.shape(keys)) == keys
+    # The student's candidate tower runs once per distinct item.
+    distinct, slots = tf.unique(tf.concat([tf.reshape(best, [-1]), batch_items], 0))
+    embeddings = student.candidate_tower({name: tf.gather(values, distinct) for name, values
+                                          in student.catalogue_features.items()})
+    best_slots, batch_slots = tf.split(slots, [tf.size(best), tf.size(batch_items)])
+    query = tf.cast(inputs.query, embeddings.dtype)
+    learnt = tf.concat([
+        tf.einsum("bd,bnd->bn", query, tf.gather(embeddings, tf.reshape(best_slots,
+                                                                        tf.shape(best)))),
+        tf.matmul(query, tf.gather(embeddings, batch_slots), transpose_b=True)], axis=1)
+    taught, known = (tf.concat(pair, axis=1) for pair in zip(
+        teacher.pair_scores(inputs.features, best, taught_inputs),
+        teacher.pair_scores(inputs.features, batch_items, taught_inputs)))
+    hidden = ~known | tf.concat([tf.gather(self.best_seen, users), seen | repeated], axis=1)
+    return taught, learnt, hidden
 
 
 def top_k_cross_entropy(teacher_scores: tf.Tensor, student_logits: tf.Tensor,

@@ -210,6 +210,12 @@ class DistillationConfig(Section):
       every pair of a user's unseen items (0: none).
     listwise_temperature: both sides' scores are divided by it in these
       three listwise terms.
+    listwise_candidates: 0 (the default): the listwise terms score every
+      catalogue item at each step. N: they score, for each example, the
+      teacher's N best unseen items for its user (found once, before
+      training) and the batch's other items, for catalogues too large to
+      score whole at every step. With N at least the catalogue's size both
+      give the same terms.
     ease_lambda: EASE's L2 strength (`teacher: ease`).
     initialize: `none`, or `pca`: the student's id embeddings start at the
       teacher's, on their principal axes (as many as the student's are wide).
@@ -223,6 +229,7 @@ class DistillationConfig(Section):
   topk_decay: float = 5.0
   margin_weight: float = 0.0
   listwise_temperature: float = 0.05
+  listwise_candidates: int = 0
   ease_lambda: float = 250.0
   initialize: str = "none"
 
@@ -236,6 +243,8 @@ class DistillationConfig(Section):
       raise ConfigError("listwise_temperature, ease_lambda, topk_decay: must be positive")
     if self.topk < 1:
       raise ConfigError("topk: must be at least 1")
+    if self.listwise_candidates < 0:
+      raise ConfigError("listwise_candidates: must be non-negative (0: every catalogue item)")
     if self.teacher == "ease" and self.initialize != "none":
       raise ConfigError("initialize: pca starts from a model teacher's embeddings; "
                         "teacher ease has none")

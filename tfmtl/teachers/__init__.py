@@ -10,7 +10,12 @@ module each:
 A teacher gives `catalogue_scores(features, taught=None)`: its scores of the
 batch's users over the student's catalogue, [batch, items], and where it
 knows them (what the listwise terms of `tfmtl.distillation` read; `taught`
-is the batch's `task_inputs` when already computed); `task_inputs(features)`,
+is the batch's `task_inputs` when already computed); `pair_scores(features,
+columns, taught=None)`, the same for given catalogue columns only (each
+example's own, [batch, n], or shared, [n]); `user_scores(users)`, the
+scores of student user indices alone (a ValueError if it cannot score a
+user without an example), from which `listwise_candidates` takes each
+user's best items; `task_inputs(features)`,
 the per-pair outputs its tasks' terms read, with `sample_weight` 1 where it
 knows the example (None when it has no tasks); and `check_student(student)`,
 called once before training, to adapt to the student's vocabulary and

@@ -80,7 +80,19 @@ class EaseTeacher:
     """The batch's users' scores, [batch, items], and where they are known
     (every item of a user the training split has)."""
     del taught  # per-pair outputs: EASE has none
-    users = tf.reshape(features[USER_ID], [-1])
+    return self.user_scores(tf.reshape(features[USER_ID], [-1]))
+
+  def pair_scores(self, features: dict[str, tf.Tensor], columns: tf.Tensor,
+                  taught=None) -> tuple[tf.Tensor, tf.Tensor]:
+    """As `catalogue_scores`, of catalogue `columns` only: each example's
+    own ([batch, n]) or the same for all ([n]); [batch, n] each."""
+    scores, known = self.catalogue_scores(features, taught)
+    batch_dims = columns.shape.rank - 1
+    return (tf.gather(scores, columns, axis=1, batch_dims=batch_dims),
+            tf.gather(known, columns, axis=1, batch_dims=batch_dims))
+
+  def user_scores(self, users: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`catalogue_scores` of student user indices [n]."""
     scores = tf.gather(self.score_matrix, users)
     return scores, tf.broadcast_to((users > 0)[:, tf.newaxis], tf.shape(scores))
 
@@ -109,10 +121,16 @@ def _check_memory(users: int, items: int) -> None:
 def interaction_matrix(student, train: pd.DataFrame) -> np.ndarray:
   """[user indices, items] float32: 1 where `train` has the user (by
   `student`'s encoded user index) and the catalogue item, else 0."""
-  users = pd.Index(student.vocabulary.user_ids).get_indexer(train[USER_ID].to_numpy(object))
-  items = pd.Index(student.catalogue_item_ids).get_indexer(train[ITEM_ID].to_numpy(object))
   matrix = np.zeros((student.vocabulary.size(USER_ID), len(student.catalogue_item_ids)),
                     np.float32)
-  known = items >= 0
-  matrix[users[known] + 1, items[known]] = 1.0  # index 0: the unknown user
+  matrix[training_pairs(student, train)] = 1.0
   return matrix
+
+
+def training_pairs(student, train: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+  """(user indices, catalogue columns) of `train`'s interactions with
+  catalogue items, by `student`'s encoded user index (0: unknown users)."""
+  users = pd.Index(student.vocabulary.user_ids).get_indexer(train[USER_ID].to_numpy(object))
+  items = pd.Index(student.catalogue_item_ids).get_indexer(train[ITEM_ID].to_numpy(object))
+  known = items >= 0
+  return users[known] + 1, items[known]

@@ -82,15 +82,38 @@ class ModelTeacher:
     catalogue item, [batch, items], and where it knows both user and item;
     `taught`, this batch's `task_inputs` if already computed, saves running
     the query tower again."""
-    if taught is not None:
-      query, users = taught.query, self._known_users(taught)
-    elif USER_ID in self.cached:
-      query, users = self._gathered(USER_ID, features)
-    else:
-      mapped, known = self._mapped(features)
-      query, users = tf.stop_gradient(self.model.query_tower(mapped)), known[:, 0]
+    query, users = self._query(features, taught)
     scores = tf.matmul(query, self._catalogue, transpose_b=True)
     return scores, users[:, tf.newaxis] & self._catalogue_known[tf.newaxis, :]
+
+  def pair_scores(self, features: dict[str, tf.Tensor], columns: tf.Tensor,
+                  taught: Optional[TaskInputs] = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """As `catalogue_scores`, of catalogue `columns` only: each example's
+    own ([batch, n]) or the same for all ([n]); [batch, n] each."""
+    query, users = self._query(features, taught)
+    candidates, known = (tf.gather(self._catalogue, columns),
+                         tf.gather(self._catalogue_known, columns))
+    if columns.shape.rank == 1:
+      return (tf.matmul(query, candidates, transpose_b=True),
+              users[:, tf.newaxis] & known[tf.newaxis, :])
+    return tf.einsum("bd,bnd->bn", query, candidates), users[:, tf.newaxis] & known
+
+  def user_scores(self, users: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`catalogue_scores` of student user indices [n], from the cache
+    (`cache`); without it, a ValueError."""
+    if USER_ID not in self.cached:
+      raise ValueError("needs the teacher's embedding of each user, computed once before "
+                       "training; a teacher whose query reads each example's history has none")
+    return self.catalogue_scores({USER_ID: users})
+
+  def _query(self, features, taught: Optional[TaskInputs]) -> tuple[tf.Tensor, tf.Tensor]:
+    """The batch's teacher queries and whether the teacher knows each user."""
+    if taught is not None:
+      return taught.query, self._known_users(taught)
+    if USER_ID in self.cached:
+      return self._gathered(USER_ID, features)
+    mapped, known = self._mapped(features)
+    return tf.stop_gradient(self.model.query_tower(mapped)), known[:, 0]
 
   def task_inputs(self, features: dict[str, tf.Tensor]) -> Optional[TaskInputs]:
     """The teacher's embeddings and ranking logits of the batch; its
