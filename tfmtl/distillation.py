@@ -214,16 +214,16 @@ class ListwiseCandidates:
     best: [user indices, n] int32 catalogue columns, best first.
     best_seen: [user indices, n] bool, true where `best` had to take a
       seen item (the user has fewer than n unseen).
-    seen_keys: int64 `user index * item vocabulary size + column` of the
-      training interactions.
+    seen_keys: int64 `user index * items + column` of the training
+      interactions, `items` the catalogue's size.
     item_columns: [item vocabulary size] int32, each encoded item's
-      catalogue column (-1: not in the catalogue).
+      catalogue column (-1: not in the catalogue, and the unknown item).
   """
 
-  def __init__(self, best, best_seen, seen_keys, item_columns):
+  def __init__(self, best, best_seen, seen_keys, item_columns, items: int):
     self.best = tf.constant(best, tf.int32)
     self.best_seen = tf.constant(best_seen, tf.bool)
-    self.items = int(len(item_columns))  # above every column: keys are unique
+    self.items = items
     self.seen_keys = tf.constant(np.union1d([-1], seen_keys), tf.int64)  # never empty
     self.item_columns = tf.constant(item_columns, tf.int32)
 
@@ -237,6 +237,7 @@ class ListwiseCandidates:
     users, columns = training_pairs(student, train)
     item_columns = np.full(student.vocabulary.size(ITEM_ID), -1, np.int32)
     item_columns[tf.reshape(student.catalogue_features[ITEM_ID], [-1]).numpy()] = np.arange(items)
+    item_columns[0] = -1  # the unknown item's index: no one catalogue item
     n, block = min(n, items), max(1, cells_per_step // items)
     best, best_seen = [], []
     for start in range(0, student.vocabulary.size(USER_ID), block):
@@ -247,7 +248,7 @@ class ListwiseCandidates:
       best.append(top)
       best_seen.append(values == EXCLUDED_SCORE)  # users with fewer than n unseen items
     return cls(tf.concat(best, 0), tf.concat(best_seen, 0),
-               users.astype(np.int64) * len(item_columns) + columns, item_columns)
+               users.astype(np.int64) * items + columns, item_columns, items)
 
   def scores(self, teacher, student, inputs: TaskInputs, taught_inputs=None
              ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
