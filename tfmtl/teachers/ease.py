@@ -86,10 +86,12 @@ class EaseTeacher:
                   taught=None) -> tuple[tf.Tensor, tf.Tensor]:
     """As `catalogue_scores`, of catalogue `columns` only: each example's
     own ([batch, n]) or the same for all ([n]); [batch, n] each."""
-    scores, known = self.catalogue_scores(features, taught)
-    batch_dims = columns.shape.rank - 1
-    return (tf.gather(scores, columns, axis=1, batch_dims=batch_dims),
-            tf.gather(known, columns, axis=1, batch_dims=batch_dims))
+    del taught  # per-pair outputs: EASE has none
+    users = tf.reshape(features[USER_ID], [-1])
+    if columns.shape.rank == 1:
+      columns = tf.broadcast_to(columns[tf.newaxis, :], [tf.size(users), tf.size(columns)])
+    rows = tf.broadcast_to(tf.cast(users, columns.dtype)[:, tf.newaxis], tf.shape(columns))
+    return tf.gather_nd(self.score_matrix, tf.stack([rows, columns], axis=-1)), rows > 0
 
   def user_scores(self, users: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """`catalogue_scores` of student user indices [n]."""
