@@ -211,7 +211,8 @@ class ListwiseCandidates:
   plus the batch's other items.
 
   Args:
-    best: [user indices, n] int32 catalogue columns, best first.
+    best: [user indices, n] int32 catalogue columns, in column order
+      (sorted once here, searched at each step).
     best_seen: [user indices, n] bool, true where `best` had to take a
       seen item (the user has fewer than n unseen).
     seen_keys: int64 `user index * items + column` of the training
@@ -245,9 +246,11 @@ class ListwiseCandidates:
       scores, _ = teacher.user_scores(rows)
       mine = (users >= start) & (users < start + block)
       values, top = top_k(scores, n, np.stack([users[mine] - start, columns[mine]], 1))
-      best.append(top)
-      best_seen.append(values == EXCLUDED_SCORE)  # users with fewer than n unseen items
-    return cls(tf.concat(best, 0), tf.concat(best_seen, 0),
+      best.append(top.numpy())
+      best_seen.append(values.numpy() == EXCLUDED_SCORE)  # users with fewer than n unseen items
+    best, best_seen = np.concatenate(best), np.concatenate(best_seen)
+    order = np.argsort(best, axis=1)
+    return cls(np.take_along_axis(best, order, 1), np.take_along_axis(best_seen, order, 1),
                users.astype(np.int64) * items + columns, item_columns, items)
 
   def scores(self, teacher, student, inputs: TaskInputs, taught_inputs=None
@@ -263,9 +266,8 @@ class ListwiseCandidates:
     batch_items = tf.boolean_mask(batch_items, batch_items >= 0)  # [m]
     in_batch = tf.broadcast_to(batch_items[tf.newaxis, :],
                                [tf.shape(best)[0], tf.shape(batch_items)[0]])
-    ordered = tf.sort(best, axis=1)
-    position = tf.minimum(tf.searchsorted(ordered, in_batch), tf.shape(best)[1] - 1)
-    repeated = tf.gather(ordered, position, batch_dims=1) == in_batch
+    position = tf.minimum(tf.searchsorted(best, in_batch), tf.shape(best)[1] - 1)
+    repeated = tf.gather(best, position, batch_dims=1) == in_batch
     keys = tf.cast(users, tf.int64)[:, tf.newaxis] * self.items + tf.cast(in_batch, tf.int64)
     found = tf.minimum(tf.searchsorted(self.seen_keys, tf.reshape(keys, [-1])),
                        tf.size(self.seen_keys) - 1)
