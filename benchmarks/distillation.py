@@ -97,13 +97,14 @@ def _row(model, prepared, params: int) -> dict[str, float]:
 def _train_seed(seed: int, run_folders: Path, by_row: dict[str, list]) -> None:
   """Trains every row of `ROWS` at `seed` and appends its results to `by_row`
   (EASE's rows from the EASE students' teacher); the teacher rows that are
-  runs are saved under `run_folders`."""
+  runs, and the checkpoints, are written under `run_folders`."""
   for name, (teacher, _, overrides) in ROWS.items():
     refit = name.endswith("_refit")
     if teacher in TEACHER_RUNS:
       overrides = [f"distillation.teacher={run_folders / f'{teacher}_{seed}'}", *overrides]
-    config = ExperimentConfig().with_overrides(
-        [*SPLIT, f"seed={seed}", *overrides, *(["train.validate_every=0"] if refit else [])])
+    config = ExperimentConfig().with_overrides(  # checkpoints in the temporary folder
+        [*SPLIT, f"seed={seed}", f"train.run_dir={run_folders / 'run'}", *overrides,
+         *(["train.validate_every=0"] if refit else [])])
     prepared = training.prepare(config)
     prepared = _refit(prepared, config) if refit else prepared
     model = training.fit(config, prepared, verbose=0)

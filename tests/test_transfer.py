@@ -213,6 +213,37 @@ def test_a_config_fine_tunes_from_a_saved_run(tiny_data, source, tmp_path):
   assert model.fine_tuning.l2sp == 0.01
 
 
+def test_a_run_that_predicted_a_feature_pretrains_a_model_that_reads_it(tiny_data, tmp_path,
+                                                                       caplog):
+  """Classification -> recommendation: the pretrained run's `taste` task
+  hid `taste` from its query tower; the fine-tuned model reads it. The
+  parts both towers read keep their pretrained kernel rows (frozen here);
+  `taste`'s rows and embedding start fresh, outside L2-SP's pull."""
+  empty = tiny_data.interactions.iloc[:0]
+  prepared = training.Prepared(tiny_data, Split(tiny_data.interactions, empty, empty),
+                               FeatureVocabulary.build(tiny_data, tiny_data.interactions))
+  small = ["model.embedding_dim=8", "train.epochs=1", "train.batch_size=64"]
+  source_config = ExperimentConfig().with_overrides(
+      [*small, "tasks.taste={type: classification, label: taste}"])
+  source = training.fit(source_config, prepared, verbose=0)
+  assert dict(source.query_tower.input_widths).keys() == {"user_id", "age"}
+  source_run = runs.save_run(tmp_path / "source", source_config, prepared, source)
+  with caplog.at_level("INFO", logger="tfmtl"):
+    model = training.fit(ExperimentConfig().with_overrides(
+        [*small, f"transfer.pretrained={source_run}", "transfer.freeze_epochs={towers: -1}"]),
+        prepared, verbose=0)
+  assert "query_tower/taste_embedding/embeddings starts fresh" in caplog.text
+  widths = dict(model.query_tower.input_widths)
+  assert list(widths) == ["user_id", "taste", "age"]
+  kernel, pretrained = _table(model, "hidden_0"), _table(source, "hidden_0")
+  user_id, taste = slice(0, widths["user_id"]), slice(widths["user_id"],
+                                                      widths["user_id"] + widths["taste"])
+  np.testing.assert_array_equal(kernel[user_id], pretrained[user_id])
+  np.testing.assert_array_equal(kernel[taste.stop:], pretrained[widths["user_id"]:])  # age
+  assert np.isfinite(model.history.history["loss"]).all()
+  assert "query_tower/taste_embedding/embeddings" not in model.fine_tuning.pretrained
+
+
 def test_fine_tune_from_rejects_an_unknown_component(tiny_data, source):
   target = _model(tiny_data, _target_part(tiny_data))
   with pytest.raises(ValueError, match="unknown component"):

@@ -12,6 +12,11 @@ source model's weights into a new model, variable by variable name:
   boundaries are the same); a mixed-dimension id embedding's block tables
   are remapped the same way over the ids each block holds, so an id keeps
   its row when it is in the same block in both models;
+- each tower's first dense kernel is remapped by input part (the id, each
+  feature, the history): a part both towers read at the same width keeps
+  its rows, and a feature only this model reads (e.g. one the pretrained
+  model predicted with a classification task, so did not read) keeps its
+  fresh rows and its fresh embedding;
 - every other variable must have the same shape, or a `ValueError` names it.
 
 Variables belong to one of four components: `embeddings` (id, feature and
@@ -99,6 +104,23 @@ def _rows(path: str, vocabulary: FeatureVocabulary, block_ranges: dict[str, tupl
   return None
 
 
+def _tower_inputs(model) -> dict[str, list[str]]:
+  """What each row of each tower's first dense kernel stands for, by path."""
+  return {variable_path(tower.dense_layers[0].kernel):
+          [f"{part}:{width}:{row}" for part, width in tower.input_widths for row in range(width)]
+          for tower in (model.query_tower, model.candidate_tower)}
+
+
+def _unread_feature(path: str, source) -> Optional[str]:
+  """The feature whose embedding `path` is, if `source`'s tower does not read it."""
+  tower, layer = (path.split("/") + [""])[:2]
+  feature = layer.rsplit("_", 1)[0] if layer.endswith(("_embedding", "_adapter")) else None
+  if tower not in ("query_tower", "candidate_tower") or feature is None:
+    return None
+  read = {part for part, _ in getattr(source, tower).input_widths}
+  return None if feature in read else feature
+
+
 def load_pretrained(model, source, components: Sequence[str] = COMPONENTS
                     ) -> dict[str, tf.Tensor]:
   """Copies `source`'s weights of `components` into `model` (see module doc).
@@ -112,19 +134,28 @@ def load_pretrained(model, source, components: Sequence[str] = COMPONENTS
                      f"{list(COMPONENTS)}")
   sources = {variable_path(v): v for v in source.trainable_variables}
   target_blocks, source_blocks = _block_ranges(model), _block_ranges(source)
+  target_inputs, source_inputs = _tower_inputs(model), _tower_inputs(source)
   loaded = {}
   for variable in model.trainable_variables:
     path = variable_path(variable)
     if component_of(path) not in components:
       continue
     if path not in sources:
-      raise ValueError(f"transfer: variable {path!r} ({component_of(path)}) is not in the "
-                       "pretrained model; leave its component out of transfer.components")
+      feature = _unread_feature(path, source)
+      if feature is None:
+        raise ValueError(f"transfer: variable {path!r} ({component_of(path)}) is not in the "
+                         "pretrained model; leave its component out of transfer.components")
+      logger.info("transfer: %s starts fresh: the pretrained model did not read %r",
+                  path, feature)
+      continue
     value = sources[path].numpy()
-    target_rows = _rows(path, model.vocabulary, target_blocks)
+    target_rows = target_inputs.get(path) or _rows(path, model.vocabulary, target_blocks)
     if target_rows is not None:
-      positions = pd.Index(_rows(path, source.vocabulary, source_blocks)).get_indexer(
-          target_rows)
+      if value.shape[1:] != tuple(variable.shape[1:]):
+        raise ValueError(f"transfer: variable {path!r} has shape {tuple(variable.shape)} here "
+                         f"but {value.shape} in the pretrained model")
+      source_rows = source_inputs.get(path) or _rows(path, source.vocabulary, source_blocks)
+      positions = pd.Index(source_rows).get_indexer(target_rows)
       remapped = variable.numpy()
       known = positions >= 0
       remapped[known] = value[positions[known]]

@@ -93,6 +93,10 @@ class FeatureTower(keras.layers.Layer):
         for name, spec in self.features.items() if name not in self.looked_up}
     self.dense_layers = (dense_stack(hidden_layers, "hidden")
                          + [keras.layers.Dense(embedding_dim, name="projection")])
+    # ((part, width), ...): the first dense layer's input, part by part (the
+    # id, each feature, the history), set when built; `tfmtl.transfer` maps
+    # its kernel's rows by part. A tuple of pairs: not tracked by Keras.
+    self.input_widths: tuple[tuple[str, int], ...] = ()
 
   @staticmethod
   def table_features(id_feature: str, features: dict[str, FeatureConfig]) -> list[str]:
@@ -107,17 +111,19 @@ class FeatureTower(keras.layers.Layer):
     of them (looked up here when not given)."""
     if self.tables is not None and rows is None:
       rows = self.tables({name: features[name] for name in self.looked_up})
-    parts = [rows[self.id_feature] if self.tables else self.id_embedding(features[self.id_feature])]
+    parts = {self.id_feature: rows[self.id_feature] if self.tables
+             else self.id_embedding(features[self.id_feature])}
     for name, spec in self.features.items():
       if name in self.looked_up:
-        parts.append(rows[name])
+        parts[name] = rows[name]
         continue
       values = features[name]
       if spec.type == "multi_categorical":  # mean of the tokens
         values = values / tf.maximum(tf.reduce_sum(values, axis=-1, keepdims=True), 1.0)
-      parts.append(self.feature_embeddings[name](values))
+      parts[name] = self.feature_embeddings[name](values)
     if self.sequence is not None:
-      parts.append(self.sequence(features[HISTORY]))
-    parts = [tf.cast(part, self.compute_dtype) for part in parts]  # float16 when mixed
+      parts[HISTORY] = self.sequence(features[HISTORY])
+    self.input_widths = tuple((name, int(part.shape[-1])) for name, part in parts.items())
+    parts = [tf.cast(part, self.compute_dtype) for part in parts.values()]  # float16 when mixed
     embeddings = tf.cast(apply_stack(self.dense_layers, tf.concat(parts, axis=-1)), tf.float32)
     return tf.math.l2_normalize(embeddings, axis=-1) if self.normalize else embeddings
