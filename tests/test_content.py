@@ -10,11 +10,13 @@ import pytest
 
 import tfmtl
 from tfmtl import content, runs, training
-from tfmtl.config import ConfigError, ContentConfig, ExperimentConfig
+from tfmtl.config import ConfigError, ContentConfig, ExperimentConfig, TextTuningConfig
 from tfmtl.content import CONTENT, ItemContentTable, TextEncoder, item_texts, with_content
 from tfmtl.data import DataError, Split
 from tfmtl.data.splits import cold_item_split
 from tfmtl.features import FeatureVocabulary
+from tfmtl.layers.text import TextHead
+from tfmtl.text_tuning import FineTunedText, classification_targets
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,86 @@ def test_the_stage_reuses_its_cached_table_until_the_recipe_changes(tmp_path, mo
       items, dataclasses.replace(config, text="{title}. {genres}"), tmp_path, progress=False)
   assert other.recipe == "{title}. {genres}" and not np.allclose(other.vectors, first.vectors)
   assert len(list((tmp_path / "item_content").iterdir())) == 2
+
+
+# Fine-tuning the encoder's top layers (tfmtl.text_tuning).
+
+TITLES = ["Toy Story (1995)", "GoldenEye (1995)", "Casablanca (1942)", "Heat (1995)",
+          "Star Wars (1977)", "Fargo (1996)", "Scream (1996)", "Babe (1995)"]
+GENRES = ["Animation|Comedy", "Action|Thriller", "Drama|Romance", "Action|Crime",
+          "Action|Sci-Fi", "Crime|Drama", "Horror|Thriller", "Comedy|Drama"]
+
+
+@pytest.mark.parametrize("top_layers", [0, 2, 6])
+def test_cached_lower_states_through_the_pretrained_top_layers_are_the_encoders_vectors(
+    encoder, top_layers):
+  """The tf_keras copies of the top layers, over the lower layers' states
+  cached in batches of texts of other lengths, give `encode`'s vectors."""
+  texts = [*TITLES[:3], "A much longer text about a heist in Los Angeles, and the city"]
+  states, padding_mask = encoder.lower_states(texts, top_layers, batch_size=3)
+  assert states.shape[:2] == padding_mask.shape and states.shape[2] == 384
+  vectors = TextHead(encoder.top_blocks(top_layers))(states, padding_mask).numpy()
+  np.testing.assert_allclose(vectors, encoder.encode(texts), atol=1e-5)
+
+
+def test_fine_tuning_trains_the_top_layers_only(encoder):
+  tuned = FineTunedText(encoder, TITLES, top_layers=1, dropout=0.0)
+  backbone = [w.numpy().copy() for w in encoder.backbone.weights]
+  states = tuned.states.copy()
+  before = [w.numpy().copy() for w in tuned.head.trainable_weights]
+  assert len(before) == len(encoder.backbone.transformer_layers[-1].weights)  # one layer's
+  losses = tuned.fit(classification_targets(pd.DataFrame({"genres": GENRES}), "genres"),
+                     "classify", epochs=3, batch_size=4, learning_rate=1e-3)
+  assert losses[-1] < losses[0]
+  assert all(not np.array_equal(b, a.numpy()) for b, a in zip(before, tuned.head.trainable_weights))
+  assert all(np.array_equal(b, a.numpy()) for b, a in zip(backbone, encoder.backbone.weights))
+  np.testing.assert_array_equal(tuned.states, states)  # the cached lower layers stay
+
+
+def test_alignment_maps_each_text_to_its_own_items_embedding(encoder):
+  targets = np.random.default_rng(0).normal(size=[len(TITLES), 8]).astype(np.float32)
+  trained = np.arange(len(TITLES)) < 6  # the last two have no target
+  tuned = FineTunedText(encoder, TITLES, top_layers=1)
+  tuned.fit(targets, "align", epochs=30, batch_size=4, learning_rate=1e-3, rows=trained)
+  projected = tuned.encode(projected=True)
+  nearest = (projected[trained] @ (targets / np.linalg.norm(targets, axis=1, keepdims=True)).T
+             ).argmax(axis=1)
+  assert (nearest == np.arange(6)).mean() >= 5 / 6
+  np.testing.assert_allclose(np.linalg.norm(projected, axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_fine_tuned_table_keeps_its_layers_and_is_cached_by_its_settings(encoder, tmp_path,
+                                                                        monkeypatch):
+  items = pd.DataFrame({"item_id": [str(i) for i in range(len(TITLES))], "title": TITLES,
+                        "genres": GENRES})
+  config = ContentConfig(encoder="minilm", text="{title}", fine_tune=TextTuningConfig(
+      objective="classify", label="genres", top_layers=1, epochs=2, batch_size=4))
+  monkeypatch.setattr(content, "TextEncoder", lambda *args: encoder)  # loaded once
+  table = content.encode_item_content(items, config, tmp_path, progress=False)
+  assert table.fine_tune["objective"] == "classify" and len(table.fine_tune["losses"]) == 2
+  assert "top 1 layers fine-tuned (classify)" in table.encoder
+  loaded = ItemContentTable.load(next((tmp_path / "item_content").iterdir()))
+  again = FineTunedText(encoder, TITLES, 1, weights=loaded.fine_tuned_layers)
+  np.testing.assert_allclose(again.encode(projected=True), loaded.vectors, atol=1e-5)
+  with monkeypatch.context() as patch:
+    patch.setattr(content, "TextEncoder", lambda *a, **k: pytest.fail("fine-tuned again"))
+    np.testing.assert_array_equal(
+        content.encode_item_content(items, config, tmp_path, progress=False).vectors,
+        table.vectors)
+  other = dataclasses.replace(config, fine_tune=dataclasses.replace(config.fine_tune, epochs=1))
+  assert len(content.encode_item_content(items, other, tmp_path, progress=False)
+             .fine_tune["losses"]) == 1
+
+
+@pytest.mark.parametrize("fine_tune, message", [
+    ({"objective": "align"}, "content.fine_tune.run: align needs the trained run"),
+    ({"objective": "classify", "top_layers": 0}, "content.fine_tune.top_layers: must be at "),
+    ({"objective": "tune"}, "content.fine_tune.objective: unknown value 'tune'")])
+def test_a_malformed_fine_tune_section_names_the_key(fine_tune, message):
+  with pytest.raises(ConfigError, match=message):
+    ExperimentConfig.from_dict({"content": {"encoder": "minilm", "fine_tune": fine_tune}})
+  with pytest.raises(ConfigError, match="content.fine_tune: fine-tunes the text encoder, and "):
+    ExperimentConfig.from_dict({"content": {"fine_tune": {"objective": "classify"}}})
 
 
 def test_with_content_adds_a_vector_feature_and_zeros_for_missing_items(tiny_data, caplog):

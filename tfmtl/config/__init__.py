@@ -27,7 +27,7 @@ tfmtl.errors.ConfigError: tasks.rating.weight: expected a number, got 'heavy'
 """
 
 from tfmtl.config.data import (ContentConfig, DataConfig, FeatureConfig, PropagationConfig,
-                               SplitConfig)
+                               SplitConfig, TextTuningConfig)
 from tfmtl.config.evaluation import EvaluateConfig, ExportConfig, ScannConfig, TuneConfig
 from tfmtl.config.experiment import ExperimentConfig
 from tfmtl.config.model import (EmbeddingBlock, LossWeightingConfig, ModelConfig,
@@ -41,6 +41,6 @@ from tfmtl.errors import ConfigError
 __all__ = ["ConfigError", "ContentConfig", "DataConfig", "DistillationConfig", "EmbeddingBlock",
            "EvaluateConfig", "ExperimentConfig", "ExportConfig", "FeatureConfig",
            "LossWeightingConfig", "ModelConfig", "MultiTaskConfig", "PropagationConfig",
-           "ScannConfig", "SequenceConfig", "SplitConfig", "TaskConfig", "TrainConfig",
-           "TransferConfig", "TuneConfig", "check_name", "default_tasks", "history_length",
+           "ScannConfig", "SequenceConfig", "SplitConfig", "TaskConfig", "TextTuningConfig",
+           "TrainConfig", "TransferConfig", "TuneConfig", "check_name", "default_tasks", "history_length",
            "load_yaml"]

@@ -97,6 +97,56 @@ class DataConfig(Section):
 
 
 @dataclasses.dataclass
+class TextTuningConfig(Section):
+  """Fine-tuning of the text encoder's top layers on an item-level task
+  before the content vectors are made (see `tfmtl.text_tuning`).
+
+  Attributes:
+    objective: `none` (the pretrained encoder as is), `classify` (predict
+      the item column `label` from the text) or `align` (map the text to
+      the trained run `run`'s candidate embedding of the item).
+    label: `classify`: the item column whose `|`-joined tokens (or value)
+      the text predicts, e.g. `genres`.
+    run: `align`: a trained run folder (`runs/<name>`).
+    top_layers: how many of the encoder's top layers train; the lower ones
+      stay frozen and are computed once per item.
+    epochs, batch_size, learning_rate: the stage's training.
+    temperature: `align`'s in-batch softmax temperature.
+    dropout: dropout in the trained layers.
+    vector: what the content table holds: `projected` (the normalised
+      output of the objective's layer: for `align`, the collaborative-like
+      vector) or `pooled` (the fine-tuned layers' pooled text vector).
+    seed: the stage's seed.
+  """
+  objective: str = "none"
+  label: str = "genres"
+  run: Optional[str] = None
+  top_layers: int = 2
+  epochs: int = 10
+  batch_size: int = 128
+  learning_rate: float = 2e-4
+  temperature: float = 0.05
+  dropout: float = 0.1
+  vector: str = "projected"
+  seed: int = 0
+
+  def _validate(self):
+    from tfmtl.text_tuning import OBJECTIVES  # pylint: disable=import-outside-toplevel
+    one_of("objective", self.objective, OBJECTIVES)
+    if self.objective == "align" and not self.run:
+      raise ConfigError("run: align needs the trained run whose item embeddings the text "
+                        "aligns to, e.g. run: runs/movielens_100k")
+    one_of("vector", self.vector, ("projected", "pooled"))
+    for key in ("top_layers", "epochs", "batch_size"):
+      if getattr(self, key) < 1:
+        raise ConfigError(f"{key}: must be at least 1")
+    if self.learning_rate <= 0 or self.temperature <= 0:
+      raise ConfigError("learning_rate, temperature: must be positive")
+    if not 0 <= self.dropout < 1:
+      raise ConfigError(f"dropout: {self.dropout} is not in [0, 1)")
+
+
+@dataclasses.dataclass
 class ContentConfig(Section):
   """Item text through a pretrained text encoder: the `content` item feature.
 
@@ -117,12 +167,15 @@ class ContentConfig(Section):
     batch_size: texts per encoder call.
     table: a table folder written by `tfmtl encode-items --output` (default:
       the cache).
+    fine_tune: fine-tuning of the encoder's top layers before the vectors
+      are made (`TextTuningConfig`; default: none).
   """
   encoder: str = "none"
   text: str = "{title}. {genres}"
   sequence_length: int = 64
   batch_size: int = 128
   table: Optional[str] = None
+  fine_tune: TextTuningConfig = dataclasses.field(default_factory=TextTuningConfig)
 
   def _validate(self):
     if not self.encoder:
@@ -134,6 +187,9 @@ class ContentConfig(Section):
       raise ConfigError("sequence_length: must be at least 2")
     if self.batch_size < 1:
       raise ConfigError("batch_size: must be at least 1")
+    if self.encoder == "none" and self.fine_tune.objective != "none":
+      raise ConfigError("fine_tune: fine-tunes the text encoder, and encoder is none; name "
+                        "one, e.g. encoder: minilm")
 
 
 @dataclasses.dataclass
