@@ -153,7 +153,7 @@ def test_a_fine_tuned_table_keeps_its_layers_and_is_cached_by_its_settings(encod
   assert "top 1 layers fine-tuned (classify)" in table.encoder
   loaded = ItemContentTable.load(next((tmp_path / "item_content").iterdir()))
   again = FineTunedText(encoder, TITLES, 1, weights=loaded.fine_tuned_layers)
-  np.testing.assert_allclose(again.encode(projected=True), loaded.vectors, atol=1e-5)
+  np.testing.assert_allclose(again.encode(), loaded.vectors, atol=1e-5)  # classify: pooled
   with monkeypatch.context() as patch:
     patch.setattr(content, "TextEncoder", lambda *a, **k: pytest.fail("fine-tuned again"))
     np.testing.assert_array_equal(
@@ -162,6 +162,26 @@ def test_a_fine_tuned_table_keeps_its_layers_and_is_cached_by_its_settings(encod
   other = dataclasses.replace(config, fine_tune=dataclasses.replace(config.fine_tune, epochs=1))
   assert len(content.encode_item_content(items, other, tmp_path, progress=False)
              .fine_tune["losses"]) == 1
+
+
+def test_a_run_with_fine_tuned_content_encodes_added_items_through_its_layers(
+    encoder, tiny_config_file, tmp_path, monkeypatch):
+  from tfmtl.serving import add_items
+  monkeypatch.setattr(content, "TextEncoder", lambda *args: encoder)  # loaded once
+  config = ExperimentConfig.from_file(tiny_config_file(
+      train={"epochs": 1, "validate_every": 0}, content={"encoder": "minilm", "text": "{genres}", "fine_tune": {
+          "objective": "classify", "label": "genres", "top_layers": 1, "epochs": 1}}))
+  prepared = training.prepare(config)
+  assert prepared.content.fine_tuned_layers
+  run = runs.save_run(tmp_path / "run", config, prepared, training.fit(config, prepared,
+                                                                         verbose=0))
+  layers = runs.content_layers(run)
+  new = pd.DataFrame({"item_id": ["n1"], "genres": ["Drama|Extra1"], "year": [1999]})
+  add_items(run, new, base_path=str(tmp_path / "saved_models"))
+  added = pd.read_parquet(run / "catalogue.parquet").set_index("item_id").loc["n1", CONTENT]
+  tuned = FineTunedText(encoder, ["Drama, Extra1"], 1, weights=layers).encode()
+  np.testing.assert_allclose(added, tuned[0], atol=1e-5)
+  assert not np.allclose(added, encoder.encode(["Drama, Extra1"])[0], atol=1e-3)  # trained
 
 
 @pytest.mark.parametrize("fine_tune, message", [

@@ -296,6 +296,23 @@ def encode_item_content(items: pd.DataFrame, config: ContentConfig,
   return table
 
 
+def text_vectors(texts: list[str], config: ContentConfig, cache_dir: Optional[str | Path] = None,
+                 fine_tuned_layers: Optional[list[np.ndarray]] = None) -> np.ndarray:
+  """`texts`' vectors as a content table made under `config` holds them:
+  the encoder's, or, when `config.fine_tune` trained its top layers, through
+  those layers (`fine_tuned_layers`: the table's, or a run's)."""
+  encoder = TextEncoder(config.encoder, config.sequence_length, cache_dir)
+  tuning = config.fine_tune
+  if tuning.objective == "none":
+    return encoder.encode(texts, config.batch_size)
+  if not fine_tuned_layers:
+    raise ValueError("content.fine_tune: the fine-tuned layers are needed to encode as the "
+                     "fine-tuned encoder did")
+  from tfmtl.text_tuning import FineTunedText  # pylint: disable=import-outside-toplevel
+  tuned = FineTunedText(encoder, texts, tuning.top_layers, weights=fine_tuned_layers)
+  return tuned.encode(projected=tuning.projected)
+
+
 def _fine_tune_targets(items: pd.DataFrame, tuning) -> tuple[np.ndarray, np.ndarray]:
   """What `tuning`'s objective trains on: targets [items, n] and which items
   have one (empty for no fine-tuning)."""
@@ -322,7 +339,7 @@ def _fine_tuned_table(encoder: "TextEncoder", ids: list[str], texts: list[str],
                      seed=tuning.seed)
   logger.info("Fine-tuning losses by epoch: %s", ", ".join(f"{loss:.4f}" for loss in losses))
   name = f"{encoder.name}, top {tuning.top_layers} layers fine-tuned ({tuning.objective})"
-  return ItemContentTable(ids, tuned.encode(projected=tuning.vector == "projected"), name,
+  return ItemContentTable(ids, tuned.encode(projected=tuning.projected), name,
                           config.text, config.sequence_length,
                           {**dataclasses.asdict(tuning), "losses": losses}, tuned.weights())
 

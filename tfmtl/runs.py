@@ -3,9 +3,11 @@
 A run folder holds `tfmtl_run.json` (the marker: tfmtl's version and the
 run's name), `config.yaml`, `vocabulary.json`, `catalogue.parquet`,
 `weights/` (a TensorFlow checkpoint of the model, without the optimizer),
-`history.json` (the epochs' logs) and, where a user feature is a vector,
-`user_vectors.parquet`; `tfmtl evaluate` adds `metrics.json` and `tfmtl
-report` a `report/` folder. It is written whole or not at all, and only a
+`history.json` (the epochs' logs), where a user feature is a vector
+`user_vectors.parquet`, and where the content encoder was fine-tuned
+(`content.fine_tune`) its trained layers, `content_layers.npz` (what
+`add-items` encodes new items' text with); `tfmtl evaluate` adds
+`metrics.json` and `tfmtl report` a `report/` folder. It is written whole or not at all, and only a
 run replaces a run.
 
 Example:
@@ -31,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -50,6 +53,7 @@ def default_run_dir(config: ExperimentConfig) -> Path:
 
 RUN_MARKER = "tfmtl_run.json"
 _RUN_FILES = ("config.yaml", "vocabulary.json", "catalogue.parquet", "weights/model.index")
+CONTENT_LAYERS = "content_layers.npz"
 
 
 def is_run(folder: str | Path) -> bool:
@@ -101,6 +105,8 @@ def _write_run(folder: Path, config: ExperimentConfig, prepared: Prepared,
   prepared.data.items.to_parquet(folder / "catalogue.parquet", index=False)
   if model.user_vectors is not None:
     model.user_vectors.to_parquet(folder / "user_vectors.parquet", index=False)
+  if prepared.content is not None and prepared.content.fine_tuned_layers:
+    np.savez(folder / CONTENT_LAYERS, *prepared.content.fine_tuned_layers)
   model.save_weights(str(folder / "weights" / "model"))
   if model.history is not None and model.history.history:
     (folder / "history.json").write_text(json.dumps(
@@ -111,6 +117,18 @@ def save_metrics(run_dir: str | Path, metrics: dict) -> Path:
   """Writes a run's `metrics.json` whole or not at all (`tfmtl.atomic`), so
   `tfmtl report` never reads half of it."""
   return atomic.write_text(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2))
+
+
+def content_layers(run_dir: str | Path) -> list[np.ndarray]:
+  """A run's fine-tuned content encoder layers (`content.fine_tune`), as
+  `tfmtl.text_tuning.FineTunedText(weights=...)` takes them."""
+  path = Path(run_dir) / CONTENT_LAYERS
+  try:
+    with np.load(path) as arrays:
+      return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+  except (OSError, ValueError, KeyError) as error:
+    raise FileNotFoundError(f"{path}: the run's fine-tuned content encoder layers are not "
+                            f"readable ({error}); train the run again") from None
 
 
 def read_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureVocabulary, pd.DataFrame]:

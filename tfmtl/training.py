@@ -32,7 +32,7 @@ import tf_keras as keras
 from tfmtl.checkpoints import (EpochHistory, backup_and_restore, checkpoint_folder,
                                resume_point)
 from tfmtl.config import ConfigError, ExperimentConfig, TrainConfig
-from tfmtl.content import encode_item_content, with_content
+from tfmtl.content import ItemContentTable, encode_item_content, with_content
 from tfmtl.data.history import add_history, add_history_column
 from tfmtl.data.pipeline import batched_dataset, encode_interactions
 from tfmtl.data.schema import ITEM_ID, USER_ID, InteractionData
@@ -60,12 +60,15 @@ class Prepared(NamedTuple):
   (with the source domain's interactions, which sample-based transfer adds
   to training; `tfmtl.data.sources.mix_source`).
 
-  With a sequence model, every part of the split has the `history` column.
+  With a sequence model, every part of the split has the `history` column;
+  with `content.encoder`, `content` is the item content table the data's
+  `content` feature came from.
   """
   data: InteractionData
   split: Split
   vocabulary: FeatureVocabulary
   source: Optional[InteractionData] = None
+  content: Optional[ItemContentTable] = None
 
   def training_examples(self) -> tuple[InteractionData, pd.DataFrame]:
     """The data and rows `fit` trains on."""
@@ -77,11 +80,12 @@ def prepare(config: ExperimentConfig) -> Prepared:
   data = load_data(config.data)
   source = (load_source(config.transfer.source, data, config.transfer.source_weight)
             if config.transfer.source else None)
+  table = None
   if config.content.encoder != "none":
-    def encoded(part: InteractionData) -> InteractionData:
-      return with_content(part, encode_item_content(part.items, config.content,
-                                                    config.data.cache_dir))
-    data, source = encoded(data), source and encoded(source)
+    table = encode_item_content(data.items, config.content, config.data.cache_dir)
+    data = with_content(data, table)
+    source = source and with_content(source, encode_item_content(
+        source.items, config.content, config.data.cache_dir))
   for name, task in config.tasks.items():
     task_type(task.type).check_data(name, task, data.user_features, data.item_features,
                                     data.label_columns,
@@ -98,7 +102,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
         source.interactions, source.interactions, config.history_length))
   if config.propagation.feature != "none":
     data = add_propagated_feature(data, split.train, config.propagation)
-  prepared = Prepared(data, split, None, source)
+  prepared = Prepared(data, split, None, source, table)
   if source:
     logger.info("%s joins training, weight %g", source.summary(),
                 config.transfer.source_weight)

@@ -115,7 +115,8 @@ class TextTuningConfig(Section):
     dropout: dropout in the trained layers.
     vector: what the content table holds: `projected` (the normalised
       output of the objective's layer: for `align`, the collaborative-like
-      vector) or `pooled` (the fine-tuned layers' pooled text vector).
+      vector), `pooled` (the fine-tuned layers' pooled text vector) or
+      `auto` (`projected` for `align`, `pooled` for `classify`).
     seed: the stage's seed.
   """
   objective: str = "none"
@@ -127,8 +128,13 @@ class TextTuningConfig(Section):
   learning_rate: float = 2e-4
   temperature: float = 0.05
   dropout: float = 0.1
-  vector: str = "projected"
+  vector: str = "auto"
   seed: int = 0
+
+  @property
+  def projected(self) -> bool:
+    """Whether the content table holds the objective layer's output."""
+    return self.vector == "projected" or (self.vector == "auto" and self.objective == "align")
 
   def _validate(self):
     from tfmtl.text_tuning import OBJECTIVES  # pylint: disable=import-outside-toplevel
@@ -136,7 +142,7 @@ class TextTuningConfig(Section):
     if self.objective == "align" and not self.run:
       raise ConfigError("run: align needs the trained run whose item embeddings the text "
                         "aligns to, e.g. run: runs/movielens_100k")
-    one_of("vector", self.vector, ("projected", "pooled"))
+    one_of("vector", self.vector, ("auto", "projected", "pooled"))
     for key in ("top_layers", "epochs", "batch_size"):
       if getattr(self, key) < 1:
         raise ConfigError(f"{key}: must be at least 1")

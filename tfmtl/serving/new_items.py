@@ -2,8 +2,9 @@
 
 `add_items(run_dir, items)` takes a trained run and a table of new items (their
 id, the run's item feature columns and the columns its content recipe reads),
-encodes their text with the run's content encoder, and exports the run's
-model over the grown catalogue as the next version; the run keeps the grown
+encodes their text with the run's content encoder (through its fine-tuned
+layers, if `content.fine_tune` trained some), and exports the run's model
+over the grown catalogue as the next version; the run keeps the grown
 catalogue, so later exports and additions include these items. The towers are the
 trained ones: a new item's id is out of vocabulary, so its features and its
 text place it (a model without content features can only tell new items
@@ -26,7 +27,7 @@ from typing import Optional
 import pandas as pd
 
 from tfmtl import atomic, runs
-from tfmtl.content import CONTENT, TextEncoder, item_texts
+from tfmtl.content import CONTENT, item_texts, text_vectors
 from tfmtl.data.schema import ITEM_ID, DataError, check_feature_table
 from tfmtl.serving.export import export_configured, versions
 
@@ -50,10 +51,10 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
                     f"interrupted add-items left it unexported, `tfmtl export --run "
                     f"{run_dir}` exports the catalogue as it is)")
   if CONTENT in features:
-    encoder = TextEncoder(config.content.encoder, config.content.sequence_length,
-                          config.data.cache_dir)
-    new[CONTENT] = list(encoder.encode(item_texts(new, config.content.text),
-                                       config.content.batch_size))
+    layers = (runs.content_layers(run_dir) if config.content.fine_tune.objective != "none"
+              else None)
+    new[CONTENT] = list(text_vectors(item_texts(new, config.content.text), config.content,
+                                     config.data.cache_dir, layers))
   grown = pd.concat([catalogue, new[[c for c in catalogue.columns if c in new.columns]]],
                     ignore_index=True)
   _, model = runs.load_run(run_dir, catalogue=grown)
