@@ -341,7 +341,9 @@ def _fine_tuned_table(encoder: "TextEncoder", ids: list[str], texts: list[str],
   name = f"{encoder.name}, top {tuning.top_layers} layers fine-tuned ({tuning.objective})"
   return ItemContentTable(ids, tuned.encode(projected=tuning.projected), name,
                           config.text, config.sequence_length,
-                          {**dataclasses.asdict(tuning), "losses": losses}, tuned.weights())
+                          {**dataclasses.asdict(tuning), "losses": losses,
+                           "states_seconds": tuned.states_seconds,
+                           "epoch_seconds": tuned.epoch_seconds}, tuned.weights())
 
 
 def with_content(data: InteractionData, table: ItemContentTable) -> InteractionData:

