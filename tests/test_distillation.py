@@ -127,6 +127,30 @@ def test_a_cached_run_teacher_says_what_its_towers_say_each_step(tiny_data, teac
   assert 0 < towers[0].sample_weight.numpy().mean() < 1
 
 
+def test_a_text_aware_teacher_places_items_by_text_an_id_only_student_lacks(tiny_data,
+                                                                           teacher):
+  """The teacher reads a `content` vector per item, the student does not:
+  the cached item embeddings are the teacher's catalogue embeddings, where
+  its towers on the student's batches would see zeros for the text."""
+  from tfmtl.content import ItemContentTable, with_content
+  vectors = np.random.default_rng(0).normal(size=[len(tiny_data.items), 6]).astype(np.float32)
+  with_text = with_content(tiny_data, ItemContentTable(
+      tiny_data.items["item_id"].tolist(), vectors, "random", "{genres}", 8))
+  text_aware = _model(with_text, FeatureVocabulary.build(with_text, with_text.interactions),
+                      embedding_dim=16)
+  taught = Distillation(text_aware, weight=1.0).teacher
+  taught.check_student(teacher)
+  batch = teacher.encoder(tiny_data.examples(tiny_data.interactions))
+  blind = taught.task_inputs(batch).candidate  # its towers, the text zero
+  assert taught.cache(teacher, {name: value.numpy() for name, value in batch.items()})
+  columns = pd.Index(text_aware.catalogue_item_ids).get_indexer(
+      np.asarray(teacher.vocabulary.item_ids)[batch["item_id"].numpy() - 1])
+  cached = taught.task_inputs(batch).candidate
+  np.testing.assert_allclose(cached, tf.gather(text_aware.catalogue_embeddings(), columns),
+                             atol=1e-6)
+  assert not np.allclose(cached, blind, atol=1e-3)
+
+
 def _distances(table):
   return np.linalg.norm(table[:, None] - table[None], axis=-1)
 

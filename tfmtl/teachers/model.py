@@ -8,9 +8,10 @@ maps the student's encoded batches to the teacher's by the raw strings
 know get no teacher term.
 
 `cache(student, examples)` computes the teacher's query embedding of each
-student user and candidate embedding of each item once, from one training
-example each, in batches; every step then gathers them instead of running
-the teacher's towers. A teacher whose query reads a history (which changes
+student user once, from one training example each, in batches, and takes
+its candidate embedding of each item from its own catalogue (so a teacher
+that reads item text the student does not still places each item); every
+step then gathers them instead of running the teacher's towers. A teacher whose query reads a history (which changes
 from example to example) is not cached.
 """
 
@@ -56,25 +57,36 @@ class ModelTeacher:
 
   def cache(self, student, examples: dict[str, np.ndarray], batch_size: int = 4096) -> bool:
     """Computes the teacher's embedding of each of `student`'s user and item
-    indices once (module doc) from `examples`, encoded training examples
-    (one per user and per item is read); whether it did."""
+    indices once (module doc): users from `examples`, encoded training
+    examples (one per user is read); items from the teacher's own catalogue,
+    so an item feature the student does not read (e.g. a text-aware
+    teacher's `content`) still places them; whether it did."""
     if HISTORY in self.model.encoder.user_inputs:
       return False  # its query changes with each example's history
-    for column, (side, tower) in enumerate(((USER_ID, self.model.query_tower),
-                                            (ITEM_ID, self.model.candidate_tower))):
-      indices, first = np.unique(np.reshape(examples[side], [-1]), return_index=True)
-      embeddings, known = [], []
-      for start in range(0, len(first), batch_size):
-        rows = first[start:start + batch_size]
-        mapped, knows = self._mapped({name: tf.constant(np.asarray(values)[rows])
-                                      for name, values in examples.items()})
-        embeddings.append(tower(mapped, training=False))
-        known.append(knows[:, column])  # `_mapped`'s columns: user, item
-      size = student.vocabulary.size(side)
-      self.cached[side] = (
-          tf.scatter_nd(indices[:, None], tf.concat(embeddings, 0), [size, embeddings[0].shape[1]]),
-          tf.scatter_nd(indices[:, None], tf.concat(known, 0), [size]))
+    indices, first = np.unique(np.reshape(examples[USER_ID], [-1]), return_index=True)
+    embeddings, known = [], []
+    for start in range(0, len(first), batch_size):
+      rows = first[start:start + batch_size]
+      mapped, knows = self._mapped({name: tf.constant(np.asarray(values)[rows])
+                                    for name, values in examples.items()})
+      embeddings.append(self.model.query_tower(mapped, training=False))
+      known.append(knows[:, 0])  # `_mapped`'s columns: user, item
+    size = student.vocabulary.size(USER_ID)
+    self.cached[USER_ID] = (
+        tf.scatter_nd(indices[:, None], tf.concat(embeddings, 0), [size, embeddings[0].shape[1]]),
+        tf.scatter_nd(indices[:, None], tf.concat(known, 0), [size]))
+    self.cached[ITEM_ID] = self._items(student)
     return True
+
+  def _items(self, student) -> tuple[tf.Tensor, tf.Tensor]:
+    """The teacher's catalogue embedding of each student item index, and
+    whether the teacher knows the item (its id, and in its catalogue)."""
+    ids = [None, *student.vocabulary.item_ids]  # index 0: the unknown item
+    positions = pd.Index(self.model.catalogue_item_ids).get_indexer(ids)
+    known_ids = (self.vocabulary_map.index_maps[ITEM_ID].numpy() > 0
+                 if self.vocabulary_map is not None else np.arange(len(ids)) > 0)
+    embeddings = tf.gather(self.model.catalogue_embeddings(), np.maximum(positions, 0))
+    return tf.stop_gradient(embeddings), tf.constant((positions >= 0) & known_ids)
 
   def catalogue_scores(self, features: dict[str, tf.Tensor],
                        taught: Optional[TaskInputs] = None) -> tuple[tf.Tensor, tf.Tensor]:
