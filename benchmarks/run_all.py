@@ -105,6 +105,7 @@ CPU = [
         note="after ablation: draws its single-task rows"),
     Job("tuning", ("benchmarks/tuning.py",), 2 * _HOUR),
     Job("protocol_c", ("benchmarks/protocol_c.py",), 2 * _HOUR),
+    Job("language_model", ("benchmarks/language_model.py",), 2 * _HOUR),
     Job("protocol_d", ("benchmarks/protocol_d.py",), 3 * _HOUR),
     Job("protocol_d_validation", ("benchmarks/protocol_d.py", "--on", "validation", "--seeds", "0",
                                   "--fractions", "0.1", "--methods", "scratch", "joint",
