@@ -130,10 +130,6 @@ class TextEncoder:
     outputs = self.backbone(inputs)
     return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
 
-  @property
-  def num_layers(self) -> int:
-    return len(self._bert_layers())
-
   def lower_states(self, texts: list[str], top_layers: int, batch_size: int = 128
                    ) -> tuple[np.ndarray, np.ndarray]:
     """What the backbone's layers below its top `top_layers` make of each
@@ -162,8 +158,8 @@ class TextEncoder:
   def top_blocks(self, top_layers: int, dropout: float = 0.0) -> list[TransformerBlock]:
     """The backbone's top `top_layers` layers as tf_keras `TransformerBlock`s
     with their pretrained weights (a copy: training them leaves the backbone)."""
-    blocks = []
-    for layer in self._bert_layers()[len(self._bert_layers()) - top_layers:]:
+    layers, blocks = self._bert_layers(), []
+    for layer in layers[len(layers) - top_layers:]:
       block = TransformerBlock(layer.num_heads, layer.intermediate_dim, dropout,
                                layer.layer_norm_epsilon)
       block.load_keras_hub(layer)

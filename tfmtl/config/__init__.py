@@ -42,5 +42,5 @@ __all__ = ["ConfigError", "ContentConfig", "DataConfig", "DistillationConfig", "
            "EvaluateConfig", "ExperimentConfig", "ExportConfig", "FeatureConfig",
            "LossWeightingConfig", "ModelConfig", "MultiTaskConfig", "PropagationConfig",
            "ScannConfig", "SequenceConfig", "SplitConfig", "TaskConfig", "TextTuningConfig",
-           "TrainConfig", "TransferConfig", "TuneConfig", "check_name", "default_tasks", "history_length",
-           "load_yaml"]
+           "TrainConfig", "TransferConfig", "TuneConfig", "check_name", "default_tasks",
+           "history_length", "load_yaml"]
