@@ -168,9 +168,10 @@ def test_a_run_with_fine_tuned_content_encodes_added_items_through_its_layers(
     encoder, tiny_config_file, tmp_path, monkeypatch):
   from tfmtl.serving import add_items
   monkeypatch.setattr(content, "TextEncoder", lambda *args: encoder)  # loaded once
+  fine_tune = {"objective": "classify", "label": "genres", "top_layers": 1, "epochs": 1}
   config = ExperimentConfig.from_file(tiny_config_file(
-      train={"epochs": 1, "validate_every": 0}, content={"encoder": "minilm", "text": "{genres}", "fine_tune": {
-          "objective": "classify", "label": "genres", "top_layers": 1, "epochs": 1}}))
+      train={"epochs": 1, "validate_every": 0},
+      content={"encoder": "minilm", "text": "{genres}", "fine_tune": fine_tune}))
   prepared = training.prepare(config)
   assert prepared.content.fine_tuned_layers
   run = runs.save_run(tmp_path / "run", config, prepared, training.fit(config, prepared,

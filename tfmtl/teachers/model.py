@@ -11,8 +11,9 @@ know get no teacher term.
 student user once, from one training example each, in batches, and takes
 its candidate embedding of each item from its own catalogue (so a teacher
 that reads item text the student does not still places each item); every
-step then gathers them instead of running the teacher's towers. A teacher whose query reads a history (which changes
-from example to example) is not cached.
+step then gathers them instead of running the teacher's towers. A teacher
+whose query reads a history (which changes from example to example) is not
+cached.
 """
 
 from __future__ import annotations
