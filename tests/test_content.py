@@ -185,6 +185,19 @@ def test_a_run_with_fine_tuned_content_encodes_added_items_through_its_layers(
   assert not np.allclose(added, encoder.encode(["Drama, Extra1"])[0], atol=1e-3)  # trained
 
 
+def test_fine_tuning_targets_that_are_not_there_are_named(tmp_path):
+  items = pd.DataFrame({"item_id": ["1", "2"], "title": ["Heat", "Casino"]})
+  with pytest.raises(DataError, match=r"content.fine_tune.run: .*not a tfmtl run"):
+    content.encode_item_content(items, ContentConfig(
+        encoder="minilm", text="{title}",
+        fine_tune=TextTuningConfig(objective="align", run=str(tmp_path / "no_run"))), tmp_path)
+  with pytest.raises(DataError, match=r"content.fine_tune.label: .* no column 'genres'"):
+    content.encode_item_content(items, ContentConfig(encoder="minilm", text="{title}",
+                                                     fine_tune=TextTuningConfig("classify")),
+                                tmp_path)
+  assert not (tmp_path / "item_content").exists()
+
+
 @pytest.mark.parametrize("fine_tune, message", [
     ({"objective": "align"}, "content.fine_tune.run: align needs the trained run"),
     ({"objective": "classify", "top_layers": 0}, "content.fine_tune.top_layers: must be at "),

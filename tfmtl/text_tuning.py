@@ -68,7 +68,10 @@ def run_targets(run_dir: str, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarr
   [items, dim], and whether the run trained on the item (bool [items]):
   only those are alignment targets."""
   from tfmtl import runs  # the run's model: tfmtl's heavier half, loaded on demand
-  _, model = runs.load_run(run_dir, catalogue=items)
+  try:
+    _, model = runs.load_run(run_dir, catalogue=items)
+  except FileNotFoundError as error:
+    raise DataError(f"content.fine_tune.run: {error}") from None
   embeddings = model.catalogue_embeddings().numpy()
   trained = items[ITEM_ID].astype(str).isin(set(model.vocabulary.item_ids)).to_numpy()
   if not trained.any():
