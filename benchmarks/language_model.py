@@ -48,7 +48,7 @@ FEATURES = {  # name: (item features kept, text recipe)
     "text": ((CONTENT,), "{title} ({year})"),
     "text+genres": (("genres", "year", CONTENT), "{title} ({year}). {genres}"),
 }
-STAGE = ["content.fine_tune.top_layers=4", "content.fine_tune.epochs=10"]
+STAGE = ["content.fine_tune.top_layers=4", "content.fine_tune.epochs=10"]  # the defaults
 ROWS = {  # name: (features, content.fine_tune overrides)
     "frozen": ("text", []),
     "cls_pretrain": ("text", ["content.fine_tune.objective=classify", *STAGE]),

@@ -122,7 +122,7 @@ class TextTuningConfig(Section):
   objective: str = "none"
   label: str = "genres"
   run: Optional[str] = None
-  top_layers: int = 2
+  top_layers: int = 4
   epochs: int = 10
   batch_size: int = 128
   learning_rate: float = 2e-4
