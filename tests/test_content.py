@@ -129,6 +129,22 @@ def test_fine_tuning_trains_the_top_layers_only(encoder):
   np.testing.assert_array_equal(tuned.states, states)  # the cached lower layers stay
 
 
+def test_lora_trains_low_rank_updates_and_leaves_the_layers_weights(encoder):
+  tuned = FineTunedText(encoder, TITLES, top_layers=1, dropout=0.0, lora_rank=4)
+  np.testing.assert_allclose(tuned.encode(), encoder.encode(TITLES), atol=1e-5)  # B starts at 0
+  adapters = [w.name for w in tuned.head.trainable_weights]
+  assert len(adapters) == 4 and all(name.split("/")[-1] in ("down:0", "up:0")
+                                    for name in adapters)  # query's and value's A and B
+  frozen = [w.numpy().copy() for w in tuned.head.non_trainable_weights]
+  tuned.fit(classification_targets(pd.DataFrame({"genres": GENRES}), "genres"), "classify",
+            epochs=2, batch_size=4, learning_rate=1e-3)
+  assert all(np.array_equal(b, a.numpy()) for b, a in zip(frozen,
+                                                          tuned.head.non_trainable_weights))
+  assert not np.allclose(tuned.encode(), encoder.encode(TITLES), atol=1e-4)
+  again = FineTunedText(encoder, TITLES, 1, weights=tuned.weights(), lora_rank=4)
+  np.testing.assert_allclose(again.encode(), tuned.encode(), atol=1e-5)
+
+
 def test_alignment_maps_each_text_to_its_own_items_embedding(encoder):
   targets = np.random.default_rng(0).normal(size=[len(TITLES), 8]).astype(np.float32)
   trained = np.arange(len(TITLES)) < 6  # the last two have no target
@@ -201,6 +217,7 @@ def test_fine_tuning_targets_that_are_not_there_are_named(tmp_path):
 @pytest.mark.parametrize("fine_tune, message", [
     ({"objective": "align"}, "content.fine_tune.run: align needs the trained run"),
     ({"objective": "classify", "top_layers": 0}, "content.fine_tune.top_layers: must be at "),
+    ({"objective": "classify", "lora_rank": -1}, "content.fine_tune.lora_rank: -1; 0 .off."),
     ({"objective": "tune"}, "content.fine_tune.objective: unknown value 'tune'")])
 def test_a_malformed_fine_tune_section_names_the_key(fine_tune, message):
   with pytest.raises(ConfigError, match=message):

@@ -305,7 +305,8 @@ def text_vectors(texts: list[str], config: ContentConfig, cache_dir: Optional[st
     raise ValueError("content.fine_tune: the fine-tuned layers are needed to encode as the "
                      "fine-tuned encoder did")
   from tfmtl.text_tuning import FineTunedText  # pylint: disable=import-outside-toplevel
-  tuned = FineTunedText(encoder, texts, tuning.top_layers, weights=fine_tuned_layers)
+  tuned = FineTunedText(encoder, texts, tuning.top_layers, weights=fine_tuned_layers,
+                        lora_rank=tuning.lora_rank)
   return tuned.encode(projected=tuning.projected)
 
 
@@ -329,12 +330,14 @@ def _fine_tuned_table(encoder: "TextEncoder", ids: list[str], texts: list[str],
   tuning = config.fine_tune
   logger.info("Fine-tuning the top %d layers of %s: %s on %d of %d items", tuning.top_layers,
               encoder.name, tuning.objective, int(targets[1].sum()), len(ids))
-  tuned = FineTunedText(encoder, texts, tuning.top_layers, tuning.dropout)
+  tuned = FineTunedText(encoder, texts, tuning.top_layers, tuning.dropout,
+                        lora_rank=tuning.lora_rank)
   losses = tuned.fit(targets[0], tuning.objective, tuning.epochs, tuning.batch_size,
                      tuning.learning_rate, tuning.temperature, rows=targets[1],
                      seed=tuning.seed)
   logger.info("Fine-tuning losses by epoch: %s", ", ".join(f"{loss:.4f}" for loss in losses))
-  name = f"{encoder.name}, top {tuning.top_layers} layers fine-tuned ({tuning.objective})"
+  name = (f"{encoder.name}, top {tuning.top_layers} layers fine-tuned ({tuning.objective}"
+          f"{f', LoRA rank {tuning.lora_rank}' if tuning.lora_rank else ''})")
   return ItemContentTable(ids, tuned.encode(projected=tuning.projected), name,
                           config.text, config.sequence_length,
                           {**dataclasses.asdict(tuning), "losses": losses,

@@ -91,17 +91,23 @@ class FineTunedText:
     dropout: dropout in the trained layers.
     weights: an earlier `weights()`, to encode as that fine-tuned encoder
       did, without training.
+    lora_rank: 0, or train low-rank updates of this rank to the layers'
+      attention query and value projections instead of the layers
+      (`TransformerBlock.adapt_low_rank`).
   """
 
   def __init__(self, encoder, texts: list[str], top_layers: int, dropout: float = 0.1,
-               weights: Optional[list[np.ndarray]] = None):
+               weights: Optional[list[np.ndarray]] = None, lora_rank: int = 0):
     if top_layers < 1:
       raise ValueError(f"top_layers: {top_layers}; fine-tuning trains at least 1 layer")
     started = time.perf_counter()
     self.states, self.padding_mask = encoder.lower_states(texts, top_layers)
     self.states_seconds = time.perf_counter() - started  # computing them, once
     self.epoch_seconds: list[float] = []  # each epoch of `fit`
-    self.head = TextHead(encoder.top_blocks(top_layers, dropout))
+    blocks = encoder.top_blocks(top_layers, dropout)
+    for block in blocks if lora_rank else ():
+      block.adapt_low_rank(lora_rank)
+    self.head = TextHead(blocks)
     self.head(self.states[:1], self.padding_mask[:1])  # builds it
     self.output = None  # the objective's layer, once `fit` made it
     if weights is not None:

@@ -113,6 +113,9 @@ class TextTuningConfig(Section):
     epochs, batch_size, learning_rate: the stage's training.
     temperature: `align`'s in-batch softmax temperature.
     dropout: dropout in the trained layers.
+    lora_rank: 0 (the layers' weights train), or the rank of low-rank
+      updates (LoRA) to their attention query and value projections, which
+      train instead while the layers' weights stay as pretrained.
     vector: what the content table holds: `projected` (the normalised
       output of the objective's layer: for `align`, the collaborative-like
       vector), `pooled` (the fine-tuned layers' pooled text vector) or
@@ -128,6 +131,7 @@ class TextTuningConfig(Section):
   learning_rate: float = 2e-4
   temperature: float = 0.05
   dropout: float = 0.1
+  lora_rank: int = 0
   vector: str = "auto"
   seed: int = 0
 
@@ -148,6 +152,8 @@ class TextTuningConfig(Section):
         raise ConfigError(f"{key}: must be at least 1")
     if self.learning_rate <= 0 or self.temperature <= 0:
       raise ConfigError("learning_rate, temperature: must be positive")
+    if self.lora_rank < 0:
+      raise ConfigError(f"lora_rank: {self.lora_rank}; 0 (off) or a positive rank")
     if not 0 <= self.dropout < 1:
       raise ConfigError(f"dropout: {self.dropout} is not in [0, 1)")
 

@@ -8,7 +8,9 @@ the encoder's frozen lower layers computed (`TextEncoder.lower_states`,
 computed once per text), then mean-pools over the text's tokens and
 L2-normalises: with the pretrained weights, the vector `TextEncoder.encode`
 gives; fine-tuned, the text tower of `tfmtl.text_tuning`. Being tf_keras
-layers, they train with any Keras optimizer and save in a tf_keras model.
+layers, they train with any Keras optimizer and save in a tf_keras model;
+`TransformerBlock.adapt_low_rank` trains low-rank updates of the attention
+projections instead of the block's weights (LoRA).
 
 Example (random weights; `TextEncoder.top_blocks` gives pretrained ones):
 
@@ -74,6 +76,16 @@ class TransformerBlock(keras.layers.Layer):
     fed = self.feedforward(self.intermediate(states))
     return self.feedforward_norm(states + self.dropout(fed, training=training))
 
+  def adapt_low_rank(self, rank: int) -> None:
+    """Freezes the block and adds LoRA updates of `rank` to its attention's
+    query and value projections (`LowRankAdapter`): they alone train."""
+    for layer in (self.attention._key_dense, self.attention._output_dense,
+                  self.attention_norm, self.intermediate, self.feedforward, self.feedforward_norm):
+      layer.trainable = False
+    for projection in ("_query_dense", "_value_dense"):
+      setattr(self.attention, projection,
+              LowRankAdapter(getattr(self.attention, projection), rank))
+
   def load_keras_hub(self, layer) -> None:
     """Takes the weights of keras-hub's `TransformerEncoder` `layer`
     (post-norm, as BERT's); builds this block first if needed."""
@@ -91,6 +103,27 @@ class TransformerBlock(keras.layers.Layer):
              (self.feedforward_norm, layer._feedforward_layer_norm)]
     for mine, pretrained in pairs:
       mine.set_weights([np.asarray(weight) for weight in pretrained.get_weights()])
+
+
+class LowRankAdapter(keras.layers.Layer):
+  """A frozen `EinsumDense` projection plus a trainable low-rank update
+  (LoRA, Hu et al. 2021): `base(x) + scale * (x A) B`, A [in, rank] random,
+  B [rank, *out] zero, so it starts as `base`."""
+
+  def __init__(self, base: keras.layers.EinsumDense, rank: int, alpha: float = 8.0,
+               **kwargs):
+    super().__init__(name=f"{base.name}_lora", **kwargs)
+    self.base = base
+    self.base.trainable = False
+    inputs, outputs = int(base.kernel.shape[0]), list(base.kernel.shape[1:])
+    self.down = self.add_weight("down", [inputs, rank],
+                                initializer=keras.initializers.HeUniform())
+    self.up = self.add_weight("up", [rank, *outputs], initializer="zeros")
+    self.scale = alpha / rank
+
+  def call(self, inputs: tf.Tensor) -> tf.Tensor:
+    update = tf.tensordot(tf.tensordot(inputs, self.down, 1), self.up, 1)
+    return self.base(inputs) + self.scale * update
 
 
 class TextHead(keras.layers.Layer):
