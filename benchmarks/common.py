@@ -179,6 +179,12 @@ def summary(values: list[float]) -> dict[str, float]:
   return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
+def summaries(results: list[dict[str, float]], skip=()) -> dict[str, dict[str, float]]:
+  """Each key every one of `results` has (but `skip`), summarised over them."""
+  return {key: summary([result[key] for result in results]) for key in results[0]
+          if key not in skip and all(key in result for result in results)}
+
+
 def format_summaries(metrics: dict[str, dict[str, float]]) -> str:
   """`name mean ± std, ...` for a row's summarised metrics."""
   return ", ".join(f"{name} {v['mean']:.4f} ± {v['std']:.4f}" for name, v in metrics.items())

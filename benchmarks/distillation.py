@@ -46,7 +46,7 @@ from tfmtl.data import Split
 from tfmtl.features import FeatureVocabulary
 from tfmtl.teachers import EaseTeacher
 
-from common import format_summaries, summary, write_record
+from common import format_summaries, summaries, write_record
 from protocol_e import STUDENT as COMPACT
 
 SPLIT = ["split.protocol=per_user", "split.fractions=[0.8, 0.1, 0.1]"]
@@ -132,8 +132,7 @@ def main():
   rows = [{"config": name, "teacher": kinds[name][0], "student": kinds[name][1],
            "fit_on": "train+validation" if name.endswith("_refit") else "train",
            "settings": kinds[name][2], "params": results[0]["params"],
-           "metrics": {k: summary([r[k] for r in results])
-                       for k in results[0] if k != "params"}}
+           "metrics": summaries(results, skip=("params",))}
           for name, results in by_row.items()]
   path = write_record("distillation", {"protocol": "B", "recipe": RECIPE, "compact": COMPACT},
                       {"rows": rows}, args.seeds)

@@ -46,7 +46,7 @@ from tfmtl.content import CONTENT
 from tfmtl.data.splits import held_out_candidates
 from tfmtl.data.wheels import default_cache_dir
 
-from common import format_summaries, summary, write_record
+from common import format_summaries, summaries, write_record
 from protocol_c import SPLIT, TieBreakingScorer, with_item_features
 
 FEATURES = {  # name: (item features kept, text recipe)
@@ -122,8 +122,7 @@ def main():
         by_row[name].append(run_row(name, seed, Path(folder)))
   rows = [{"config": name, "protocol": "C", "features": ROWS[name][0],
            "settings": ROWS[name][1],
-           "metrics": {k: summary([r[k] for r in results]) for k in results[0]
-                       if all(k in r for r in results)}}
+           "metrics": summaries(results)}
           for name, results in by_row.items()]
   path = write_record("language_model", {"split": SPLIT, "encoder": "minilm",
                                          "recipes": {k: v[1] for k, v in FEATURES.items()}},
