@@ -41,7 +41,8 @@ class ModelTeacher:
     self.model = model
     self.tasks = model.tasks
     self.vocabulary_map: Optional[VocabularyMap] = None
-    self._catalogue = tf.constant(model.catalogue_embeddings())  # [items, dim]
+    self._own_catalogue = tf.constant(model.catalogue_embeddings())  # its order, [items, dim]
+    self._catalogue = self._own_catalogue  # in the student's catalogue order (check_student)
     self._catalogue_known = tf.ones([self._catalogue.shape[0]], tf.bool)
     self.cached: dict[str, tuple[tf.Tensor, tf.Tensor]] = {}  # side -> (embeddings, known)
 
@@ -53,7 +54,7 @@ class ModelTeacher:
         "user_ids", "item_ids", "tokens", "boundaries", "user_features", "item_features")):
       self.vocabulary_map = VocabularyMap(mine, theirs)
     positions = pd.Index(self.model.catalogue_item_ids).get_indexer(student.catalogue_item_ids)
-    self._catalogue = tf.gather(self._catalogue, np.maximum(positions, 0))
+    self._catalogue = tf.gather(self._own_catalogue, np.maximum(positions, 0))
     self._catalogue_known = tf.constant(positions >= 0)
 
   def cache(self, student, examples: dict[str, np.ndarray], batch_size: int = 4096) -> bool:
@@ -86,8 +87,8 @@ class ModelTeacher:
     positions = pd.Index(self.model.catalogue_item_ids).get_indexer(ids)
     known_ids = (self.vocabulary_map.index_maps[ITEM_ID].numpy() > 0
                  if self.vocabulary_map is not None else np.arange(len(ids)) > 0)
-    embeddings = tf.gather(self.model.catalogue_embeddings(), np.maximum(positions, 0))
-    return tf.stop_gradient(embeddings), tf.constant((positions >= 0) & known_ids)
+    embeddings = tf.gather(self._own_catalogue, np.maximum(positions, 0))
+    return embeddings, tf.constant((positions >= 0) & known_ids)
 
   def catalogue_scores(self, features: dict[str, tf.Tensor],
                        taught: Optional[TaskInputs] = None) -> tuple[tf.Tensor, tf.Tensor]:
