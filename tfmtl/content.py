@@ -219,7 +219,7 @@ class ItemContentTable:
       np.save(staging / "vectors.npy", self.vectors.astype(np.float32))
       (staging / "item_ids.json").write_text(json.dumps(list(self.item_ids)))
       if self.fine_tuned_layers:
-        np.savez(staging / "fine_tuned_layers.npz", *self.fine_tuned_layers)
+        save_layers(staging / "fine_tuned_layers.npz", self.fine_tuned_layers)
       (staging / "meta.json").write_text(json.dumps(
           {"format_version": _FORMAT_VERSION, "encoder": self.encoder, "recipe": self.recipe,
            "sequence_length": self.sequence_length, "items": len(self.item_ids),
@@ -238,11 +238,7 @@ class ItemContentTable:
       item_ids = json.loads((folder / "item_ids.json").read_text())
       vectors = np.load(folder / "vectors.npy")
       layers = folder / "fine_tuned_layers.npz"
-      if layers.is_file():
-        with np.load(layers) as arrays:
-          fine_tuned_layers = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
-      else:
-        fine_tuned_layers = []
+      fine_tuned_layers = load_layers(layers) if layers.is_file() else []
     except (OSError, ValueError, KeyError) as error:
       raise DataError(f"{folder}: not a readable item content table ({error}); write one "
                       "with `tfmtl encode-items`") from None
@@ -254,6 +250,17 @@ class ItemContentTable:
                       f"{len(item_ids)} item ids in item_ids.json")
     return cls(item_ids, vectors.astype(np.float32), meta["encoder"], meta["recipe"],
                meta["sequence_length"], meta.get("fine_tune", {}), fine_tuned_layers)
+
+
+def save_layers(path: Path, weights: list[np.ndarray]) -> None:
+  """Writes fine-tuned layers' weights (`FineTunedText.weights()`) to an `.npz`."""
+  np.savez(path, *weights)
+
+
+def load_layers(path: Path) -> list[np.ndarray]:
+  """The weights `save_layers` wrote, in order."""
+  with np.load(path) as arrays:
+    return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
 
 
 def encode_item_content(items: pd.DataFrame, config: ContentConfig,

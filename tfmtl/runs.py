@@ -7,8 +7,8 @@ run's name), `config.yaml`, `vocabulary.json`, `catalogue.parquet`,
 `user_vectors.parquet`, and where the content encoder was fine-tuned
 (`content.fine_tune`) its trained layers, `content_layers.npz` (what
 `add-items` encodes new items' text with); `tfmtl evaluate` adds
-`metrics.json` and `tfmtl report` a `report/` folder. It is written whole or not at all, and only a
-run replaces a run.
+`metrics.json` and `tfmtl report` a `report/` folder. It is written whole
+or not at all, and only a run replaces a run.
 
 Example:
 
@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from tfmtl import __version__ as tfmtl_version, atomic
 from tfmtl.config import ExperimentConfig
+from tfmtl.content import load_layers, save_layers
 from tfmtl.distribute import is_chief
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel, build_model
@@ -106,7 +107,7 @@ def _write_run(folder: Path, config: ExperimentConfig, prepared: Prepared,
   if model.user_vectors is not None:
     model.user_vectors.to_parquet(folder / "user_vectors.parquet", index=False)
   if prepared.content is not None and prepared.content.fine_tuned_layers:
-    np.savez(folder / CONTENT_LAYERS, *prepared.content.fine_tuned_layers)
+    save_layers(folder / CONTENT_LAYERS, prepared.content.fine_tuned_layers)
   model.save_weights(str(folder / "weights" / "model"))
   if model.history is not None and model.history.history:
     (folder / "history.json").write_text(json.dumps(
@@ -124,8 +125,7 @@ def content_layers(run_dir: str | Path) -> list[np.ndarray]:
   `tfmtl.text_tuning.FineTunedText(weights=...)` takes them."""
   path = Path(run_dir) / CONTENT_LAYERS
   try:
-    with np.load(path) as arrays:
-      return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    return load_layers(path)
   except (OSError, ValueError, KeyError) as error:
     raise FileNotFoundError(f"{path}: the run's fine-tuned content encoder layers are not "
                             f"readable ({error}); train the run again") from None
