@@ -1,8 +1,5 @@
 """The synthetic generator: power-law skew, planted tastes, streamed shards."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,21 +68,18 @@ def test_a_model_learns_the_planted_tastes_and_beats_popularity(tmp_path):
   assert learnt["recall@10"] > 1.2 * popular["recall@10"]
 
 
-def test_the_command_writes_shards_and_says_how_to_train_on_them(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "tfmtl.cli", "synthesize", "--output", "data",
-                           "--interactions", "5000", "--users", "100", "--items", "50",
-                           "--shards", "3"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+def test_the_command_writes_shards_and_says_how_to_train_on_them(tmp_path, tfmtl_cli):
+  result = tfmtl_cli("synthesize", "--output", "data", "--interactions", "5000", "--users", "100",
+                     "--items", "50", "--shards", "3", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(list((tmp_path / "data").glob("interactions-*-of-00003.parquet"))) == 3
   assert "'data.interactions=data/interactions-*.parquet'" in result.stdout
 
 
 @pytest.mark.parametrize("users", ["0", "abc"])
-def test_a_size_that_is_not_positive_is_named(tmp_path, users):
-  result = subprocess.run([sys.executable, "-m", "tfmtl.cli", "synthesize", "--output", "data",
-                           "--interactions", "100", "--users", users, "--items", "50"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+def test_a_size_that_is_not_positive_is_named(tmp_path, users, tfmtl_cli):
+  result = tfmtl_cli("synthesize", "--output", "data", "--interactions", "100", "--users", users,
+                     "--items", "50", cwd=tmp_path)
   assert result.returncode == 2
   assert f"argument --users: must be a positive integer, not {users!r}" in result.stderr
   assert not (tmp_path / "data").exists()
