@@ -19,14 +19,25 @@ model whose item features are the content vector (`text`: of "{title}
   attention's query and value trained instead (learning rate 1e-3, the
   usual LoRA rate, not tuned).
 
-Per row, over the seeds (the model's and the stage's): Recall@10, NDCG@10
-and Recall@50 on the held-out movies, and the fine-tuning stage's median
-seconds per epoch over the 1,682 movies (`epoch_s`) and for computing the
-lower layers' states once (`states_s`). Every stage runs: the content
-tables go to a cache of the benchmark's own, which links the data and the
-encoder's checkpoint from tfmtl's cache.
+Protocol B (`--b-rows`; the per-user 80/10/10 split of the distillation
+benchmark, all 1,682 movies candidates) asks whether text costs warm items
+anything and whether an id-only model can learn what it adds:
 
-    python benchmarks/language_model.py [--seeds 0 1 2] [--rows ...]
+- `plain`: the default model (ids, genres, year), no text;
+- `frozen`, `cf_align`: the default model plus the content vector of
+  "{title} ({year}). {genres}", frozen or aligned to the `plain` run;
+- `distilled_student`: the default model without text, distilled from the
+  `cf_align` run (listwise, as the distillation benchmark's run teachers).
+
+Per row, over the seeds (the model's and the stage's): Recall@10, NDCG@10
+(and on protocol C Recall@50) on the test split, the fine-tuning stage's
+median seconds per epoch over the 1,682 movies (`epoch_s`) and for
+computing the lower layers' states once (`states_s`), and the
+recommender's median seconds per training epoch (`model_epoch_s`). Every
+stage runs: the content tables go to a cache of the benchmark's own, which
+links the data and the encoder's checkpoint from tfmtl's cache.
+
+    python benchmarks/language_model.py [--seeds 0 1 2] [--rows ...] [--b-rows ...]
 
 Writes benchmarks/results/language_model.json.
 """
@@ -46,7 +57,7 @@ from tfmtl.content import CONTENT
 from tfmtl.data.splits import held_out_candidates
 from tfmtl.data.wheels import default_cache_dir
 
-from common import format_summaries, summaries, write_record
+from common import EpochTimer, format_summaries, summaries, write_record
 from protocol_c import SPLIT, TieBreakingScorer, with_item_features
 
 FEATURES = {  # name: (item features kept, text recipe)
@@ -67,6 +78,15 @@ ROWS = {  # name: (features, content.fine_tune overrides)
     "cf_align+genres": ("text+genres", ["content.fine_tune.objective=align", *STAGE]),
 }
 METRICS = ("recall@10", "ndcg@10", "recall@50")
+SPLIT_B = ["split.protocol=per_user", "split.fractions=[0.8, 0.1, 0.1]"]
+TEXT_B = ["content.encoder=minilm", f"content.text='{FEATURES['text+genres'][1]}'"]
+LISTWISE = ["distillation.listwise_weight=5", "distillation.listwise_temperature=0.1"]
+ROWS_B = {  # name: (features, overrides), trained in this order at each seed
+    "plain": ("ids+genres", []),
+    "frozen": ("text+genres", TEXT_B),
+    "cf_align": ("text+genres", [*TEXT_B, "content.fine_tune.objective=align", *STAGE]),
+    "distilled_student": ("ids+genres", LISTWISE),
+}
 
 
 def fresh_cache(folder: Path) -> Path:
@@ -97,13 +117,43 @@ def run_row(name: str, seed: int, folder: Path) -> dict:
   stage = prepared.content.fine_tune  # {} when not fine-tuned
   candidates = held_out_candidates(config.split, prepared.split.test)
   prepared = with_item_features(prepared, kept)
-  model = training.fit(config, prepared, verbose=0)
+  model, epoch_s = _fit(config, prepared)
   scorer = TieBreakingScorer(evaluation.ModelScorer(model, prepared.data), seed)
   metrics = evaluation.retrieval_metrics(scorer, prepared.split, [10, 50], candidates=candidates)
-  result = {m: metrics[m] for m in METRICS}
+  return _result(name, seed, {m: metrics[m] for m in METRICS}, stage, epoch_s)
+
+
+def run_b_row(name: str, seed: int, folder: Path) -> dict:
+  """Protocol B's row `name` at `seed`; `plain` and `cf_align` are saved as
+  runs in `folder`, the alignment target and the teacher of later rows."""
+  overrides = [*SPLIT_B, f"seed={seed}", f"train.run_dir={folder / 'run'}",
+               "train.validate_every=0", f"data.cache_dir={folder / 'cache'}",
+               f"content.fine_tune.seed={seed}", f"content.fine_tune.run={folder / f'plain_{seed}'}",
+               *ROWS_B[name][1]]
+  if name == "distilled_student":
+    overrides.append(f"distillation.teacher={folder / f'cf_align_{seed}'}")
+  config = ExperimentConfig().with_overrides(overrides)
+  prepared = training.prepare(config)
+  model, epoch_s = _fit(config, prepared)
+  if name in ("plain", "cf_align"):
+    runs.save_run(folder / f"{name}_{seed}", config, prepared, model)
+  metrics = evaluation.evaluate_model(model, prepared.data, prepared.split, [10])
+  return _result(name, seed, {m: metrics[m] for m in METRICS[:2]},
+                 prepared.content.fine_tune if prepared.content else {}, epoch_s)
+
+
+def _fit(config: ExperimentConfig, prepared: training.Prepared):
+  """The fitted model and its median seconds per epoch."""
+  timer = EpochTimer()
+  model = training.fit(config, prepared, verbose=0, callbacks=[timer])
+  return model, float(np.median(timer.times))
+
+
+def _result(name: str, seed: int, result: dict, stage: dict, epoch_s: float) -> dict:
   if stage:
     result.update(epoch_s=float(np.median(stage["epoch_seconds"])),
                   states_s=stage["states_seconds"])
+  result["model_epoch_s"] = epoch_s
   print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()),
         flush=True)
   return result
@@ -112,23 +162,27 @@ def run_row(name: str, seed: int, folder: Path) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+  parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+  parser.add_argument("--b-rows", nargs="*", default=list(ROWS_B), choices=list(ROWS_B))
   args = parser.parse_args()
-  by_row = {name: [] for name in args.rows}
+  by_row = {("C", name): [] for name in args.rows}
+  by_row.update({("B", name): [] for name in args.b_rows})
   with tempfile.TemporaryDirectory(prefix="tfmtl_language_model_") as folder:
     fresh_cache(Path(folder))
     for seed in args.seeds:
+      for name in args.b_rows:
+        by_row["B", name].append(run_b_row(name, seed, Path(folder)))
       for name in args.rows:
-        by_row[name].append(run_row(name, seed, Path(folder)))
-  rows = [{"config": name, "protocol": "C", "features": ROWS[name][0],
-           "settings": ROWS[name][1],
-           "metrics": summaries(results)}
-          for name, results in by_row.items()]
-  path = write_record("language_model", {"split": SPLIT, "encoder": "minilm",
+        by_row["C", name].append(run_row(name, seed, Path(folder)))
+  settings = {"C": ROWS, "B": ROWS_B}
+  rows = [{"config": name, "protocol": protocol, "features": settings[protocol][name][0],
+           "settings": settings[protocol][name][1], "metrics": summaries(results)}
+          for (protocol, name), results in by_row.items()]
+  path = write_record("language_model", {"split": SPLIT, "split_b": SPLIT_B, "encoder": "minilm",
                                          "recipes": {k: v[1] for k, v in FEATURES.items()}},
                       {"rows": rows}, args.seeds)
   for row in rows:
-    print(f"{row['config']:<16} {format_summaries(row['metrics'])}")
+    print(f"{row['protocol']} {row['config']:<18} {format_summaries(row['metrics'])}")
   print(f"-> {path}")
 
 

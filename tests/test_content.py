@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the ops of exports' text tokenizers)
 
 import tfmtl
 from tfmtl import content, runs, training
@@ -16,6 +18,7 @@ from tfmtl.data import DataError, Split
 from tfmtl.data.splits import cold_item_split
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers.text import TextHead
+from tfmtl.serving.text import ServingText, WordPieceTokenizer, recipe_texts
 from tfmtl.text_tuning import FineTunedText, classification_targets
 
 
@@ -115,6 +118,36 @@ def test_cached_lower_states_through_the_pretrained_top_layers_are_the_encoders_
   np.testing.assert_allclose(vectors, encoder.encode(texts), atol=1e-5)
 
 
+def test_the_export_text_encoder_tokenizes_and_encodes_as_keras_hub(encoder):
+  """`WordPieceTokenizer` (TensorFlow Text ops) gives the keras-hub
+  preprocessor's token ids, and `ServingText` (every layer in tf_keras)
+  `encode`'s vectors: on accents, CJK, punctuation, a text longer than
+  the sequence, an empty one."""
+  texts = [*TITLES, "Les Misérables (1995)", "北京 Story!?", "x" * 80 + " word " * 70, ""]
+  token_ids, padding_mask = WordPieceTokenizer(encoder.preprocessor.tokenizer, 64)(
+      tf.constant(texts))
+  expected = encoder.preprocessor(texts)
+  tokens = token_ids.shape[1]
+  assert tokens == 64 and not np.asarray(expected["padding_mask"])[:, tokens:].any()
+  np.testing.assert_array_equal(token_ids, np.asarray(expected["token_ids"])[:, :tokens])
+  np.testing.assert_array_equal(padding_mask, np.asarray(expected["padding_mask"])[:, :tokens])
+  vectors = ServingText(encoder, "{title}", 64)(tf.constant(texts)).numpy()
+  np.testing.assert_allclose(vectors, encoder.encode(texts), atol=1e-5)
+
+
+def test_the_export_recipe_formats_columns_as_item_texts():
+  items = pd.DataFrame({"title": ["Toy Story (1995)", "", "Heat"],
+                        "genres": ["Animation|Comedy", "|Drama|", ""],
+                        "year": [1995.0, np.nan, 7.5]})
+  recipe = "{title}, {year}. {genres}"
+  columns = {"title": tf.constant(items["title"].tolist()),
+             "genres": tf.constant(items["genres"].tolist()),
+             "year": tf.constant(items["year"].to_numpy(np.float32))}
+  assert ([text.decode() for text in recipe_texts(columns, recipe).numpy()]
+          == item_texts(items, recipe) == ["Toy Story (1995), 1995. Animation, Comedy",
+                                           ", . Drama", "Heat, 7.5."])
+
+
 def test_fine_tuning_trains_the_top_layers_only(encoder):
   tuned = FineTunedText(encoder, TITLES, top_layers=1, dropout=0.0)
   backbone = [w.numpy().copy() for w in encoder.backbone.weights]
@@ -194,11 +227,21 @@ def test_a_run_with_fine_tuned_content_encodes_added_items_through_its_layers(
                                                                          verbose=0))
   layers = runs.content_layers(run)
   new = pd.DataFrame({"item_id": ["n1"], "genres": ["Drama|Extra1"], "year": [1999]})
-  add_items(run, new, base_path=str(tmp_path / "saved_models"))
+  export = add_items(run, new, base_path=str(tmp_path / "saved_models"))
   added = pd.read_parquet(run / "catalogue.parquet").set_index("item_id").loc["n1", CONTENT]
   tuned = FineTunedText(encoder, ["Drama, Extra1"], 1, weights=layers).encode()
   np.testing.assert_allclose(added, tuned[0], atol=1e-5)
   assert not np.allclose(added, encoder.encode(["Drama, Extra1"])[0], atol=1e-3)  # trained
+  # The export encodes text through the same fine-tuned layers.
+  served = tf.saved_model.load(str(export)).signatures
+  by_text = served["candidate_embedding_from_features"](genres=tf.constant(["Drama|Extra1"]),
+                                                        year=tf.constant([1999.0]))
+  np.testing.assert_allclose(by_text["embedding"],
+                             served["candidate_embedding"](item_id=tf.constant(["n1"]))[
+                                 "embedding"], atol=1e-5)
+  from tfmtl.serving.validate import validate_export  # its warm-up requests replay elsewhere
+  failed = [check for check in validate_export(run, export) if not check.passed]
+  assert not failed, failed
 
 
 def test_fine_tuning_targets_that_are_not_there_are_named(tmp_path):
@@ -287,11 +330,17 @@ def test_text_vectors_let_the_model_rank_items_no_training_saw(tiny_frames, enco
   np.testing.assert_allclose(_cold_liked_margin(ids_only, data, split), 0.0, atol=1e-5)
 
 
-def test_an_export_carries_the_content_vectors_of_unseen_items(cold_item_model, tmp_path):
-  import tensorflow as tf
+@pytest.fixture(scope="module")
+def cold_item_export(cold_item_model, encoder, tmp_path_factory):
+  """`cold_item_model` exported with its text encoder (recipe `{genres}`)."""
   from tfmtl.serving import export_model
+  return export_model(cold_item_model[0], tmp_path_factory.mktemp("saved_models"), "content",
+                      text=ServingText(encoder, "{genres}", 64))
+
+
+def test_an_export_carries_the_content_vectors_of_unseen_items(cold_item_model, cold_item_export):
   model, data, split = cold_item_model
-  served = tf.saved_model.load(str(export_model(model, tmp_path, "content")))
+  served = tf.saved_model.load(str(cold_item_export))
   rank = served.signatures["rank"]
   assert CONTENT not in rank.structured_input_signature[1]  # looked up by item id
   users = data.users.set_index("user_id").loc[["u1", "u2"]]
@@ -307,6 +356,28 @@ def test_an_export_carries_the_content_vectors_of_unseen_items(cold_item_model, 
   assert np.ptp(expected[0]) > 1e-3  # unseen items are told apart by their text
 
 
+def test_an_export_places_a_new_item_by_its_text_in_a_process_without_tfmtl(
+    cold_item_model, cold_item_export, fresh_process):
+  """`candidate_embedding_from_features` reads the text columns and encodes
+  them inside the export: a held-out item, given as text, lands where the
+  export's catalogue (made from the content table) has it."""
+  model, data, split = cold_item_model
+  held_out = data.items.set_index("item_id").loc[pd.unique(split.test["item_id"])[:4]]
+  answers = fresh_process(f"""if True:
+      import json, tensorflow as tf, tensorflow_text
+      served = tf.saved_model.load({str(cold_item_export)!r})
+      by_id = served.signatures["candidate_embedding"](item_id=tf.constant({list(held_out.index)}))
+      by_text = served.signatures["candidate_embedding_from_features"](
+          genres=tf.constant({held_out["genres"].tolist()}))
+      print(json.dumps({{"by_id": by_id["embedding"].numpy().tolist(),
+                        "by_text": by_text["embedding"].numpy().tolist(),
+                        "inputs": sorted(served.signatures["candidate_embedding_from_features"]
+                                         .structured_input_signature[1])}}))""")
+  assert answers["inputs"] == ["genres"]  # the recipe's column; no id, no vector
+  np.testing.assert_allclose(answers["by_text"], answers["by_id"], atol=1e-5)
+  assert np.ptp(np.array(answers["by_text"]), axis=0).max() > 1e-3  # told apart
+
+
 def test_a_saved_run_keeps_the_content_vectors(cold_item_model, tmp_path):
   model, data, split = cold_item_model
   prepared = training.Prepared(data, split, model.vocabulary)
@@ -318,16 +389,16 @@ def test_a_saved_run_keeps_the_content_vectors(cold_item_model, tmp_path):
 
 @pytest.mark.slow
 def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_text(
-    cold_item_model, tmp_path, monkeypatch, tfmtl_cli):
-  import tensorflow as tf
+    cold_item_model, encoder, tmp_path, monkeypatch, tfmtl_cli):
   from tfmtl.serving import add_items, export_model
+  monkeypatch.setattr(content, "TextEncoder", lambda *args: encoder)  # loaded once
   model, data, split = cold_item_model
   config = ExperimentConfig().with_overrides(
       ["name=tiny", "content.encoder=minilm", "content.text='{genres}'", "export.top_k=5"])
   run = runs.save_run(tmp_path / "run", config,
                           training.Prepared(data, split, model.vocabulary), model)
   base = tmp_path / "saved_models"
-  first = export_model(model, base, "tiny")
+  first = export_model(model, base, "tiny", text=ServingText(encoder, "{genres}", 64))
   new = pd.DataFrame({"item_id": ["n1", "n2"], "genres": ["Action|Extra0", "Drama|Extra1"]})
   second = add_items(run, new, base_path=str(base))
   assert (first.name, second.name) == ("1", "2")
@@ -355,7 +426,7 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
 
   # The run's catalogue is written before the export, and put back if it fails.
   from tfmtl.serving import new_items
-  def failing_export(model, config, base_path, version):
+  def failing_export(*args):
     assert "n4" in set(pd.read_parquet(run / "catalogue.parquet")["item_id"])
     raise OSError("disk full")
   monkeypatch.setattr(new_items, "export_configured", failing_export)
@@ -363,7 +434,7 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
     add_items(run, pd.DataFrame({"item_id": ["n4"], "genres": ["Comedy"]}), base_path=str(base))
   assert "n4" not in set(pd.read_parquet(run / "catalogue.parquet")["item_id"])
   # Failing after its version is written (e.g. pruning): the run keeps the items served.
-  def published_then_failed(model, config, base_path, version):
+  def published_then_failed(*args):
     (base / "tiny" / "9").mkdir()
     raise OSError("disk full")
   monkeypatch.setattr(new_items, "export_configured", published_then_failed)

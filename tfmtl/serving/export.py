@@ -4,7 +4,8 @@ The export answers from raw features (ids as strings); vocabularies, the item
 catalogue with its features (text vectors included) and candidate embeddings,
 and any vector user features (propagated interests, looked up by `user_id`)
 travel inside. Its signatures (`serving_default`, `retrieve`, `rank`,
-`recommend`, `query_embedding`, `candidate_embedding`) are described in
+`recommend`, `query_embedding`, `candidate_embedding` and, for models that
+read item text, `candidate_embedding_from_features`) are described in
 `tfmtl.serving.signatures`.
 
 Each version carries TF Serving warm-up requests, and the base path gets a
@@ -35,6 +36,7 @@ import tensorflow as tf
 
 from tfmtl.config import ExperimentConfig, ScannConfig, check_name
 from tfmtl.serving.signatures import ServingModule
+from tfmtl.serving.text import ServingText
 from tfmtl.serving.tf_serving import server_configs, write_warmup_requests
 
 
@@ -88,20 +90,24 @@ def latest_export(config: ExperimentConfig) -> Path:
 
 
 def export_configured(model, config: ExperimentConfig, base_path: Optional[str] = None,
-                      version: Optional[int] = None) -> Path:
-  """`export_model` as `config.export` says (the base path unless given)."""
+                      version: Optional[int] = None, text: Optional[ServingText] = None
+                      ) -> Path:
+  """`export_model` as `config.export` says (the base path unless given);
+  `text`: the model's text encoder, when it reads item text
+  (`ServingText.for_run` or `ServingText.for_config`)."""
   options = config.export
   return export_model(model, base_path or options.base_path, config.name, options.top_k,
                       version, options.recommend_candidates,
                       options.recommend_weights or None, options.keep_versions,
-                      options.index, options.scann)
+                      options.index, options.scann, text)
 
 
 def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
                  version: Optional[int] = None, recommend_candidates: int = 100,
                  recommend_weights: Optional[dict[str, float]] = None,
                  keep_versions: int = 0, index: str = "brute_force",
-                 scann: Optional[ScannConfig] = None) -> Path:
+                 scann: Optional[ScannConfig] = None,
+                 text: Optional[ServingText] = None) -> Path:
   """Exports `model` as `<base_path>/<name>/<version>/` and returns that path.
 
   Args:
@@ -116,6 +122,8 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
     keep_versions: keep only this many newest versions (0: keep all).
     index, scann: the retrieval index, `brute_force` or `scann`, and the
       ScaNN options (see `tfmtl.serving.index`).
+    text: the model's text encoder, when it reads item text (see
+      `ServingModule`).
   """
   check_name(name, "export name")
   model_dir = Path(base_path) / name
@@ -126,7 +134,8 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
   if target.exists():
     raise FileExistsError(f"{target}: version {version} already exists; "
                           "exports never overwrite a version")
-  module = ServingModule(model, top_k, recommend_candidates, recommend_weights, index, scann)
+  module = ServingModule(model, top_k, recommend_candidates, recommend_weights, index, scann,
+                         text)
   created = [folder for folder in (Path(base_path), model_dir) if not folder.exists()]
   model_dir.mkdir(parents=True, exist_ok=True)
   _remove_left_behind(model_dir)

@@ -30,6 +30,7 @@ from tfmtl import atomic, runs
 from tfmtl.content import CONTENT, item_texts, text_vectors
 from tfmtl.data.schema import ITEM_ID, DataError, check_feature_table
 from tfmtl.serving.export import export_configured, versions
+from tfmtl.serving.text import ServingText
 
 
 def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str] = None,
@@ -66,7 +67,8 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
   before = set(versions(model_dir))
   _write_catalogue(run_dir, grown)
   try:
-    return export_configured(model, config, base_path, version)
+    return export_configured(model, config, base_path, version,
+                             ServingText.for_run(run_dir, config))
   except BaseException:
     if not set(versions(model_dir)) - before:
       _write_catalogue(run_dir, catalogue)

@@ -15,6 +15,7 @@ features (propagated interests) travel inside and are looked up by `user_id`.
 | `recommend` | as `retrieve` | `item_ids`, `score` (the blend) and one output per task: [batch, k] |
 | `query_embedding` | user inputs | `embedding` [batch, dim] |
 | `candidate_embedding` | `item_id` string [batch] | `embedding` [batch, dim] |
+| `candidate_embedding_from_features` | item inputs (below) | `embedding` [batch, dim] |
 
 `retrieve` finds the best items (query . candidate) with the export's index
 (`export.index`: exact brute force by default, or ScaNN; see
@@ -30,6 +31,14 @@ k serves the batch: its largest); `exclude_item_ids` is padded with "" (n
 may be 0) and unknown ids in it are ignored; when exclusions leave fewer
 than k items, the missing places have item id "" and the lowest float
 score (in `recommend`, every task's output too).
+
+`candidate_embedding_from_features` is exported for models that read item
+text (`content`): it places an item no one has trained on, from its raw
+item features (strings; bucketized ones float32) and the text columns its
+content recipe reads (strings, e.g. `title`), each [batch]. The export's
+own text encoder (`tfmtl.serving.text`) turns those columns into the
+content vector, so a new item needs no tfmtl, no export and no re-encoding;
+its id is read as one the model never saw.
 
 `history` is one string per query: the user's recent item ids, most recent
 first, joined by `|` (e.g. "i50|i100|i7"; "" for none). Spaces around ids
@@ -64,8 +73,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.config import ExportConfig, ScannConfig, TaskConfig
+from tfmtl.content import CONTENT
 from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, vector_dims
 from tfmtl.serving.index import BruteForceIndex, ScannIndex
+from tfmtl.serving.text import ServingText
 from tfmtl.tasks import task_type
 from tfmtl.top_k import EXCLUDED_SCORE, top_k
 
@@ -86,15 +97,22 @@ class ServingModule(tf.Module):
   """
 
   @classmethod
-  def from_config(cls, model, export: ExportConfig) -> "ServingModule":
+  def from_config(cls, model, export: ExportConfig,
+                  text: Optional[ServingText] = None) -> "ServingModule":
     """The signatures as a config's `export` section says."""
     return cls(model, export.top_k, export.recommend_candidates,
-               export.recommend_weights or None, export.index, export.scann)
+               export.recommend_weights or None, export.index, export.scann, text)
 
   def __init__(self, model, top_k: int = 100, recommend_candidates: int = 100,
                recommend_weights: Optional[dict[str, float]] = None,
-               index: str = "brute_force", scann: Optional[ScannConfig] = None):
+               index: str = "brute_force", scann: Optional[ScannConfig] = None,
+               text: Optional[ServingText] = None):
     super().__init__(name="tfmtl_serving")
+    if (text is None) != (CONTENT not in model.vocabulary.item_features):
+      raise ValueError("text: the model reads item text (`content`): give its text encoder "
+                       "(`ServingText.for_run`)" if text is None else
+                       "text: the model reads no item text")
+    self.text = text
     self.encoder = model.encoder
     self.query_tower = model.query_tower
     self.candidate_tower = model.candidate_tower
@@ -145,6 +163,13 @@ class ServingModule(tf.Module):
         "candidate_embedding": (self._candidate_embedding,
                                 {ITEM_ID: tf.TensorSpec([None], tf.string, name=ITEM_ID)}),
     }
+    if text is not None:
+      item_inputs = {name: raw[name] for name in model.vocabulary.item_features
+                     if name != CONTENT}
+      item_inputs.update({column: tf.TensorSpec([None], tf.string, name=column)
+                          for column in text.columns if column not in item_inputs})
+      self.signature_specs["candidate_embedding_from_features"] = (
+          self._candidate_embedding_from_features, item_inputs)
     if self.ranking is not None:
       self.signature_specs["rank"] = (self._rank, {
           **self.user_signature, ITEM_ID: tf.TensorSpec([None, None], tf.string, name=ITEM_ID)})
@@ -210,6 +235,14 @@ class ServingModule(tf.Module):
 
   def _candidate_embedding(self, features):
     return {"embedding": self._candidates(features[ITEM_ID])}
+
+  def _candidate_embedding_from_features(self, features):
+    batch = tf.shape(next(iter(features.values())))[:1]
+    raw = {**features, ITEM_ID: tf.fill(batch, ""),  # an id the model never trained on
+           CONTENT: self.text.item_vectors({name: features[name] for name in self.text.columns})}
+    encoded = self.encoder(raw)
+    return {"embedding": self.candidate_tower({name: encoded[name]
+                                               for name in self.item_features})}
 
   # Their checks (module doc).
 

@@ -62,6 +62,11 @@ def warmup_inputs(module, signature: str, batch: int) -> dict[str, np.ndarray]:
       users[name] = np.full(batch, HISTORY_SEPARATOR.join(items[:3]), dtype=object)
   if signature == "candidate_embedding":
     return {ITEM_ID: cycled(items)}
+  if signature == "candidate_embedding_from_features":  # feature values of the vocabulary
+    _, inputs = module.signature_specs[signature]
+    return {name: (cycled(vocabulary.boundaries.get(name) or [0.0]).astype(np.float32)
+                   if spec.dtype == tf.float32 else cycled(vocabulary.tokens.get(name) or [""]))
+            for name, spec in inputs.items()}
   if signature == "rank":
     return {**users, ITEM_ID: cycled(items, batch * 4).reshape(batch, 4)}
   if signature in ("retrieve", "recommend"):

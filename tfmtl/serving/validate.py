@@ -41,6 +41,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from tfmtl import runs
 from tfmtl.serving.signatures import ServingModule
+from tfmtl.serving.text import ServingText
 from tfmtl.serving.tf_serving import WARMUP_FILE
 
 # Run by a fresh interpreter: argv = export folder, output .npz path, index.
@@ -55,6 +56,10 @@ scan = io.StringIO()
 with contextlib.redirect_stdout(scan):  # what `saved_model_cli scan --dir export` prints
   for meta_graph in saved_model_utils.read_saved_model(export).meta_graphs:
     saved_model_cli.scan_meta_graph_def(meta_graph, saved_model_cli._OP_DENYLIST)
+try:
+  import tensorflow_text  # TF Text's ops (an export's text tokenizer), built into TF Serving
+except ImportError:
+  pass
 if index == "scann":
   import scann  # ScaNN's ops, as in a TF Serving build with ScaNN
 model = tf.saved_model.load(export)
@@ -96,7 +101,7 @@ def validate_export(run_dir: str | Path, export_dir: str | Path,
     raise FileNotFoundError(f"{export_dir}: an incomplete SavedModel ({', '.join(missing)} "
                             "missing); export the run again")
   config, model = runs.load_run(run_dir)
-  module = ServingModule.from_config(model, config.export)
+  module = ServingModule.from_config(model, config.export, ServingText.for_run(run_dir, config))
   with tempfile.TemporaryDirectory() as folder:
     replay, answers = _replay_in_fresh_process(export_dir, Path(folder) / "answers.npz",
                                                config.export.index)
