@@ -83,7 +83,8 @@ def _metrics_user_by_user(scorer, split, ks, candidates=None):
   allowed = np.array([candidates is None or item in candidates for item in catalogue])
   max_k = min(max(ks), int(allowed.sum()))
   accuracy = {k: 0 for k in ks}
-  sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg", "mrr", "hit")}
+  sums = {f"{name}@{k}": 0.0 for k in ks
+          for name in ("recall", "ndcg", "mrr", "hit", "precision", "f1")}
   users = sorted(set(split.test["user_id"]))
   for user in users:
     scores = np.where(allowed, scorer.scores([user])[0], -np.inf)
@@ -103,6 +104,9 @@ def _metrics_user_by_user(scorer, split, ks, candidates=None):
       sums[f"ndcg@{k}"] += (discounts * hits).sum() / discounts[:len(tests)].sum()
       sums[f"mrr@{k}"] += 1 / (np.argmax(hits) + 1) if hits.any() else 0.0
       sums[f"hit@{k}"] += hits.any()
+      precision, recall = hits.sum() / k, hits.sum() / len(tests)
+      sums[f"precision@{k}"] += precision
+      sums[f"f1@{k}"] += 2 * precision * recall / (precision + recall) if hits.any() else 0.0
   metrics = {f"top{k}_accuracy": accuracy[k] / len(split.test) for k in ks}
   metrics.update({name: total / len(users) for name, total in sums.items()})
   return metrics

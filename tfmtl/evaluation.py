@@ -6,7 +6,8 @@ Two retrieval metric families over every item of the catalogue
 - `top{k}_accuracy` (protocol A, TFRS's `FactorizedTopK` definition): the
   share of test interactions whose item is among the user's top k items;
   items the user has already seen are not removed.
-- `recall@k`, `ndcg@k`, `mrr@k`, `hit@k` (protocol B, RecBole's full
+- `recall@k`, `ndcg@k`, `mrr@k`, `hit@k`, `precision@k` (hits / k) and
+  `f1@k` (of the user's precision and recall) (protocol B, RecBole's full
   ranking): per user, the train and validation items are removed from the
   candidates and every test interaction is a relevant item; averaged over
   users with at least one test interaction.
@@ -94,7 +95,7 @@ class ModelScorer:
     return tf.linalg.matmul(query, self._catalogue_embeddings, transpose_b=True)
 
 
-FULL_RANKING_METRICS = ("recall", "ndcg", "mrr", "hit")  # protocol B, each @k
+FULL_RANKING_METRICS = ("recall", "ndcg", "mrr", "hit", "precision", "f1")  # protocol B, each @k
 
 
 class _ColumnsByUser:
@@ -188,7 +189,12 @@ def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50,
       hits_k = hits[:, :k]
       found = hits_k.any(axis=1)
       dcg = (hits_k * discounts[:hits_k.shape[1]]).sum(axis=1)
-      sums[f"recall@{k}"] += float(np.sum(hits_k.sum(axis=1) / batch_relevant))
+      recall, precision = hits_k.sum(axis=1) / batch_relevant, hits_k.sum(axis=1) / k
+      sums[f"recall@{k}"] += float(np.sum(recall))
+      sums[f"precision@{k}"] += float(np.sum(precision))
+      sums[f"f1@{k}"] += float(np.sum(np.divide(2 * precision * recall, precision + recall,
+                                                out=np.zeros_like(recall),
+                                                where=precision + recall > 0)))
       sums[f"ndcg@{k}"] += float(np.sum(
           dcg / ideal[np.minimum(batch_relevant, hits_k.shape[1]) - 1]))
       sums[f"mrr@{k}"] += float(np.sum(found / (hits_k.argmax(axis=1) + 1)))
@@ -219,7 +225,7 @@ def metric_names(tasks: dict[str, TaskConfig], ks: Sequence[int]) -> list[str]:
 
   >>> from tfmtl.config import default_tasks
   >>> metric_names(default_tasks(), [10])
-  ['top10_accuracy', 'recall@10', 'ndcg@10', 'mrr@10', 'hit@10', 'rating_rmse', 'rating_mae', 'like_auc']
+  ['top10_accuracy', 'recall@10', 'ndcg@10', 'mrr@10', 'hit@10', 'precision@10', 'f1@10', 'rating_rmse', 'rating_mae', 'like_auc']
   """
   names = []
   if any(task.type == "retrieval" for task in tasks.values()):

@@ -65,7 +65,8 @@ from tfmtl.config import ConfigError, ExperimentConfig
 logger = logging.getLogger("tfmtl")
 
 _DIRECTIONS = {"rmse": "min", "mae": "min", "loss": "min", "recall": "max", "ndcg": "max",
-               "mrr": "max", "hit": "max", "auc": "max", "accuracy": "max"}
+               "mrr": "max", "hit": "max", "precision": "max", "f1": "max", "auc": "max",
+               "accuracy": "max"}
 _ORACLES = {"random": keras_tuner.oracles.RandomSearchOracle,
             "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
             "hyperband": keras_tuner.oracles.HyperbandOracle}
