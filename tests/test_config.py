@@ -266,3 +266,18 @@ def test_a_choice_takes_exactly_the_values_its_module_declares(key, values):
   with pytest.raises(ConfigError, match=rf"{re.escape(key)}.*: unknown \w+ 'nope'; expected one "
                                         rf"of {re.escape(', '.join(values))}$"):
     ExperimentConfig().with_overrides(_NEEDS.get(values[-1], []) + [f"{key}={written}"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.early_stopping.metric=recal@10"], r"train.early_stopping.metric: 'recal@10' is not "
+                                               r"a validation metric .* expected one of .*recall@10"),
+    (["train.early_stopping.metric=recall@10", "train.validate_every=0"],
+     r"train.early_stopping.metric: needs validate_every > 0"),
+    (["train.early_stopping.patience=0"], r"train.early_stopping.patience: must be at least 1"),
+    (["train.learning_rate_schedule=linear"], r"train.learning_rate_schedule: unknown value "
+                                              r"'linear'"),
+    (["train.decay_rate=1.5"], r"train.decay_rate: 1.5 is not in \(0, 1\]"),
+])
+def test_training_controls_that_cannot_work_name_their_key(overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    ExperimentConfig().with_overrides(overrides)

@@ -283,3 +283,20 @@ def test_a_reconstruction_task_decodes_the_history_genre_profile(tiny_data):
   history = model.fit(make_dataset(tiny_data, train, model.encoder, 64, shuffle=True, seed=0),
                       epochs=8, verbose=0).history
   assert history["profile_loss"][-1] < history["profile_loss"][0] - 0.05
+
+
+def test_l1_and_l2_penalise_the_id_embeddings_and_the_towers_kernels(tiny_data):
+  """The regularization loss is the configured penalties' formula over the
+  id embeddings and every tower's dense kernels."""
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  config = ModelConfig(embedding_dim=8, l2=1e-3, l1=2e-3, tower_l2=3e-3, tower_l1=4e-3)
+  model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, config)
+  model(next(iter(make_dataset(tiny_data, tiny_data.interactions, model.encoder, 64))))
+  expected = 0.0
+  for tower in (model.query_tower, model.candidate_tower):
+    ids = tower.id_embedding.embeddings.numpy()
+    expected += 1e-3 * np.square(ids).sum() + 2e-3 * np.abs(ids).sum()
+    for layer in tower.dense_layers:
+      kernel = layer.kernel.numpy()
+      expected += 3e-3 * np.square(kernel).sum() + 4e-3 * np.abs(kernel).sum()
+  assert float(tf.add_n(model.losses)) == pytest.approx(expected, rel=1e-5)

@@ -7,7 +7,7 @@ import tf_keras as keras
 
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
-from tfmtl.optimizers import LazyAdam
+from tfmtl.optimizers import LazyAdam, last_learning_rate
 from tfmtl.training import build_model
 
 
@@ -68,3 +68,32 @@ def test_adam_over_a_table_past_the_threshold_warns(tmp_path, tiny_prepared, mon
                       [f"train.optimizer: adam moves all {users} rows of the user_id table at every "
                        "step (Keras' Adam is dense); lazy_adam moves only the batch's rows, which is "
                        "several times faster on large catalogues (tfmtl.optimizers)"])
+
+
+class _StepRates(keras.callbacks.Callback):
+  """The learning rate each training step used."""
+
+  def on_train_begin(self, logs=None):
+    self.rates = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.rates.append(last_learning_rate(self.model.optimizer))
+
+
+@pytest.mark.parametrize("schedule, optimizer", [
+    ("constant", "adagrad"), ("cosine", "adam"), ("exponential", "sgd")])
+def test_each_schedule_sets_the_rate_of_every_step(tiny_config_file, schedule, optimizer):
+  """Three warm-up steps from 0, then the schedule, over 2 epochs, under
+  any optimizer."""
+  config = ExperimentConfig.from_file(tiny_config_file(train={
+      "epochs": 2, "steps_per_execution": 1, "validate_every": 0, "optimizer": optimizer,
+      "learning_rate": 0.02, "learning_rate_schedule": schedule, "warmup_steps": 3,
+      "decay_rate": 0.5}))
+  rates = _StepRates()
+  training.fit(config, training.prepare(config), verbose=0, callbacks=[rates])
+  total = len(rates.rates)
+  per_epoch, after = total // 2, np.arange(total - 3)
+  decayed = {"constant": np.full(total - 3, 0.02),
+             "cosine": 0.01 * (1 + np.cos(np.pi * after / (total - 3))),
+             "exponential": 0.02 * 0.5 ** (after / per_epoch)}[schedule]
+  np.testing.assert_allclose(rates.rates, [0.02 / 3, 0.04 / 3, 0.02, *decayed], rtol=1e-5)

@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,27 @@ def test_each_epoch_validates_at_most_validation_users(tmp_path, tiny_data, monk
       "train.validation_users=3", f"train.run_dir={tmp_path / 'run'}"])
   training.fit(config, prepared, verbose=0)
   assert validation["user_id"].nunique() > 3 and scored == [3, 3]
+
+
+@pytest.mark.parametrize("epochs, patience, stopped", [(8, 2, 4), (3, 5, None)])
+def test_early_stopping_ends_with_the_best_epochs_weights(tiny_config_file, monkeypatch, caplog,
+                                                          epochs, patience, stopped):
+  """The validation metric is made to peak in epoch 2; training stops after
+  `patience` validations without improvement, or runs its epochs, and
+  either way ends with epoch 2's weights and says so."""
+  scores, weights = iter([0.1, 0.3, 0.2, 0.25, 0.1, 0.1, 0.1, 0.1]), []
+
+  def peaking_early(model, *args, **kwargs):
+    weights.append(model.get_weights())
+    return {"recall@10": next(scores)}
+  monkeypatch.setattr(evaluation, "evaluate_model", peaking_early)
+  caplog.set_level(logging.INFO, logger="tfmtl")
+  config = ExperimentConfig.from_file(tiny_config_file(train={
+      "epochs": epochs, "early_stopping": {"metric": "recall@10", "patience": patience}}))
+  model = training.fit(config, training.prepare(config), verbose=0)
+  assert len(model.history.epoch) == (stopped or epochs)
+  for kept, best in zip(model.get_weights(), weights[1], strict=True):
+    np.testing.assert_array_equal(kept, best)
+  assert not np.array_equal(weights[1][0], weights[-1][0])  # later epochs moved them
+  assert ("train.early_stopping: kept epoch 2 (val_recall@10 0.3000)"
+          + (f"; stopped after epoch {stopped}" if stopped else "")) in caplog.text

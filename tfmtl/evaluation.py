@@ -47,6 +47,7 @@ from tfmtl.data.pipeline import make_dataset
 from tfmtl.data.schema import (HISTORY, ITEM_ID, USER_ID, InteractionData, ids_in, table_arrays,
                                vector_dims)
 from tfmtl.data.splits import Split
+from tfmtl.optimizers import last_learning_rate
 from tfmtl.tasks import task_type
 from tfmtl.top_k import top_k
 
@@ -220,6 +221,21 @@ def ranking_metrics(model, data: InteractionData, test: pd.DataFrame,
           for metric, value in task.evaluate(np.concatenate(predictions[name]), test).items()}
 
 
+_DIRECTIONS = {"rmse": "min", "mae": "min", "loss": "min", "recall": "max", "ndcg": "max",
+               "mrr": "max", "hit": "max", "precision": "max", "f1": "max", "auc": "max",
+               "accuracy": "max"}
+
+
+def metric_direction(metric: str) -> str:
+  """`max` or `min`: which way `metric` (a name `metric_names` gives) gets
+  better; "" when its name does not say.
+
+  >>> metric_direction("rating_rmse"), metric_direction("recall@10")
+  ('min', 'max')
+  """
+  return _DIRECTIONS.get(metric.split("@")[0].split("_")[-1], "")
+
+
 def metric_names(tasks: dict[str, TaskConfig], ks: Sequence[int]) -> list[str]:
   """The metrics `evaluate_model` gives a model with `tasks` at cut-offs `ks`.
 
@@ -305,7 +321,7 @@ class ValidationMetrics(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     logs = logs if logs is not None else {}
-    logs["learning_rate"] = float(keras.backend.get_value(self.model.optimizer.learning_rate))
+    logs["learning_rate"] = last_learning_rate(self.model.optimizer)
     if self.every and (epoch + 1) % self.every == 0 and len(self.split.test):
       metrics = evaluate_model(self.model, self.data, self.split, self.ks, self.batch_size)
       logs.update({f"val_{name}": value for name, value in metrics.items()})

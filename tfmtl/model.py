@@ -45,7 +45,8 @@ from tfmtl.distillation import Distillation
 from tfmtl.distribute import agreed_logs, on_tpu, replica_device_scope, steps_per_execution
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers import EmbeddingTables, FeatureTower, RankingHeads, SequencePooling, make_block
-from tfmtl.optimizers import OPTIMIZERS, create_optimizer_variables, tpu_embedding_optimizer
+from tfmtl.optimizers import (OPTIMIZERS, create_optimizer_variables, tpu_embedding_optimizer,
+                              learning_rate as scheduled_learning_rate)
 from tfmtl.precision import dtype_policy
 from tfmtl.tasks import TaskInputs, make_task, task_type
 from tfmtl.transfer import FineTuning, FineTuningCallback
@@ -107,7 +108,8 @@ class MultiTaskModel(tfrs.Model):
     tower_args = dict(embedding_dim=config.embedding_dim,
                       id_embedding_dim=config.id_embedding_dim,
                       feature_embedding_dim=config.feature_embedding_dim,
-                      hidden_layers=config.tower_layers, l2=config.l2,
+                      hidden_layers=config.tower_layers, l2=config.l2, l1=config.l1,
+                      dense_l2=config.tower_l2, dense_l1=config.tower_l1,
                       normalize=config.normalize_embeddings)
     sequence = config.sequence
     reads_history = bool(history_length(config, self.task_configs))
@@ -322,14 +324,17 @@ class MultiTaskModel(tfrs.Model):
 
 
 def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
-                catalogue: pd.DataFrame, users: Optional[pd.DataFrame] = None
-                ) -> MultiTaskModel:
+                catalogue: pd.DataFrame, users: Optional[pd.DataFrame] = None,
+                steps_per_epoch: Optional[int] = None) -> MultiTaskModel:
   """The compiled model a config describes (its layers under the dtype policy
   `train.precision`; with `mixed_float16`, Keras wraps the optimizer in a
   `LossScaleOptimizer`). With `model.tpu_embedding` under `TPUStrategy`,
-  the TPU embedding engine gets its own version of the optimizer."""
-  name, learning_rate = config.train.optimizer, config.train.learning_rate
-  embedding_optimizer = (tpu_embedding_optimizer(name, learning_rate)
+  the TPU embedding engine gets its own version of the optimizer. The
+  learning rate follows `train.learning_rate_schedule` over epochs of
+  `steps_per_epoch` steps (`tfmtl.optimizers.learning_rate`)."""
+  name = config.train.optimizer
+  learning_rate = scheduled_learning_rate(config.train, steps_per_epoch)
+  embedding_optimizer = (tpu_embedding_optimizer(name, config.train.learning_rate)
                          if config.model.tpu_embedding and on_tpu() else None)
   with dtype_policy(config.train.precision):  # layers take the policy when created
     model = MultiTaskModel(vocabulary, catalogue, config.model, config.tasks,

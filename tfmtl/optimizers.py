@@ -1,4 +1,4 @@
-"""Optimizers for large embedding tables.
+"""Optimizers for large embedding tables, and learning-rate schedules.
 
 Keras' Adam turns a sparse (embedding) gradient into dense work: every step
 decays the moments of every row and moves every row, so a step over a
@@ -14,6 +14,9 @@ With `model.tpu_embedding` on a TPU, the TPU embedding engine updates the
 tables itself, with `tpu_embedding_optimizer`'s version of the same
 optimizer (its Adam is lazy too).
 
+Every optimizer takes `learning_rate`'s schedule (`train.learning_rate_schedule`:
+constant, cosine or exponential decay, after an optional linear warm-up).
+
 Example:
 
 >>> import tensorflow as tf
@@ -26,6 +29,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -56,6 +61,67 @@ class LazyAdam(keras.optimizers.Adam):
 
 
 OPTIMIZERS = {"lazy_adam": LazyAdam}
+SCHEDULES = ("constant", "cosine", "exponential")  # `train.learning_rate_schedule`
+
+
+class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
+  """A linear warm-up from 0 to `after(0)` over `warmup_steps` steps, then
+  `after`, counted from the warm-up's end.
+
+  >>> rate = WarmUp(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5), 4)
+  >>> [round(float(rate(step)), 4) for step in (0, 3, 4, 14)]
+  [0.025, 0.1, 0.1, 0.05]
+  """
+
+  def __init__(self, after, warmup_steps: int):
+    super().__init__()
+    self.after = after
+    self.warmup_steps = warmup_steps
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    target = tf.cast(self.after(0), tf.float32)
+    warming = target * (step + 1) / self.warmup_steps
+    return tf.where(step < self.warmup_steps, warming,
+                    tf.cast(self.after(tf.maximum(step - self.warmup_steps, 0)), tf.float32))
+
+  def get_config(self):
+    return {"after": keras.optimizers.schedules.serialize(self.after),
+            "warmup_steps": self.warmup_steps}
+
+
+def learning_rate(train, steps_per_epoch: Optional[int] = None):
+  """`train.learning_rate` under `train.learning_rate_schedule`: a float
+  (`constant`, no warm-up) or a Keras `LearningRateSchedule` over
+  `train.epochs` epochs of `steps_per_epoch` steps. `cosine` decays to 0
+  at the last step, `exponential` multiplies the rate by `train.decay_rate`
+  every epoch; `train.warmup_steps` first ramp it up from 0 (`WarmUp`).
+  Without `steps_per_epoch` (a model built to predict), the constant rate.
+
+  >>> from tfmtl.config import TrainConfig
+  >>> train = TrainConfig(epochs=2, learning_rate_schedule="cosine")
+  >>> rate = learning_rate(train, steps_per_epoch=5)
+  >>> [round(float(rate(step)), 4) for step in (0, 5, 10)]
+  [0.01, 0.005, 0.0]
+  """
+  schedules = keras.optimizers.schedules
+  rate, schedule = train.learning_rate, train.learning_rate_schedule
+  if steps_per_epoch is None or (schedule == "constant" and not train.warmup_steps):
+    return rate
+  decay_steps = max(train.epochs * steps_per_epoch - train.warmup_steps, 1)
+  after = (schedules.CosineDecay(rate, decay_steps) if schedule == "cosine" else
+           schedules.ExponentialDecay(rate, steps_per_epoch, train.decay_rate)
+           if schedule == "exponential" else schedules.PolynomialDecay(rate, 1, rate))  # constant
+  return WarmUp(after, train.warmup_steps) if train.warmup_steps else after
+
+
+def last_learning_rate(optimizer) -> float:
+  """The learning rate `optimizer`'s last step used (under a schedule, the
+  schedule's value at that step)."""
+  rate = optimizer.learning_rate
+  if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+    rate = rate(tf.maximum(optimizer.iterations - 1, 0))
+  return float(keras.backend.get_value(rate))
 
 
 def create_optimizer_variables(optimizer, variables) -> None:

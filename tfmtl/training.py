@@ -43,7 +43,7 @@ from tfmtl.data.splits import Split, split_interactions
 from tfmtl.distillation import Distillation
 from tfmtl.distribute import (epoch_steps, input_readers, is_chief, make_strategy, on_tpu,
                               steps_per_execution, training_input)
-from tfmtl.evaluation import ValidationMetrics
+from tfmtl.evaluation import ValidationMetrics, metric_direction
 from tfmtl.features import FeatureVocabulary
 from tfmtl.model import MultiTaskModel, build_model
 from tfmtl.optimizers import DENSE_ADAM_WARNING_ROWS
@@ -161,6 +161,37 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
           "train.resume=false to start over rather than resume from the last finite epoch")
 
 
+class EarlyStopping(keras.callbacks.EarlyStopping):
+  """Keras' early stopping on the validation metric `val_<metric>`
+  (`train.early_stopping`), counting only the epochs validation ran in; it
+  ends training with the best epoch's weights, whether it stopped early or
+  not, and logs which epoch it kept."""
+
+  def __init__(self, metric: str, patience: int, min_delta: float, direction: str):
+    super().__init__(monitor=f"val_{metric}", patience=patience, min_delta=min_delta,
+                     mode=direction, restore_best_weights=True)
+
+  def get_monitor_value(self, logs):
+    return (logs or {}).get(self.monitor)  # epochs without validation: not counted
+
+  def on_train_end(self, logs=None):
+    super().on_train_end(logs)  # restores the best weights
+    if self.best_weights is None:
+      return
+    logger.info("train.early_stopping: kept epoch %d (%s %.4f)%s", self.best_epoch + 1,
+                self.monitor, self.best, f"; stopped after epoch {self.stopped_epoch + 1}"
+                if self.stopped_epoch else "")
+
+
+def early_stopping(config: ExperimentConfig) -> list[keras.callbacks.Callback]:
+  """`train.early_stopping`'s callback (none when it is off)."""
+  options = config.train.early_stopping
+  if not options.metric:
+    return []
+  return [EarlyStopping(options.metric, options.patience, options.min_delta,
+                        options.direction or metric_direction(options.metric) or "auto")]
+
+
 def _warn_dense_adam(vocabulary: FeatureVocabulary) -> None:
   """Keras' Adam moves every row of a sparse-gradient table at every step."""
   rows, feature = max((vocabulary.size(feature), feature) for feature in (USER_ID, ITEM_ID))
@@ -191,10 +222,11 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
     _check_tables_on_tpu(config)
   elif options.optimizer.lower() == "adam":
     _warn_dense_adam(prepared.vocabulary)
+  data, rows = prepared.training_examples()
   with strategy.scope():
-    model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
+    model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users,
+                        epoch_steps(strategy, len(rows), options.batch_size, steps_per_call))
     model.create_variables(options.batch_size // strategy.num_replicas_in_sync)
-    data, rows = prepared.training_examples()
     encoded = encode_interactions(model.encoder, data, rows)
     if config.transfer.pretrained:
       fine_tune_from(model, load_run(config.transfer.pretrained)[1], config.transfer)
@@ -234,7 +266,8 @@ def fit(config: ExperimentConfig, prepared: Prepared, verbose: int = 2,
     try:
       model.fit(train, epochs=options.epochs, verbose=verbose,
                 callbacks=[StopOnNonFiniteLoss(options.learning_rate), *logs,
-                           EpochHistory(checkpoints), backup, *callbacks], **steps)
+                           *early_stopping(config), EpochHistory(checkpoints), backup,
+                           *callbacks], **steps)
     except BaseException:
       if is_chief() and not (checkpoints / "chief" / "checkpoint").exists():
         shutil.rmtree(checkpoints, ignore_errors=True)  # nothing to resume from
@@ -268,6 +301,10 @@ def _check_tables_on_tpu(config: ExperimentConfig) -> None:
   if config.train.precision == "mixed_float16":
     raise ConfigError("train.precision: mixed_float16 scales the loss, and the TPU embedding "
                       "engine would apply the scaled gradients: use mixed_bfloat16 on a TPU")
+  if config.train.learning_rate_schedule != "constant" or config.train.warmup_steps:
+    raise ConfigError("train.learning_rate_schedule: the TPU embedding engine updates the "
+                      "tables at the constant train.learning_rate; leave the schedule "
+                      "constant without warm-up, or set model.tpu_embedding: false")
   transfer = config.transfer
   if transfer.pretrained and "embeddings" in transfer.components and (
       "embeddings" in transfer.freeze_epochs or transfer.l2sp

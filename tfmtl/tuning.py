@@ -64,9 +64,6 @@ from tfmtl.config import ConfigError, ExperimentConfig
 
 logger = logging.getLogger("tfmtl")
 
-_DIRECTIONS = {"rmse": "min", "mae": "min", "loss": "min", "recall": "max", "ndcg": "max",
-               "mrr": "max", "hit": "max", "precision": "max", "f1": "max", "auc": "max",
-               "accuracy": "max"}
 _ORACLES = {"random": keras_tuner.oracles.RandomSearchOracle,
             "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
             "hyperband": keras_tuner.oracles.HyperbandOracle}
@@ -108,9 +105,8 @@ def objective(config: ExperimentConfig) -> keras_tuner.Objective:
       raise ConfigError(f"tune.objective: {metric!r} is not a validation metric of this "
                         f"config's tasks and evaluate.ks; expected one of {', '.join(known)}")
   name = next(iter(weights)) if len(weights) == 1 and 1.0 in weights.values() else "blend"
-  direction = config.tune.direction
-  if not direction and name != "blend":
-    direction = _DIRECTIONS.get(name.split("@")[0].split("_")[-1], "")  # rating_rmse: rmse
+  direction = config.tune.direction or ("" if name == "blend" else
+                                        evaluation.metric_direction(name))
   if not direction:
     raise ConfigError(f"tune.direction: say max or min for the objective {name!r}")
   return keras_tuner.Objective(name, direction)

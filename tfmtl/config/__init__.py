@@ -34,12 +34,13 @@ from tfmtl.config.model import (EmbeddingBlock, LossWeightingConfig, ModelConfig
                                 MultiTaskConfig, SequenceConfig)
 from tfmtl.config.section import check_name
 from tfmtl.config.tasks import TaskConfig, default_tasks, history_length
-from tfmtl.config.training import DistillationConfig, TrainConfig, TransferConfig
+from tfmtl.config.training import (DistillationConfig, EarlyStoppingConfig, TrainConfig,
+                                   TransferConfig)
 from tfmtl.config.yaml_text import load_yaml
 from tfmtl.errors import ConfigError
 
-__all__ = ["ConfigError", "ContentConfig", "DataConfig", "DistillationConfig", "EmbeddingBlock",
-           "EvaluateConfig", "ExperimentConfig", "ExportConfig", "FeatureConfig",
+__all__ = ["ConfigError", "ContentConfig", "DataConfig", "DistillationConfig", "EarlyStoppingConfig",
+           "EmbeddingBlock", "EvaluateConfig", "ExperimentConfig", "ExportConfig", "FeatureConfig",
            "LossWeightingConfig", "ModelConfig", "MultiTaskConfig", "PropagationConfig",
            "ScannConfig", "SequenceConfig", "SplitConfig", "TaskConfig", "TextTuningConfig",
            "TrainConfig", "TransferConfig", "TuneConfig", "check_name", "default_tasks",

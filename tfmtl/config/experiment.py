@@ -48,6 +48,14 @@ class ExperimentConfig(Section):
       raise ConfigError(f"train.optimizer: {self.train.optimizer!r}: with model.tpu_embedding "
                         f"it must be one of {', '.join(TPU_EMBEDDING_OPTIMIZERS)}, which the "
                         "TPU embedding engine runs")
+    stopping = self.train.early_stopping
+    if stopping.metric:
+      from tfmtl.evaluation import metric_names  # pylint: disable=import-outside-toplevel
+      known = metric_names(self.tasks, self.evaluate.ks)
+      if stopping.metric not in known:
+        raise ConfigError(f"train.early_stopping.metric: {stopping.metric!r} is not a "
+                          "validation metric of this config's tasks and evaluate.ks; "
+                          f"expected one of {', '.join(known)}")
     scored = [n for n, t in self.tasks.items()
               if t.type == "retrieval" or _task_type(t.type).reads_pair]
     for name in self.export.recommend_weights:

@@ -125,13 +125,14 @@ class ModelConfig(Section):
     tower_layers: hidden layer widths of each tower.
     normalize_embeddings: L2-normalise both towers' outputs, so retrieval
       scores are cosines scaled by 1 / temperature.
-    l2: L2 penalty on the id embeddings.
+    l2, l1: L2 and L1 penalties on the id embeddings.
+    tower_l2, tower_l1: L2 and L1 penalties on the towers' dense kernels.
     tpu_embedding: keep the id tables and the categorical and bucketized
       features' tables (both towers') in one TFRS `TPUEmbedding` layer
       (`tfmtl.layers.EmbeddingTables`): on a TPU its embedding engine
       shards them over the cores and updates them with `train.optimizer`;
       elsewhere they are ordinary variables (checkpoints move between
-      both). Not with `id_embedding_blocks` or `l2`.
+      both). Not with `id_embedding_blocks`, `l2` or `l1`.
     multitask: what the ranking tasks share (see `MultiTaskConfig`).
     loss_weighting: how task losses add up (see `LossWeightingConfig`).
     sequence: the user's recent items in the query tower (`SequenceConfig`).
@@ -144,6 +145,9 @@ class ModelConfig(Section):
   tower_layers: list[int] = dataclasses.field(default_factory=lambda: [64])
   normalize_embeddings: StrictBool = True
   l2: float = 0.0
+  l1: float = 0.0
+  tower_l2: float = 0.0
+  tower_l1: float = 0.0
   tpu_embedding: StrictBool = False
   multitask: MultiTaskConfig = dataclasses.field(default_factory=MultiTaskConfig)
   loss_weighting: LossWeightingConfig = dataclasses.field(
@@ -155,11 +159,12 @@ class ModelConfig(Section):
       if getattr(self, name) < 1:
         raise ConfigError(f"{name}: must be at least 1")
     check_widths("tower_layers", self.tower_layers)
-    if self.l2 < 0:
-      raise ConfigError("l2: must be non-negative")
-    if self.tpu_embedding and (self.id_embedding_blocks or self.l2):
+    for name in ("l2", "l1", "tower_l2", "tower_l1"):
+      if getattr(self, name) < 0:
+        raise ConfigError(f"{name}: must be non-negative")
+    if self.tpu_embedding and (self.id_embedding_blocks or self.l2 or self.l1):
       raise ConfigError("tpu_embedding: the TPU embedding engine holds plain tables without "
-                        "a weight penalty: set id_embedding_blocks: {} and l2: 0")
+                        "a weight penalty: set id_embedding_blocks: {}, l2: 0 and l1: 0")
     for feature, blocks in self.id_embedding_blocks.items():
       one_of("id_embedding_blocks", feature, ("user_id", "item_id"), what="id feature")
       shares = sum(block.share for block in blocks)

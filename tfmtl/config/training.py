@@ -14,6 +14,33 @@ from tfmtl.errors import ConfigError
 
 
 @dataclasses.dataclass
+class EarlyStoppingConfig(Section):
+  """Stop training when a validation metric stops improving, and keep the
+  best epoch's weights (see `tfmtl.training.EarlyStopping`).
+
+  Attributes:
+    metric: a validation metric, as `evaluate` names it (e.g. `recall@10`,
+      `rating_rmse`); "" : off. It is computed every `train.validate_every`
+      epochs.
+    patience: validations without an improvement of more than `min_delta`
+      before training stops.
+    min_delta: the smallest change that counts as an improvement.
+    direction: `max` or `min`; "" : known from the metric's name.
+  """
+  metric: str = ""
+  patience: int = 3
+  min_delta: float = 0.0
+  direction: str = ""
+
+  def _validate(self):
+    if self.patience < 1:
+      raise ConfigError("patience: must be at least 1")
+    if self.min_delta < 0:
+      raise ConfigError("min_delta: must be non-negative")
+    one_of("direction", self.direction, ("", "max", "min"))
+
+
+@dataclasses.dataclass
 class TrainConfig(Section):
   """Keras `fit` settings.
 
@@ -23,7 +50,12 @@ class TrainConfig(Section):
     optimizer: a `tf_keras.optimizers` name (`adam`, `adagrad`, `sgd`, ...)
       or `lazy_adam` (Adam that updates only the embedding rows in the
       batch: much faster with large catalogues; `tfmtl.optimizers`).
-    learning_rate: the optimizer's learning rate.
+    learning_rate: the optimizer's learning rate (the peak, under a schedule).
+    learning_rate_schedule: `constant`, `cosine` (decays to 0 at the last
+      step) or `exponential` (times `decay_rate` every epoch), for any
+      optimizer (`tfmtl.optimizers.learning_rate`).
+    warmup_steps: first raise the rate linearly from 0 over this many steps.
+    decay_rate: `exponential`'s factor per epoch.
     training_metrics: compute metrics on training batches (slow: the
       retrieval metric scores the whole catalogue).
     run_dir: where the trained model, vocabularies and metrics are written
@@ -70,6 +102,8 @@ class TrainConfig(Section):
       `tfmtl evaluate` and tuning score every user.
     log_dir: TensorBoard logs go to `<log_dir>/<name>/` ("": none): the
       per-task losses and weights, the validation metrics, the learning rate.
+    early_stopping: stop when a validation metric stops improving and keep
+      the best epoch's weights (`EarlyStoppingConfig`).
     data_service: a tf.data service dispatcher, e.g. `grpc://host:5050`
       (`tfmtl data-service`), whose workers then read and batch the
       `tfrecord` input ("": this process does).
@@ -78,6 +112,9 @@ class TrainConfig(Section):
   epochs: int = 15
   optimizer: str = "adam"
   learning_rate: float = 0.01
+  learning_rate_schedule: str = "constant"
+  warmup_steps: int = 0
+  decay_rate: float = 0.9
   training_metrics: StrictBool = False
   run_dir: Optional[str] = None
   strategy: str = "default"
@@ -94,6 +131,7 @@ class TrainConfig(Section):
   validate_every: int = 1
   validation_users: int = 10_000
   log_dir: str = "logs"
+  early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
   data_service: str = ""
 
   def _validate(self):
@@ -102,8 +140,15 @@ class TrainConfig(Section):
         raise ConfigError(f"{name}: must be positive")
     # pylint: disable=import-outside-toplevel
     from tfmtl.distribute import STRATEGIES
+    from tfmtl.optimizers import SCHEDULES
     from tfmtl.precision import PRECISIONS
     one_of("strategy", self.strategy, STRATEGIES)
+    one_of("learning_rate_schedule", self.learning_rate_schedule, SCHEDULES)
+    if self.warmup_steps < 0:
+      raise ConfigError("warmup_steps: must be non-negative (0: no warm-up)")
+    if not 0 < self.decay_rate <= 1:
+      raise ConfigError(f"decay_rate: {self.decay_rate} is not in (0, 1] (the learning "
+                        "rate's factor per epoch)")
     if self.shard_min_bytes < 1:
       raise ConfigError("shard_min_bytes: must be positive")
     if self.checkpoint_steps < 0:
@@ -131,6 +176,9 @@ class TrainConfig(Section):
     if self.data_service and self.input != "tfrecord":
       raise ConfigError("data_service: needs input: tfrecord (the service hands out the "
                         "input's files to its workers)")
+    if self.early_stopping.metric and not self.validate_every:
+      raise ConfigError("early_stopping.metric: needs validate_every > 0 (the validation "
+                        "metrics it watches)")
     if self.input == "tfrecord" and (self.steps_per_execution or 1) > 1:
       raise ConfigError("steps_per_execution: must be 1 (or unset) with input: tfrecord, "
                         "whose batches Keras cannot count executions of steps in")

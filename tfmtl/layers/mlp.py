@@ -8,9 +8,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 
-def dense_stack(widths: Sequence[int], name: str) -> list[keras.layers.Layer]:
+def dense_stack(widths: Sequence[int], name: str,
+                kernel_regularizer=None) -> list[keras.layers.Layer]:
   """ReLU Dense layers named `<name>_0`, `<name>_1`, ..."""
-  return [keras.layers.Dense(width, activation="relu", name=f"{name}_{i}")
+  return [keras.layers.Dense(width, activation="relu", kernel_regularizer=kernel_regularizer,
+                             name=f"{name}_{i}")
           for i, width in enumerate(widths)]
 
 

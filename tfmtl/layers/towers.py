@@ -48,18 +48,20 @@ class FeatureTower(keras.layers.Layer):
     id_embedding_blocks: (share of the ids, width) blocks of a
       `MixedDimensionEmbedding` for the id; empty: one plain table.
     hidden_layers: widths of the hidden ReLU layers.
-    l2: L2 penalty on the id embedding.
+    l2, l1: L2 and L1 penalties on the id embedding.
+    dense_l2, dense_l1: L2 and L1 penalties on the dense layers' kernels.
     normalize: L2-normalise the output (dot products become cosines).
     sequence: pools the `history` feature into the tower's input (optional).
     tables: holds the id's and the categorical features' tables (optional;
-      see module doc); `id_embedding_blocks` and `l2` then do not apply.
+      see module doc); `id_embedding_blocks`, `l2` and `l1` then do not apply.
   """
 
   def __init__(self, id_feature: str, sizes: dict[str, int],
                features: dict[str, FeatureConfig], embedding_dim: int = 32,
                id_embedding_dim: int = 32, feature_embedding_dim: int = 8,
                id_embedding_blocks: Sequence[tuple[float, int]] = (),
-               hidden_layers: Sequence[int] = (64,), l2: float = 0.0,
+               hidden_layers: Sequence[int] = (64,), l2: float = 0.0, l1: float = 0.0,
+               dense_l2: float = 0.0, dense_l1: float = 0.0,
                normalize: bool = True, sequence: Optional[SequencePooling] = None,
                tables: Optional[EmbeddingTables] = None, **kwargs):
     super().__init__(**kwargs)
@@ -69,7 +71,7 @@ class FeatureTower(keras.layers.Layer):
     self.features = dict(features)
     self.tables = tables
     self.looked_up = self.table_features(id_feature, self.features) if tables else []
-    regularizer = keras.regularizers.l2(l2) if l2 else None
+    regularizer = keras.regularizers.L1L2(l1, l2) if l1 or l2 else None
     self.id_embedding = (
         None if tables else
         MixedDimensionEmbedding(sizes[id_feature], id_embedding_dim, id_embedding_blocks,
@@ -91,8 +93,10 @@ class FeatureTower(keras.layers.Layer):
                keras.layers.Embedding(sizes[name], feature_embedding_dim,
                                       name=f"{name}_embedding"))
         for name, spec in self.features.items() if name not in self.looked_up}
-    self.dense_layers = (dense_stack(hidden_layers, "hidden")
-                         + [keras.layers.Dense(embedding_dim, name="projection")])
+    dense_penalty = keras.regularizers.L1L2(dense_l1, dense_l2) if dense_l1 or dense_l2 else None
+    self.dense_layers = (dense_stack(hidden_layers, "hidden", dense_penalty)
+                         + [keras.layers.Dense(embedding_dim, kernel_regularizer=dense_penalty,
+                                               name="projection")])
     # ((part, width), ...): the first dense layer's input, part by part (the
     # id, each feature, the history), set when built; `tfmtl.transfer` maps
     # its kernel's rows by part. A tuple of pairs: not tracked by Keras.
