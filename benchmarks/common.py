@@ -120,6 +120,9 @@ def git_state() -> tuple[Optional[str], Optional[bool]]:
   return (commit.strip() if commit else None), (None if status is None else bool(status.strip()))
 
 
+STARTED_FROM = git_state()  # a benchmark runs for hours: commits made meanwhile are not its
+
+
 def command_line(argv: Optional[list[str]] = None) -> str:
   """This process's command, runnable from the repository root."""
   argv = sys.argv if argv is None else argv
@@ -145,8 +148,9 @@ def write_json(path: Path, value: Any) -> Path:
 
 
 def record(name: str, settings: dict, results: dict, seeds: Optional[list]) -> dict:
-  """The benchmark's record: provenance, then `settings` and `results`."""
-  commit, dirty = git_state()
+  """The benchmark's record: provenance (the commit this process started
+  from), then `settings` and `results`."""
+  commit, dirty = STARTED_FROM
   return {"benchmark": name, "command": command_line(), "commit": commit, "dirty": dirty,
           "cpu": cpu_info(), "device": device(), "machine": machine(),
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
