@@ -89,6 +89,10 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
     return {"after": keras.optimizers.schedules.serialize(self.after),
             "warmup_steps": self.warmup_steps}
 
+  @classmethod
+  def from_config(cls, config):
+    return cls(keras.optimizers.schedules.deserialize(config["after"]), config["warmup_steps"])
+
 
 def learning_rate(train, steps_per_epoch: Optional[int] = None):
   """`train.learning_rate` under `train.learning_rate_schedule`: a float
@@ -111,7 +115,8 @@ def learning_rate(train, steps_per_epoch: Optional[int] = None):
   decay_steps = max(train.epochs * steps_per_epoch - train.warmup_steps, 1)
   after = (schedules.CosineDecay(rate, decay_steps) if schedule == "cosine" else
            schedules.ExponentialDecay(rate, steps_per_epoch, train.decay_rate)
-           if schedule == "exponential" else schedules.PolynomialDecay(rate, 1, rate))  # constant
+           if schedule == "exponential" else
+           schedules.PolynomialDecay(rate, 1, end_learning_rate=rate))  # constant, after warm-up
   return WarmUp(after, train.warmup_steps) if train.warmup_steps else after
 
 

@@ -26,6 +26,8 @@ class EarlyStoppingConfig(Section):
       before training stops.
     min_delta: the smallest change that counts as an improvement.
     direction: `max` or `min`; "" : known from the metric's name.
+
+  A run resumed after a crash (`train.resume`) counts from where it resumed.
   """
   metric: str = ""
   patience: int = 3
