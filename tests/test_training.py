@@ -151,7 +151,7 @@ def test_a_classification_label_that_is_not_a_feature_is_a_config_error(tmp_path
     training.prepare(config)
 
 
-@pytest.mark.parametrize("kind", ["gru", "attention"])
+@pytest.mark.parametrize("kind", ["gru", "lstm", "attention"])
 def test_a_sequence_model_trains_evaluates_and_reloads_from_config(tmp_path, tiny_data, kind):
   config = _files_config(tmp_path, tiny_data, split={"protocol": "temporal"},
                          model={"embedding_dim": 8, "sequence": {"type": kind, "length": 4}})

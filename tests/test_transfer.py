@@ -58,6 +58,7 @@ def test_components_cover_every_layer_kind():
   assert component_of("candidate_tower/content_adapter/kernel") == "embeddings"
   assert component_of("query_tower/history/item_embedding/embeddings") == "embeddings"
   assert component_of("query_tower/history/gru/gru_cell/kernel") == "towers"
+  assert component_of("query_tower/history/lstm/lstm_cell/kernel") == "towers"
   assert component_of("candidate_tower/hidden_0/kernel") == "towers"
   assert component_of("ranking/mmoe/expert_0_0/kernel") == "experts"
   assert component_of("ranking/rating_head/logit/kernel") == "heads"

@@ -73,9 +73,9 @@ class SequenceConfig(Section):
   """The query tower's view of the user's recent items (the `history` feature).
 
   Attributes:
-    type: `none`, `mean` (the average item embedding, order-free), `gru` (a
-      GRU over the items, oldest to newest) or `attention` (attention
-      pooling with a learned recency embedding).
+    type: `none`, `mean` (the average item embedding, order-free), `gru`
+      or `lstm` (a GRU or an LSTM over the items, oldest to newest) or
+      `attention` (attention pooling with a learned recency embedding).
     length: number of most recent earlier training interactions used; only
       interactions strictly before an example's timestamp are ever used.
   """

@@ -4,7 +4,8 @@ The history arrives as item indices, most recent first, 0-padded
 ([batch, length]). Items are embedded (index 0 masked) and pooled:
 
 - `mean`: the average of the item embeddings (order-free: a bag of items);
-- `gru`: a GRU reads them oldest to newest; its last state is the vector;
+- `gru`, `lstm`: a GRU or an LSTM reads them oldest to newest; its last
+  output is the vector;
 - `attention`: each item plus a learned recency (position) embedding is
   scored by a small MLP; the vector is the softmax-weighted sum.
 
@@ -26,14 +27,14 @@ import tensorflow as tf
 import tf_keras as keras
 
 
-POOLINGS = ("mean", "gru", "attention")  # `model.sequence.type` (or none)
+POOLINGS = ("mean", "gru", "lstm", "attention")  # `model.sequence.type` (or none)
 
 
 class SequencePooling(keras.layers.Layer):
   """Embeds and pools a 0-padded sequence of item indices (see module doc).
 
   Args:
-    kind: `mean`, `gru` or `attention`.
+    kind: `mean`, `gru`, `lstm` or `attention`.
     num_items: number of item indices (OOV / padding 0 included).
     dim: width of the item embeddings and of the output.
     length: sequence length (the recency embedding of `attention`).
@@ -46,8 +47,10 @@ class SequencePooling(keras.layers.Layer):
                        f"{', '.join(POOLINGS)}")
     self.kind = kind
     self.item_embedding = keras.layers.Embedding(num_items, dim, name="item_embedding")
-    if kind == "gru":
+    if kind == "gru":  # (attributes name checkpoint entries: runs saved before keep theirs)
       self.gru = keras.layers.GRU(dim, name="gru")
+    elif kind == "lstm":
+      self.lstm = keras.layers.LSTM(dim, name="lstm")
     elif kind == "attention":
       self.recency_embedding = keras.layers.Embedding(length, dim, name="recency_embedding")
       self.score_hidden = keras.layers.Dense(dim, activation="tanh", name="score_hidden")
@@ -60,8 +63,9 @@ class SequencePooling(keras.layers.Layer):
       weights = tf.cast(mask, embedded.dtype)
       weights /= tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1.0)
       return tf.einsum("bl,bld->bd", weights, embedded)
-    if self.kind == "gru":  # oldest first; masked steps keep the state
-      return self.gru(tf.reverse(embedded, [1]), mask=tf.reverse(mask, [1]))
+    if self.kind in ("gru", "lstm"):  # oldest first; masked steps keep the state
+      recurrent = self.gru if self.kind == "gru" else self.lstm
+      return recurrent(tf.reverse(embedded, [1]), mask=tf.reverse(mask, [1]))
     embedded += self.recency_embedding(tf.range(tf.shape(items)[1]))
     logits = tf.cast(tf.squeeze(self.score(self.score_hidden(embedded)), -1), tf.float32)
     weights = tf.nn.softmax(tf.where(mask, logits, -1e9)) * tf.cast(mask, tf.float32)
