@@ -277,6 +277,10 @@ def test_a_choice_takes_exactly_the_values_its_module_declares(key, values):
     (["train.learning_rate_schedule=linear"], r"train.learning_rate_schedule: unknown value "
                                               r"'linear'"),
     (["train.decay_rate=1.5"], r"train.decay_rate: 1.5 is not in \(0, 1\]"),
+    (["model.multitask.coupling_pairs=[[rating, retrieval]]"],
+     r"model.multitask.coupling_pairs: 'retrieval' is not a ranking task"),
+    (["model.multitask.coupling=1", "tasks.like.layers=[8]"],
+     r"model.multitask.coupling_pairs: the heads of 'rating' and 'like' have different layers"),
 ])
 def test_training_controls_that_cannot_work_name_their_key(overrides, message):
   with pytest.raises(ConfigError, match=message):

@@ -8,7 +8,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 import tfmtl
-from tfmtl.config import ModelConfig, TaskConfig, default_tasks
+from tfmtl import training
+from tfmtl.config import (ExperimentConfig, ModelConfig, MultiTaskConfig, TaskConfig,
+                          default_tasks)
 from tfmtl.data import make_dataset
 
 
@@ -300,3 +302,31 @@ def test_l1_and_l2_penalise_the_id_embeddings_and_the_towers_kernels(tiny_data):
       kernel = layer.kernel.numpy()
       expected += 3e-3 * np.square(kernel).sum() + 4e-3 * np.abs(kernel).sum()
   assert float(tf.add_n(model.losses)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["squared", "cosine"])
+def test_task_coupling_adds_its_formula_over_the_heads_weights(tiny_data, distance):
+  vocabulary = tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions)
+  config = ModelConfig(embedding_dim=8, multitask=MultiTaskConfig(
+      coupling=0.5, coupling_distance=distance))
+  model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, config)
+  model(next(iter(make_dataset(tiny_data, tiny_data.interactions, model.encoder, 64))))
+  heads = model.ranking.heads
+  expected = 0.0
+  for mine, theirs in zip(heads["rating"].get_weights(), heads["like"].get_weights(), strict=True):
+    if distance == "squared":
+      expected += np.square(mine - theirs).sum()
+    else:
+      expected += 1 - mine.ravel() @ theirs.ravel() / (np.linalg.norm(mine) * np.linalg.norm(theirs))
+  assert float(tf.add_n(model.losses)) == pytest.approx(0.5 * expected, rel=1e-5)
+
+
+def test_task_coupling_pulls_two_heads_together(tiny_config_file):
+  """Trained alike, with and without the penalty: coupled heads end closer."""
+  distances = []
+  for coupling in (0.0, 1.0):
+    config = ExperimentConfig.from_file(tiny_config_file(
+        model={"multitask": {"coupling": coupling}}, train={"validate_every": 0}))
+    heads = training.fit(config, training.prepare(config), verbose=0).ranking
+    distances.append(float(heads.coupling([("rating", "like")])))
+  assert distances[1] < 0.5 * distances[0], distances

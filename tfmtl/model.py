@@ -30,6 +30,7 @@ Example (a complete Keras workflow on MovieLens 100K):
 
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import pandas as pd
@@ -146,6 +147,11 @@ class MultiTaskModel(tfrs.Model):
         {name: task.layers for name, task in ranking_tasks.items()},
         cross_layers=config.multitask.cross_layers,
         name="ranking") if ranking_tasks else None
+    multitask = config.multitask
+    if multitask.coupling and len(ranking_tasks) > 1:  # a regularization loss, as L2's
+      pairs = multitask.coupling_pairs or list(itertools.combinations(ranking_tasks, 2))
+      self.add_loss(lambda: multitask.coupling * self.ranking.coupling(
+          pairs, multitask.coupling_distance))
     self.catalogue_item_ids = catalogue[ITEM_ID].to_numpy(dtype=object)
     self.catalogue_features = {
         name: tf.constant(values) for name, values in encode_table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,18 @@ class ExperimentConfig(Section):
         raise ConfigError(f"train.early_stopping.metric: {stopping.metric!r} is not a "
                           "validation metric of this config's tasks and evaluate.ks; "
                           f"expected one of {', '.join(known)}")
+    paired = {n: t for n, t in self.tasks.items() if _task_type(t.type).reads_pair}
+    multitask = self.model.multitask
+    for pair in multitask.coupling_pairs or (
+        itertools.combinations(paired, 2) if multitask.coupling else ()):
+      for name in pair:
+        if name not in paired:
+          raise ConfigError(f"model.multitask.coupling_pairs: {name!r} is not a ranking task "
+                            f"(those are: {list(paired)})")
+      if paired[pair[0]].layers != paired[pair[1]].layers:
+        raise ConfigError(f"model.multitask.coupling_pairs: the heads of {pair[0]!r} and "
+                          f"{pair[1]!r} have different layers ({paired[pair[0]].layers} and "
+                          f"{paired[pair[1]].layers}); coupling compares same-shaped weights")
     scored = [n for n, t in self.tasks.items()
               if t.type == "retrieval" or _task_type(t.type).reads_pair]
     for name in self.export.recommend_weights:

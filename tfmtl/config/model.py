@@ -25,6 +25,15 @@ class MultiTaskConfig(Section):
     num_levels: PLE levels.
     cross_layers: DCN `tfrs.layers.dcn.Cross` layers applied to the ranking
       input (explicit feature crosses) before the block.
+    coupling: strength lambda of the task-coupling penalty
+      `lambda * sum over pairs of Omega(head_i, head_j)`, which keeps the
+      heads of related ranking tasks close (0: off; `RankingHeads.coupling`).
+    coupling_pairs: the task pairs it couples, e.g. `[[rating, like]]`
+      (empty: every pair of ranking tasks); a pair's heads have the same
+      layers.
+    coupling_distance: Omega: `squared` (the summed squared differences of
+      the heads' same-shaped weights) or `cosine` (1 - their cosine, per
+      weight).
   """
   type: str = "independent"
   layers: list[int] = dataclasses.field(default_factory=list)
@@ -33,10 +42,19 @@ class MultiTaskConfig(Section):
   num_shared_experts: int = 2
   num_levels: int = 1
   cross_layers: int = 0
+  coupling: float = 0.0
+  coupling_pairs: list[list[str]] = dataclasses.field(default_factory=list)
+  coupling_distance: str = "squared"
 
   def _validate(self):
     from tfmtl.layers.multitask import BLOCKS  # pylint: disable=import-outside-toplevel
     one_of("type", self.type, BLOCKS)
+    one_of("coupling_distance", self.coupling_distance, ("squared", "cosine"))
+    if self.coupling < 0:
+      raise ConfigError("coupling: must be non-negative (0: off)")
+    if any(len(pair) != 2 or pair[0] == pair[1] for pair in self.coupling_pairs):
+      raise ConfigError(f"coupling_pairs: {self.coupling_pairs} must list pairs of two "
+                        "different tasks, e.g. [[rating, like]]")
     check_widths("layers", self.layers)
     if self.cross_layers < 0:
       raise ConfigError("cross_layers: must be non-negative")

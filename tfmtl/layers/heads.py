@@ -57,6 +57,22 @@ class RankingHeads(keras.layers.Layer):
     self.heads = {task: PredictionHead(layers, 1, name=f"{task}_head")
                   for task, layers in head_layers.items()}
 
+  def coupling(self, pairs: Sequence[Sequence[str]], distance: str = "squared") -> tf.Tensor:
+    """How far apart the heads of each task pair are, summed over the pairs
+    and the heads' same-shaped weights: `squared` differences, or `cosine`
+    (1 - the cosine of the two weights, flattened)."""
+    total = tf.constant(0.0)
+    for first, second in pairs:
+      for mine, theirs in zip(self.heads[first].weights, self.heads[second].weights,
+                              strict=True):
+        if distance == "squared":
+          total += tf.reduce_sum(tf.square(mine - theirs))
+        else:
+          mine, theirs = tf.reshape(mine, [-1]), tf.reshape(theirs, [-1])
+          total += 1.0 - tf.reduce_sum(tf.math.l2_normalize(mine, 0)
+                                       * tf.math.l2_normalize(theirs, 0))
+    return total
+
   def call(self, query_embeddings: tf.Tensor,
            candidate_embeddings: tf.Tensor) -> dict[str, tf.Tensor]:
     # Keras casts only the first input to the compute dtype (16 bits when mixed).
