@@ -312,12 +312,10 @@ def test_task_coupling_adds_its_formula_over_the_heads_weights(tiny_data, distan
   model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, config)
   model(next(iter(make_dataset(tiny_data, tiny_data.interactions, model.encoder, 64))))
   heads = model.ranking.heads
-  expected = 0.0
-  for mine, theirs in zip(heads["rating"].get_weights(), heads["like"].get_weights(), strict=True):
-    if distance == "squared":
-      expected += np.square(mine - theirs).sum()
-    else:
-      expected += 1 - mine.ravel() @ theirs.ravel() / (np.linalg.norm(mine) * np.linalg.norm(theirs))
+  mine, theirs = (np.concatenate([w.ravel() for w in heads[task].get_weights()])
+                  for task in ("rating", "like"))
+  expected = (np.square(mine - theirs).sum() if distance == "squared" else
+              1 - mine @ theirs / (np.linalg.norm(mine) * np.linalg.norm(theirs)))
   assert float(tf.add_n(model.losses)) == pytest.approx(0.5 * expected, rel=1e-5)
 
 

@@ -32,8 +32,8 @@ class MultiTaskConfig(Section):
       (empty: every pair of ranking tasks); a pair's heads have the same
       layers.
     coupling_distance: Omega: `squared` (the summed squared differences of
-      the heads' same-shaped weights) or `cosine` (1 - their cosine, per
-      weight).
+      the heads' same-shaped weights) or `cosine` (1 - the cosine of the
+      heads' weights, each head's flattened into one vector).
   """
   type: str = "independent"
   layers: list[int] = dataclasses.field(default_factory=list)

@@ -58,19 +58,20 @@ class RankingHeads(keras.layers.Layer):
                   for task, layers in head_layers.items()}
 
   def coupling(self, pairs: Sequence[Sequence[str]], distance: str = "squared") -> tf.Tensor:
-    """How far apart the heads of each task pair are, summed over the pairs
-    and the heads' same-shaped weights: `squared` differences, or `cosine`
-    (1 - the cosine of the two weights, flattened)."""
+    """How far apart the heads of each task pair are, summed over the pairs:
+    `squared`, the summed squared differences of their same-shaped weights,
+    or `cosine`, 1 - the cosine of their weights (each head's flattened and
+    joined into one vector)."""
     total = tf.constant(0.0)
     for first, second in pairs:
-      for mine, theirs in zip(self.heads[first].weights, self.heads[second].weights,
-                              strict=True):
-        if distance == "squared":
-          total += tf.reduce_sum(tf.square(mine - theirs))
-        else:
-          mine, theirs = tf.reshape(mine, [-1]), tf.reshape(theirs, [-1])
-          total += 1.0 - tf.reduce_sum(tf.math.l2_normalize(mine, 0)
-                                       * tf.math.l2_normalize(theirs, 0))
+      mine, theirs = self.heads[first].weights, self.heads[second].weights
+      if [w.shape for w in mine] != [w.shape for w in theirs]:
+        raise ValueError(f"coupling: the heads of {first!r} and {second!r} differ in shape")
+      if distance == "squared":
+        total += tf.add_n([tf.reduce_sum(tf.square(a - b)) for a, b in zip(mine, theirs)])
+      else:
+        mine, theirs = (tf.concat([tf.reshape(w, [-1]) for w in ws], 0) for ws in (mine, theirs))
+        total += 1.0 - tf.reduce_sum(tf.math.l2_normalize(mine) * tf.math.l2_normalize(theirs))
     return total
 
   def call(self, query_embeddings: tf.Tensor,
