@@ -23,7 +23,10 @@ Methods (the default multi-task model; target training with batch 256):
 - `joint`: sample-based transfer: one model trained on the target fraction
   with every source rating mixed in (`transfer.source`), at each source
   weight of `--source-weights` (`transfer.source_weight`; 1 and 0.5, the
-  best on the target's validation ratings at 10%: `--on validation`).
+  best on the target's validation ratings at 10%: `--on validation`), all
+  ratings sharing one mean loss (`transfer.balance: rows`);
+- `joint_balanced`: the same with `L_target + source_weight * L_source`,
+  each domain's loss its own mean (`transfer.balance: domains`).
 
 The target vocabulary holds the ids of both domains, so users the target
 fraction lacks keep their pretrained rows (and get fresh ones from scratch).
@@ -63,7 +66,9 @@ METHODS = {
     "finetune_slow": ["transfer.pretrained={run}", "transfer.learning_rate_scale=0.1"],
     "finetune+l2sp": ["transfer.pretrained={run}", "transfer.l2sp=0.001"],
     "joint": [],
+    "joint_balanced": ["transfer.balance=domains"],
 }
+JOINT = ("joint", "joint_balanced")  # the methods that mix the source in
 METRICS = {"ndcg@10": "ndcg@10", "recall@10": "recall@10", "rmse": "rating_rmse"}
 
 
@@ -99,7 +104,8 @@ def run_method(method, data, source, target: Split, fraction, seed, run, candida
   mixed_in = None if source_weight is None else dataclasses.replace(
       data, interactions=source.assign(sample_weight=source_weight))
   split = Split(train, target.validation, target.test)
-  prepared = training.Prepared(data, split, FeatureVocabulary.build(data, both), mixed_in)
+  prepared = training.Prepared(data, split, FeatureVocabulary.build(data, both), mixed_in,
+                               source_balance=config.transfer.balance)
   model = training.fit(config, prepared, verbose=0)
   if on == "validation":
     split = evaluation.on_validation(split)
@@ -125,7 +131,7 @@ def main():
           "finetune" in m for m in args.methods) else None
       for fraction in args.fractions:
         for method in args.methods:
-          for weight in args.source_weights if method == "joint" else [None]:
+          for weight in args.source_weights if method in JOINT else [None]:
             metrics = run_method(method, data, source, target, fraction, seed, run,
                                  candidates, weight, args.on)
             runs.setdefault((fraction, method, weight), []).append(metrics)

@@ -11,6 +11,7 @@ import tfmtl
 from tfmtl import runs, training
 from tfmtl.config import EmbeddingBlock, ExperimentConfig, ModelConfig, TransferConfig
 from tfmtl.data import Split, make_dataset
+from tfmtl.data.sources import mix_source
 from tfmtl.features import FeatureVocabulary
 from tfmtl.transfer import FineTuning, component_of, fine_tune_from, load_pretrained
 
@@ -356,3 +357,35 @@ def test_bad_sample_weights_are_refused(tiny_frames, tmp_path):
     training.prepare(_source_config(paths, user_features))
   with pytest.raises(tfmtl.config.ConfigError, match="transfer.source_weight: must be positive"):
     _source_config(paths, user_features, "transfer.source_weight=0")
+
+
+@pytest.mark.parametrize("sizes", [(10, 290), (200, 20)])
+def test_balanced_domains_weigh_as_configured_whatever_their_sizes(sizes):
+  """`balance: domains`: the mean weighted loss over all rows (a batch's
+  estimate) is the target's mean loss plus source_weight times the
+  source's, for any numbers of rows; `rows` lets the larger domain win."""
+  rng = np.random.default_rng(0)
+  def domain(prefix, rows, weight):
+    return pd.DataFrame({"user_id": [f"{prefix}u{i}" for i in range(rows)],
+                         "item_id": [f"{prefix}i{i}" for i in range(rows)],
+                         "rating": 3.0, "sample_weight": weight})
+  target, source = domain("t", sizes[0], 1.0), domain("s", sizes[1], 0.5)
+  target_data = tfmtl.data.InteractionData.from_frames(target.drop(columns="sample_weight"))
+  source_data = tfmtl.data.InteractionData.from_frames(source)
+  losses = {"t": rng.random(sizes[0]), "s": rng.random(sizes[1])}
+  for balance, expected in (("domains", losses["t"].mean() + 0.5 * losses["s"].mean()),
+                            ("rows", (losses["t"].sum() + 0.5 * losses["s"].sum()) / sum(sizes))):
+    _, rows = mix_source(target_data, target_data.interactions, source_data, balance)
+    per_row = np.concatenate([losses["t"], losses["s"]])
+    assert np.mean(rows["sample_weight"] * per_row) == pytest.approx(expected), balance
+
+
+def test_the_config_balances_the_domains_it_mixes(tiny_frames, tmp_path):
+  paths, user_features = _domain_files(tiny_frames, tmp_path)
+  config = _source_config(paths, user_features, "transfer.balance=domains",
+                          "transfer.source_weight=0.5")
+  prepared = training.prepare(config)
+  _, rows = prepared.training_examples()
+  target = len(prepared.split.train)
+  totals = (rows["sample_weight"][:target].sum(), rows["sample_weight"][target:].sum())
+  assert totals == pytest.approx((len(rows), 0.5 * len(rows)))

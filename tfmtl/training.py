@@ -69,10 +69,11 @@ class Prepared(NamedTuple):
   vocabulary: FeatureVocabulary
   source: Optional[InteractionData] = None
   content: Optional[ItemContentTable] = None
+  source_balance: str = "rows"  # `transfer.balance` (`mix_source`)
 
   def training_examples(self) -> tuple[InteractionData, pd.DataFrame]:
     """The data and rows `fit` trains on."""
-    return mix_source(self.data, self.split.train, self.source)
+    return mix_source(self.data, self.split.train, self.source, self.source_balance)
 
 
 def prepare(config: ExperimentConfig) -> Prepared:
@@ -102,10 +103,10 @@ def prepare(config: ExperimentConfig) -> Prepared:
         source.interactions, source.interactions, config.history_length))
   if config.propagation.feature != "none":
     data = add_propagated_feature(data, split.train, config.propagation)
-  prepared = Prepared(data, split, None, source, table)
+  prepared = Prepared(data, split, None, source, table, config.transfer.balance)
   if source:
-    logger.info("%s joins training, weight %g", source.summary(),
-                config.transfer.source_weight)
+    logger.info("%s joins training, weight %g, balanced by %s", source.summary(),
+                config.transfer.source_weight, config.transfer.balance)
   return prepared._replace(vocabulary=FeatureVocabulary.build(
       *prepared.training_examples(), config.history_length))
 

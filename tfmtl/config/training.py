@@ -214,6 +214,10 @@ class TransferConfig(Section):
       the catalogue stay this data's. Ids of both domains get vocabulary rows.
     source_weight: each source interaction's loss weight (a target
       interaction's is 1, or its own `sample_weight`).
+    balance: `rows` (both domains' interactions share one mean loss, so the
+      larger domain dominates) or `domains` (the objective is `L_target +
+      source_weight * L_source`, each domain's loss the mean over its own
+      interactions, whatever their numbers; `tfmtl.data.sources.mix_source`).
   """
   pretrained: Optional[str] = None
   components: list[str] = dataclasses.field(default_factory=lambda: list(_components()))
@@ -222,10 +226,13 @@ class TransferConfig(Section):
   l2sp: float = 0.0
   source: Optional[DataConfig] = None
   source_weight: float = 1.0
+  balance: str = "rows"
 
   def _validate(self):
+    from tfmtl.data.sources import BALANCES  # pylint: disable=import-outside-toplevel
     if self.source_weight <= 0:
       raise ConfigError("source_weight: must be positive")
+    one_of("balance", self.balance, BALANCES)
     for field, components in (("components", self.components),
                               ("freeze_epochs", self.freeze_epochs)):
       for component in components:

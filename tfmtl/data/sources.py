@@ -72,11 +72,22 @@ def load_source(config: DataConfig, target: InteractionData, weight: float) -> I
   return dataclasses.replace(source, interactions=interactions, name=f"source {source.name}")
 
 
+BALANCES = ("rows", "domains")  # `transfer.balance`
+
+
 def mix_source(target: InteractionData, train: pd.DataFrame,
-               source: Optional[InteractionData]) -> tuple[InteractionData, pd.DataFrame]:
+               source: Optional[InteractionData], balance: str = "rows"
+               ) -> tuple[InteractionData, pd.DataFrame]:
   """The training examples: the target's `train` rows (weight 1 unless they
   carry their own) and every source interaction, over feature tables joined
   (for an id in both, the target's row wins). Without a source, as given.
+
+  `balance`: `rows` keeps each row's weight, so both domains share one mean
+  and the larger one dominates it; `domains` scales each domain's weights by
+  (all rows / its rows), so that a batch's mean loss estimates
+  `L_target + L_source`, each the mean weighted loss over its own rows (with
+  source weights `lambda`: `L_target + lambda * L_source`), whatever the
+  domains' sizes.
 
   The source must have the target's label columns; its other columns are
   dropped."""
@@ -87,6 +98,10 @@ def mix_source(target: InteractionData, train: pd.DataFrame,
     raise DataError(f"transfer.source: the interactions lack the label column(s) "
                     f"{missing} that the target's have")
   train, extra = _weighted(train), _weighted(source.interactions)
+  if balance == "domains":
+    total = len(train) + len(extra)
+    train[SAMPLE_WEIGHT] *= total / len(train)
+    extra[SAMPLE_WEIGHT] *= total / len(extra)
   rows = pd.concat([train, extra[train.columns.intersection(extra.columns)]],
                    ignore_index=True)
   return dataclasses.replace(target, interactions=rows,
