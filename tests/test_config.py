@@ -251,6 +251,7 @@ _NEEDS = {"files": ["data.interactions=a.csv"], "vector": ["data.user_features.x
           "regression": ["tasks.x.label=rating"], "binary": ["tasks.x.label=rating",
                                                              "tasks.x.threshold=4"],
           "classification": ["tasks.x.label=genres"], "reconstruction": ["tasks.x.label=genres"],
+          "autoencoder": ["tasks.x.label=genres"],
           "retrieval": ["tasks={x: {type: retrieval}}"]}
 
 

@@ -76,14 +76,16 @@ def test_fit_logs_the_epochs_mean_loss_the_weighted_sum_of_the_task_means(tiny_d
 ALL_TASKS = {**default_tasks(),
              "taste": TaskConfig(type="classification", label="taste"),
              "genre": TaskConfig(type="classification", label="genres"),
-             "watched": TaskConfig(type="implicit", num_negatives=2)}
+             "watched": TaskConfig(type="implicit", num_negatives=2),
+             "year_code": TaskConfig(type="autoencoder", label="year")}
 # The towers and head each task's gradient must reach.
 TASK_REACH = {"retrieval": ({"query_tower", "candidate_tower"}, set()),
               "rating": ({"query_tower", "candidate_tower"}, {"rating"}),
               "like": ({"query_tower", "candidate_tower"}, {"like"}),
               "taste": ({"query_tower"}, {"taste"}),
               "genre": ({"candidate_tower"}, {"genre"}),
-              "watched": ({"query_tower", "candidate_tower"}, {"watched"})}
+              "watched": ({"query_tower", "candidate_tower"}, {"watched"}),
+              "year_code": ({"candidate_tower"}, {"year_code"})}
 
 
 @pytest.mark.parametrize("task_name", list(TASK_REACH))
@@ -111,6 +113,7 @@ def test_a_classification_task_takes_its_label_out_of_the_tower_inputs(tiny_data
   model = tfmtl.MultiTaskModel(vocabulary, tiny_data.items, tasks=ALL_TASKS)
   assert set(model.query_tower.features) == {"age"}  # taste is predicted
   assert set(model.candidate_tower.features) == {"year"}  # genres are predicted
+  # (an autoencoder's label, year, stays an input: its head decodes it)
 
 
 def test_a_classification_label_must_be_a_feature(tiny_data):

@@ -17,8 +17,8 @@ class TaskConfig(Section):
   """One task of the multi-task model.
 
   Ranking tasks (`regression`, `binary`, `implicit`) read the (query,
-  candidate) pair through the ranking heads; `classification` and
-  `reconstruction` tasks read one tower's embedding.
+  candidate) pair through the ranking heads; `classification`,
+  `reconstruction` and `autoencoder` tasks read one tower's embedding.
 
   Attributes:
     type: `retrieval` (in-batch softmax over the two towers), `regression`
@@ -33,10 +33,12 @@ class TaskConfig(Section):
       through the query embedding: decode the user's preference over a
       multi_categorical item feature, e.g. genres, as the share of each
       token among the items of their `history`; with the sequence tower on,
-      the history is also the input).
+      the history is also the input) or `autoencoder` (decode an item feature
+      the candidate tower reads from the candidate embedding, its
+      bottleneck).
     weight: weight of the task's loss in the total loss.
     label: interaction column (regression, binary) or feature
-      (classification, reconstruction) the task predicts.
+      (classification, reconstruction, autoencoder) the task predicts.
     threshold: a binary task's positive class is `label >= threshold`.
     num_negatives: sampled negatives per interaction of an implicit task.
     temperature: retrieval softmax temperature.

@@ -8,6 +8,7 @@
 | `implicit` | the pair's logit | cross-entropy vs sampled items | `_binned_auc` | |
 | `classification` | one tower | softmax or sigmoids | `_accuracy` or `_binned_auc` | |
 | `reconstruction` | the query tower | cross-entropy to the history's profile | | |
+| `autoencoder` | the candidate tower | softmax or sigmoids to a feature it reads | `_accuracy` or `_binned_auc` | |
 
 A new type is one module with one `Task` subclass, listed in `TASK_TYPES`.
 
@@ -21,6 +22,7 @@ Example:
 from __future__ import annotations
 
 from tfmtl.errors import ConfigError
+from tfmtl.tasks.autoencoder import Autoencoder
 from tfmtl.tasks.base import Task, TaskInputs
 from tfmtl.tasks.binary import Binary, exact_auc
 from tfmtl.tasks.classification import Classification
@@ -32,7 +34,8 @@ from tfmtl.tasks.retrieval import CatalogueTopK, Retrieval
 
 TASK_TYPES: dict[str, type[Task]] = {
     task.type: task
-    for task in (Retrieval, Regression, Binary, Implicit, Classification, Reconstruction)}
+    for task in (Retrieval, Regression, Binary, Implicit, Classification, Reconstruction,
+                 Autoencoder)}
 
 
 def task_type(name: str) -> type[Task]:
