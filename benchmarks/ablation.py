@@ -68,6 +68,14 @@ ROWS = {
                        + ", genre: {type: classification, label: genres, weight: 0.1}}"],
     "sequence": ["model.sequence.type=gru"],
     "sequence_attention": ["model.sequence.type=attention"],
+    "sequence_lstm": ["model.sequence.type=lstm"],
+    "task_coupling": ["model.multitask.coupling=0.01"],
+    "item_autoencoder": ["tasks={" + _DEFAULT_TASKS
+                         + ", genre_code: {type: autoencoder, label: genres, weight: 0.1}}"],
+    "early_stopping": ["train.epochs=30",
+                       "train.early_stopping={metric: ndcg@10, patience: 3}"],
+    "cosine_schedule": ["train.learning_rate_schedule=cosine", "train.warmup_steps=78"],
+    "l1": ["model.l1=1e-5"],
 }
 
 # (column, protocol, metric) of the Markdown table.
