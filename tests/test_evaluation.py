@@ -166,3 +166,25 @@ def test_auc_by_hand():
   assert exact_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
   assert exact_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
   assert np.isnan(exact_auc(np.array([1, 1]), np.array([0.2, 0.5])))
+
+
+def test_a_classification_report_counts_each_value_by_hand():
+  from tfmtl.tasks.classification import Classification
+  names = ["(missing)", "a", "b", "c"]
+  # one value per row: index 0 (missing) is never predicted, and unlabelled rows drop out
+  logits = np.array([[9, 2, 1, 0], [0, 2, 1, 0], [0, 0, 3, 1], [0, 0, 1, 3], [0, 5, 0, 0]], float)
+  labels = np.array([1, 1, 1, 3, 0])
+  report = Classification.report(logits, labels, names)
+  # rows: (a, a), (a, a), (a, b), (c, c); b is never true but predicted once
+  assert set(report) == {"a", "b", "c", "accuracy", "macro avg", "weighted avg"}
+  assert report["a"] == {"precision": 1.0, "recall": 2 / 3, "f1-score": 0.8, "support": 3}
+  assert report["b"] == {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
+  assert Classification.summary(report) == {"micro_f1": 0.75,
+                                            "macro_f1": pytest.approx((0.8 + 0 + 1) / 3)}
+  # multi-hot labels: a sigmoid per value; the missing column is left out
+  multi = Classification.report(np.array([[5, 1, -1, 1], [-5, -1, 1, -1]], float),
+                                np.array([[1, 1, 0, 0], [0, 1, 1, 0]], float), names)
+  assert (multi["a"]["precision"], multi["a"]["recall"], multi["a"]["support"]) == (1.0, 0.5, 2)
+  assert multi["c"] == {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
+  assert multi["micro avg"]["precision"] == 2 / 3 and multi["micro avg"]["recall"] == 2 / 3
+  assert Classification.summary(multi)["micro_f1"] == pytest.approx(2 / 3)

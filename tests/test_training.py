@@ -128,10 +128,12 @@ def test_a_task_label_missing_from_the_data_is_a_config_error(tmp_path, tiny_dat
     training.prepare(config)
 
 
-def test_a_run_with_learned_weights_and_an_auxiliary_head_reloads_them(tmp_path, tiny_data):
+def test_a_run_with_learned_weights_and_auxiliary_heads_reloads_and_reports_them(
+    tmp_path, tiny_data, tfmtl_cli):
   config = _files_config(tmp_path, tiny_data, model={"loss_weighting": {"type": "uncertainty"}},
                          tasks={"retrieval": {"type": "retrieval"},
-                                "genre": {"type": "classification", "label": "genres"}})
+                                "genre": {"type": "classification", "label": "genres"},
+                                "taste": {"type": "classification", "label": "taste"}})
   prepared = training.prepare(config)
   model = training.fit(config, prepared, verbose=0)
   run_dir = runs.save_run(tmp_path / "run", config, prepared, model)
@@ -142,6 +144,25 @@ def test_a_run_with_learned_weights_and_an_auxiliary_head_reloads_them(tmp_path,
   items = model.candidate_tower(model.catalogue_features)
   np.testing.assert_allclose(reloaded.tasks["genre"].head(items).numpy(),
                              model.tasks["genre"].head(items).numpy(), atol=1e-5)
+
+  # `evaluate` reports each classification task over the distinct test users or items.
+  result = tfmtl_cli("evaluate", "--run", run_dir, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Classification report of task 'taste'" in result.stdout
+  metrics = json.loads((run_dir / "metrics.json").read_text())
+  test = prepared.split.test
+  taste = metrics["classification"]["taste"]
+  users = tiny_data.users.set_index("user_id").loc[test["user_id"].unique(), "taste"]
+  assert {value: taste[value]["support"] for value in ("t0", "t1", "t2")} == \
+      users.value_counts().to_dict()
+  assert metrics["model"]["taste_micro_f1"] == taste["accuracy"] > 0.5  # 3 planted tastes
+  genres = tiny_data.items.set_index("item_id").loc[test["item_id"].unique(), "genres"]
+  assert metrics["classification"]["genre"]["Action"]["support"] == \
+      genres.str.split("|").explode().eq("Action").sum()
+  assert 0 < metrics["model"]["genre_macro_f1"] <= 1
+  from tfmtl.reports import run_report
+  assert "## Classification report: taste" in \
+      run_report(run_dir).read_text()
 
 
 def test_a_classification_label_that_is_not_a_feature_is_a_config_error(tmp_path, tiny_data):

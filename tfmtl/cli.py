@@ -47,11 +47,14 @@ def _config(args):
   return config.with_overrides(args.set)
 
 
-def _print_metrics(metrics: dict, baseline: dict) -> None:
+def _print_metrics(metrics: dict, baseline: dict, classification: dict) -> None:
+  from tfmtl.evaluation import report_table
   print(f"{'metric':<22}{'model':>10}{'popularity':>12}")
   for name, value in metrics.items():
     other = baseline.get(name)
     print(f"{name:<22}{value:>10.4f}{'' if other is None else f'{other:>12.4f}'}")
+  for task, report in classification.items():
+    print(f"\nClassification report of task {task!r}:", *report_table(report), sep="\n")
 
 
 def _run_dir_line(run_dir: Path) -> str:
@@ -119,7 +122,7 @@ def cmd_evaluate(args) -> None:
   training.check_split(config, prepared.split, ("test",))
   metrics = experiment.evaluate(config, prepared, model)
   runs.save_metrics(args.run, metrics)
-  _print_metrics(metrics["model"], metrics["popularity"])
+  _print_metrics(metrics["model"], metrics["popularity"], metrics.get("classification", {}))
 
 
 def cmd_export(args) -> None:
@@ -183,7 +186,7 @@ def cmd_run(args) -> None:
   from tfmtl import experiment
   result = experiment.run(_config(args), args.base_path)
   print(_run_dir_line(result.run_dir))
-  _print_metrics(result.metrics, result.baseline)
+  _print_metrics(result.metrics, result.baseline, result.classification)
   print(f"SavedModel: {result.export}")
   print(f"Report: {result.report}")
 

@@ -1,7 +1,7 @@
 """Full-catalogue evaluation, computed in batches of users.
 
 Two retrieval metric families over every item of the catalogue
-(../shared/docs/protocol.md):
+(docs/protocols.md):
 
 - `top{k}_accuracy` (protocol A, TFRS's `FactorizedTopK` definition): the
   share of test interactions whose item is among the user's top k items;
@@ -14,7 +14,10 @@ Two retrieval metric families over every item of the catalogue
 
 Ranking tasks are scored on the test interactions by their type's exact
 metrics (`Task.evaluate`): `<task>_rmse`, `<task>_mae` for regression
-tasks, `<task>_auc` for binary ones.
+tasks, `<task>_auc` for binary ones. Classification and autoencoder tasks
+are scored on the distinct users or items of the test interactions by a
+classification report per value (`classification_reports`), summed up as
+`<task>_micro_f1` and `<task>_macro_f1`.
 
 Anything that scores users against the catalogue can be evaluated: the
 model (`ModelScorer`) or the popularity baseline (`PopularityScorer`).
@@ -49,6 +52,8 @@ from tfmtl.data.schema import (HISTORY, ITEM_ID, USER_ID, InteractionData, ids_i
 from tfmtl.data.splits import Split
 from tfmtl.optimizers import last_learning_rate
 from tfmtl.tasks import task_type
+from tfmtl.tasks.base import TaskInputs
+from tfmtl.tasks.classification import Classification
 from tfmtl.top_k import top_k
 
 
@@ -208,17 +213,67 @@ def retrieval_metrics(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 50,
 def ranking_metrics(model, data: InteractionData, test: pd.DataFrame,
                     batch_size: int = 512) -> dict[str, float]:
   """Each task's exact metrics on `test` (`Task.evaluate`: RMSE and MAE of
-  regression tasks, AUC of binary tasks), `<task>_<metric>`."""
-  evaluated = {name: task for name, task in model.tasks.items() if task.exact_metrics}
-  if not evaluated:
-    return {}
-  predictions = {name: [] for name in evaluated}
-  for batch in make_dataset(data, test, model.encoder, batch_size):
-    outputs = model(batch)
-    for name in evaluated:
-      predictions[name].append(outputs[name].numpy())
-  return {f"{name}_{metric}": value for name, task in evaluated.items()
-          for metric, value in task.evaluate(np.concatenate(predictions[name]), test).items()}
+  regression tasks, AUC of binary tasks; a classification report's
+  micro and macro F1 for classification tasks), `<task>_<metric>`."""
+  evaluated = {name: task for name, task in model.tasks.items()
+               if task.exact_metrics and task.reads_pair}
+  metrics = {}
+  if evaluated:
+    predictions = {name: [] for name in evaluated}
+    for batch in make_dataset(data, test, model.encoder, batch_size):
+      outputs = model(batch)
+      for name in evaluated:
+        predictions[name].append(outputs[name].numpy())
+    metrics.update({f"{name}_{metric}": value for name, task in evaluated.items()
+                    for metric, value in task.evaluate(np.concatenate(predictions[name]),
+                                                       test).items()})
+  for name, report in classification_reports(model, data, test, batch_size).items():
+    metrics.update({f"{name}_{metric}": value
+                    for metric, value in model.tasks[name].summary(report).items()})
+  return metrics
+
+
+def classification_reports(model, data: InteractionData, test: pd.DataFrame,
+                           batch_size: int = 512) -> dict[str, dict]:
+  """Per classification or autoencoder task of `model`, scikit-learn's
+  classification report (a dict: per value, `precision`, `recall`,
+  `f1-score` and `support`; then their averages) of its predictions for
+  the distinct users (a user feature's task) or items (an item feature's)
+  of `test` (`tfmtl.tasks.classification.Classification.report`)."""
+  reports = {}
+  for name, task in model.tasks.items():
+    if not isinstance(task, Classification):
+      continue
+    logits, labels = [], []
+    for batch in make_dataset(data, task.evaluation_rows(test), model.encoder, batch_size):
+      outputs = model(batch)
+      logits.append(task.tower_logits(TaskInputs(
+          batch, outputs["query_embedding"], outputs["candidate_embedding"], {})).numpy())
+      labels.append(batch[task.feature].numpy())
+    reports[name] = task.report(np.concatenate(logits), np.concatenate(labels),
+                                model.vocabulary.value_names(task.feature))
+  return reports
+
+
+def report_table(report: dict) -> list[str]:
+  """A classification report (`classification_reports`) as Markdown table
+  lines: one row per value, then the averages.
+
+  >>> print("\\n".join(report_table({"a": {"precision": 1.0, "recall": 0.5, "f1-score": 2 / 3,
+  ...                                       "support": 2}, "accuracy": 0.5})))
+  | value | precision | recall | F1 | support |
+  |---|---|---|---|---|
+  | a | 1.000 | 0.500 | 0.667 | 2 |
+  | accuracy | | | 0.500 | |
+  """
+  lines = ["| value | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+  for value, scores in report.items():
+    if isinstance(scores, dict):
+      lines.append(f"| {value} | {scores['precision']:.3f} | {scores['recall']:.3f} | "
+                   f"{scores['f1-score']:.3f} | {int(scores['support'])} |")
+    else:
+      lines.append(f"| {value} | | | {scores:.3f} | |")
+  return lines
 
 
 _DIRECTIONS = {"rmse": "min", "mae": "min", "loss": "min", "recall": "max", "ndcg": "max",

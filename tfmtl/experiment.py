@@ -1,7 +1,8 @@
 """The whole job, as `tfmtl run` does it: train -> evaluate -> export -> report.
 
 `run(config)` prepares the data, trains, saves the run, evaluates it on the
-test split beside the popularity baseline (`metrics.json`), exports it for
+test split beside the popularity baseline (`metrics.json`, with each
+classification task's per-value report under `classification`), exports it for
 TF Serving and writes its report; the CLI and the notebook call it.
 
 Example (the main job on the real MovieLens 100K, one epoch; the test
@@ -44,6 +45,7 @@ class RunResult(NamedTuple):
   baseline: dict[str, float]
   export: Path
   report: Path
+  classification: dict[str, dict] = {}  # `evaluation.classification_reports`
 
 
 def run(config: ExperimentConfig, base_path: Optional[str | Path] = None,
@@ -60,7 +62,7 @@ def run(config: ExperimentConfig, base_path: Optional[str | Path] = None,
   logger.info("Exported %s", export)
   from tfmtl.reports import run_report  # matplotlib: not at `import tfmtl`
   return RunResult(model, run_dir, metrics["model"], metrics["popularity"], export,
-                   run_report(run_dir))
+                   run_report(run_dir), metrics.get("classification", {}))
 
 
 def train(config: ExperimentConfig, prepared: training.Prepared,
@@ -72,15 +74,22 @@ def train(config: ExperimentConfig, prepared: training.Prepared,
 
 
 def evaluate(config: ExperimentConfig, prepared: training.Prepared,
-             model: MultiTaskModel) -> dict[str, dict[str, float]]:
+             model: MultiTaskModel) -> dict[str, dict]:
   """The model's and the popularity baseline's test metrics (`model`,
-  `popularity`), as `config.evaluate` and `config.split` say."""
+  `popularity`), as `config.evaluate` and `config.split` say, and, for a
+  model with classification tasks, their reports (`classification`:
+  `evaluation.classification_reports`)."""
   logger.info("Evaluating on %d test interactions over %d items",
               len(prepared.split.test), len(prepared.data.items))
   settings = config.evaluate
   candidates = held_out_candidates(config.split, prepared.split.test)
-  return {"model": evaluation.evaluate_model(model, prepared.data, prepared.split, settings.ks,
-                                             settings.batch_size, candidates),
-          "popularity": evaluation.evaluate_popularity(prepared.data, prepared.split,
-                                                       settings.ks, candidates,
-                                                       settings.batch_size)}
+  metrics = {"model": evaluation.evaluate_model(model, prepared.data, prepared.split,
+                                                settings.ks, settings.batch_size, candidates),
+             "popularity": evaluation.evaluate_popularity(prepared.data, prepared.split,
+                                                          settings.ks, candidates,
+                                                          settings.batch_size)}
+  reports = evaluation.classification_reports(model, prepared.data, prepared.split.test,
+                                              settings.batch_size)
+  if reports:
+    metrics["classification"] = reports
+  return metrics

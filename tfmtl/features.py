@@ -107,6 +107,20 @@ class FeatureVocabulary:
       return len(self.boundaries[feature]) + 2
     return len(self.tokens[feature]) + 1
 
+  def value_names(self, feature: str) -> list[str]:
+    """What each index of an encoded categorical, multi_categorical or
+    bucketized feature stands for: `(missing)` for index 0, then the
+    tokens, or the buckets as intervals.
+
+    >>> FeatureVocabulary([], [], [], {}, {}, {}, {"year": [1990.0, 2000.0]}).value_names("year")
+    ['(missing)', '< 1990', '[1990, 2000)', '>= 2000']
+    """
+    if feature in self.boundaries:
+      cuts = [f"{cut:g}" for cut in self.boundaries[feature]]
+      inner = ["[%s, %s)" % pair for pair in zip(cuts, cuts[1:])]
+      return ["(missing)", f"< {cuts[0]}", *inner, f">= {cuts[-1]}"]
+    return ["(missing)", *self.tokens[feature]]
+
   def item_probabilities(self) -> np.ndarray:
     """Each item index's share of training interactions; OOV counts as once."""
     counts = np.array([1, *self.item_counts], dtype=np.float64)

@@ -4,8 +4,9 @@
 (`tfmtl run` writes both) and writes `<run_dir>/report/`: `report.md`,
 `learning_curves.png` (each task's training loss and the validation
 metrics by epoch), `metrics_at_k.png` (the test metrics at each cut-off,
-beside popularity) and `tradeoff.png` (validation Recall@k against the
-rating task's RMSE, epoch by epoch).
+beside popularity), each classification task's report (precision, recall,
+F1 and support per value) and `tradeoff.png` (validation Recall@k against
+the rating task's RMSE, epoch by epoch).
 
 `search_report(search)` writes `<tune.directory>/<name>/report/`: the best
 trials, `trials.png` (the objective by trial, and the best so far),
@@ -26,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tfmtl import atomic
+from tfmtl.evaluation import report_table
 
 _NOT_TASK_LOSSES = ("loss", "total_loss", "regularization_loss", "distillation_loss")
 
@@ -74,6 +76,8 @@ def run_report(run_dir: str | Path) -> Path:
                     "| metric | model | popularity |", "|---|---|---|"])
       lines.extend(f"| {name} | {metrics['model'][name]:.4f} | "
                    f"{_format(metrics.get('popularity', {}).get(name))} |" for name in names)
+      for task, report in metrics.get("classification", {}).items():
+        lines.extend(["", f"## Classification report: {task}", "", *report_table(report)])
     if f"val_recall@{k}" in validation and "val_rating_rmse" in validation:
       figure, (axes,) = _figure(1)
       axes.plot(validation["val_rating_rmse"], validation[f"val_recall@{k}"], "o-")

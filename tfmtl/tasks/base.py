@@ -6,7 +6,8 @@ it (`check_data`), which embeddings it reads (`reads_pair`: the ranking
 heads' logit for a (query, candidate) pair; `predicted_feature`: a tower's
 embedding), its loss and Keras metrics (`compute_loss`, through a TFRS
 task built in `__init__`), its prediction (`prediction`: the model's and
-the export's output), its exact evaluation metrics (`evaluate`) and its
+the export's output), its exact evaluation metrics (`evaluate`; a
+classification task's `report`) and its
 distillation term (`distillation_loss`).
 
 A task is a Keras layer, so the model tracks its head and metrics; it is
