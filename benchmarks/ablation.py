@@ -7,7 +7,8 @@ seed. Metrics are on the test split, and protocol B rows also hold
 `validation_recall@10`, `validation_ndcg@10` and `validation_rmse` on its
 validation split, which the best model is chosen on; a metric a row's model
 does not produce (RMSE of `retrieval_only`) is absent from its row. To add a row, add it to
-`ROWS`.
+`ROWS`; a row in `SEPARATE_DOMAINS` trains one model per domain of its
+`data.domain_column` and combines their metrics (`protocols.per_domain_fit`).
 
     python benchmarks/ablation.py [--rows NAME ...] [--protocols A B]
         [--seeds 0 1 2] [--set KEY=VALUE ...] [--results-dir DIR]
@@ -76,7 +77,15 @@ ROWS = {
                        "train.early_stopping={metric: ndcg@10, patience: 3}"],
     "cosine_schedule": ["train.learning_rate_schedule=cosine", "train.warmup_steps=78"],
     "l1": ["model.l1=1e-5"],
+    # Users' gender as the domain: ranking heads (or MMoE gates) per domain
+    # over shared towers, against one model per domain and the pooled rows
+    # (`independent`, `mmoe`).
+    "multi_domain": ["data.domain_column=gender"],
+    "multi_domain_gates": ["model.multitask={type: mmoe, layers: [64], num_experts: 4, "
+                           "per_domain: gates}", "data.domain_column=gender"],
+    "per_domain_models": ["data.domain_column=gender"],
 }
+SEPARATE_DOMAINS = {"per_domain_models"}  # one model per domain (protocols.per_domain_fit)
 
 # (column, protocol, metric) of the Markdown table.
 COLUMNS = [("A top-100", "A", "top100_accuracy"), ("A top-10", "A", "top10_accuracy"),
@@ -171,7 +180,8 @@ def run_rows(args) -> dict[tuple[str, str], dict]:
       run = next((run for run in saved if {k: run[k] for k in key} == key), None)
       if run is None:
         print(f"== {name}, protocol {protocol}: {key['overrides']}", flush=True)
-        run = {**key, "summary": run_protocol(protocol, args.seeds, key["overrides"])}
+        run = {**key, "summary": run_protocol(protocol, args.seeds, key["overrides"],
+                                              separate_domains=name in SEPARATE_DOMAINS)}
         saved.append(run)
         write_json(partial, {"runs": saved})
       else:

@@ -31,9 +31,13 @@ import argparse
 import time
 from typing import Optional
 
+import numpy as np
+
 import tfmtl  # noqa: F401  (binds Keras 2 first)
 from tfmtl import evaluation, training
 from tfmtl.config import ExperimentConfig
+from tfmtl.data import Split
+from tfmtl.features import FeatureVocabulary
 
 from common import format_summaries, summary, write_record
 
@@ -70,10 +74,12 @@ def protocol_config(name: str, seed: int, overrides: list[str],
 
 
 def run_protocol(name: str, seeds: list[int], overrides: list[str],
-                 config_file: Optional[str] = None) -> dict:
+                 config_file: Optional[str] = None, separate_domains: bool = False) -> dict:
   """Trains and evaluates one model per seed: the protocol's metrics, mean and std.
 
   A metric the model does not produce (RMSE without a rating task) is left out.
+  `separate_domains` (with `data.domain_column`): one model per domain
+  instead, each trained on its domain's training rows (`per_domain_fit`).
   """
   split_overrides, names = PROTOCOLS[name]
   base = ExperimentConfig.from_file(config_file) if config_file else None
@@ -82,12 +88,18 @@ def run_protocol(name: str, seeds: list[int], overrides: list[str],
     config = protocol_config(name, seed, overrides, base)
     prepared = training.prepare(config)
     start = time.perf_counter()
-    model = training.fit(config, prepared, verbose=0)
-    seconds.append(time.perf_counter() - start)
-    metrics = evaluation.evaluate_model(model, prepared.data, prepared.split, [10, 50, 100])
-    runs.append(metrics)
-    if len(prepared.split.validation):
-      validation_runs.append(validation_metrics(model, prepared))
+    if separate_domains:
+      metrics, validation = per_domain_fit(config, prepared)
+      seconds.append(time.perf_counter() - start)
+      runs.append(metrics)
+      validation_runs.append(validation)
+    else:
+      model = training.fit(config, prepared, verbose=0)
+      seconds.append(time.perf_counter() - start)
+      metrics = evaluation.evaluate_model(model, prepared.data, prepared.split, [10, 50, 100])
+      runs.append(metrics)
+      if len(prepared.split.validation):
+        validation_runs.append(validation_metrics(model, prepared))
     print(f"protocol {name} seed {seed}: " + ", ".join(
         f"{short} {metrics[full]:.4f}" for short, full in names.items() if full in metrics),
         flush=True)
@@ -106,6 +118,42 @@ def run_protocol(name: str, seeds: list[int], overrides: list[str],
       "baselines": {"popularity": {short: popularity[full] for short, full in names.items()
                                    if full in popularity}},
   }
+
+
+def per_domain_fit(config: ExperimentConfig, prepared: training.Prepared
+                   ) -> tuple[dict[str, float], dict[str, float]]:
+  """One model per domain of `prepared` (trained on that domain's training
+  rows, vocabularies from them, over the whole catalogue), evaluated on its
+  domain's test and validation rows; the metrics of all domains combined
+  as one model's would be: per-user metrics weighted by each domain's
+  evaluated users (for user-level domains, such as a user column, that is
+  exact), RMSE and MAE by its rows. AUC does not combine, and is left out."""
+  test, validation = [], []
+  for domain in prepared.vocabulary.domains:
+    split = Split(*(part[part["domain"] == domain] for part in prepared.split))
+    vocabulary = FeatureVocabulary.build(prepared.data, split.train, config.history_length)
+    own = prepared._replace(split=split, vocabulary=vocabulary)
+    model = training.fit(config, own, verbose=0)
+    test.append((split.test, evaluation.evaluate_model(model, prepared.data, split,
+                                                       [10, 50, 100])))
+    validation.append((split.validation, validation_metrics(model, own)))
+  return _combined(test), _combined(validation)
+
+
+def _combined(parts: list[tuple]) -> dict[str, float]:
+  """`per_domain_fit`'s combination of (rows, metrics) per domain."""
+  users = np.array([rows["user_id"].nunique() for rows, _ in parts], float)
+  counts = np.array([len(rows) for rows, _ in parts], float)
+  combined = {}
+  for metric in parts[0][1]:
+    values = np.array([metrics[metric] for _, metrics in parts])
+    if metric.endswith("_rmse"):
+      combined[metric] = float(np.sqrt(np.average(values ** 2, weights=counts)))
+    elif metric.endswith("_mae") or metric.endswith("_accuracy"):
+      combined[metric] = float(np.average(values, weights=counts))
+    elif "@" in metric:
+      combined[metric] = float(np.average(values, weights=users))
+  return combined
 
 
 def write_protocol(name: str, result: dict, directory=None):

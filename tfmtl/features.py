@@ -14,7 +14,8 @@ bucket, so ids and values never seen in training still encode:
 - `multi_categorical`: float32 multi-hot over the tokens;
 - `bucketized`: int64 bucket, 0 for a missing value;
 - `history` (when `history_length` > 0): `|`-joined item ids, most recent
-  first -> int64 [batch, history_length] item indices, 0-padded.
+  first -> int64 [batch, history_length] item indices, 0-padded;
+- `domain` (when the training interactions have domains): int64 index.
 
 Example:
 
@@ -43,8 +44,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.config import FeatureConfig
-from tfmtl.data.schema import (HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, InteractionData,
-                               ids_in)
+from tfmtl.data.schema import (DOMAIN, HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID,
+                               InteractionData, ids_in)
 
 # what `FeatureConfig.type` may be: one token, tokens, a number cut into
 # buckets, a vector of floats
@@ -62,6 +63,7 @@ class FeatureVocabulary:
   tokens: dict[str, list[str]]
   boundaries: dict[str, list[float]]
   history_length: int = 0
+  domains: list[str] = dataclasses.field(default_factory=list)  # most frequent first
 
   @classmethod
   def build(cls, data: InteractionData, train: pd.DataFrame,
@@ -69,7 +71,8 @@ class FeatureVocabulary:
     """Learns vocabularies from `train`, a subset of `data.interactions`.
 
     `history_length` > 0 also encodes the `history` feature (see
-    `tfmtl.data.history`) as that many item indices.
+    `tfmtl.data.history`) as that many item indices. The `domain` values
+    of `train` (if it has them) become `domains`.
     """
     user_counts = train[USER_ID].value_counts(sort=True)
     item_counts = train[ITEM_ID].value_counts(sort=True)
@@ -95,7 +98,9 @@ class FeatureVocabulary:
                item_counts=[int(c) for c in item_counts],
                user_features=dict(data.user_features),
                item_features=dict(data.item_features),
-               tokens=tokens, boundaries=boundaries, history_length=history_length)
+               tokens=tokens, boundaries=boundaries, history_length=history_length,
+               domains=(list(train[DOMAIN].value_counts(sort=True).index)
+                        if DOMAIN in train else []))
 
   def size(self, feature: str) -> int:
     """Number of indices of an encoded feature, the OOV index 0 included."""
@@ -103,6 +108,8 @@ class FeatureVocabulary:
       return len(self.user_ids) + 1
     if feature == ITEM_ID:
       return len(self.item_ids) + 1
+    if feature == DOMAIN:
+      return len(self.domains) + 1
     if feature in self.boundaries:
       return len(self.boundaries[feature]) + 2
     return len(self.tokens[feature]) + 1
@@ -173,6 +180,9 @@ class FeatureEncoder(keras.layers.Layer):
         USER_ID: keras.layers.StringLookup(vocabulary=np.asarray(vocabulary.user_ids, object)),
         ITEM_ID: keras.layers.StringLookup(vocabulary=np.asarray(vocabulary.item_ids, object)),
     }
+    if vocabulary.domains:
+      self.lookups[DOMAIN] = keras.layers.StringLookup(
+          vocabulary=np.asarray(vocabulary.domains, object))
     for name, spec in self.specs.items():
       if spec.type == "vector":
         continue  # passes through
@@ -199,7 +209,8 @@ class FeatureEncoder(keras.layers.Layer):
       return tf.TensorSpec([None], tf.float32 if name in self.vocabulary.boundaries
                            else tf.string, name=name)
     return {name: spec(name)
-            for name in (*self.user_inputs, ITEM_ID, *self.vocabulary.item_features)}
+            for name in (*self.user_inputs, ITEM_ID, *self.vocabulary.item_features,
+                         *([DOMAIN] if self.vocabulary.domains else []))}
 
   def missing(self, batch_size: int = 1) -> dict[str, tf.Tensor]:
     """Raw features with every value missing (OOV; zero vectors)."""

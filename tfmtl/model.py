@@ -41,7 +41,7 @@ import tf_keras as keras
 from tfmtl.config import (ConfigError, ExperimentConfig, ModelConfig, TaskConfig, default_tasks,
                           history_length)
 from tfmtl.data.pipeline import encode_table
-from tfmtl.data.schema import ITEM_ID, SAMPLE_WEIGHT, USER_ID, vector_dims
+from tfmtl.data.schema import DOMAIN, ITEM_ID, SAMPLE_WEIGHT, USER_ID, vector_dims
 from tfmtl.distillation import Distillation
 from tfmtl.distribute import agreed_logs, on_tpu, replica_device_scope, steps_per_execution
 from tfmtl.features import FeatureVocabulary
@@ -142,10 +142,12 @@ class MultiTaskModel(tfrs.Model):
         id_embedding_blocks=_blocks(config, ITEM_ID), name="candidate_tower", **tower_args)
     ranking_tasks = {name: task for name, task in self.task_configs.items()
                      if task_type(task.type).reads_pair}
+    num_domains = len(vocabulary.domains)  # with data.domain_column: per-domain parts
     self.ranking = RankingHeads(
-        make_block(config.multitask, list(ranking_tasks)),
+        make_block(config.multitask, list(ranking_tasks), num_domains),
         {name: task.layers for name, task in ranking_tasks.items()},
         cross_layers=config.multitask.cross_layers,
+        domain_heads=num_domains if config.multitask.per_domain == "heads" else 0,
         name="ranking") if ranking_tasks else None
     multitask = config.multitask
     if multitask.coupling and len(ranking_tasks) > 1:  # a regularization loss, as L2's
@@ -204,7 +206,7 @@ class MultiTaskModel(tfrs.Model):
     outputs = {"query_embedding": query_embeddings,
                "candidate_embedding": candidate_embeddings}
     if self.ranking is not None:
-      logits = self.ranking(query_embeddings, candidate_embeddings)
+      logits = self.ranking(query_embeddings, candidate_embeddings, features.get(DOMAIN))
       outputs.update({name: self.tasks[name].prediction(logit)
                       for name, logit in logits.items()})
     return outputs
@@ -231,7 +233,8 @@ class MultiTaskModel(tfrs.Model):
                    compute_metrics: bool = False) -> TaskInputs:
     """The towers' embeddings and ranking logits of a batch: what tasks read."""
     query, candidate = self._tower_embeddings(features)
-    logits = {} if self.ranking is None else self.ranking(query, candidate)
+    logits = ({} if self.ranking is None else
+              self.ranking(query, candidate, features.get(DOMAIN)))
     return TaskInputs(features, query, candidate, logits, features.get(SAMPLE_WEIGHT),
                       compute_metrics)
 
@@ -244,16 +247,19 @@ class MultiTaskModel(tfrs.Model):
       rows = self.embedding_tables(features)
     return self.query_tower(features, rows=rows), self.candidate_tower(features, rows=rows)
 
-  def sampled_item_logits(self, task: str, num_negatives: int,
-                          query_embeddings: tf.Tensor) -> tf.Tensor:
-    """A ranking task's logits for catalogue items drawn uniformly, [batch, n]."""
+  def sampled_item_logits(self, task: str, num_negatives: int, query_embeddings: tf.Tensor,
+                          domains: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """A ranking task's logits for catalogue items drawn uniformly, [batch, n]
+    (`domains`: each query's domain index, with `data.domain_column`)."""
     batch = tf.shape(query_embeddings)[0]
     rows = tf.random.uniform([batch * num_negatives], maxval=len(self.catalogue_item_ids),
                              dtype=tf.int32)
     items = self.candidate_tower({name: tf.gather(values, rows)
                                   for name, values in self.catalogue_features.items()})
     queries = tf.repeat(query_embeddings, num_negatives, axis=0)
-    return tf.reshape(self.ranking(queries, items)[task], [batch, num_negatives])
+    if domains is not None:
+      domains = tf.repeat(domains, num_negatives, axis=0)
+    return tf.reshape(self.ranking(queries, items, domains)[task], [batch, num_negatives])
 
   def fit(self, *args, callbacks=None, **kwargs):
     """Keras `fit`, with the callbacks of the loss weighting (DWA) and of

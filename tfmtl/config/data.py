@@ -71,6 +71,13 @@ class DataConfig(Section):
       prefix; genres, release year; `files`: none).
     cache_dir: where downloaded data is kept (default: the user cache dir;
       `tfds`: TFDS's own data dir).
+    domain_column: multi-domain training: a column whose value is each
+      interaction's domain (e.g. a product line, a site, a country): an
+      interaction column, or else a user column (MovieLens: `gender`,
+      `occupation`). The towers are shared; the ranking tasks get a head
+      (or, with `mmoe` and `ple`, gates) per domain
+      (`model.multitask.per_domain`), and the export's `rank` and
+      `recommend` take a `domain` input. Unset: one domain.
   """
   source: str = "movielens_100k"
   tfds_name: str = "movielens/100k-ratings"
@@ -82,6 +89,7 @@ class DataConfig(Section):
   user_features: dict[str, Feature] = dataclasses.field(default_factory=dict)
   item_features: dict[str, Feature] = dataclasses.field(default_factory=dict)
   cache_dir: Optional[str] = None
+  domain_column: Optional[str] = None
 
   def _validate(self):
     # pylint: disable=import-outside-toplevel

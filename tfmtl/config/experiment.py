@@ -69,6 +69,10 @@ class ExperimentConfig(Section):
         raise ConfigError(f"model.multitask.coupling_pairs: the heads of {pair[0]!r} and "
                           f"{pair[1]!r} have different layers ({paired[pair[0]].layers} and "
                           f"{paired[pair[1]].layers}); coupling compares same-shaped weights")
+    if self.data.domain_column and self.transfer.source is not None:
+      raise ConfigError("data.domain_column: not with transfer.source (a source's interactions "
+                        "have no domain); give the source's rows a domain of their own and "
+                        "join both into data.interactions")
     scored = [n for n, t in self.tasks.items()
               if t.type == "retrieval" or _task_type(t.type).reads_pair]
     for name in self.export.recommend_weights:

@@ -34,6 +34,10 @@ class MultiTaskConfig(Section):
     coupling_distance: Omega: `squared` (the summed squared differences of
       the heads' same-shaped weights) or `cosine` (1 - the cosine of the
       heads' weights, each head's flattened into one vector).
+    per_domain: with `data.domain_column`, what each domain has of its own:
+      `heads` (each ranking task's head, per domain) or `gates` (`mmoe` and
+      `ple`: each task's gates over the experts, per domain); the rest is
+      shared (`tfmtl.layers.domains`).
   """
   type: str = "independent"
   layers: list[int] = dataclasses.field(default_factory=list)
@@ -45,11 +49,16 @@ class MultiTaskConfig(Section):
   coupling: float = 0.0
   coupling_pairs: list[list[str]] = dataclasses.field(default_factory=list)
   coupling_distance: str = "squared"
+  per_domain: str = "heads"
 
   def _validate(self):
     from tfmtl.layers.multitask import BLOCKS  # pylint: disable=import-outside-toplevel
     one_of("type", self.type, BLOCKS)
     one_of("coupling_distance", self.coupling_distance, ("squared", "cosine"))
+    one_of("per_domain", self.per_domain, ("heads", "gates"))
+    if self.per_domain == "gates" and self.type not in ("mmoe", "ple"):
+      raise ConfigError(f"per_domain: gates needs a gated block (type mmoe or ple), "
+                        f"not {self.type!r}")
     if self.coupling < 0:
       raise ConfigError("coupling: must be non-negative (0: off)")
     if any(len(pair) != 2 or pair[0] == pair[1] for pair in self.coupling_pairs):

@@ -143,7 +143,7 @@ def load_files(interactions: str | Path,
                columns: Optional[dict[str, str]] = None,
                user_features: Optional[dict[str, FeatureConfig]] = None,
                item_features: Optional[dict[str, FeatureConfig]] = None,
-               ) -> InteractionData:
+               domain_column: Optional[str] = None) -> InteractionData:
   """Loads interactions and optional user / item feature tables from files.
 
   Args:
@@ -152,6 +152,8 @@ def load_files(interactions: str | Path,
     columns: file column for each canonical name (`user_id`, `item_id`,
       `rating`, `timestamp`) that the files name differently.
     user_features, item_features: feature columns and their encoding.
+    domain_column: the interaction (or user) column of each interaction's
+      domain (`InteractionData.from_frames`).
   """
   rename = {file_column: name for name, file_column in (columns or {}).items()}
   frames, sources = {}, {}
@@ -175,4 +177,5 @@ def load_files(interactions: str | Path,
   return InteractionData.from_frames(
       frames["interactions"], frames.get("users"), frames.get("items"),
       user_features, item_features, sources=sources,
-      name=Path(interactions).stem.split("*")[0].rstrip("-_.") or "interactions")
+      name=Path(interactions).stem.split("*")[0].rstrip("-_.") or "interactions",
+      domain_column=domain_column)

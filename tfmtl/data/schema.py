@@ -6,7 +6,10 @@ Every source (offline MovieLens, TFDS, local files) ends in an
 - interactions: `user_id`, `item_id` (strings), optional `rating` (float32)
   and `timestamp` (int64), plus any numeric label columns; a numeric
   `sample_weight` column, if present, weights each interaction's losses
-  (as Keras' `sample_weight` does; sample-based transfer sets it);
+  (as Keras' `sample_weight` does; sample-based transfer sets it); with a
+  `domain_column` (`data.domain_column`), a `domain` string per interaction:
+  that interaction column's value, or else the user's value of that user
+  column (multi-domain training, `tfmtl.layers.domains`);
 - users / items: one row per id, with the feature columns named in
   `user_features` / `item_features` (a `FeatureConfig` each); other columns
   (e.g. titles) are kept as they are.
@@ -56,6 +59,7 @@ USER_ID, ITEM_ID, RATING, TIMESTAMP = "user_id", "item_id", "rating", "timestamp
 # The user's earlier items, `|`-joined, added by `tfmtl.data.history`.
 HISTORY, HISTORY_SEPARATOR = "history", "|"
 SAMPLE_WEIGHT = "sample_weight"
+DOMAIN = "domain"  # the interaction's domain, from `data.domain_column`
 
 logger = logging.getLogger("tfmtl")
 
@@ -155,7 +159,8 @@ class InteractionData:
                   user_features: Optional[dict[str, FeatureConfig]] = None,
                   item_features: Optional[dict[str, FeatureConfig]] = None,
                   sources: Optional[dict[str, str]] = None,
-                  name: str = "data") -> "InteractionData":
+                  name: str = "data",
+                  domain_column: Optional[str] = None) -> "InteractionData":
     """Validates and normalises frames whose columns use the canonical names.
 
     Args:
@@ -164,22 +169,26 @@ class InteractionData:
       user_features, item_features: feature columns and their encoding.
       sources: where each frame came from (file paths), used in errors.
       name: a name for messages and reports.
+      domain_column: an interaction column, or else a user column, whose
+        value is each interaction's `domain` (see module doc).
     """
     sources = {"interactions": "interactions", "users": "users",
                "items": "items", **(sources or {})}
     user_features, item_features = user_features or {}, item_features or {}
-    interactions = _check_interactions(interactions, sources["interactions"])
+    interactions = _check_interactions(interactions, sources["interactions"], domain_column)
     users = _check_features(users, USER_ID, user_features, interactions,
                             sources["users"])
     items = _check_features(items, ITEM_ID, item_features, interactions,
                             sources["items"])
+    if domain_column is not None and DOMAIN not in interactions:
+      interactions[DOMAIN] = _user_domains(interactions, users, domain_column, sources)
     return cls(interactions, users, items, user_features, item_features, name, sources)
 
   @property
   def label_columns(self) -> list[str]:
     """Numeric interaction columns a task can predict (e.g. `rating`)."""
     return [c for c in self.interactions.columns
-            if c not in (USER_ID, ITEM_ID, TIMESTAMP, HISTORY, SAMPLE_WEIGHT)]
+            if c not in (USER_ID, ITEM_ID, TIMESTAMP, HISTORY, SAMPLE_WEIGHT, DOMAIN)]
 
   def examples(self, interactions: pd.DataFrame) -> dict[str, np.ndarray]:
     """Raw feature and label arrays, one row per interaction.
@@ -199,9 +208,9 @@ class InteractionData:
 
   def interaction_columns(self, interactions: pd.DataFrame) -> list[str]:
     """The columns of `interactions` an example keeps: ids, labels, and the
-    sample weight and history where present."""
+    sample weight, history and domain where present."""
     return [USER_ID, ITEM_ID, *self.label_columns,
-            *(c for c in (SAMPLE_WEIGHT, HISTORY) if c in interactions.columns)]
+            *(c for c in (SAMPLE_WEIGHT, HISTORY, DOMAIN) if c in interactions.columns)]
 
   def summary(self) -> str:
     return (f"{self.name}: {len(self.interactions):,} interactions, "
@@ -310,13 +319,17 @@ def _timestamps(frame: pd.DataFrame, origin) -> np.ndarray:
   return seconds.astype(np.int64)
 
 
-def _check_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+def _check_interactions(frame: pd.DataFrame, source: str,
+                        domain_column: Optional[str] = None) -> pd.DataFrame:
   if frame is None or len(frame) == 0:
     raise DataError(f"{source}: no interactions (the table is empty)")
   require_columns(frame.columns, [USER_ID, ITEM_ID], source)
   origin = _origin(frame, source)
   out = pd.DataFrame({USER_ID: _ids(frame, USER_ID, origin),
                       ITEM_ID: _ids(frame, ITEM_ID, origin)})
+  if domain_column in frame.columns:
+    out[DOMAIN] = _ids(frame, domain_column, origin)
+    frame = frame.drop(columns=domain_column)  # not a label
   if TIMESTAMP in frame.columns:
     out[TIMESTAMP] = _timestamps(frame, origin)
   if RATING in frame.columns:
@@ -337,6 +350,22 @@ def _check_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
       logger.warning("%s: column %r is not a label: %r is not a finite number%s",
                      at, column, value, more)
   return out
+
+
+def _user_domains(interactions: pd.DataFrame, users: pd.DataFrame, column: str,
+                  sources: dict[str, str]) -> np.ndarray:
+  """Each interaction's user's value of the user column `column`."""
+  if column not in users.columns:
+    raise DataError(f"data.domain_column: {column!r} is neither a column of "
+                    f"{sources['interactions']} nor of {sources['users']} (user columns: "
+                    f"{sorted(users.columns)})")
+  values = users.set_index(USER_ID)[column]
+  missing = (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+  bad = missing & ids_in(values.index.to_series(), pd.unique(interactions[USER_ID]))
+  if bad.any():
+    raise DataError(f"data.domain_column: user {values.index[bad][0]!r} has no "
+                    f"{column!r} in {sources['users']}; every interaction needs a domain")
+  return values.astype(str).reindex(interactions[USER_ID]).to_numpy(object)
 
 
 def check_feature_table(frame: pd.DataFrame, id_column: str,

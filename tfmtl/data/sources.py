@@ -46,13 +46,13 @@ def load_data(config: DataConfig) -> InteractionData:
   else:
     return load_files(config.interactions, config.users, config.items,
                       config.format, config.columns, config.user_features,
-                      config.item_features)
-  if config.user_features or config.item_features:
+                      config.item_features, config.domain_column)
+  if config.user_features or config.item_features or config.domain_column:
     data = type(data).from_frames(
         data.interactions, data.users, data.items,
         config.user_features or data.user_features,
         config.item_features or data.item_features, sources=data.sources,
-        name=data.name)
+        name=data.name, domain_column=config.domain_column)
   return data
 
 

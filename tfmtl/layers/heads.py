@@ -24,6 +24,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
+from tfmtl.layers.domains import by_domain, unknown_if_none
 from tfmtl.layers.mlp import apply_stack, dense_stack
 
 
@@ -40,6 +41,25 @@ class PredictionHead(keras.layers.Layer):
     return tf.cast(apply_stack(self.dense_layers, inputs), tf.float32)  # losses in float32
 
 
+class DomainHeads(keras.layers.Layer):
+  """A `PredictionHead` to one logit per domain; each row is scored by its
+  domain's (`tfmtl.layers.domains`).
+
+  Args:
+    hidden_layers: hidden widths of each head.
+    num_domains: D, the training domains.
+  """
+
+  def __init__(self, hidden_layers: Sequence[int], num_domains: int, **kwargs):
+    super().__init__(**kwargs)
+    self.domain_heads = [PredictionHead(hidden_layers, 1, name=f"domain_{index + 1}")
+                         for index in range(num_domains)]
+
+  def call(self, inputs: tf.Tensor, domains: tf.Tensor) -> tf.Tensor:
+    logits = tf.concat([head(inputs) for head in self.domain_heads], axis=1)  # [batch, D]
+    return by_domain(logits, domains)[:, None]
+
+
 class RankingHeads(keras.layers.Layer):
   """Optional crosses, a multi-task block, then a head per task to one logit.
 
@@ -47,14 +67,17 @@ class RankingHeads(keras.layers.Layer):
     block: a multi-task block whose tasks are the keys of `head_layers`.
     head_layers: hidden widths of each task's head.
     cross_layers: number of DCN `Cross` layers on the pair (0: none).
+    domain_heads: D > 0: each task has a head per domain (`DomainHeads`),
+      and `call` takes each row's domain index.
   """
 
   def __init__(self, block: keras.layers.Layer, head_layers: dict[str, Sequence[int]],
-               cross_layers: int = 0, **kwargs):
+               cross_layers: int = 0, domain_heads: int = 0, **kwargs):
     super().__init__(**kwargs)
     self.block = block
     self.crosses = [tfrs.layers.dcn.Cross(name=f"cross_{i}") for i in range(cross_layers)]
-    self.heads = {task: PredictionHead(layers, 1, name=f"{task}_head")
+    self.heads = {task: (DomainHeads(layers, domain_heads, name=f"{task}_head") if domain_heads
+                         else PredictionHead(layers, 1, name=f"{task}_head"))
                   for task, layers in head_layers.items()}
 
   def coupling(self, pairs: Sequence[Sequence[str]], distance: str = "squared") -> tf.Tensor:
@@ -74,8 +97,11 @@ class RankingHeads(keras.layers.Layer):
         total += 1.0 - tf.reduce_sum(tf.math.l2_normalize(mine) * tf.math.l2_normalize(theirs))
     return total
 
-  def call(self, query_embeddings: tf.Tensor,
-           candidate_embeddings: tf.Tensor) -> dict[str, tf.Tensor]:
+  def call(self, query_embeddings: tf.Tensor, candidate_embeddings: tf.Tensor,
+           domains: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    """Each task's logit [batch, 1] for the (query, candidate) pairs;
+    `domains`: each pair's domain index (`tfmtl.layers.domains`; None: an
+    unknown domain's)."""
     # Keras casts only the first input to the compute dtype (16 bits when mixed).
     query, candidate = (tf.cast(e, self.compute_dtype)
                         for e in (query_embeddings, candidate_embeddings))
@@ -83,5 +109,8 @@ class RankingHeads(keras.layers.Layer):
     crossed = pair
     for cross in self.crosses:  # x_{l+1} = x_0 * (W x_l + b) + x_l
       crossed = cross(pair, crossed)
-    representations = self.block(crossed)
-    return {task: head(representations[task]) for task, head in self.heads.items()}
+    domains = unknown_if_none(domains, pair)
+    representations = self.block(crossed, domains=domains)
+    return {task: (head(representations[task], domains) if isinstance(head, DomainHeads)
+                   else head(representations[task]))
+            for task, head in self.heads.items()}

@@ -11,7 +11,9 @@ decide what the tasks share:
   shared experts; a task's gate mixes its own and the shared experts.
 
 Every block maps a [batch, d] tensor to `{task: [batch, d_task]}`; the gated
-ones also expose their gate weights (`block.gates(inputs)`), which sum to 1.
+ones also expose their gate weights (`block.gates(inputs)`), which sum to 1,
+and with `num_domains` have a gate per domain (`tfmtl.layers.domains`): a
+block's `domains` argument is each row's domain index.
 
 Example:
 
@@ -32,6 +34,7 @@ from typing import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
+from tfmtl.layers.domains import DomainGate
 from tfmtl.layers.mlp import apply_stack, dense_stack
 
 
@@ -48,7 +51,7 @@ class SharedBottom(keras.layers.Layer):
     self.task_names = list(tasks)
     self.bottom = dense_stack(layers, "shared")
 
-  def call(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+  def call(self, inputs: tf.Tensor, domains: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     shared = apply_stack(self.bottom, inputs)
     return {task: shared for task in self.task_names}
 
@@ -65,7 +68,7 @@ class Independent(keras.layers.Layer):
     super().__init__(**kwargs)
     self.towers = {task: dense_stack(layers, f"{task}_tower") for task in tasks}
 
-  def call(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+  def call(self, inputs: tf.Tensor, domains: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     return {task: apply_stack(layers, inputs) for task, layers in self.towers.items()}
 
 
@@ -76,24 +79,24 @@ class MMoE(keras.layers.Layer):
     tasks: task names.
     num_experts: number of shared experts.
     expert_layers: hidden widths of each expert MLP.
+    num_domains: > 0: each task has a gate per domain.
   """
 
   def __init__(self, tasks: Sequence[str], num_experts: int = 4,
-               expert_layers: Sequence[int] = (64,), **kwargs):
+               expert_layers: Sequence[int] = (64,), num_domains: int = 0, **kwargs):
     super().__init__(**kwargs)
     self.experts = [dense_stack(expert_layers, f"expert_{e}") for e in range(num_experts)]
-    self.gate_layers = {task: keras.layers.Dense(num_experts, activation="softmax",
-                                                 name=f"{task}_gate")
+    self.gate_layers = {task: DomainGate(num_experts, num_domains, name=f"{task}_gate")
                         for task in tasks}
 
-  def gates(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+  def gates(self, inputs: tf.Tensor, domains: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """Each task's weights over the experts, [batch, num_experts]."""
-    return {task: gate(inputs) for task, gate in self.gate_layers.items()}
+    return {task: gate(inputs, domains) for task, gate in self.gate_layers.items()}
 
-  def call(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+  def call(self, inputs: tf.Tensor, domains: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     experts = tf.stack([apply_stack(e, inputs) for e in self.experts], axis=1)  # [b, e, d]
     return {task: tf.einsum("be,bed->bd", weights, experts)
-            for task, weights in self.gates(inputs).items()}
+            for task, weights in self.gates(inputs, domains).items()}
 
 
 class PLE(keras.layers.Layer):
@@ -105,11 +108,12 @@ class PLE(keras.layers.Layer):
     num_shared_experts: experts shared by all tasks, per level.
     expert_layers: hidden widths of each expert MLP.
     num_levels: number of CGC levels (1 is CGC itself).
+    num_domains: > 0: each gate is one per domain.
   """
 
   def __init__(self, tasks: Sequence[str], num_task_experts: int = 2,
                num_shared_experts: int = 2, expert_layers: Sequence[int] = (64,),
-               num_levels: int = 1, **kwargs):
+               num_levels: int = 1, num_domains: int = 0, **kwargs):
     super().__init__(**kwargs)
     self.task_names = list(tasks)
     self.levels = []
@@ -123,14 +127,14 @@ class PLE(keras.layers.Layer):
                       for owner in owners},
           # Tasks mix their own and the shared experts; the shared gate (which
           # feeds the next level) mixes every expert.
-          "gates": {owner: keras.layers.Dense(
+          "gates": {owner: DomainGate(
               num_task_experts * len(self.task_names) + num_shared_experts
               if owner == "shared" else num_task_experts + num_shared_experts,
-              activation="softmax", name=f"l{level}_{owner}_gate")
+              num_domains, name=f"l{level}_{owner}_gate")
                     for owner in (self.task_names if last else owners)},
       })
 
-  def _level(self, level: dict, inputs: dict[str, tf.Tensor]):
+  def _level(self, level: dict, inputs: dict[str, tf.Tensor], domains):
     """One CGC level: (outputs, gate weights), both by owner."""
     outputs, weights = {}, {}
     experts = {owner: [apply_stack(e, inputs[owner]) for e in expert_list]
@@ -138,35 +142,37 @@ class PLE(keras.layers.Layer):
     for owner, gate in level["gates"].items():
       chosen = (sum((experts[t] for t in self.task_names), []) + experts["shared"]
                 if owner == "shared" else experts[owner] + experts["shared"])
-      weights[owner] = gate(inputs[owner])
+      weights[owner] = gate(inputs[owner], domains)
       outputs[owner] = tf.einsum("be,bed->bd", weights[owner], tf.stack(chosen, axis=1))
     return outputs, weights
 
-  def _forward(self, inputs: tf.Tensor):
+  def _forward(self, inputs: tf.Tensor, domains):
     """The last level's (outputs, gate weights)."""
     states = {owner: inputs for owner in self.task_names + ["shared"]}
     for level in self.levels:
-      states, weights = self._level(level, states)
+      states, weights = self._level(level, states, domains)
     return states, weights
 
-  def gates(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+  def gates(self, inputs: tf.Tensor, domains: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """Each task's weights over its and the shared experts at the last level."""
-    return self._forward(inputs)[1]
+    return self._forward(inputs, domains)[1]
 
-  def call(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-    return self._forward(inputs)[0]
+  def call(self, inputs: tf.Tensor, domains: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    return self._forward(inputs, domains)[0]
 
 
 BLOCKS = ("independent", "shared_bottom", "mmoe", "ple")  # `model.multitask.type`
 
 
-def make_block(config, tasks: Sequence[str]) -> keras.layers.Layer:
-  """The block a `MultiTaskConfig` names, for `tasks`."""
+def make_block(config, tasks: Sequence[str], num_domains: int = 0) -> keras.layers.Layer:
+  """The block a `MultiTaskConfig` names, for `tasks` (with `num_domains`
+  and `per_domain: gates`, a gated block's gates are per domain)."""
+  gate_domains = num_domains if config.per_domain == "gates" else 0
   if config.type == "shared_bottom":
     return SharedBottom(tasks, config.layers, name="shared_bottom")
   if config.type == "mmoe":
-    return MMoE(tasks, config.num_experts, config.layers, name="mmoe")
+    return MMoE(tasks, config.num_experts, config.layers, gate_domains, name="mmoe")
   if config.type == "ple":
     return PLE(tasks, config.num_task_experts, config.num_shared_experts, config.layers,
-               config.num_levels, name="ple")
+               config.num_levels, gate_domains, name="ple")
   return Independent(tasks, config.layers, name="independent")

@@ -11,8 +11,8 @@ features (propagated interests) travel inside and are looked up by `user_id`.
 |---|---|---|
 | `serving_default` | user inputs | `item_ids` string, `scores`: [batch, top_k] |
 | `retrieve` | user inputs, `k` int32 [batch], `exclude_item_ids` string [batch, n] | `item_ids`, `scores`: [batch, k] |
-| `rank` | user inputs, `item_id` string [batch, n] | one float32 [batch, n] per ranking task |
-| `recommend` | as `retrieve` | `item_ids`, `score` (the blend) and one output per task: [batch, k] |
+| `rank` | user inputs, `item_id` string [batch, n] (and `domain`) | one float32 [batch, n] per ranking task |
+| `recommend` | as `retrieve` (and `domain`) | `item_ids`, `score` (the blend) and one output per task: [batch, k] |
 | `query_embedding` | user inputs | `embedding` [batch, dim] |
 | `candidate_embedding` | `item_id` string [batch] | `embedding` [batch, dim] |
 | `candidate_embedding_from_features` | item inputs (below) | `embedding` [batch, dim] |
@@ -31,6 +31,11 @@ k serves the batch: its largest); `exclude_item_ids` is padded with "" (n
 may be 0) and unknown ids in it are ignored; when exclusions leave fewer
 than k items, the missing places have item id "" and the lowest float
 score (in `recommend`, every task's output too).
+
+A multi-domain model's (`data.domain_column`) `rank` and `recommend` also
+take `domain`, string [batch]: the domain each query is scored for (its
+ranking heads or gates); a domain the model never saw gets the mean of
+every domain's. Retrieval is shared, so the other signatures do not take it.
 
 `candidate_embedding_from_features` is exported for models that read item
 text (`content`): it places an item no one has trained on, from its raw
@@ -74,7 +79,7 @@ import tf_keras as keras
 
 from tfmtl.config import ExportConfig, ScannConfig, TaskConfig
 from tfmtl.content import CONTENT
-from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, vector_dims
+from tfmtl.data.schema import DOMAIN, HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, vector_dims
 from tfmtl.serving.index import BruteForceIndex, ScannIndex
 from tfmtl.serving.text import ServingText
 from tfmtl.tasks import task_type
@@ -155,10 +160,13 @@ class ServingModule(tf.Module):
     retrieve_signature = {**self.user_signature,
                           K: tf.TensorSpec([None], tf.int32, name=K),
                           EXCLUDE: tf.TensorSpec([None, None], tf.string, name=EXCLUDE)}
+    # What a multi-domain model's ranking signatures add (module doc).
+    self.domain_signature = ({DOMAIN: raw[DOMAIN]} if model.vocabulary.domains
+                             and self.ranking is not None else {})
     self.signature_specs = {
         "serving_default": (self._serving_default, self.user_signature),
         "retrieve": (self._retrieve, retrieve_signature),
-        "recommend": (self._recommend, retrieve_signature),
+        "recommend": (self._recommend, {**retrieve_signature, **self.domain_signature}),
         "query_embedding": (self._query_embedding, self.user_signature),
         "candidate_embedding": (self._candidate_embedding,
                                 {ITEM_ID: tf.TensorSpec([None], tf.string, name=ITEM_ID)}),
@@ -172,7 +180,8 @@ class ServingModule(tf.Module):
           self._candidate_embedding_from_features, item_inputs)
     if self.ranking is not None:
       self.signature_specs["rank"] = (self._rank, {
-          **self.user_signature, ITEM_ID: tf.TensorSpec([None, None], tf.string, name=ITEM_ID)})
+          **self.user_signature, ITEM_ID: tf.TensorSpec([None, None], tf.string, name=ITEM_ID),
+          **self.domain_signature})
     for name, (method, signature) in self.signature_specs.items():
       # Declared with any shape: each input's shape is checked inside (`_checked`),
       # where a wrong one fails with a message naming the input.
@@ -205,7 +214,8 @@ class ServingModule(tf.Module):
     query = self._query(features)
     candidate = self._candidates(tf.reshape(item_ids, [-1]))
     return {name: tf.reshape(scores, [batch, candidates])
-            for name, scores in self._task_scores(query, candidate, candidates).items()}
+            for name, scores in self._task_scores(query, candidate, candidates,
+                                                  features.get(DOMAIN)).items()}
 
   def _recommend(self, features):
     query = self._query(features)
@@ -215,7 +225,8 @@ class ServingModule(tf.Module):
                               [1, 2, 0])  # [b, n, d]
     batch = tf.shape(candidates)[0]
     task_scores = {name: tf.reshape(values, [batch, n]) for name, values in self._task_scores(
-        query, tf.reshape(candidates, [-1, candidates.shape[-1]]), n).items()}
+        query, tf.reshape(candidates, [-1, candidates.shape[-1]]), n,
+        features.get(DOMAIN)).items()}
     task_scores[self.retrieval_task] = shortlist_scores
     blend = tf.add_n([weight * task_scores[name]
                       for name, weight in self.recommend_weights.items()])
@@ -303,13 +314,16 @@ class ServingModule(tf.Module):
     return self.candidate_tower({name: tf.gather(values, rows)
                                  for name, values in self.item_features.items()})
 
-  def _task_scores(self, query, candidates, per_query):
-    """Each ranking task's score for `candidates`, `per_query` per query row."""
+  def _task_scores(self, query, candidates, per_query, domains=None):
+    """Each ranking task's score for `candidates`, `per_query` per query row
+    (`domains`: each query's raw domain)."""
     if self.ranking is None:
       return {}
     query = tf.repeat(query, per_query, axis=0)
+    if domains is not None:
+      domains = tf.repeat(self.encoder.lookups[DOMAIN](domains), per_query, axis=0)
     return {name: task_type(self.task_configs[name].type).prediction(logits)
-            for name, logits in self.ranking(query, candidates).items()}
+            for name, logits in self.ranking(query, candidates, domains).items()}
 
   def _columns(self, item_ids):
     """Catalogue columns of `item_ids`; -1 for unknown ids and ""."""

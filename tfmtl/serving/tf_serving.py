@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tfmtl.data.schema import HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID
+from tfmtl.data.schema import DOMAIN, HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID
 from tfmtl.serving.client import grpc_request
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
@@ -67,11 +67,13 @@ def warmup_inputs(module, signature: str, batch: int) -> dict[str, np.ndarray]:
     return {name: (cycled(vocabulary.boundaries.get(name) or [0.0]).astype(np.float32)
                    if spec.dtype == tf.float32 else cycled(vocabulary.tokens.get(name) or [""]))
             for name, spec in inputs.items()}
+  domains = {DOMAIN: cycled(vocabulary.domains)} if module.domain_signature else {}
   if signature == "rank":
-    return {**users, ITEM_ID: cycled(items, batch * 4).reshape(batch, 4)}
+    return {**users, ITEM_ID: cycled(items, batch * 4).reshape(batch, 4), **domains}
   if signature in ("retrieve", "recommend"):
     return {**users, "k": np.full(batch, 10, np.int32),
-            "exclude_item_ids": cycled(items[:2], batch * 2).reshape(batch, 2)}
+            "exclude_item_ids": cycled(items[:2], batch * 2).reshape(batch, 2),
+            **(domains if signature == "recommend" else {})}
   return users
 
 

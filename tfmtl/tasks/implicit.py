@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
+from tfmtl.data.schema import DOMAIN
 from tfmtl.precision import dtype_policy
 from tfmtl.tasks.base import Task, TaskInputs
 from tfmtl.tasks.binary import Binary
@@ -37,7 +38,7 @@ class Implicit(Task):
   def compute_loss(self, inputs: TaskInputs, model) -> tf.Tensor:
     positive_logits = inputs.logits[self.name]
     negative_logits = model.sampled_item_logits(self.name, self.config.num_negatives,
-                                                inputs.query)
+                                                inputs.query, inputs.features.get(DOMAIN))
     return self.task(
         tf.concat([tf.ones_like(positive_logits), tf.zeros_like(negative_logits)], 1),
         tf.concat([positive_logits, negative_logits], 1), sample_weight=inputs.sample_weight,
