@@ -35,13 +35,17 @@ fraction lacks keep their pretrained rows (and get fresh ones from scratch).
         [--methods ...] [--source-weights 1 0.5] [--on test|validation]
 
 Writes benchmarks/results/protocol_d.json (protocol_d_validation.json with
-`--on validation`).
+`--on validation`). Rows not run (another method, fraction or source
+weight) keep their entries from the earlier file, which must then have the
+same seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -53,7 +57,7 @@ from tfmtl.config import ExperimentConfig
 from tfmtl.data import Split, load_movielens_100k, per_user_split
 from tfmtl.features import FeatureVocabulary
 
-from common import format_summaries, summary, write_record
+from common import format_summaries, results_dir, summary, write_record
 
 TARGET_GENRE = "Comedy"
 METHODS = {
@@ -113,6 +117,21 @@ def run_method(method, data, source, target: Split, fraction, seed, run, candida
   return {short: metrics[name] for short, name in METRICS.items()}
 
 
+def earlier_rows(path: Path, planned: set, seeds: list[int]) -> list[dict]:
+  """The rows of the record at `path` that this run does not redo (`planned`:
+  its (fraction, method, source_weight)s); an error if there are any and
+  their seeds differ."""
+  if not path.exists():
+    return []
+  earlier = json.loads(path.read_text())
+  kept = [row for row in earlier["results"]["rows"]
+          if (row["fraction"], row["method"], row.get("source_weight")) not in planned]
+  if kept and earlier["seeds"] != seeds:
+    sys.exit(f"{path} has rows run with seeds {earlier['seeds']}, which this run would "
+             "not replace; use those seeds")
+  return kept
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -121,6 +140,10 @@ def main():
   parser.add_argument("--source-weights", type=float, nargs="+", default=[1.0, 0.5])
   parser.add_argument("--on", choices=["test", "validation"], default="test")
   args = parser.parse_args()
+  name = "protocol_d" if args.on == "test" else "protocol_d_validation"
+  planned = {(fraction, method, weight) for fraction in args.fractions for method in args.methods
+             for weight in (args.source_weights if method in JOINT else [None])}
+  kept = earlier_rows(results_dir() / f"{name}.json", planned, args.seeds)
   data, source, target, candidates = domains()
   print(f"source: {len(source)} ratings; target: {len(candidates)} movies, "
         f"{len(target.train)} / {len(target.validation)} / {len(target.test)} ratings")
@@ -140,7 +163,8 @@ def main():
   rows = [{"fraction": f, "method": m, **({} if w is None else {"source_weight": w}),
            "metrics": {k: summary([r[k] for r in results]) for k in METRICS}}
           for (f, m, w), results in runs.items()]
-  path = write_record("protocol_d" if args.on == "test" else "protocol_d_validation", {
+  rows = [*kept, *rows]
+  path = write_record(name, {
       "protocol": "D", "on": args.on, "target_genre": TARGET_GENRE,
       "source_ratings": len(source), "target_movies": len(candidates),
       "target_split": [len(part) for part in target]}, {"rows": rows}, args.seeds)
