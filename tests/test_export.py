@@ -173,10 +173,20 @@ print(json.dumps({{signature: {{name: (value.numpy().astype(str) if value.dtype 
                                np.take_along_axis(predicted[name], top3, 1), atol=1e-5)
   np.testing.assert_allclose(loaded["recommend"]["retrieval"], np.take_along_axis(
       np.take_along_axis(scores, shortlist, 1), top3, 1), atol=1e-5)
-  # rank: every task's prediction for the given candidates, unknown items included.
+  # rank: every task's prediction for the given candidates, unknown items included,
+  # their retrieval scores (`scores`, which retrieve's equal above) and the blend
+  # recommend ranks by.
   predicted = _in_memory_predictions(model, USERS, np.array(CANDIDATES, dtype=object))
   for name in ("rating", "like"):
     np.testing.assert_allclose(loaded["rank"][name], predicted[name], atol=1e-5)
+  np.testing.assert_allclose(loaded["rank"]["score"], predicted["rating"] + predicted["like"],
+                             atol=1e-5)
+  items = model.catalogue_item_ids.tolist()
+  for row, candidates in enumerate(CANDIDATES):
+    known = [(place, items.index(item)) for place, item in enumerate(candidates)
+             if item in items]
+    np.testing.assert_allclose([loaded["rank"]["retrieval"][row][p] for p, _ in known],
+                               [scores[row, c] for _, c in known], atol=1e-5)
   # The embeddings.
   np.testing.assert_allclose(loaded["query"]["embedding"], query.numpy(), atol=1e-5)
   i1 = model.catalogue_item_ids.tolist().index("i1")

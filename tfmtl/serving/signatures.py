@@ -11,7 +11,7 @@ features (propagated interests) travel inside and are looked up by `user_id`.
 |---|---|---|
 | `serving_default` | user inputs | `item_ids` string, `scores`: [batch, top_k] |
 | `retrieve` | user inputs, `k` int32 [batch], `exclude_item_ids` string [batch, n] | `item_ids`, `scores`: [batch, k] |
-| `rank` | user inputs, `item_id` string [batch, n] (and `domain`) | one float32 [batch, n] per ranking task |
+| `rank` | user inputs, `item_id` string [batch, n] (and `domain`) | `score` (the blend), the retrieval score and one output per ranking task: float32 [batch, n] |
 | `recommend` | as `retrieve` (and `domain`) | `item_ids`, `score` (the blend) and one output per task: [batch, k] |
 | `query_embedding` | user inputs | `embedding` [batch, dim] |
 | `candidate_embedding` | `item_id` string [batch] | `embedding` [batch, dim] |
@@ -23,7 +23,11 @@ features (propagated interests) travel inside and are looked up by `user_id`.
 it retrieves the best `candidates` items, scores each with every ranking
 task (binary tasks as a probability) and returns the top k by the blend
 `sum(weights[task] * task score)`, where the retrieval task's score is the
-retrieval score. Outputs are sorted best first.
+retrieval score. Outputs are sorted best first. `rank` scores the items a
+client gives (the second stage of a cascade whose first stage is
+elsewhere) in the same terms: the retrieval score (`retrieve`'s, under the
+retrieval task's name, e.g. `retrieval`), each ranking task's and the blend
+(`score`), in the order given.
 
 Requests that are wrong but answerable are answered: unknown user and item
 ids map to the out-of-vocabulary row; `k` is clipped to [1, catalogue] (one
@@ -213,9 +217,14 @@ class ServingModule(tf.Module):
     batch, candidates = tf.shape(item_ids)[0], tf.shape(item_ids)[1]
     query = self._query(features)
     candidate = self._candidates(tf.reshape(item_ids, [-1]))
-    return {name: tf.reshape(scores, [batch, candidates])
-            for name, scores in self._task_scores(query, candidate, candidates,
-                                                  features.get(DOMAIN)).items()}
+    outputs = {name: tf.reshape(scores, [batch, candidates])
+               for name, scores in self._task_scores(query, candidate, candidates,
+                                                     features.get(DOMAIN)).items()}
+    outputs[self.retrieval_task] = tf.einsum(  # as `retrieve` scores them
+        "bd,bnd->bn", query, tf.reshape(candidate, [batch, candidates, -1]))
+    outputs["score"] = tf.add_n([weight * outputs[name]
+                                 for name, weight in self.recommend_weights.items()])
+    return outputs
 
   def _recommend(self, features):
     query = self._query(features)
