@@ -86,6 +86,23 @@ def test_temporal_split_holds_out_each_users_latest_interactions(movielens):
   assert (validation <= test.reindex(validation.index)).all()
 
 
+def test_the_temporal_split_does_not_depend_on_row_order_and_warns_of_ties(movielens, caplog):
+  """On ML-100K, 44% of users' latest ratings share their second with the
+  one before: reading the rows in another order (files of a glob, say)
+  must not move any of them between the parts."""
+  def parts(split):
+    return [set(map(tuple, part[["user_id", "item_id"]].to_numpy())) for part in split]
+  split = temporal_split(movielens.interactions)
+  shuffled = movielens.interactions.sample(frac=1.0, random_state=7)
+  assert parts(temporal_split(shuffled)) == parts(split)
+  assert parts(temporal_split(shuffled.iloc[::-1])) == parts(split)
+  assert "of 943 users' latest interactions tie in time" in caplog.text
+  caplog.clear()
+  temporal_split(pd.DataFrame({"user_id": ["a", "a"], "item_id": ["x", "y"],
+                               "timestamp": [1, 2]}))
+  assert "tie in time" not in caplog.text  # nothing ties
+
+
 def test_temporal_split_needs_timestamps():
   with pytest.raises(DataError, match="split.protocol: temporal needs a 'timestamp' column"):
     temporal_split(pd.DataFrame({"user_id": ["a"], "item_id": ["b"]}))

@@ -248,7 +248,10 @@ class SplitConfig(Section):
   Attributes:
     protocol: `random` (global shuffle, protocol A), `per_user` (each user's
       ratings shuffled and cut, protocol B), `temporal` (each user's last
-      interaction is test, the one before it validation) or `cold_items`
+      interaction is test, the one before it validation; interactions at
+      the same time are ordered by a hash of user and item id, whatever the
+      order of rows and files, with a warning when over 1% of users' latest
+      ones tie) or `cold_items`
       (items shuffled and cut, their interactions with them; held-out items
       are ranked among themselves: protocol C, cold-start items).
     fractions: train, validation and test fractions (of interactions; of

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -30,6 +31,8 @@ import pandas as pd
 
 from tfmtl.config import SplitConfig
 from tfmtl.data.schema import ITEM_ID, TIMESTAMP, USER_ID, DataError
+
+logger = logging.getLogger("tfmtl")
 
 
 class Split(NamedTuple):
@@ -94,22 +97,37 @@ def per_user_split(interactions: pd.DataFrame,
 def temporal_split(interactions: pd.DataFrame) -> Split:
   """Each user's last interaction is test, the one before it validation.
 
-  Ties in time are broken by row order. Users with fewer than three
-  interactions keep the earlier ones in train.
+  Interactions at the same time are ordered by a hash of (user id, item
+  id), so the split does not depend on the order of rows or files, and
+  favours no item; a warning says when more than 1% of users' latest
+  interactions tie. Users with fewer than three interactions keep the
+  earlier ones in train.
   """
   if TIMESTAMP not in interactions.columns:
     raise DataError("split.protocol: temporal needs a 'timestamp' column in the "
                     "interactions (data.columns maps yours to it)")
-  order = np.lexsort((np.arange(len(interactions)),
-                      interactions[TIMESTAMP].to_numpy(),
-                      interactions[USER_ID].to_numpy()))
-  users = interactions[USER_ID].to_numpy()[order]
+  times, users = interactions[TIMESTAMP].to_numpy(), interactions[USER_ID].to_numpy()
+  tie_break = pd.util.hash_pandas_object(interactions[[USER_ID, ITEM_ID]], index=False)
+  order = np.lexsort((tie_break.to_numpy(), times, users))
+  users, times = users[order], times[order]
   from_end = pd.Series(users).groupby(users).cumcount(ascending=False).to_numpy()
   size = pd.Series(users).groupby(users).transform("size").to_numpy()
   test = (from_end == 0) & (size >= 2)
   validation = (from_end == 1) & (size >= 3)
+  _warn_of_ties(users, times, test)
   return _take(interactions, order[~test & ~validation], order[validation],
                order[test])
+
+
+def _warn_of_ties(users: np.ndarray, times: np.ndarray, test: np.ndarray) -> None:
+  """Warns when over 1% of users' test interactions share their time with
+  the interaction before them (rows sorted by user, then time)."""
+  tied = test[1:] & (users[1:] == users[:-1]) & (times[1:] == times[:-1])
+  if tied.sum() > 0.01 * test.sum():
+    logger.warning("split.protocol temporal: %d of %d users' latest interactions tie in time "
+                   "with the one before; which is test is decided by a hash of (user id, "
+                   "item id), the same whatever the order of rows and files",
+                   tied.sum(), test.sum())
 
 
 def cold_item_split(interactions: pd.DataFrame,
