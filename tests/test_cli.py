@@ -58,6 +58,12 @@ def test_data_summarises_the_source(tmp_path, config_file, tfmtl_cli):
   result = tfmtl_cli("data", "--config", str(config_file), cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "720 interactions, 60 users" in result.stdout
+  # A second config (a tuned model's, say) layers over the first: the data stays.
+  (tmp_path / "model.yaml").write_text("model: {embedding_dim: 16}\n")
+  result = tfmtl_cli("data", "--config", str(config_file), "--config", "model.yaml",
+                     cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "720 interactions, 60 users" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [

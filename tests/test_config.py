@@ -286,3 +286,48 @@ def test_a_choice_takes_exactly_the_values_its_module_declares(key, values):
 def test_training_controls_that_cannot_work_name_their_key(overrides, message):
   with pytest.raises(ConfigError, match=message):
     ExperimentConfig().with_overrides(overrides)
+
+
+def test_config_files_layer_in_order(tmp_path):
+  """A user's data config, then a tuned model config: the data stays theirs."""
+  mine, tuned = tmp_path / "mine.yaml", tmp_path / "tuned.yaml"
+  mine.write_text("name: mine\ndata: {source: files, interactions: /data/all.csv}\n"
+                  "train: {epochs: 3, batch_size: 64}\n"
+                  "tasks: {retrieval: {type: retrieval}, clicks: {type: binary, label: c, "
+                  "threshold: 1}}\n")
+  tuned.write_text("model: {multitask: {type: mmoe, layers: [64]}}\n"
+                   "train: {learning_rate: 0.002}\n"
+                   "tasks: {retrieval: {type: retrieval, temperature: 0.2}}\n")
+  config = ExperimentConfig.from_file(mine, tuned)
+  assert (config.name, config.data.source, config.data.interactions) == (
+      "mine", "files", "/data/all.csv")
+  assert (config.train.epochs, config.train.batch_size, config.train.learning_rate) == (
+      3, 64, 0.002)
+  assert config.model.multitask.type == "mmoe" and config.model.multitask.layers == [64]
+  assert list(config.tasks) == ["retrieval"]  # a mapping of named entries: replaced whole
+  assert ExperimentConfig.from_file(tuned, mine).model.multitask.type == "mmoe"
+  tuned.write_text("train: {epochs: none}\n")
+  with pytest.raises(ConfigError, match=r"tuned.yaml: train.epochs: expected an integer"):
+    ExperimentConfig.from_file(mine, tuned)
+
+
+def test_data_paths_are_the_config_files_and_written_absolute(tmp_path, monkeypatch):
+  folder = tmp_path / "project"
+  (folder / "data").mkdir(parents=True)
+  (folder / "mine.yaml").write_text(
+      "data: {source: files, interactions: data/*.csv, users: data/users.csv}\n"
+      "transfer: {source: {source: files, interactions: ../elsewhere/source.csv}}\n"
+      "train: {run_dir: runs/mine}\n")
+  monkeypatch.chdir(tmp_path)  # another folder than the config's
+  config = ExperimentConfig.from_file("project/mine.yaml")
+  assert config.data.interactions == str(folder / "data" / "*.csv")
+  assert config.data.users == str(folder / "data" / "users.csv")
+  assert config.transfer.source.interactions == str(tmp_path / "elsewhere" / "source.csv")
+  assert config.train.run_dir == "runs/mine"  # outputs: the working directory's
+  written = tmp_path / "elsewhere" / "copy.yaml"
+  written.parent.mkdir()
+  overridden = config.with_overrides(["data.items=items.csv"])  # the command line's folder
+  written.write_text(overridden.to_yaml())
+  again = ExperimentConfig.from_file(written)
+  assert again.data.items == str(tmp_path / "items.csv")
+  assert again.data.interactions == config.data.interactions

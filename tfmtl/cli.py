@@ -42,8 +42,7 @@ _EXPECTED_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError,
 
 def _config(args):
   from tfmtl.config import ExperimentConfig
-  config = (ExperimentConfig.from_file(args.config) if args.config
-            else ExperimentConfig())
+  config = ExperimentConfig.from_file(*args.config)  # none: the defaults
   return config.with_overrides(args.set)
 
 
@@ -205,7 +204,9 @@ def _parser() -> argparse.ArgumentParser:
     return sub
 
   def with_config(sub):
-    sub.add_argument("--config", help="experiment YAML (default: built-in defaults)")
+    sub.add_argument("--config", action="append", default=[],
+                     help="experiment YAML (default: built-in defaults); repeated, each file "
+                          "is layered over the ones before (its keys win)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. train.epochs=5")
     return sub

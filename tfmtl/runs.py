@@ -138,7 +138,9 @@ def read_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureVocabulary, 
     if not (run_dir / name).exists():
       raise FileNotFoundError(f"{run_dir}: not a tfmtl run ({name} is missing); "
                               "train one with `tfmtl train`")
-  return (ExperimentConfig.from_file(run_dir / "config.yaml"),
+  # Runs write their data paths absolute (`to_yaml`); older ones wrote them
+  # as given, relative to the working directory.
+  return (ExperimentConfig.from_file(run_dir / "config.yaml", relative_to=Path.cwd()),
           FeatureVocabulary.load(run_dir / "vocabulary.json"),
           pd.read_parquet(run_dir / "catalogue.parquet"))
 

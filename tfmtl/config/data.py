@@ -62,7 +62,9 @@ class DataConfig(Section):
       `files` (local CSV/TSV/Parquet/RecBole atomic files).
     tfds_name: TFDS ratings dataset, e.g. `movielens/1m-ratings`.
     interactions, users, items: file paths for `source: files` (a pattern
-      such as `interactions-*.parquet` reads every shard of one table).
+      such as `interactions-*.parquet` reads every shard of one table); in
+      a config file, relative to its folder (`ExperimentConfig.from_file`),
+      in an override, to the working directory.
     format: `auto` (from the file extension), `csv`, `tsv`, `parquet`, `atomic`.
     columns: file column for each of `user_id`, `item_id`, `rating`,
       `timestamp` when the files name them differently.

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from tfmtl.config.data import ContentConfig, DataConfig, PropagationConfig, SplitConfig
 from tfmtl.config.evaluation import EvaluateConfig, ExportConfig, TuneConfig
@@ -91,35 +92,41 @@ class ExperimentConfig(Section):
     return load_section(cls, values)
 
   @classmethod
-  def from_file(cls, path: str | Path) -> "ExperimentConfig":
-    """Reads a YAML config; errors name the file and the key."""
-    path = Path(path)
-    try:
-      text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-      raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-      raise ConfigError(f"{path}: is a folder, not a config file") from None
-    except UnicodeDecodeError as error:
-      raise ConfigError(f"{path}: not a text YAML file ({error.reason} at byte "
-                        f"{error.start})") from None
-    except OSError as error:
-      raise ConfigError(f"{path}: cannot read the config file ({error.strerror})") from None
-    try:
-      values = load_yaml(text) or {}
-      if not isinstance(values, dict):
-        raise ConfigError("the top level must be a mapping of sections")
-      return cls.from_dict(values)
-    except ConfigError as error:
-      raise ConfigError(f"{path}: {error}") from None
+  def from_file(cls, *paths: str | Path,
+                relative_to: Optional[str | Path] = None) -> "ExperimentConfig":
+    """Reads YAML configs, each layered over those before it: its keys
+    replace theirs, section by section, and a mapping of named entries
+    (`tasks`, `data.user_features`, ...) is replaced whole. Relative data
+    file paths (`data.interactions`, `users`, `items`, and those of
+    `transfer.source`) are read relative to the folder of the file that
+    names them (`relative_to`: that folder instead); other paths are the
+    working directory's. Errors name the file and the key."""
+    config = None
+    for path in map(Path, paths):
+      layer = _read_yaml(path)
+      _absolute_data_paths(layer, Path(relative_to) if relative_to else path.parent)
+      try:
+        if config is None:
+          config = cls.from_dict(layer)
+        else:
+          values = config.to_dict()
+          _layer(config, values, layer)
+          config = cls.from_dict(values)
+      except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return config if config is not None else cls()
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   def to_yaml(self) -> str:
-    """The config as YAML that `from_file` reads back, keys in field order."""
+    """The config as YAML that `from_file` reads back, keys in field order;
+    data file paths written absolute, so the file reads the same data from
+    any folder."""
+    values = self.to_dict()
+    _absolute_data_paths(values, Path.cwd())
     stream = io.StringIO()
-    yaml_io().dump(self.to_dict(), stream)
+    yaml_io().dump(values, stream)
     return stream.getvalue()
 
   def with_overrides(self, overrides: list[str]) -> "ExperimentConfig":
@@ -136,6 +143,57 @@ class ExperimentConfig(Section):
       except ConfigError as error:
         raise ConfigError(f"override {override!r}: {error}") from None
     return ExperimentConfig.from_dict(values)
+
+
+def _read_yaml(path: Path) -> dict:
+  """A config file's mapping; errors name the file."""
+  try:
+    text = path.read_text(encoding="utf-8")
+  except FileNotFoundError:
+    raise ConfigError(f"{path}: config file not found") from None
+  except IsADirectoryError:
+    raise ConfigError(f"{path}: is a folder, not a config file") from None
+  except UnicodeDecodeError as error:
+    raise ConfigError(f"{path}: not a text YAML file ({error.reason} at byte "
+                      f"{error.start})") from None
+  except OSError as error:
+    raise ConfigError(f"{path}: cannot read the config file ({error.strerror})") from None
+  try:
+    values = load_yaml(text) or {}
+  except ConfigError as error:
+    raise ConfigError(f"{path}: {error}") from None
+  if not isinstance(values, dict):
+    raise ConfigError(f"{path}: the top level must be a mapping of sections")
+  return values
+
+
+_DATA_PATHS = ("interactions", "users", "items")  # the data files a `data` section reads
+
+
+def _absolute_data_paths(values: dict, folder: Path) -> None:
+  """Makes the relative data file paths of config `values` (its `data` and
+  `transfer.source` sections) absolute, as seen from `folder`."""
+  transfer = values.get("transfer")
+  for section in (values.get("data"), transfer.get("source") if isinstance(transfer, dict)
+                  else None):
+    if not isinstance(section, dict):
+      continue
+    for key in _DATA_PATHS:
+      path = section.get(key)
+      if isinstance(path, str) and path and "://" not in path and not os.path.isabs(path):
+        section[key] = os.path.normpath(os.path.join(os.path.abspath(folder), path))
+
+
+def _layer(config: Any, values: dict, layer: dict) -> None:
+  """Writes `layer` over `values` (`config`'s dict): into the sections it
+  names, key by key; any other value (a setting, a mapping of named
+  entries) is replaced whole."""
+  for key, value in layer.items():
+    current = getattr(config, key, None)
+    if dataclasses.is_dataclass(current) and isinstance(value, dict):
+      _layer(current, values[key], value)
+    else:
+      values[key] = value
 
 
 def _set(values: dict, keys: list[str], value: Any) -> None:
