@@ -81,6 +81,8 @@ ROWS = {
     # over shared towers, against one model per domain and the pooled rows
     # (`independent`, `mmoe`).
     "multi_domain": ["data.domain_column=gender"],
+    "multi_domain_shared_heads": ["data.domain_column=gender",
+                                  "model.multitask.per_domain=shared_heads"],
     "multi_domain_gates": ["model.multitask={type: mmoe, layers: [64], num_experts: 4, "
                            "per_domain: gates}", "data.domain_column=gender"],
     "per_domain_models": ["data.domain_column=gender"],

@@ -33,8 +33,18 @@ def test_each_domain_head_learns_from_its_own_domain_only():
     assert got == trained, domains
   logits = heads(inputs, tf.constant([1, 2, 0, 1, 2, 0]))[:, 0].numpy()
   each = [head(inputs)[:, 0].numpy() for head in heads.domain_heads]
-  np.testing.assert_allclose(logits, np.select([np.arange(6) % 3 == 0, np.arange(6) % 3 == 1],
-                                               each, (each[0] + each[1]) / 2), atol=1e-6)
+  own = np.select([np.arange(6) % 3 == 0, np.arange(6) % 3 == 1], each, (each[0] + each[1]) / 2)
+  np.testing.assert_allclose(logits, own, atol=1e-6)
+  with_shared = DomainHeads([4], num_domains=2, shared=True)  # its own heads learn differences
+  with tf.GradientTape() as tape:
+    logits = with_shared(inputs, tf.constant([1, 1, 1, 1, 1, 1]))
+  shared = with_shared.shared_head(inputs).numpy()
+  np.testing.assert_allclose(logits, with_shared.domain_heads[0](inputs).numpy() + shared,
+                             atol=1e-6)
+  other, common = tape.gradient(logits, [with_shared.domain_heads[1].trainable_weights,
+                                          with_shared.shared_head.trainable_weights])
+  assert not any(np.any(g) for g in other if g is not None)  # domain 2's head: no rows
+  assert all(np.any(g) for g in common)
 
 
 def test_a_domain_gate_is_its_domains_softmax():
@@ -86,7 +96,7 @@ def trained(sites):
 
 
 @pytest.mark.parametrize("per_domain", [
-    ["model.multitask.per_domain=heads"],
+    ["model.multitask.per_domain=heads"], ["model.multitask.per_domain=shared_heads"],
     ["model.multitask={type: mmoe, layers: [16], num_experts: 2, per_domain: gates}"]])
 def test_per_domain_heads_or_gates_fit_domains_that_disagree(trained, per_domain):
   _, prepared, model = trained(*per_domain)

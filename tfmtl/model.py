@@ -147,7 +147,8 @@ class MultiTaskModel(tfrs.Model):
         make_block(config.multitask, list(ranking_tasks), num_domains),
         {name: task.layers for name, task in ranking_tasks.items()},
         cross_layers=config.multitask.cross_layers,
-        domain_heads=num_domains if config.multitask.per_domain == "heads" else 0,
+        domain_heads=num_domains if config.multitask.per_domain != "gates" else 0,
+        shared_head=config.multitask.per_domain == "shared_heads",
         name="ranking") if ranking_tasks else None
     multitask = config.multitask
     if multitask.coupling and len(ranking_tasks) > 1:  # a regularization loss, as L2's

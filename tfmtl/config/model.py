@@ -35,9 +35,11 @@ class MultiTaskConfig(Section):
       the heads' same-shaped weights) or `cosine` (1 - the cosine of the
       heads' weights, each head's flattened into one vector).
     per_domain: with `data.domain_column`, what each domain has of its own:
-      `heads` (each ranking task's head, per domain) or `gates` (`mmoe` and
-      `ple`: each task's gates over the experts, per domain); the rest is
-      shared (`tfmtl.layers.domains`).
+      `heads` (each ranking task's head, per domain), `shared_heads` (a
+      head per domain added to one all domains share: each domain's head
+      learns its difference) or `gates` (`mmoe` and `ple`: each task's
+      gates over the experts, per domain); the rest is shared
+      (`tfmtl.layers.domains`).
   """
   type: str = "independent"
   layers: list[int] = dataclasses.field(default_factory=list)
@@ -55,7 +57,7 @@ class MultiTaskConfig(Section):
     from tfmtl.layers.multitask import BLOCKS  # pylint: disable=import-outside-toplevel
     one_of("type", self.type, BLOCKS)
     one_of("coupling_distance", self.coupling_distance, ("squared", "cosine"))
-    one_of("per_domain", self.per_domain, ("heads", "gates"))
+    one_of("per_domain", self.per_domain, ("heads", "shared_heads", "gates"))
     if self.per_domain == "gates" and self.type not in ("mmoe", "ple"):
       raise ConfigError(f"per_domain: gates needs a gated block (type mmoe or ple), "
                         f"not {self.type!r}")

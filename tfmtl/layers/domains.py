@@ -6,12 +6,12 @@ domains, 0 for one the model never saw. What each domain owns
 (`model.multitask.per_domain`):
 
 - `tfmtl.layers.heads.DomainHeads`: a ranking task's head, one per domain
-  (`heads`);
+  (`heads`), optionally added to a head all domains share (`shared_heads`);
 - `DomainGate`: an MMoE or PLE gate over the experts, one per domain
   (`gates`; without domains it is the plain softmax gate).
 
-A row is scored by its own domain's part only, so that part's weights get
-gradients from its domain's rows alone; a row of an unknown domain gets
+A row is scored by its own domain's part (and the shared ones) only, so
+that part's weights get gradients from its domain's rows alone; a row of an unknown domain gets
 the mean of every domain's output (`by_domain`).
 
 Example:

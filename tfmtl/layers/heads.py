@@ -43,21 +43,26 @@ class PredictionHead(keras.layers.Layer):
 
 class DomainHeads(keras.layers.Layer):
   """A `PredictionHead` to one logit per domain; each row is scored by its
-  domain's (`tfmtl.layers.domains`).
+  domain's (`tfmtl.layers.domains`), plus, with `shared`, a head every
+  domain shares (each domain's own head then learns its difference).
 
   Args:
     hidden_layers: hidden widths of each head.
     num_domains: D, the training domains.
+    shared: add a shared head's logit to the domain's.
   """
 
-  def __init__(self, hidden_layers: Sequence[int], num_domains: int, **kwargs):
+  def __init__(self, hidden_layers: Sequence[int], num_domains: int, shared: bool = False,
+               **kwargs):
     super().__init__(**kwargs)
     self.domain_heads = [PredictionHead(hidden_layers, 1, name=f"domain_{index + 1}")
                          for index in range(num_domains)]
+    self.shared_head = PredictionHead(hidden_layers, 1, name="shared") if shared else None
 
   def call(self, inputs: tf.Tensor, domains: tf.Tensor) -> tf.Tensor:
     logits = tf.concat([head(inputs) for head in self.domain_heads], axis=1)  # [batch, D]
-    return by_domain(logits, domains)[:, None]
+    own = by_domain(logits, domains)[:, None]
+    return own if self.shared_head is None else own + self.shared_head(inputs)
 
 
 class RankingHeads(keras.layers.Layer):
@@ -69,15 +74,17 @@ class RankingHeads(keras.layers.Layer):
     cross_layers: number of DCN `Cross` layers on the pair (0: none).
     domain_heads: D > 0: each task has a head per domain (`DomainHeads`),
       and `call` takes each row's domain index.
+    shared_head: with `domain_heads`, a shared head beside them.
   """
 
   def __init__(self, block: keras.layers.Layer, head_layers: dict[str, Sequence[int]],
-               cross_layers: int = 0, domain_heads: int = 0, **kwargs):
+               cross_layers: int = 0, domain_heads: int = 0, shared_head: bool = False,
+               **kwargs):
     super().__init__(**kwargs)
     self.block = block
     self.crosses = [tfrs.layers.dcn.Cross(name=f"cross_{i}") for i in range(cross_layers)]
-    self.heads = {task: (DomainHeads(layers, domain_heads, name=f"{task}_head") if domain_heads
-                         else PredictionHead(layers, 1, name=f"{task}_head"))
+    self.heads = {task: (DomainHeads(layers, domain_heads, shared_head, name=f"{task}_head")
+                         if domain_heads else PredictionHead(layers, 1, name=f"{task}_head"))
                   for task, layers in head_layers.items()}
 
   def coupling(self, pairs: Sequence[Sequence[str]], distance: str = "squared") -> tf.Tensor:
