@@ -30,3 +30,13 @@ def test_import_with_keras_3_requested_explicitly_fails_with_a_clear_message():
   result = _python("import tfmtl", TF_USE_LEGACY_KERAS="0")
   assert result.returncode != 0
   assert "TF_USE_LEGACY_KERAS is set to '0'" in result.stderr
+
+
+def test_the_command_line_parses_without_starting_tensorflow():
+  """`tfmtl --help` answers at once: `import tfmtl` and the parser leave
+  TensorFlow unimported (it starts when a command needs it)."""
+  result = _python("import sys\nfrom tfmtl import cli\ntry:\n  cli.main(['--help'])\n"
+                   "except SystemExit:\n  pass\nprint('tensorflow' in sys.modules)")
+  assert result.returncode == 0, result.stderr
+  assert "usage: tfmtl" in result.stdout and result.stdout.strip().endswith("False")
+  assert result.stderr == ""  # no TensorFlow start-up lines

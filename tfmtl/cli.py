@@ -301,6 +301,8 @@ def main(argv=None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.basicConfig(format=LOG_FORMAT)
   logging.getLogger("tfmtl").setLevel(logging.INFO)  # progress; TensorFlow stays quiet
+  if not args.debug:  # TensorFlow's own warnings (e.g. retracing) too
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
   try:
     import tfmtl  # noqa: F401  (binds Keras 2 before TensorFlow is used)
     logging.getLogger("tensorflow").propagate = False  # it has its own handler: print once

@@ -22,14 +22,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
 from tfmtl.data.schema import ITEM_ID, USER_ID, InteractionData, table_arrays, vector_dims
-from tfmtl.features import FeatureEncoder
+
+if TYPE_CHECKING:  # features imports this package: a cycle at import time
+  from tfmtl.features import FeatureEncoder
 
 _ENCODE_CHUNK = 1_000_000
 GATHER_ROWS = 65_536  # rows gathered per op, in whole batches, rather than one gather a batch
