@@ -55,6 +55,35 @@ def test_readme_command_line_block_runs_in_order(tmp_path, tfmtl_cli):
   assert refused.returncode == 2 and "runs: no saved_model.pb" in refused.stderr
   catalogue = pd.read_parquet(tmp_path / "runs" / "movielens_100k" / "catalogue.parquet")
   assert len(catalogue) == 1682 + 2 and {"new1", "new2"} <= set(catalogue["item_id"])
+  _send_the_readme_requests(versions / "1")
+
+
+def _send_the_readme_requests(export) -> None:
+  """The REST requests under "## Serving", each given to its signature as
+  TF Serving would (row format: one object per batch row); `retrieve`'s
+  answer has the documented outputs and shapes."""
+  import json
+  import numpy as np
+  import tensorflow as tf
+  section = README.read_text().split("## Serving", 1)[1]
+  bodies = [json.loads(body) for body in re.findall(r"^curl -d '(.*?)' ", section, re.M)]
+  assert len(bodies) == 6
+  served = tf.saved_model.load(str(export)).signatures
+  answers = {}
+  for body in bodies:
+    name = body.get("signature_name", "serving_default")
+    specs = served[name].structured_input_signature[1]
+    rows = body["instances"]
+    assert set(rows[0]) == set(specs), name  # every input, nothing else
+    inputs = {key: tf.constant(np.array([row[key] for row in rows],
+                                        dtype=object if spec.dtype == tf.string
+                                        else spec.dtype.as_numpy_dtype))
+              for key, spec in specs.items()}
+    answers[name] = served[name](**inputs)
+  example = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+  documented = example["predictions"][0]
+  assert set(answers["retrieve"]) == set(documented)
+  assert all(answers["retrieve"][key].shape == (1, len(value)) for key, value in documented.items())
 
 
 def _readme_commands() -> list[list[str]]:
@@ -87,6 +116,6 @@ def test_readme_commands_parse_and_their_configs_load(monkeypatch):
   monkeypatch.chdir(README.parent)
   for argv in commands:
     args = _parser().parse_args(argv)  # an unknown command or flag exits
-    if getattr(args, "config", None) is None or Path(args.config).is_file():
+    if all(Path(path).is_file() for path in getattr(args, "config", [])):
       if hasattr(args, "set"):
         _config(args)  # the config file and every --set key load
