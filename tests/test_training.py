@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tf_keras as keras
 
@@ -300,3 +301,28 @@ def test_early_stopping_ends_with_the_best_epochs_weights(tiny_config_file, monk
   assert not np.array_equal(weights[1][0], weights[-1][0])  # later epochs moved them
   assert ("train.early_stopping: kept epoch 2 (val_recall@10 0.3000)"
           + (f"; stopped after epoch {stopped}" if stopped else "")) in caplog.text
+
+
+def test_a_split_made_beforehand_is_read_as_given(tmp_path, tiny_data):
+  """`split.protocol: given`: the train, validation and test files are the
+  split; vocabularies come from the train file; errors name the part's file."""
+  from tfmtl.data import DataError, per_user_split
+  parts = per_user_split(tiny_data.interactions, (0.7, 0.15, 0.15), seed=3)
+  for name, part in zip(("train", "validation", "test"), parts):
+    part.to_csv(tmp_path / f"{name}.csv", index=False)
+  config = _files_config(tmp_path, tiny_data).with_overrides(
+      ["split.protocol=given", "data.interactions=null",
+       *(f"data.{name}={tmp_path / name}.csv" for name in ("train", "validation", "test"))])
+  prepared = training.prepare(config)
+  for got, written in zip(prepared.split, parts):
+    pd.testing.assert_frame_equal(got.reset_index(drop=True)[written.columns],
+                                  written.reset_index(drop=True), check_dtype=False)
+  assert set(prepared.vocabulary.user_ids) == set(parts.train["user_id"])
+  test = parts.test.copy().astype({"rating": object})
+  test.loc[test.index[2], "rating"] = "five"
+  test.to_csv(tmp_path / "test.csv", index=False)
+  with pytest.raises(DataError, match=r"^line 4 of \S*test\.csv: column 'rating' has a "
+                                      r"non-numeric value 'five'"):
+    training.prepare(config)
+  with pytest.raises(ConfigError, match="split.protocol: given needs data.train and data.test"):
+    ExperimentConfig().with_overrides(["split.protocol=given"])

@@ -91,7 +91,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
     task_type(task.type).check_data(name, task, data.user_features, data.item_features,
                                     data.label_columns,
                                     data.sources.get("interactions", "the interactions"))
-  split = split_interactions(data.interactions, config.split)
+  split = split_interactions(data.interactions, config.split, data.given_split)
   check_split(config, split, ("train",))
   logger.info("%s; split %s: %d train, %d validation, %d test", data.summary(),
               config.split.protocol, len(split.train), len(split.validation),

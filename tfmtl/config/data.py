@@ -65,6 +65,10 @@ class DataConfig(Section):
       such as `interactions-*.parquet` reads every shard of one table); in
       a config file, relative to its folder (`ExperimentConfig.from_file`),
       in an override, to the working directory.
+    train, validation, test: with `split.protocol: given`, instead of
+      `interactions`: a split made beforehand, each part a file or pattern
+      read as `interactions` is (validation may be left out). Vocabularies
+      come from `train` only.
     format: `auto` (from the file extension), `csv`, `tsv`, `parquet`, `atomic`.
     columns: file column for each of `user_id`, `item_id`, `rating`,
       `timestamp` when the files name them differently.
@@ -92,6 +96,9 @@ class DataConfig(Section):
   item_features: dict[str, Feature] = dataclasses.field(default_factory=dict)
   cache_dir: Optional[str] = None
   domain_column: Optional[str] = None
+  train: Optional[str] = None
+  validation: Optional[str] = None
+  test: Optional[str] = None
 
   def _validate(self):
     # pylint: disable=import-outside-toplevel
@@ -102,8 +109,12 @@ class DataConfig(Section):
     for key in self.columns:
       one_of(f"columns.{key}", key, ("user_id", "item_id", "rating", "timestamp"),
               what="key")
-    if self.source == "files" and not self.interactions:
-      raise ConfigError("interactions: a path is required when source is 'files'")
+    if self.source == "files" and not (self.interactions or self.train):
+      raise ConfigError("interactions: a path is required when source is 'files' "
+                        "(or train and test, with split.protocol given)")
+    if self.interactions and (self.train or self.validation or self.test):
+      raise ConfigError("train, validation, test: not with interactions (they are the "
+                        "interactions, already split; split.protocol given)")
 
 
 @dataclasses.dataclass
@@ -248,7 +259,8 @@ class SplitConfig(Section):
   """How interactions are cut into train / validation / test.
 
   Attributes:
-    protocol: `random` (global shuffle, protocol A), `per_user` (each user's
+    protocol: `given` (a split made beforehand: `data.train`,
+      `data.validation`, `data.test`), `random` (global shuffle, protocol A), `per_user` (each user's
       ratings shuffled and cut, protocol B), `temporal` (each user's last
       interaction is test, the one before it validation; interactions at
       the same time are ordered by a hash of user and item id, whatever the

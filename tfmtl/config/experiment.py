@@ -70,6 +70,13 @@ class ExperimentConfig(Section):
         raise ConfigError(f"model.multitask.coupling_pairs: the heads of {pair[0]!r} and "
                           f"{pair[1]!r} have different layers ({paired[pair[0]].layers} and "
                           f"{paired[pair[1]].layers}); coupling compares same-shaped weights")
+    given = (self.data.train, self.data.validation, self.data.test)
+    if (self.split.protocol == "given") != any(given):
+      raise ConfigError("split.protocol: given reads data.train, data.validation and data.test"
+                        if any(given) else
+                        "split.protocol: given needs data.train and data.test (files)")
+    if self.split.protocol == "given" and not (self.data.train and self.data.test):
+      raise ConfigError("data.train, data.test: split.protocol given needs both")
     if self.data.domain_column and self.transfer.source is not None:
       raise ConfigError("data.domain_column: not with transfer.source (a source's interactions "
                         "have no domain); give the source's rows a domain of their own and "
@@ -167,7 +174,8 @@ def _read_yaml(path: Path) -> dict:
   return values
 
 
-_DATA_PATHS = ("interactions", "users", "items")  # the data files a `data` section reads
+# the data files a `data` section reads
+_DATA_PATHS = ("interactions", "users", "items", "train", "validation", "test")
 
 
 def _absolute_data_paths(values: dict, folder: Path) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -136,7 +136,7 @@ def _odd_record(path: Path, delimiter: str, last: bool):
   return found if last else (None, [], header)
 
 
-def load_files(interactions: str | Path,
+def load_files(interactions: str | Path | Sequence[Optional[str | Path]],
                users: Optional[str | Path] = None,
                items: Optional[str | Path] = None,
                format: str = "auto",
@@ -147,7 +147,10 @@ def load_files(interactions: str | Path,
   """Loads interactions and optional user / item feature tables from files.
 
   Args:
-    interactions, users, items: file paths.
+    interactions, users, items: file paths; `interactions` may be the
+      (train, validation, test) files of a split made beforehand
+      (validation None for none): read as one table, whose rows keep their
+      part (`InteractionData.given_split`, `split.protocol: given`).
     format: see `read_table`.
     columns: file column for each canonical name (`user_id`, `item_id`,
       `rating`, `timestamp`) that the files name differently.
@@ -156,10 +159,19 @@ def load_files(interactions: str | Path,
       domain (`InteractionData.from_frames`).
   """
   rename = {file_column: name for name, file_column in (columns or {}).items()}
-  frames, sources = {}, {}
+  frames, sources, given_split = {}, {}, ()
+  if not isinstance(interactions, (str, Path)):
+    parts = [read_table(path, format) if path is not None else None for path in interactions]
+    given_split = tuple(0 if part is None else len(part) for part in parts)
+    parts = [part for part in parts if part is not None]
+    frames["interactions"] = pd.concat(parts, ignore_index=True)
+    frames["interactions"].attrs[ORIGIN] = Origin(tuple(
+        file for part in parts for file in part.attrs[ORIGIN].files))
+    sources["interactions"] = ", ".join(str(path) for path in interactions if path is not None)
+    interactions = next(path for path in interactions if path is not None)
   for role, path in (("interactions", interactions), ("users", users),
                      ("items", items)):
-    if path is not None:
+    if path is not None and role not in frames:
       frames[role] = read_table(path, format)
       sources[role] = str(path)
   for name, file_column in (columns or {}).items():  # rating and timestamp: the interactions'
@@ -178,4 +190,4 @@ def load_files(interactions: str | Path,
       frames["interactions"], frames.get("users"), frames.get("items"),
       user_features, item_features, sources=sources,
       name=Path(interactions).stem.split("*")[0].rstrip("-_.") or "interactions",
-      domain_column=domain_column)
+      domain_column=domain_column, given_split=given_split)

@@ -150,6 +150,9 @@ class InteractionData:
   name: str = "data"
   # where each table came from (a file, a pattern): `interactions`, `users`, `items`
   sources: dict[str, str] = dataclasses.field(default_factory=dict)
+  # a split made beforehand (`split.protocol: given`): the interactions are its
+  # train, validation and test rows in that order, this many each
+  given_split: tuple[int, ...] = ()
 
   @classmethod
   def from_frames(cls,
@@ -160,7 +163,8 @@ class InteractionData:
                   item_features: Optional[dict[str, FeatureConfig]] = None,
                   sources: Optional[dict[str, str]] = None,
                   name: str = "data",
-                  domain_column: Optional[str] = None) -> "InteractionData":
+                  domain_column: Optional[str] = None,
+                  given_split: tuple[int, ...] = ()) -> "InteractionData":
     """Validates and normalises frames whose columns use the canonical names.
 
     Args:
@@ -171,6 +175,8 @@ class InteractionData:
       name: a name for messages and reports.
       domain_column: an interaction column, or else a user column, whose
         value is each interaction's `domain` (see module doc).
+      given_split: the rows of each part of a split made beforehand (train,
+        validation, test), in that order in `interactions`.
     """
     sources = {"interactions": "interactions", "users": "users",
                "items": "items", **(sources or {})}
@@ -182,7 +188,8 @@ class InteractionData:
                             sources["items"])
     if domain_column is not None and DOMAIN not in interactions:
       interactions[DOMAIN] = _user_domains(interactions, users, domain_column, sources)
-    return cls(interactions, users, items, user_features, item_features, name, sources)
+    return cls(interactions, users, items, user_features, item_features, name, sources,
+               tuple(given_split))
 
   @property
   def label_columns(self) -> list[str]:

@@ -44,7 +44,8 @@ def load_data(config: DataConfig) -> InteractionData:
   elif config.source == "tfds":
     data = load_tfds_movielens(config.tfds_name, config.cache_dir)
   else:
-    return load_files(config.interactions, config.users, config.items,
+    given = (config.train, config.validation, config.test)
+    return load_files(config.interactions or given, config.users, config.items,
                       config.format, config.columns, config.user_features,
                       config.item_features, config.domain_column)
   if config.user_features or config.item_features or config.domain_column:

@@ -156,11 +156,20 @@ def held_out_candidates(config: SplitConfig, held_out: pd.DataFrame) -> Optional
   return pd.unique(held_out[ITEM_ID].to_numpy(object))
 
 
-PROTOCOLS = ("random", "per_user", "temporal", "cold_items")  # `split.protocol`
+PROTOCOLS = ("random", "per_user", "temporal", "cold_items", "given")  # `split.protocol`
 
 
-def split_interactions(interactions: pd.DataFrame, config: SplitConfig) -> Split:
-  """The split a `SplitConfig` names."""
+def split_interactions(interactions: pd.DataFrame, config: SplitConfig,
+                       given_split: Sequence[int] = ()) -> Split:
+  """The split a `SplitConfig` names; `given`: the interactions' first
+  `given_split[0]` rows are train, the next `given_split[1]` validation and
+  the rest test (`InteractionData.given_split`)."""
+  if config.protocol == "given":
+    if len(given_split) != 3 or sum(given_split) != len(interactions):
+      raise DataError("split.protocol: given needs the interactions as data.train, "
+                      "data.validation (optional) and data.test files")
+    ends = np.cumsum(given_split)
+    return _take(interactions, *np.split(np.arange(len(interactions)), ends[:2]))
   if config.protocol == "random":
     return random_split(interactions, config.fractions, config.seed)
   if config.protocol == "cold_items":
