@@ -34,7 +34,10 @@ def test_run_trains_evaluates_exports_and_prints_metrics(tmp_path, config_file,
   assert "popularity" in result.stdout
   assert (tmp_path / "saved_models" / "tiny" / "1" / "saved_model.pb").is_file()
   metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
-  assert set(metrics) == {"model", "popularity"}
+  assert set(metrics) == {"model", "popularity", "ease"}  # the baselines
+  assert set(metrics["ease"]) == set(metrics["popularity"])  # the retrieval metrics
+  assert ["metric", "model", "popularity", "ease"] in [line.split()
+                                                       for line in result.stdout.splitlines()]
   assert 0 <= metrics["model"]["ndcg@10"] <= 1
   assert yaml.safe_load((tmp_path / "runs" / "tiny" / "config.yaml").read_text())[
       "train"]["epochs"] == 3

@@ -188,3 +188,29 @@ def test_a_classification_report_counts_each_value_by_hand():
   assert multi["c"] == {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
   assert multi["micro avg"]["precision"] == 2 / 3 and multi["micro avg"]["recall"] == 2 / 3
   assert Classification.summary(multi)["micro_f1"] == pytest.approx(2 / 3)
+
+
+def test_the_ease_baseline_is_steck_2019_closed_form(tiny_data):
+  from tfmtl.data import per_user_split
+  from tfmtl.evaluation import evaluate_ease
+  split = per_user_split(tiny_data.interactions, (0.8, 0.1, 0.1), seed=0)
+  metrics, skipped = evaluate_ease(tiny_data, split, ks=[5], l2=10.0)
+  assert skipped == ""
+  users = pd.Index(pd.unique(split.train["user_id"]))
+  catalogue = tiny_data.items["item_id"].to_numpy(object)
+  x = np.zeros((len(users), len(catalogue)))
+  x[users.get_indexer(split.train["user_id"]),
+    pd.Index(catalogue).get_indexer(split.train["item_id"])] = 1.0
+  p = np.linalg.inv(x.T @ x + 10.0 * np.eye(len(catalogue)))
+  b = np.eye(len(catalogue)) - p / np.diag(p)[None, :]  # zero diagonal
+  scores = pd.DataFrame(x @ b, index=users)
+
+  class Direct:  # numpy's EASE scores, user by user
+    def __init__(self):
+      self.catalogue = catalogue
+    def scores(self, user_ids):
+      return scores.reindex(user_ids, fill_value=0.0).to_numpy(np.float32)
+  expected = retrieval_metrics(Direct(), split, ks=[5])
+  assert metrics == pytest.approx(expected, abs=1e-6) and metrics["recall@5"] > 0
+  assert evaluate_ease(tiny_data, split, ks=[5], max_items=10) == (
+      {}, "40 items, more than evaluate.ease_max_items (10)")

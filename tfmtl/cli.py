@@ -46,12 +46,15 @@ def _config(args):
   return config.with_overrides(args.set)
 
 
-def _print_metrics(metrics: dict, baseline: dict, classification: dict) -> None:
+def _print_metrics(metrics: dict, baseline: dict, classification: dict, ease: dict,
+                   ease_skipped: str = "") -> None:
   from tfmtl.evaluation import report_table
-  print(f"{'metric':<22}{'model':>10}{'popularity':>12}")
+  print(f"{'metric':<22}{'model':>10}{'popularity':>12}{'ease' if ease else '':>12}")
   for name, value in metrics.items():
-    other = baseline.get(name)
-    print(f"{name:<22}{value:>10.4f}{'' if other is None else f'{other:>12.4f}'}")
+    others = "".join(f"{table[name]:>12.4f}" for table in (baseline, ease) if name in table)
+    print(f"{name:<22}{value:>10.4f}{others}")
+  if ease_skipped:
+    print(f"(no EASE baseline: {ease_skipped})")
   for task, report in classification.items():
     print(f"\nClassification report of task {task!r}:", *report_table(report), sep="\n")
 
@@ -121,7 +124,8 @@ def cmd_evaluate(args) -> None:
   training.check_split(config, prepared.split, ("test",))
   metrics = experiment.evaluate(config, prepared, model)
   runs.save_metrics(args.run, metrics)
-  _print_metrics(metrics["model"], metrics["popularity"], metrics.get("classification", {}))
+  _print_metrics(metrics["model"], metrics["popularity"], metrics.get("classification", {}),
+                 metrics["ease"], metrics.get("ease_skipped", ""))
 
 
 def cmd_export(args) -> None:
@@ -185,7 +189,7 @@ def cmd_run(args) -> None:
   from tfmtl import experiment
   result = experiment.run(_config(args), args.base_path)
   print(_run_dir_line(result.run_dir))
-  _print_metrics(result.metrics, result.baseline, result.classification)
+  _print_metrics(result.metrics, result.baseline, result.classification, result.ease)
   print(f"SavedModel: {result.export}")
   print(f"Report: {result.report}")
 

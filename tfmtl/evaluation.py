@@ -332,6 +332,26 @@ def evaluate_popularity(data: InteractionData, split: Split,
                            candidates)
 
 
+def evaluate_ease(data: InteractionData, split: Split, ks: Sequence[int] = (10, 50, 100),
+                  candidates: Optional[Sequence[str]] = None, batch_size: int = 512,
+                  l2: float = 250.0, max_items: int = 20_000) -> tuple[dict[str, float], str]:
+  """EASE's retrieval metrics on `split.test` (Steck 2019: closed-form
+  item-item weights fitted on `split.train`, L2 strength `l2`), and "";
+  or no metrics and why it was skipped: a catalogue over `max_items` items
+  (its item-item inverse grows with their cube), or matrices that would
+  not fit in memory."""
+  from tfmtl.teachers.ease import fit_baseline, memory_shortfall  # pylint: disable=import-outside-toplevel
+  catalogue = data.items[ITEM_ID].to_numpy(dtype=object)
+  if len(catalogue) > max_items:
+    return {}, (f"{len(catalogue):,} items, more than evaluate.ease_max_items "
+                f"({max_items:,})")
+  shortfall = memory_shortfall(split.train[USER_ID].nunique() + 1, len(catalogue))
+  if shortfall:
+    return {}, shortfall
+  return retrieval_metrics(fit_baseline(split.train, catalogue, l2), split, ks, batch_size,
+                           candidates), ""
+
+
 def on_validation(split: Split) -> Split:
   """`split` with its validation part as the part evaluated: the test part,
   with only the training items removed from the candidates."""

@@ -1,7 +1,7 @@
 """The whole job, as `tfmtl run` does it: train -> evaluate -> export -> report.
 
 `run(config)` prepares the data, trains, saves the run, evaluates it on the
-test split beside the popularity baseline (`metrics.json`, with each
+test split beside the popularity and EASE baselines (`metrics.json`, with each
 classification task's per-value report under `classification`), exports it for
 TF Serving and writes its report; the CLI and the notebook call it.
 
@@ -46,6 +46,7 @@ class RunResult(NamedTuple):
   export: Path
   report: Path
   classification: dict[str, dict] = {}  # `evaluation.classification_reports`
+  ease: dict[str, float] = {}  # the EASE baseline's metrics (none where skipped)
 
 
 def run(config: ExperimentConfig, base_path: Optional[str | Path] = None,
@@ -62,7 +63,7 @@ def run(config: ExperimentConfig, base_path: Optional[str | Path] = None,
   logger.info("Exported %s", export)
   from tfmtl.reports import run_report  # matplotlib: not at `import tfmtl`
   return RunResult(model, run_dir, metrics["model"], metrics["popularity"], export,
-                   run_report(run_dir), metrics.get("classification", {}))
+                   run_report(run_dir), metrics.get("classification", {}), metrics["ease"])
 
 
 def train(config: ExperimentConfig, prepared: training.Prepared,
@@ -75,10 +76,10 @@ def train(config: ExperimentConfig, prepared: training.Prepared,
 
 def evaluate(config: ExperimentConfig, prepared: training.Prepared,
              model: MultiTaskModel) -> dict[str, dict]:
-  """The model's and the popularity baseline's test metrics (`model`,
-  `popularity`), as `config.evaluate` and `config.split` say, and, for a
-  model with classification tasks, their reports (`classification`:
-  `evaluation.classification_reports`)."""
+  """The model's and the baselines' test metrics (`model`, `popularity`,
+  `ease`; `ease_skipped` says why EASE has none), as `config.evaluate` and
+  `config.split` say, and, for a model with classification tasks, their
+  reports (`classification`: `evaluation.classification_reports`)."""
   logger.info("Evaluating on %d test interactions over %d items",
               len(prepared.split.test), len(prepared.data.items))
   settings = config.evaluate
@@ -88,6 +89,12 @@ def evaluate(config: ExperimentConfig, prepared: training.Prepared,
              "popularity": evaluation.evaluate_popularity(prepared.data, prepared.split,
                                                           settings.ks, candidates,
                                                           settings.batch_size)}
+  metrics["ease"], skipped = evaluation.evaluate_ease(
+      prepared.data, prepared.split, settings.ks, candidates, settings.batch_size,
+      settings.ease_lambda, settings.ease_max_items)
+  if skipped:
+    metrics["ease_skipped"] = skipped
+    logger.info("The EASE baseline is skipped: %s", skipped)
   reports = evaluation.classification_reports(model, prepared.data, prepared.split.test,
                                               settings.batch_size)
   if reports:

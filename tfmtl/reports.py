@@ -73,9 +73,12 @@ def run_report(run_dir: str | Path) -> Path:
       _metrics_at_k(metrics, folder / "metrics_at_k.png")
       names = sorted(metrics["model"])
       lines.extend(["", "## Test metrics", "", "![metrics at k](metrics_at_k.png)", "",
-                    "| metric | model | popularity |", "|---|---|---|"])
+                    "| metric | model | popularity | EASE |", "|---|---|---|---|"])
       lines.extend(f"| {name} | {metrics['model'][name]:.4f} | "
-                   f"{_format(metrics.get('popularity', {}).get(name))} |" for name in names)
+                   f"{_format(metrics.get('popularity', {}).get(name))} | "
+                   f"{_format(metrics.get('ease', {}).get(name))} |" for name in names)
+      if metrics.get("ease_skipped"):
+        lines.extend(["", f"No EASE baseline: {metrics['ease_skipped']}."])
       for task, report in metrics.get("classification", {}).items():
         lines.extend(["", f"## Classification report: {task}", "", *report_table(report)])
     if f"val_recall@{k}" in validation and "val_rating_rmse" in validation:
@@ -174,7 +177,7 @@ def _metrics_at_k(metrics: dict, path: Path) -> None:
   families = ("recall", "ndcg", "hit")
   figure, axes_row = _figure(len(families))
   for axes, family in zip(axes_row, families):
-    for who, style in (("model", "o-"), ("popularity", "s--")):
+    for who, style in (("model", "o-"), ("popularity", "s--"), ("ease", "^:")):
       points = sorted((int(name.split("@")[1]), value)
                       for name, value in metrics.get(who, {}).items()
                       if name.startswith(f"{family}@"))

@@ -21,15 +21,26 @@ class EvaluateConfig(Section):
       test interactions per batch for the ranking tasks), in every
       evaluation: `tfmtl evaluate`, the per-epoch validation metrics,
       tuning trials and the popularity baseline.
+    ease_lambda: L2 strength of the EASE baseline (Steck 2019), shown beside
+      popularity by `tfmtl evaluate` and `tfmtl run`.
+    ease_max_items: the largest catalogue EASE is fitted for (its item-item
+      inverse grows with the cube of the items; 0: never); it is also
+      skipped, with a line saying so, when its matrices would not fit in
+      half the memory available.
   """
   ks: list[int] = dataclasses.field(default_factory=lambda: [10, 50, 100])
   batch_size: int = 512
+  ease_lambda: float = 250.0
+  ease_max_items: int = 20_000
 
   def _validate(self):
     if not self.ks or min(self.ks) < 1:
       raise ConfigError("ks: must be positive cut-offs")
     if self.batch_size < 1:
       raise ConfigError("batch_size: must be positive")
+    if self.ease_lambda <= 0 or self.ease_max_items < 0:
+      raise ConfigError("ease_lambda, ease_max_items: must be positive (ease_max_items 0: "
+                        "no EASE baseline)")
 
 
 @dataclasses.dataclass

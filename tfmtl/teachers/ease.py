@@ -106,18 +106,36 @@ class EaseTeacher:
     return None
 
 
-def _check_memory(users: int, items: int) -> None:
-  """ConfigError when EASE's matrices (3 items x items, 2 users x items,
-  float32) need more than half the memory available now."""
+def memory_shortfall(users: int, items: int) -> str:
+  """Why EASE's matrices (3 items x items, 2 users x items, float32) do not
+  fit (more than half the memory available now), or "" if they do."""
   needed = 4 * (3 * items * items + 2 * users * items)
   try:
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
   except (ValueError, OSError, AttributeError):  # not a POSIX system
-    return
-  if needed > available / 2:
-    raise ConfigError(f"distillation.teacher: ease needs about {needed / 2**30:.1f} GiB for "
-                      f"{items:,} items and {users:,} users, more than half of the "
-                      f"{available / 2**30:.1f} GiB available; distil from a tfmtl run instead")
+    return ""
+  if needed <= available / 2:
+    return ""
+  return (f"ease needs about {needed / 2**30:.1f} GiB for {items:,} items and {users:,} "
+          f"users, more than half of the {available / 2**30:.1f} GiB available")
+
+
+def _check_memory(users: int, items: int) -> None:
+  """ConfigError when EASE does not fit in memory (`memory_shortfall`)."""
+  shortfall = memory_shortfall(users, items)
+  if shortfall:
+    raise ConfigError(f"distillation.teacher: {shortfall}; distil from a tfmtl run instead")
+
+
+def fit_baseline(train: pd.DataFrame, catalogue: np.ndarray, l2: float) -> EaseTeacher:
+  """EASE fitted on `train` over `catalogue` (item ids), as an evaluation
+  scorer of the users `train` has (others: row 0, no scores)."""
+  users = pd.Index(pd.unique(train[USER_ID].to_numpy(object)))
+  items = pd.Index(catalogue).get_indexer(train[ITEM_ID].to_numpy(object))
+  known = items >= 0
+  matrix = np.zeros((len(users) + 1, len(catalogue)), np.float32)
+  matrix[users.get_indexer(train[USER_ID].to_numpy(object))[known] + 1, items[known]] = 1.0
+  return EaseTeacher.from_matrix(matrix, l2, users, catalogue)
 
 
 def interaction_matrix(student, train: pd.DataFrame) -> np.ndarray:
