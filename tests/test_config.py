@@ -252,7 +252,8 @@ _NEEDS = {"files": ["data.interactions=a.csv"], "vector": ["data.user_features.x
                                                              "tasks.x.threshold=4"],
           "classification": ["tasks.x.label=genres"], "reconstruction": ["tasks.x.label=genres"],
           "autoencoder": ["tasks.x.label=genres"],
-          "retrieval": ["tasks={x: {type: retrieval}}"]}
+          "retrieval": ["tasks={x: {type: retrieval}}"],
+          "given": ["data.source=files", "data.train=a.csv", "data.test=b.csv"]}
 
 
 @pytest.mark.parametrize("key, values", _declared_choices(), ids=lambda v: str(v)[:24])
