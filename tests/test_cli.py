@@ -93,15 +93,24 @@ def test_evaluate_of_a_missing_run_names_it(tmp_path, tfmtl_cli):
   assert "runs/nothing: not a tfmtl run" in result.stderr
 
 
-def test_tensorflow_warnings_print_once(tmp_path):
-  """TensorFlow's logger has its own handler; the CLI's must not repeat it."""
+def test_tensorflow_log_lines_stay_out_of_the_output_unless_debug(tmp_path):
+  """TensorFlow's native start-up lines and its Python warnings are not a
+  command's output; with --debug its warnings print, once (its logger has
+  its own handler). The command's own lines pass."""
   result = subprocess.run([sys.executable, "-c", """if True:
-      import sys, tensorflow as tf
+      import logging, sys
       from tfmtl import cli
-      cli.cmd_data = lambda args: tf.get_logger().warning("a TensorFlow warning")
-      sys.exit(cli.main(["data"]))"""], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+      def data(args):
+        import tensorflow as tf
+        tf.get_logger().warning("a TensorFlow warning")
+        logging.getLogger("tfmtl").info("the command's progress")
+      cli.cmd_data = data
+      sys.exit(cli.main(["data"]) or cli.main(["--debug", "data"]))"""],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stderr.count("a TensorFlow warning") == 1
+  assert result.stderr.count("a TensorFlow warning") == 1  # the --debug run's
+  assert result.stderr.count("INFO the command's progress") == 2
+  assert "absl::InitializeLog" not in result.stderr and "I0000" not in result.stderr
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

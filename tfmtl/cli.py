@@ -30,10 +30,12 @@ paragraph; `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 _EXPECTED_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError,
@@ -300,17 +302,55 @@ def _positive(text: str) -> int:
 LOG_FORMAT = "%(levelname)s %(message)s"  # how the command's log lines read on stderr
 
 
+# TensorFlow's native start-up lines (absl's, written before it is initialised,
+# which no environment variable silences), kept off stderr without --debug.
+_NATIVE_LOG_LINE = re.compile(
+    rb"(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] |To enable the following instructions:)")
+
+
+@contextlib.contextmanager
+def _without_native_log_lines():
+  """File descriptor 2, where TensorFlow's C++ writes, through a filter that
+  drops `_NATIVE_LOG_LINE`s and passes everything else on to stderr."""
+  sys.stderr.flush()
+  stderr = os.dup(2)
+  read_end, write_end = os.pipe()
+  os.dup2(write_end, 2)
+  os.close(write_end)
+
+  def forward():
+    with os.fdopen(read_end, "rb") as lines:
+      for line in lines:
+        if not _NATIVE_LOG_LINE.match(line):
+          try:
+            os.write(stderr, line)
+          except OSError:  # closed at exit while a child process still wrote
+            return
+  thread = threading.Thread(target=forward, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(stderr, 2)  # the pipe's last write end closes: `forward` ends
+    thread.join(timeout=5)
+    os.close(stderr)
+
+
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.basicConfig(format=LOG_FORMAT)
   logging.getLogger("tfmtl").setLevel(logging.INFO)  # progress; TensorFlow stays quiet
-  if not args.debug:  # TensorFlow's own warnings (e.g. retracing) too
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+  quiet = not args.debug and sys.stderr is sys.__stderr__  # a process of its own
+  # TensorFlow's own Python warnings (e.g. retracing): only with --debug
+  logging.getLogger("tensorflow").setLevel(logging.WARNING if args.debug else logging.ERROR)
   try:
-    import tfmtl  # noqa: F401  (binds Keras 2 before TensorFlow is used)
-    logging.getLogger("tensorflow").propagate = False  # it has its own handler: print once
-    args.handler(args)
+    with _without_native_log_lines() if quiet else contextlib.nullcontext():
+      import tfmtl  # noqa: F401  (binds Keras 2 before TensorFlow is used)
+      logging.getLogger("tensorflow").propagate = False  # it has its own handler: print once
+      args.handler(args)
   except Exception as error:  # noqa: BLE001  (one line for what users can act on)
     message = _user_message(error)
     if args.debug or message is None:
