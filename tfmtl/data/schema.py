@@ -365,7 +365,9 @@ def _user_domains(interactions: pd.DataFrame, users: pd.DataFrame, column: str,
   if column not in users.columns:
     raise DataError(f"data.domain_column: {column!r} is neither a column of "
                     f"{sources['interactions']} nor of {sources['users']} (user columns: "
-                    f"{sorted(users.columns)})")
+                    f"{sorted(users.columns)}); a domain is the request's: for an item "
+                    "attribute, such as a product line, write each interaction's into the "
+                    "interactions")
   values = users.set_index(USER_ID)[column]
   missing = (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
   bad = missing & ids_in(values.index.to_series(), pd.unique(interactions[USER_ID]))
