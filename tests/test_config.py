@@ -321,14 +321,16 @@ def test_data_paths_are_the_config_files_and_written_absolute(tmp_path, monkeypa
       "train: {run_dir: runs/mine}\n")
   monkeypatch.chdir(tmp_path)  # another folder than the config's
   config = ExperimentConfig.from_file("project/mine.yaml")
-  assert config.data.interactions == str(folder / "data" / "*.csv")
-  assert config.data.users == str(folder / "data" / "users.csv")
-  assert config.transfer.source.interactions == str(tmp_path / "elsewhere" / "source.csv")
+  assert config.data.interactions == "project/data/*.csv"  # as seen from here
+  assert config.data.users == "project/data/users.csv"
+  assert config.transfer.source.interactions == "elsewhere/source.csv"
+  assert ExperimentConfig.from_file(folder / "mine.yaml").data.users == str(
+      folder / "data" / "users.csv")
   assert config.train.run_dir == "runs/mine"  # outputs: the working directory's
   written = tmp_path / "elsewhere" / "copy.yaml"
   written.parent.mkdir()
   overridden = config.with_overrides(["data.items=items.csv"])  # the command line's folder
   written.write_text(overridden.to_yaml())
-  again = ExperimentConfig.from_file(written)
+  again = ExperimentConfig.from_file(written)  # written absolute
   assert again.data.items == str(tmp_path / "items.csv")
-  assert again.data.interactions == config.data.interactions
+  assert again.data.interactions == str(folder / "data" / "*.csv")

@@ -75,9 +75,9 @@ def test_evaluate_batch_size_reaches_every_evaluation(tmp_path, tiny_data, monke
   prepared = training.prepare(config)
   model = training.fit(config, prepared, verbose=0)  # validation metrics after the epoch
   assert batch_sizes == [("retrieval_metrics", 7), ("ranking_metrics", 7)]
-  experiment.evaluate(config, prepared, model)  # the model's test metrics, then popularity's
+  experiment.evaluate(config, prepared, model)  # the model's test metrics, popularity's, EASE's
   assert batch_sizes[2:] == [("retrieval_metrics", 7), ("ranking_metrics", 7),
-                             ("retrieval_metrics", 7)]
+                             ("retrieval_metrics", 7), ("retrieval_metrics", 7)]
 
 
 def test_a_run_whose_checkpoint_does_not_match_its_config_is_an_error(tmp_path, tiny_data):

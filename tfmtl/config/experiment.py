@@ -111,7 +111,7 @@ class ExperimentConfig(Section):
     config = None
     for path in map(Path, paths):
       layer = _read_yaml(path)
-      _absolute_data_paths(layer, Path(relative_to) if relative_to else path.parent)
+      _rebase_data_paths(layer, Path(relative_to) if relative_to else path.parent)
       try:
         if config is None:
           config = cls.from_dict(layer)
@@ -131,7 +131,7 @@ class ExperimentConfig(Section):
     data file paths written absolute, so the file reads the same data from
     any folder."""
     values = self.to_dict()
-    _absolute_data_paths(values, Path.cwd())
+    _rebase_data_paths(values, Path.cwd())
     stream = io.StringIO()
     yaml_io().dump(values, stream)
     return stream.getvalue()
@@ -178,9 +178,10 @@ def _read_yaml(path: Path) -> dict:
 _DATA_PATHS = ("interactions", "users", "items", "train", "validation", "test")
 
 
-def _absolute_data_paths(values: dict, folder: Path) -> None:
-  """Makes the relative data file paths of config `values` (its `data` and
-  `transfer.source` sections) absolute, as seen from `folder`."""
+def _rebase_data_paths(values: dict, folder: Path) -> None:
+  """Joins `folder` before each relative data file path of config `values`
+  (its `data` and `transfer.source` sections): the paths as seen from the
+  working directory (absolute where `folder` is)."""
   transfer = values.get("transfer")
   for section in (values.get("data"), transfer.get("source") if isinstance(transfer, dict)
                   else None):
@@ -189,7 +190,7 @@ def _absolute_data_paths(values: dict, folder: Path) -> None:
     for key in _DATA_PATHS:
       path = section.get(key)
       if isinstance(path, str) and path and "://" not in path and not os.path.isabs(path):
-        section[key] = os.path.normpath(os.path.join(os.path.abspath(folder), path))
+        section[key] = os.path.normpath(os.path.join(folder, path))
 
 
 def _layer(config: Any, values: dict, layer: dict) -> None:
