@@ -15,12 +15,14 @@ Rows: signature x batch x catalogue, with `p50_ms`, `p99_ms` (over 200
 calls at batch 1, 30 at batch 256) and the process's peak RSS after all of
 them (`peak_rss_gb`).
 
-    python benchmarks/serving_latency.py                # brute force
-    python benchmarks/serving_latency.py --index scann  # in the scann extra's env
+    python benchmarks/serving_latency.py                      # brute force
+    python benchmarks/serving_latency.py --index partitioned  # k-means partitions
+    python benchmarks/serving_latency.py --index scann        # in the scann extra's env
 
-Writes benchmarks/results/serving_latency.json, or serving_latency_scann.json
+Writes benchmarks/results/serving_latency.json, or serving_latency_<index>.json
 whose `retrieve` rows also hold `recall_at_100`: the share of the exact
-(brute-force) top 100 that ScaNN returns, over 256 users without exclusions.
+(brute-force) top 100 that the approximate index returns, over 256 users
+without exclusions, and `build_s`, the export's seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,27 +151,31 @@ def measure(export: Path, sample: dict, index: str) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--index", choices=["brute_force", "scann"], default="brute_force")
+  parser.add_argument("--index", choices=["brute_force", "partitioned", "scann"],
+                      default="brute_force")
   index = parser.parse_args().index
   rows = []
   with tempfile.TemporaryDirectory() as folder:
     for catalogue, make in (("movielens_1682", movielens_model),
                             ("synthetic_1000000", synthetic_model)):
       model, sample = make()
+      start = time.perf_counter()
       export = export_model(model, folder, catalogue, index=index)
+      built = {"build_s": time.perf_counter() - start}
       measured = measure(export, sample, index)
       recall = {}
-      if index == "scann":
+      if index != "brute_force":
         exact = export_model(model, folder, f"{catalogue}_exact")
         recall = {"recall_at_100": recall_at_100(export, exact, model, sample)}
-        print(f"{catalogue}: ScaNN recall@100 {recall['recall_at_100']:.3f}", flush=True)
+        print(f"{catalogue}: {index} recall@100 {recall['recall_at_100']:.3f}", flush=True)
       for row in measured["rows"]:
-        rows.append({"catalogue": catalogue, **row, "peak_rss_gb": measured["peak_rss_gb"],
-                     **(recall if row["signature"] == "retrieve" else {})})
+        rows.append({"catalogue": catalogue, "index": index, **row,
+                     "peak_rss_gb": measured["peak_rss_gb"],
+                     **(recall if row["signature"] == "retrieve" else {}), **built})
         print(f"{catalogue:<18} {row['signature']:<10} batch {row['batch']:>3}: "
               f"p50 {row['p50_ms']:8.2f} ms, p99 {row['p99_ms']:8.2f} ms", flush=True)
       print(f"{catalogue}: peak RSS {measured['peak_rss_gb']:.2f} GB", flush=True)
-  name = "serving_latency" if index == "brute_force" else "serving_latency_scann"
+  name = "serving_latency" if index == "brute_force" else f"serving_latency_{index}"
   settings = {"index": index, "tensorflow": tf.__version__,
               "calls": {"batch_1": 200, "batch_256": 30, "warm_up": 20}}
   seeds = [ExperimentConfig().seed]  # the MovieLens model's; the 1M catalogue is untrained

@@ -96,7 +96,7 @@ def trained(sites):
 
 
 @pytest.mark.parametrize("per_domain", [
-    ["model.multitask.per_domain=heads"], ["model.multitask.per_domain=shared_heads"],
+    ["model.multitask.per_domain=heads"],
     ["model.multitask={type: mmoe, layers: [16], num_experts: 2, per_domain: gates}"]])
 def test_per_domain_heads_or_gates_fit_domains_that_disagree(trained, per_domain):
   _, prepared, model = trained(*per_domain)

@@ -28,7 +28,8 @@ tfmtl.errors.ConfigError: tasks.rating.weight: expected a number, got 'heavy'
 
 from tfmtl.config.data import (ContentConfig, DataConfig, FeatureConfig, PropagationConfig,
                                SplitConfig, TextTuningConfig)
-from tfmtl.config.evaluation import EvaluateConfig, ExportConfig, ScannConfig, TuneConfig
+from tfmtl.config.evaluation import (EvaluateConfig, ExportConfig, PartitionedConfig, ScannConfig,
+                                    TuneConfig)
 from tfmtl.config.experiment import ExperimentConfig
 from tfmtl.config.model import (EmbeddingBlock, LossWeightingConfig, ModelConfig,
                                 MultiTaskConfig, SequenceConfig)
@@ -42,6 +43,6 @@ from tfmtl.errors import ConfigError
 __all__ = ["ConfigError", "ContentConfig", "DataConfig", "DistillationConfig", "EarlyStoppingConfig",
            "EmbeddingBlock", "EvaluateConfig", "ExperimentConfig", "ExportConfig", "FeatureConfig",
            "LossWeightingConfig", "ModelConfig", "MultiTaskConfig", "PropagationConfig",
-           "ScannConfig", "SequenceConfig", "SplitConfig", "TaskConfig", "TextTuningConfig",
+           "PartitionedConfig", "ScannConfig", "SequenceConfig", "SplitConfig", "TaskConfig", "TextTuningConfig",
            "TrainConfig", "TransferConfig", "TuneConfig", "check_name", "default_tasks",
            "history_length", "load_yaml"]

@@ -44,6 +44,29 @@ class EvaluateConfig(Section):
 
 
 @dataclasses.dataclass
+class PartitionedConfig(Section):
+  """Options of the partitioned index (`export.index: partitioned`;
+  `tfmtl.serving.index.PartitionedIndex`). 0 picks a value from the
+  catalogue's size.
+
+  Attributes:
+    partitions: k-means clusters of the candidate embeddings (0: the square
+      root of the number of items).
+    nprobe: the partitions, best centroids first, whose items a query scores
+      (0: a tenth of the partitions, at least 8).
+    seed: k-means' seed (the index is the same for a seed).
+  """
+  partitions: int = 0
+  nprobe: int = 0
+  seed: int = 0
+
+  def _validate(self):
+    if self.partitions < 0 or self.nprobe < 0:
+      raise ConfigError("partitions, nprobe: must be non-negative (0: from the catalogue's "
+                        "size)")
+
+
+@dataclasses.dataclass
 class ScannConfig(Section):
   """Options of the ScaNN index (`export.index: scann`; TFRS's `ScaNN` layer).
 
@@ -90,9 +113,12 @@ class ExportConfig(Section):
       for every ranking task.
     keep_versions: keep only this many newest versions of the model (0: all).
     index: how `retrieve`, `recommend` and `serving_default` find the best
-      items: `brute_force` (exact; stock TF Serving serves it) or `scann`
-      (approximate; needs the `scann` extra, TensorFlow 2.20, and a TF
-      Serving build with ScaNN's ops).
+      items: `brute_force` (exact; stock TF Serving serves it),
+      `partitioned` (approximate, k-means partitions; standard TensorFlow
+      ops, so stock TF Serving serves it too) or `scann` (approximate;
+      needs the `scann` extra, TensorFlow 2.20, and a TF Serving build with
+      ScaNN's ops).
+    partitioned: the partitioned index's options.
     scann: the ScaNN index's options.
   """
   base_path: str = "saved_models"
@@ -101,6 +127,7 @@ class ExportConfig(Section):
   recommend_weights: dict[str, float] = dataclasses.field(default_factory=dict)
   keep_versions: int = 0
   index: str = "brute_force"
+  partitioned: PartitionedConfig = dataclasses.field(default_factory=PartitionedConfig)
   scann: ScannConfig = dataclasses.field(default_factory=ScannConfig)
 
   def _validate(self):

@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tfmtl.config import ExperimentConfig, ScannConfig, check_name
+from tfmtl.config import ExperimentConfig, PartitionedConfig, ScannConfig, check_name
 from tfmtl.serving.signatures import ServingModule
 from tfmtl.serving.text import ServingText
 from tfmtl.serving.tf_serving import server_configs, write_warmup_requests
@@ -90,16 +90,17 @@ def latest_export(config: ExperimentConfig) -> Path:
 
 
 def export_configured(model, config: ExperimentConfig, base_path: Optional[str] = None,
-                      version: Optional[int] = None, text: Optional[ServingText] = None
-                      ) -> Path:
+                      version: Optional[int] = None, text: Optional[ServingText] = None,
+                      centroids: Optional[np.ndarray] = None) -> Path:
   """`export_model` as `config.export` says (the base path unless given);
   `text`: the model's text encoder, when it reads item text
-  (`ServingText.for_run` or `ServingText.for_config`)."""
+  (`ServingText.for_run` or `ServingText.for_config`); `centroids`: a
+  partitioned index's, kept from an earlier export."""
   options = config.export
   return export_model(model, base_path or options.base_path, config.name, options.top_k,
                       version, options.recommend_candidates,
                       options.recommend_weights or None, options.keep_versions,
-                      options.index, options.scann, text)
+                      options.index, options.scann, text, options.partitioned, centroids)
 
 
 def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
@@ -107,7 +108,9 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
                  recommend_weights: Optional[dict[str, float]] = None,
                  keep_versions: int = 0, index: str = "brute_force",
                  scann: Optional[ScannConfig] = None,
-                 text: Optional[ServingText] = None) -> Path:
+                 text: Optional[ServingText] = None,
+                 partitioned: Optional[PartitionedConfig] = None,
+                 centroids: Optional[np.ndarray] = None) -> Path:
   """Exports `model` as `<base_path>/<name>/<version>/` and returns that path.
 
   Args:
@@ -120,10 +123,12 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
     recommend_candidates, recommend_weights: `recommend`'s shortlist size and
       blend weights (see `ServingModule`).
     keep_versions: keep only this many newest versions (0: keep all).
-    index, scann: the retrieval index, `brute_force` or `scann`, and the
-      ScaNN options (see `tfmtl.serving.index`).
+    index, scann: the retrieval index, `brute_force`, `partitioned` or
+      `scann`, and the ScaNN options (see `tfmtl.serving.index`).
     text: the model's text encoder, when it reads item text (see
       `ServingModule`).
+    partitioned, centroids: the partitioned index's options, and an
+      earlier export's centroids to keep (see `ServingModule`).
   """
   check_name(name, "export name")
   model_dir = Path(base_path) / name
@@ -135,7 +140,7 @@ def export_model(model, base_path: str | Path, name: str, top_k: int = 100,
     raise FileExistsError(f"{target}: version {version} already exists; "
                           "exports never overwrite a version")
   module = ServingModule(model, top_k, recommend_candidates, recommend_weights, index, scann,
-                         text)
+                         text, partitioned, centroids)
   created = [folder for folder in (Path(base_path), model_dir) if not folder.exists()]
   model_dir.mkdir(parents=True, exist_ok=True)
   _remove_left_behind(model_dir)

@@ -6,6 +6,9 @@ scores and catalogue columns [batch, n], best first, places they cannot fill
 
 - `BruteForceIndex` (default): scores every item, query . candidate, exactly.
   It is plain TensorFlow, so stock TF Serving serves it.
+- `PartitionedIndex`: the items clustered by k-means at export; a query
+  scores the centroids, then only the items of its `nprobe` best
+  partitions. Approximate, and also made of standard TensorFlow ops only.
 - `ScannIndex`: TFRS's `ScaNN` layer (partitions plus asymmetric hashing,
   then exact rescoring of a shortlist). It needs the `scann` extra, whose ops
   are built for TensorFlow 2.20: `pip install "tfmtl[scann]"` in its own
@@ -24,14 +27,17 @@ Example:
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
-from tfmtl.config import ConfigError, ScannConfig
+from tfmtl.config import ConfigError, PartitionedConfig, ScannConfig
 from tfmtl.top_k import EXCLUDED_SCORE, top_k, top_k_dot
 
-INDEXES = ("brute_force", "scann")  # `export.index`: BruteForceIndex, ScannIndex
+# `export.index`: BruteForceIndex, PartitionedIndex, ScannIndex
+INDEXES = ("brute_force", "partitioned", "scann")
 
 
 class BruteForceIndex(tf.Module):
@@ -48,6 +54,103 @@ class BruteForceIndex(tf.Module):
     excluded = tf.stack([tf.cast(known[:, 0], tf.int32),
                          tf.gather_nd(exclude_columns, known)], axis=1)  # (row, column)
     return top_k_dot(query, self.candidate_matrix, n, excluded, transposed=True)
+
+
+class PartitionedIndex(tf.Module):
+  """Approximate top items: k-means partitions of `candidates` [items, dim].
+
+  At build, scikit-learn's `MiniBatchKMeans` (seeded) clusters the items'
+  embeddings; the items are stored grouped by partition (`item_columns`,
+  their embeddings in that order, and each partition's `offsets`). A query
+  scores the centroids, takes its `nprobe` best partitions and scores their
+  items only; the best `n` plus as many as it excludes are then filtered
+  (as `ScannIndex` does). With `nprobe` equal to the partitions it is exact.
+
+  Args:
+    candidates: the catalogue's embeddings, one row per item.
+    options: `export.partitioned` (0s: from the catalogue's size,
+      `partitioned_parameters`).
+    centroids: an earlier index's centroids (`saved_centroids`): each item
+      goes to its nearest one, without clustering again (`add-items`).
+  """
+
+  def __init__(self, candidates: np.ndarray, options: PartitionedConfig = PartitionedConfig(),
+               centroids: Optional[np.ndarray] = None):
+    super().__init__(name="partitioned_index")
+    candidates = np.asarray(candidates, np.float32)
+    self.num_items = len(candidates)
+    if centroids is None:
+      from sklearn.cluster import MiniBatchKMeans  # pylint: disable=import-outside-toplevel
+      partitions, _ = partitioned_parameters(self.num_items, options)
+      centroids = MiniBatchKMeans(partitions, random_state=options.seed, n_init=1,
+                                  batch_size=min(self.num_items, 4096)
+                                  ).fit(candidates).cluster_centers_
+    centroids = np.asarray(centroids, np.float32)
+    self.nprobe = probed_partitions(len(centroids), options)
+    labels = _nearest(candidates, centroids)
+    order = np.argsort(labels, kind="stable")
+    self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
+    self.offsets = tf.Variable(np.searchsorted(labels[order], np.arange(len(centroids) + 1)),
+                               trainable=False, dtype=tf.int64, name="offsets")
+    self.item_columns = tf.Variable(order.astype(np.int32), trainable=False,
+                                    name="item_columns")
+    self.item_vectors = tf.Variable(candidates[order], trainable=False, name="item_vectors")
+
+  def top(self, query, n, exclude_columns):
+    """As `BruteForceIndex.top`, over the `nprobe` best partitions' items."""
+    _, probed = tf.math.top_k(tf.matmul(query, self.centroids, transpose_b=True), self.nprobe)
+    probed = tf.reshape(probed, [-1])  # [batch * nprobe]
+    positions = tf.ragged.range(tf.gather(self.offsets, probed),
+                                tf.gather(self.offsets, probed + 1))
+    positions = tf.RaggedTensor.from_uniform_row_length(positions, self.nprobe).merge_dims(
+        1, 2)  # [batch, the probed partitions' items]
+    rows = positions.value_rowids()
+    scores = tf.reduce_sum(tf.gather(self.item_vectors, positions.flat_values)
+                           * tf.gather(query, rows), axis=1)
+    scores = positions.with_flat_values(scores).to_tensor(EXCLUDED_SCORE)
+    columns = positions.with_flat_values(
+        tf.gather(self.item_columns, positions.flat_values)).to_tensor(-1)
+    asked = tf.minimum(n + tf.shape(exclude_columns)[1], tf.shape(scores)[1])
+    values, places = top_k(scores, asked)
+    columns = tf.gather(columns, places, batch_dims=1)
+    missing = tf.maximum(n - asked, 0)  # fewer items probed than asked for
+    values = tf.pad(values, [[0, 0], [0, missing]], constant_values=EXCLUDED_SCORE)
+    columns = tf.pad(columns, [[0, 0], [0, missing]], constant_values=-1)
+    excluded = tf.reduce_any(columns[:, :, None] == exclude_columns[:, None, :], axis=2)
+    excluded |= columns < 0
+    best, kept = top_k(values, n, tf.where(excluded))
+    return best, tf.gather(columns, kept, batch_dims=1)
+
+
+def _nearest(candidates: np.ndarray, centroids: np.ndarray, chunk: int = 65536) -> np.ndarray:
+  """Each candidate's nearest centroid (squared distance), a chunk at a time."""
+  squared = np.square(centroids).sum(axis=1)
+  return np.concatenate([np.argmin(squared - 2 * candidates[start:start + chunk] @ centroids.T,
+                                   axis=1)
+                         for start in range(0, len(candidates), chunk)])
+
+
+def saved_centroids(export_dir: str | Path) -> Optional[np.ndarray]:
+  """The centroids of the partitioned index an export holds, or None."""
+  reader = tf.train.load_checkpoint(str(Path(export_dir) / "variables" / "variables"))
+  keys = [key for key in reader.get_variable_to_shape_map()
+          if key.startswith("index/centroids/")]
+  return reader.get_tensor(keys[0]) if keys else None
+
+
+def partitioned_parameters(num_items: int, options: PartitionedConfig) -> tuple[int, int]:
+  """(partitions, nprobe) of `options`, its 0s filled in from the catalogue.
+
+  >>> partitioned_parameters(1_000_000, PartitionedConfig())
+  (1000, 100)
+  """
+  partitions = min(options.partitions or max(1, round(math.sqrt(num_items))), num_items)
+  return partitions, probed_partitions(partitions, options)
+
+
+def probed_partitions(partitions: int, options: PartitionedConfig) -> int:
+  """`options.nprobe`, or a tenth of the partitions (at least 8); at most all."""
+  return min(options.nprobe or max(8, math.ceil(partitions / 10)), partitions)
 
 
 class ScannIndex(tf.Module):

@@ -30,6 +30,7 @@ from tfmtl import atomic, runs
 from tfmtl.content import CONTENT, item_texts, text_vectors
 from tfmtl.data.schema import ITEM_ID, DataError, check_feature_table
 from tfmtl.serving.export import export_configured, versions
+from tfmtl.serving.index import saved_centroids
 from tfmtl.serving.text import ServingText
 
 
@@ -65,10 +66,14 @@ def add_items(run_dir: str | Path, items: pd.DataFrame, base_path: Optional[str]
   # puts the catalogue back.
   model_dir = Path(base_path or config.export.base_path) / config.name
   before = set(versions(model_dir))
+  # A partitioned index keeps the latest export's partitions; the new items
+  # join their nearest one (no clustering again).
+  centroids = (saved_centroids(model_dir / str(max(before)))
+               if config.export.index == "partitioned" and before else None)
   _write_catalogue(run_dir, grown)
   try:
     return export_configured(model, config, base_path, version,
-                             ServingText.for_run(run_dir, config))
+                             ServingText.for_run(run_dir, config), centroids)
   except BaseException:
     if not set(versions(model_dir)) - before:
       _write_catalogue(run_dir, catalogue)

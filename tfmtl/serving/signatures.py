@@ -18,8 +18,8 @@ features (propagated interests) travel inside and are looked up by `user_id`.
 | `candidate_embedding_from_features` | item inputs (below) | `embedding` [batch, dim] |
 
 `retrieve` finds the best items (query . candidate) with the export's index
-(`export.index`: exact brute force by default, or ScaNN; see
-`tfmtl.serving.index`). `recommend` is the two-stage cascade in one call:
+(`export.index`: exact brute force by default, k-means partitions, or
+ScaNN; see `tfmtl.serving.index`). `recommend` is the two-stage cascade in one call:
 it retrieves the best `candidates` items, scores each with every ranking
 task (binary tasks as a probability) and returns the top k by the blend
 `sum(weights[task] * task score)`, where the retrieval task's score is the
@@ -81,10 +81,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.config import ExportConfig, ScannConfig, TaskConfig
+from tfmtl.config import ExportConfig, PartitionedConfig, ScannConfig, TaskConfig
 from tfmtl.content import CONTENT
 from tfmtl.data.schema import DOMAIN, HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, vector_dims
-from tfmtl.serving.index import BruteForceIndex, ScannIndex
+from tfmtl.serving.index import BruteForceIndex, PartitionedIndex, ScannIndex
 from tfmtl.serving.text import ServingText
 from tfmtl.tasks import task_type
 from tfmtl.top_k import EXCLUDED_SCORE, top_k
@@ -101,21 +101,27 @@ class ServingModule(tf.Module):
     recommend_candidates: items `recommend` retrieves before ranking.
     recommend_weights: task name -> blend weight (default: 1 for every
       ranking task, or the retrieval score alone without ranking tasks).
-    index: `brute_force` or `scann` (see `tfmtl.serving.index`).
+    index: `brute_force`, `partitioned` or `scann` (see `tfmtl.serving.index`).
     scann: the ScaNN index's options.
+    text: the text encoder of a model that reads item text.
+    partitioned: the partitioned index's options.
+    centroids: an earlier export's partitions, kept (`PartitionedIndex`).
   """
 
   @classmethod
-  def from_config(cls, model, export: ExportConfig,
-                  text: Optional[ServingText] = None) -> "ServingModule":
+  def from_config(cls, model, export: ExportConfig, text: Optional[ServingText] = None,
+                  centroids: Optional[np.ndarray] = None) -> "ServingModule":
     """The signatures as a config's `export` section says."""
     return cls(model, export.top_k, export.recommend_candidates,
-               export.recommend_weights or None, export.index, export.scann, text)
+               export.recommend_weights or None, export.index, export.scann, text,
+               export.partitioned, centroids)
 
   def __init__(self, model, top_k: int = 100, recommend_candidates: int = 100,
                recommend_weights: Optional[dict[str, float]] = None,
                index: str = "brute_force", scann: Optional[ScannConfig] = None,
-               text: Optional[ServingText] = None):
+               text: Optional[ServingText] = None,
+               partitioned: Optional[PartitionedConfig] = None,
+               centroids: Optional[np.ndarray] = None):
     super().__init__(name="tfmtl_serving")
     if (text is None) != (CONTENT not in model.vocabulary.item_features):
       raise ValueError("text: the model reads item text (`content`): give its text encoder "
@@ -138,9 +144,14 @@ class ServingModule(tf.Module):
     candidates = model.catalogue_embeddings()
     self.candidate_matrix = tf.Variable(tf.transpose(candidates),
                                         trainable=False, name="candidate_matrix")
-    self.index = (ScannIndex(np.asarray(candidates), max(self.top_k, self.recommend_candidates),
-                             scann or ScannConfig())
-                  if index == "scann" else BruteForceIndex(self.candidate_matrix))
+    if index == "scann":
+      self.index = ScannIndex(np.asarray(candidates), max(self.top_k, self.recommend_candidates),
+                              scann or ScannConfig())
+    elif index == "partitioned":
+      self.index = PartitionedIndex(np.asarray(candidates), partitioned or PartitionedConfig(),
+                                    centroids)
+    else:
+      self.index = BruteForceIndex(self.candidate_matrix)
     # Row 0 is an unknown item (all features OOV); row i+1 is catalogue item i.
     unknown = model.encoder(model.encoder.missing(1))
     self.item_rows = keras.layers.StringLookup(

@@ -40,6 +40,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from tfmtl import runs
+from tfmtl.serving.index import saved_centroids
 from tfmtl.serving.signatures import ServingModule
 from tfmtl.serving.text import ServingText
 from tfmtl.serving.tf_serving import WARMUP_FILE
@@ -101,7 +102,8 @@ def validate_export(run_dir: str | Path, export_dir: str | Path,
     raise FileNotFoundError(f"{export_dir}: an incomplete SavedModel ({', '.join(missing)} "
                             "missing); export the run again")
   config, model = runs.load_run(run_dir)
-  module = ServingModule.from_config(model, config.export, ServingText.for_run(run_dir, config))
+  module = ServingModule.from_config(model, config.export, ServingText.for_run(run_dir, config),
+                                     saved_centroids(export_dir))  # a partitioned index's
   with tempfile.TemporaryDirectory() as folder:
     replay, answers = _replay_in_fresh_process(export_dir, Path(folder) / "answers.npz",
                                                config.export.index)

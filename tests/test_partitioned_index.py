@@ -1,0 +1,130 @@
+"""`export.index: partitioned`: k-means partitions searched with standard
+TensorFlow ops, exact when every partition is probed."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfmtl
+from tfmtl.config import PartitionedConfig
+from tfmtl.serving.index import BruteForceIndex, PartitionedIndex
+
+
+@pytest.fixture(scope="module")
+def clustered():
+  """5,000 unit vectors around 50 centres, and 64 queries near some of them."""
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(50, 16))
+  items = centres[rng.integers(0, 50, 5000)] + 0.3 * rng.normal(size=(5000, 16))
+  items = (items / np.linalg.norm(items, axis=1, keepdims=True)).astype(np.float32)
+  queries = items[:64] + np.float32(0.05) * rng.normal(size=(64, 16)).astype(np.float32)
+  return items, tf.constant(queries)
+
+
+def _exact(items, queries, n, excluded):
+  return BruteForceIndex(tf.constant(items.T)).top(queries, n, excluded)
+
+
+def test_probing_every_partition_is_brute_force(clustered):
+  items, queries = clustered
+  excluded = tf.constant(np.tile([[0, 1, -1]], (64, 1)), tf.int32)
+  index = PartitionedIndex(items, PartitionedConfig(partitions=40, nprobe=40))
+  scores, columns = index.top(queries, 100, excluded)
+  exact_scores, exact_columns = _exact(items, queries, 100, excluded)
+  np.testing.assert_array_equal(columns.numpy(), exact_columns.numpy())
+  np.testing.assert_allclose(scores.numpy(), exact_scores.numpy(), atol=1e-5)
+
+
+def test_a_few_partitions_find_the_exact_top_items_and_never_an_excluded_one(clustered):
+  items, queries = clustered
+  _, exact = _exact(items, queries, 100, tf.fill([64, 1], -1))
+  excluded = exact[:, :5]  # each query's five best: gone
+  index = PartitionedIndex(items, PartitionedConfig(partitions=70, nprobe=4))
+  _, columns = index.top(queries, 100, excluded)
+  assert not any(set(got) & set(gone) for got, gone in zip(columns.numpy(), excluded.numpy()))
+  recall = np.mean([len(set(got) & set(want)) / 95
+                    for got, want in zip(columns.numpy(), exact.numpy()[:, 5:])])
+  assert recall >= 0.95, recall
+  again = PartitionedIndex(items, PartitionedConfig(partitions=70, nprobe=4))  # same seed
+  np.testing.assert_array_equal(again.item_columns.numpy(), index.item_columns.numpy())
+
+
+def test_new_items_join_their_nearest_partition_and_are_found(clustered):
+  items, queries = clustered
+  first = PartitionedIndex(items[:4000], PartitionedConfig(partitions=60, nprobe=4))
+  grown = PartitionedIndex(items, PartitionedConfig(nprobe=4), first.centroids.numpy())
+  np.testing.assert_array_equal(grown.centroids.numpy(), first.centroids.numpy())  # kept
+  new = tf.constant(items[4000:4064])  # each new item's own direction finds it first
+  _, columns = grown.top(new, 1, tf.fill([64, 0], -1))
+  assert (columns.numpy()[:, 0] == np.arange(4000, 4064)).mean() >= 0.95
+
+
+def test_fewer_probed_items_than_asked_leave_empty_places(clustered):
+  items, queries = clustered
+  index = PartitionedIndex(items[:30], PartitionedConfig(partitions=10, nprobe=1))
+  scores, columns = index.top(queries[:2], 20, tf.fill([2, 0], -1))
+  found = columns.numpy() >= 0
+  assert not found.all() and found[:, 0].all()  # one partition: a few items, then nothing
+  assert (scores.numpy()[~found] <= -1e30).all()
+
+
+@pytest.mark.slow
+def test_an_export_answers_as_brute_force_without_tfmtl_keeps_its_partitions_and_validates(
+    tiny_data, tmp_path, fresh_process):
+  """Probing every partition, the export answers `retrieve` as brute force
+  does, in a process without tfmtl, with standard ops only; `add-items`
+  keeps its partitions, and `validate` passes on the grown export."""
+  from tfmtl import runs, training
+  from tfmtl.config import ExperimentConfig
+  from tfmtl.data import Split
+  from tfmtl.serving import add_items
+  from tfmtl.serving.export import export_configured
+  from tfmtl.serving.index import saved_centroids
+  from tfmtl.serving.validate import validate_export
+  data = tiny_data
+  config = ExperimentConfig().with_overrides([
+      "name=tiny", "model.embedding_dim=16", "train.epochs=1", "train.batch_size=64",
+      "train.validate_every=0", "train.log_dir=''", "export.top_k=5", "export.index=partitioned",
+      "export.partitioned={partitions: 6, nprobe: 6}", f"export.base_path={tmp_path}"])
+  empty = data.interactions.iloc[:0]
+  prepared = training.Prepared(data, Split(data.interactions, empty, empty),
+                               tfmtl.FeatureVocabulary.build(data, data.interactions))
+  model = training.fit(config, prepared, verbose=0)
+  run = runs.save_run(tmp_path / "run", config, prepared, model)
+  partitioned = export_configured(model, config)
+  users = {"user_id": ["u1", "u7"], "taste": ["t1", "t2"], "age": [25.0, 61.0]}
+  answers = fresh_process(f"""if True:
+      import json, tensorflow as tf
+      from tensorflow.core.protobuf import saved_model_pb2
+      from tensorflow.python.framework import op_def_registry
+      def answer(path):
+        retrieve = tf.saved_model.load(path).signatures["retrieve"]
+        users = {{k: tf.constant(v) for k, v in {users!r}.items()}}
+        out = retrieve(k=tf.constant([5, 5]), exclude_item_ids=tf.constant([["i1"], [""]]),
+                       **users)
+        return {{"item_ids": out["item_ids"].numpy().astype(str).tolist(),
+                "scores": out["scores"].numpy().tolist()}}
+      proto = saved_model_pb2.SavedModel()
+      with open({str(partitioned / "saved_model.pb")!r}, "rb") as file:
+        proto.ParseFromString(file.read())
+      graph = proto.meta_graphs[0].graph_def
+      ops = {{node.op for node in graph.node}} | {{
+          node.op for function in graph.library.function for node in function.node_def}}
+      print(json.dumps({{"partitioned": answer({str(partitioned)!r}),
+                        "unregistered": sorted(op for op in ops
+                                               if op_def_registry.get(op) is None),
+                        "ragged": "RaggedRange" in ops}}))""")
+  query = model.query_tower(model.encoder({
+      name: np.array(values, np.float32 if name == "age" else object)
+      for name, values in users.items()}))
+  excluded = tf.constant([[list(model.catalogue_item_ids).index("i1")], [-1]], tf.int32)
+  scores, columns = _exact(model.catalogue_embeddings().numpy(), query, 5, excluded)
+  assert answers["partitioned"]["item_ids"] == model.catalogue_item_ids[columns.numpy()].tolist()
+  np.testing.assert_allclose(answers["partitioned"]["scores"], scores.numpy(), atol=1e-5)
+  assert answers["unregistered"] == [] and answers["ragged"]  # the index's ops, all standard
+
+  grown = add_items(run, data.items.iloc[:1].assign(item_id="n1"))
+  np.testing.assert_array_equal(saved_centroids(grown), saved_centroids(partitioned))
+  assert tf.saved_model.load(str(grown)).index.item_columns.shape == (len(data.items) + 1,)
+  failed = [check for check in validate_export(run, grown) if not check.passed]
+  assert not failed, failed
