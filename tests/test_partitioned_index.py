@@ -126,5 +126,16 @@ def test_an_export_answers_as_brute_force_without_tfmtl_keeps_its_partitions_and
   grown = add_items(run, data.items.iloc[:1].assign(item_id="n1"))
   np.testing.assert_array_equal(saved_centroids(grown), saved_centroids(partitioned))
   assert tf.saved_model.load(str(grown)).index.item_columns.shape == (len(data.items) + 1,)
-  failed = [check for check in validate_export(run, grown) if not check.passed]
-  assert not failed, failed
+  checks = validate_export(run, grown)
+  assert all(check.passed for check in checks), checks
+  assert "recall@41 1.000" in checks[-1].detail  # every partition probed: exact
+  # One partition of six probed: validate's recall check fails below its floor.
+  from tfmtl.serving.signatures import ServingModule
+  from tfmtl.serving.tf_serving import warmup_inputs
+  from tfmtl.serving.validate import _recall_check
+  narrow = ServingModule(model, 5, 10, index="partitioned",
+                         partitioned=PartitionedConfig(partitions=6, nprobe=1))
+  requests = [("retrieve", {name: tf.constant(value) for name, value in
+                            warmup_inputs(narrow, "retrieve", 8).items()})]
+  check = _recall_check(narrow, requests, floor=0.9)
+  assert not check.passed and "over 8 warm-up queries" in check.detail

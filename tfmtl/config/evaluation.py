@@ -120,6 +120,9 @@ class ExportConfig(Section):
       ScaNN's ops).
     partitioned: the partitioned index's options.
     scann: the ScaNN index's options.
+    min_recall: `tfmtl validate` fails an approximate index (`partitioned`,
+      `scann`) whose recall@100 against brute force, for the warm-up
+      requests' users, is below this.
   """
   base_path: str = "saved_models"
   top_k: int = 100
@@ -129,6 +132,7 @@ class ExportConfig(Section):
   index: str = "brute_force"
   partitioned: PartitionedConfig = dataclasses.field(default_factory=PartitionedConfig)
   scann: ScannConfig = dataclasses.field(default_factory=ScannConfig)
+  min_recall: float = 0.9
 
   def _validate(self):
     from tfmtl.serving.index import INDEXES  # pylint: disable=import-outside-toplevel
@@ -137,6 +141,8 @@ class ExportConfig(Section):
       raise ConfigError("top_k, recommend_candidates: must be at least 1")
     if self.keep_versions < 0:
       raise ConfigError("keep_versions: must be non-negative (0 keeps every version)")
+    if not 0 <= self.min_recall <= 1:
+      raise ConfigError("min_recall: must be between 0 and 1")
 
 
 @dataclasses.dataclass

@@ -40,7 +40,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from tfmtl import runs
-from tfmtl.serving.index import saved_centroids
+from tfmtl.serving.index import BruteForceIndex, saved_centroids
 from tfmtl.serving.signatures import ServingModule
 from tfmtl.serving.text import ServingText
 from tfmtl.serving.tf_serving import WARMUP_FILE
@@ -115,7 +115,25 @@ def validate_export(run_dir: str | Path, export_dir: str | Path,
     requests = _warmup_requests(export_dir)
     checks.append(_finite_check(requests, answers))
     checks.append(_answers_check(module, requests, answers, atol))
+    if not isinstance(module.index, BruteForceIndex):
+      checks.append(_recall_check(module, requests, config.export.min_recall))
   return checks
+
+
+def _recall_check(module: ServingModule, requests: list[tuple[str, dict]],
+                  floor: float) -> Check:
+  """An approximate index's recall@100 against brute force over the same
+  embeddings, for the users of the warm-up `retrieve` requests."""
+  queries = tf.concat([module._query(inputs)  # pylint: disable=protected-access
+                       for signature, inputs in requests if signature == "retrieve"], 0)
+  n = min(100, module.num_items)
+  nothing = tf.fill([tf.shape(queries)[0], 0], -1)
+  _, found = module.index.top(queries, n, nothing)
+  _, exact = BruteForceIndex(module.candidate_matrix).top(queries, n, nothing)
+  recall = float(np.mean([len(set(a) & set(b)) / n for a, b in zip(found.numpy(),
+                                                                     exact.numpy())]))
+  return Check(f"recall@{n} against brute force at least export.min_recall ({floor})",
+               recall >= floor, f"recall@{n} {recall:.3f} over {len(queries)} warm-up queries")
 
 
 def _scan_check(scanned: str) -> Check:
