@@ -53,7 +53,7 @@ class PartitionedConfig(Section):
     partitions: k-means clusters of the candidate embeddings (0: the square
       root of the number of items).
     nprobe: the partitions, best centroids first, whose items a query scores
-      (0: a tenth of the partitions, at least 8).
+      (0: a fiftieth of the partitions, at least 8).
     seed: k-means' seed (the index is the same for a seed).
   """
   partitions: int = 0

@@ -8,7 +8,8 @@ scores and catalogue columns [batch, n], best first, places they cannot fill
   It is plain TensorFlow, so stock TF Serving serves it.
 - `PartitionedIndex`: the items clustered by k-means at export; a query
   scores the centroids, then only the items of its `nprobe` best
-  partitions. Approximate, and also made of standard TensorFlow ops only.
+  partitions, one block each. Approximate, and also made of standard
+  TensorFlow ops only.
 - `ScannIndex`: TFRS's `ScaNN` layer (partitions plus asymmetric hashing,
   then exact rescoring of a shortlist). It needs the `scann` extra, whose ops
   are built for TensorFlow 2.20: `pip install "tfmtl[scann]"` in its own
@@ -60,11 +61,13 @@ class PartitionedIndex(tf.Module):
   """Approximate top items: k-means partitions of `candidates` [items, dim].
 
   At build, scikit-learn's `MiniBatchKMeans` (seeded) clusters the items'
-  embeddings; the items are stored grouped by partition (`item_columns`,
-  their embeddings in that order, and each partition's `offsets`). A query
-  scores the centroids, takes its `nprobe` best partitions and scores their
-  items only; the best `n` plus as many as it excludes are then filtered
-  (as `ScannIndex` does). With `nprobe` equal to the partitions it is exact.
+  embeddings, and each partition is stored as one block: `item_vectors`
+  [partitions, size, dim] and `item_columns` [partitions, size] (the
+  largest partition's size; -1 pads the others). A query scores the
+  centroids, gathers its `nprobe` best blocks and scores them in one
+  batched matmul; the best `n` plus as many as it excludes are then
+  filtered (as `ScannIndex` does). With `nprobe` equal to the partitions it
+  is exact.
 
   Args:
     candidates: the catalogue's embeddings, one row per item.
@@ -88,28 +91,25 @@ class PartitionedIndex(tf.Module):
     centroids = np.asarray(centroids, np.float32)
     self.nprobe = probed_partitions(len(centroids), options)
     labels = _nearest(candidates, centroids)
+    sizes = np.bincount(labels, minlength=len(centroids))
     order = np.argsort(labels, kind="stable")
+    slots = np.arange(self.num_items) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    vectors = np.zeros((len(centroids), max(int(sizes.max()), 1), candidates.shape[1]),
+                       np.float32)
+    vectors[labels[order], slots] = candidates[order]
+    columns = np.full(vectors.shape[:2], -1, np.int32)
+    columns[labels[order], slots] = order
     self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
-    self.offsets = tf.Variable(np.searchsorted(labels[order], np.arange(len(centroids) + 1)),
-                               trainable=False, dtype=tf.int64, name="offsets")
-    self.item_columns = tf.Variable(order.astype(np.int32), trainable=False,
-                                    name="item_columns")
-    self.item_vectors = tf.Variable(candidates[order], trainable=False, name="item_vectors")
+    self.item_vectors = tf.Variable(vectors, trainable=False, name="item_vectors")
+    self.item_columns = tf.Variable(columns, trainable=False, name="item_columns")
 
   def top(self, query, n, exclude_columns):
     """As `BruteForceIndex.top`, over the `nprobe` best partitions' items."""
     _, probed = tf.math.top_k(tf.matmul(query, self.centroids, transpose_b=True), self.nprobe)
-    probed = tf.reshape(probed, [-1])  # [batch * nprobe]
-    positions = tf.ragged.range(tf.gather(self.offsets, probed),
-                                tf.gather(self.offsets, probed + 1))
-    positions = tf.RaggedTensor.from_uniform_row_length(positions, self.nprobe).merge_dims(
-        1, 2)  # [batch, the probed partitions' items]
-    rows = positions.value_rowids()
-    scores = tf.reduce_sum(tf.gather(self.item_vectors, positions.flat_values)
-                           * tf.gather(query, rows), axis=1)
-    scores = positions.with_flat_values(scores).to_tensor(EXCLUDED_SCORE)
-    columns = positions.with_flat_values(
-        tf.gather(self.item_columns, positions.flat_values)).to_tensor(-1)
+    batch = tf.shape(query)[0]
+    scores = tf.einsum("bd,bpsd->bps", query, tf.gather(self.item_vectors, probed))
+    columns = tf.reshape(tf.gather(self.item_columns, probed), [batch, -1])
+    scores = tf.where(columns >= 0, tf.reshape(scores, [batch, -1]), EXCLUDED_SCORE)
     asked = tf.minimum(n + tf.shape(exclude_columns)[1], tf.shape(scores)[1])
     values, places = top_k(scores, asked)
     columns = tf.gather(columns, places, batch_dims=1)
@@ -142,15 +142,15 @@ def partitioned_parameters(num_items: int, options: PartitionedConfig) -> tuple[
   """(partitions, nprobe) of `options`, its 0s filled in from the catalogue.
 
   >>> partitioned_parameters(1_000_000, PartitionedConfig())
-  (1000, 100)
+  (1000, 20)
   """
   partitions = min(options.partitions or max(1, round(math.sqrt(num_items))), num_items)
   return partitions, probed_partitions(partitions, options)
 
 
 def probed_partitions(partitions: int, options: PartitionedConfig) -> int:
-  """`options.nprobe`, or a tenth of the partitions (at least 8); at most all."""
-  return min(options.nprobe or max(8, math.ceil(partitions / 10)), partitions)
+  """`options.nprobe`, or a fiftieth of the partitions (at least 8); at most all."""
+  return min(options.nprobe or max(8, math.ceil(partitions / 50)), partitions)
 
 
 class ScannIndex(tf.Module):
