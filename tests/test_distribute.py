@@ -279,7 +279,7 @@ def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
   folder, tf_config = parameter_server_cluster
   cases = [("tfrecord", "false"), ("memory", "true")]
   chief = _start_runs(config_file, folder, [
-      ["train.strategy=parameter_server", "train.shard_min_bytes=1024", "train.epochs=2",
+      ["train.strategy=parameter_server", "train.shard_min_bytes=1024", "train.epochs=4",
        f"train.run_dir=runs/ps_{train_input}_{tables}", f"train.input={train_input}",
        f"model.tpu_embedding={tables}"] for train_input, tables in cases], tf_config("chief", 0))
   stdouts, stderrs = _finished_runs(chief)
@@ -289,14 +289,14 @@ def test_a_parameter_server_cluster_trains_with_sharded_embeddings(
     assert ("embedding_tables/user_id_embedding" in sharded) == (tables == "true")
     # Two workers update the parameters asynchronously: close to one device,
     # not equal. Each task's loss must fall from the untrained model's by at
-    # least 0.3 of what one device's falls in as many epochs (the retrieval
-    # and rating losses fell by 0.99-1.17 of it in four runs, the like loss,
-    # which moves least, by 0.56-1.14); a cluster whose updates are lost
-    # stays at the untrained loss.
-    reference = one_device(epochs=2, tables=tables == "true")
+    # least half of what one device's falls (the like loss, which 4 epochs
+    # move least, fell by 0.69 of it in one run); a cluster whose updates are
+    # lost does not. (In 2 epochs the like loss once ended above the
+    # untrained loss: too few for asynchronous updates.)
+    reference = one_device(epochs=4, tables=tables == "true")
     untrained, trained = reference["untrained"], reference["trained"]
     for task, loss in last_epoch_losses(stdout).items():
-      assert untrained[task] - loss >= 0.3 * (untrained[task] - trained[task]), (
+      assert untrained[task] - loss >= 0.5 * (untrained[task] - trained[task]), (
           train_input, task, untrained[task], loss, trained[task])
     runs.load_run(folder / f"runs/ps_{train_input}_{tables}")  # the sharded tables reload whole
 
