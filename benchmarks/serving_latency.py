@@ -1,28 +1,41 @@
 """Serving latency: the exported SavedModel's signatures, loaded in a fresh process.
 
-Two exports of the default model (embedding 32, towers [64], retrieval +
-rating + like): MovieLens 100K (1,682 movies; trained one epoch, since
-latency does not depend on the weights' values) and a synthetic catalogue
-of 1,000,000 items (ids only, untrained). Each is loaded by a fresh Python
-that never imports tfmtl, as TF Serving would load it, and each signature
-is called at batch 1 and 256 after 20 warm-up calls:
+Exports of the default model (embedding 32, towers [64], retrieval + rating
++ like), each loaded by a fresh Python that never imports tfmtl, as TF
+Serving would load it; each signature is called at batch 1 and 256 after
+warm-up calls:
 
 - `retrieve`: top 100 over the whole catalogue, 20 excluded items per user;
 - `rank`: 100 candidates per user;
 - `recommend`: retrieve 100 (20 excluded), rank them, top 10.
 
-Rows: signature x batch x catalogue, with `p50_ms`, `p99_ms` (over 200
-calls at batch 1, 30 at batch 256) and the process's peak RSS after all of
-them (`peak_rss_gb`).
+Catalogues (`--catalogues`):
+
+- `movielens_1682`: MovieLens 100K, trained one epoch; every signature.
+- `synthetic_<n>`: the default model trained one epoch on the synthetic
+  generator's skewed data with `n` items (`3n` interactions of `n / 10`
+  users, 20 planted tastes; each item also gets one interaction, so every
+  item is in the catalogue); `retrieve` only, the signature an index
+  serves.
+- `random_<n>`: `n` item ids, untrained: random item vectors, the worst
+  case for an index that clusters; `retrieve` only.
+
+With `--index partitioned` each catalogue is exported once with brute force
+and once per `--quantization`, and every export is measured in the same
+run, side by side. Rows: `catalogue`, `index` (`brute_force`, or
+`partitioned` with its `quantization`), `signature`, `batch`, `p50_ms`,
+`p99_ms` (over 200 calls at batch 1, 30 at batch 256; 10 over catalogues
+of 5M items or more), the process's peak RSS after all of them
+(`peak_rss_gb`), `build_s` (the export's seconds) and, for an approximate
+index's `retrieve`, `recall_at_100`: the share of the exact (brute-force)
+top 100 it returns, over 256 users without exclusions.
 
     python benchmarks/serving_latency.py                      # brute force
     python benchmarks/serving_latency.py --index partitioned  # k-means partitions
+    python benchmarks/serving_latency.py --index partitioned --catalogues synthetic_10000000
     python benchmarks/serving_latency.py --index scann        # in the scann extra's env
 
-Writes benchmarks/results/serving_latency.json, or serving_latency_<index>.json
-whose `retrieve` rows also hold `recall_at_100`: the share of the exact
-(brute-force) top 100 that the approximate index returns, over 256 users
-without exclusions, and `build_s`, the export's seconds.
+Writes benchmarks/results/serving_latency.json, or serving_latency_<index>.json.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,16 +57,15 @@ import tensorflow as tf
 import tfmtl  # noqa: F401  (binds Keras 2 first)
 from tfmtl import training
 from tfmtl.model import build_model
-from tfmtl.config import ExperimentConfig
+from tfmtl.config import ExperimentConfig, PartitionedConfig
 from tfmtl.data import InteractionData
 from tfmtl.features import FeatureVocabulary
 from tfmtl.serving import export_model
 
 from common import write_record
 
-SYNTHETIC_ITEMS = 1_000_000
-
-# Run by a fresh interpreter: argv = export folder, a JSON file of input values, index.
+# Run by a fresh interpreter: argv = export folder, a JSON file of input values, index,
+# the signatures (comma-separated) and the calls at batch 256.
 _MEASURE = r"""
 import json, resource, sys, time
 import numpy as np
@@ -80,10 +93,10 @@ def inputs(signature, batch):
   return {name: tf.constant(value) for name, value in values.items()}
 
 rows = []
-for signature in ("retrieve", "rank", "recommend"):
-  for batch, calls in ((1, 200), (256, 30)):
+for signature in sys.argv[4].split(","):
+  for batch, calls in ((1, 200), (256, int(sys.argv[5]))):
     function, request = model.signatures[signature], inputs(signature, batch)
-    for _ in range(20):
+    for _ in range(20 if batch == 1 else 3):
       function(**request)
     times = []
     for _ in range(calls):
@@ -98,7 +111,7 @@ print(json.dumps({"rows": rows, "peak_rss_gb": peak, "tfmtl_imported": "tfmtl" i
 """
 
 
-def movielens_model():
+def movielens_model(folder: Path):
   config = ExperimentConfig().with_overrides(["train.epochs=1"])
   prepared = training.prepare(config)
   model = training.fit(config, prepared, verbose=0)
@@ -109,13 +122,43 @@ def movielens_model():
   return model, sample
 
 
-def synthetic_model():
-  """1M items, ids only; one interaction per item (so every id is known)."""
-  items = np.char.add("i", np.arange(SYNTHETIC_ITEMS).astype(str)).astype(object)
-  users = np.char.add("u", (np.arange(SYNTHETIC_ITEMS) % 10_000).astype(str)).astype(object)
+def synthetic_model(folder: Path, num_items: int):
+  """The default model trained one epoch on skewed synthetic data (module doc)."""
+  from tfmtl.data.synthetic import write_synthetic
+  data = write_synthetic(folder / "data", 3 * num_items, num_users=num_items // 10,
+                         num_items=num_items, seed=0)
+  users = pd.read_parquet(data / "users.parquet")
+  items = pd.read_parquet(data / "items.parquet")
+  rng = np.random.default_rng(0)
+  pd.DataFrame({"user_id": rng.choice(users["user_id"].to_numpy(), num_items),
+                "item_id": items["item_id"].to_numpy(),
+                "rating": rng.integers(1, 6, num_items).astype(float),
+                "timestamp": np.full(num_items, 3 * num_items)}
+               ).to_parquet(data / "interactions-every-item.parquet")
+  config = ExperimentConfig.from_dict({
+      "name": "synthetic",
+      "data": {"source": "files", "interactions": f"{data}/interactions-*.parquet",
+               "users": f"{data}/users.parquet", "items": f"{data}/items.parquet",
+               "user_features": {"segment": "categorical"},
+               "item_features": {"taste": "categorical"}},
+      "split": {"fractions": [1.0, 0.0, 0.0]},
+      "train": {"epochs": 1, "optimizer": "lazy_adam", "run_dir": str(folder / "run"),
+                "validate_every": 0, "log_dir": ""}})
+  prepared = training.prepare(config)
+  model = training.fit(config, prepared, verbose=0)
+  sample = {"user_id": users["user_id"].tolist()[:10_000],
+            "segment": users["segment"].tolist()[:10_000],
+            "item_id": items["item_id"].tolist()}
+  return model, sample
+
+
+def random_model(folder: Path, num_items: int):
+  """`num_items` ids, untrained; one interaction per item (so every id is known)."""
+  items = np.char.add("i", np.arange(num_items).astype(str)).astype(object)
+  users = np.char.add("u", (np.arange(num_items) % 10_000).astype(str)).astype(object)
   rng = np.random.default_rng(0)
   interactions = pd.DataFrame({"user_id": users, "item_id": items,
-                               "rating": rng.integers(1, 6, SYNTHETIC_ITEMS).astype(float)})
+                               "rating": rng.integers(1, 6, num_items).astype(float)})
   data = InteractionData.from_frames(interactions, name="synthetic")
   config = ExperimentConfig()
   model = build_model(config, FeatureVocabulary.build(data, interactions), data.items)
@@ -126,21 +169,22 @@ def synthetic_model():
 
 def recall_at_100(approximate: Path, exact: Path, model, sample: dict) -> float:
   """Share of the exact top 100 that `approximate` retrieves, 256 users."""
-  request = {name: np.resize(np.asarray(sample[name]), 256) for name in model.encoder.user_inputs}
-  request["user_id"] = np.random.default_rng(1).choice(sample["user_id"], 256)
-  request = {name: tf.constant(value.astype(np.float32) if value.dtype.kind == "f" else value)
-             for name, value in request.items()}
+  rng = np.random.default_rng(1)
+  chosen = rng.choice(len(sample["user_id"]), 256)
+  request = {name: tf.constant(np.asarray(sample[name])[chosen])
+             for name in model.encoder.user_inputs}
   request.update(k=tf.fill([256], 100), exclude_item_ids=tf.zeros([256, 0], tf.string))
   found = [tf.saved_model.load(str(path)).signatures["retrieve"](**request)["item_ids"].numpy()
            for path in (approximate, exact)]
   return float(np.mean([len(set(a) & set(b)) / 100 for a, b in zip(*found)]))
 
 
-def measure(export: Path, sample: dict, index: str) -> dict:
+def measure(export: Path, sample: dict, index: str, signatures: list[str], calls: int) -> dict:
   sample_file = export.parent / "sample.json"
   sample_file.write_text(json.dumps(sample))
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  result = subprocess.run([sys.executable, "-c", _MEASURE, str(export), str(sample_file), index],
+  result = subprocess.run([sys.executable, "-c", _MEASURE, str(export), str(sample_file), index,
+                           ",".join(signatures), str(calls)],
                           capture_output=True, text=True, env=env, cwd="/", check=False)
   if result.returncode != 0:
     raise RuntimeError(result.stderr[-3000:])
@@ -149,36 +193,61 @@ def measure(export: Path, sample: dict, index: str) -> dict:
   return measured
 
 
+def make_catalogue(name: str, folder: Path):
+  kind, _, size = name.rpartition("_")
+  if kind == "movielens":
+    return movielens_model(folder)
+  return {"synthetic": synthetic_model, "random": random_model}[kind](folder, int(size))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--index", choices=["brute_force", "partitioned", "scann"],
                       default="brute_force")
-  index = parser.parse_args().index
+  parser.add_argument("--catalogues", nargs="+",
+                      default=["movielens_1682", "synthetic_1000000", "random_1000000"])
+  parser.add_argument("--quantization", nargs="+", default=["none", "int8"],
+                      help="the partitioned index's (one export each)")
+  args = parser.parse_args()
   rows = []
-  with tempfile.TemporaryDirectory() as folder:
-    for catalogue, make in (("movielens_1682", movielens_model),
-                            ("synthetic_1000000", synthetic_model)):
-      model, sample = make()
-      start = time.perf_counter()
-      export = export_model(model, folder, catalogue, index=index)
-      built = {"build_s": time.perf_counter() - start}
-      measured = measure(export, sample, index)
-      recall = {}
-      if index != "brute_force":
-        exact = export_model(model, folder, f"{catalogue}_exact")
-        recall = {"recall_at_100": recall_at_100(export, exact, model, sample)}
-        print(f"{catalogue}: {index} recall@100 {recall['recall_at_100']:.3f}", flush=True)
-      for row in measured["rows"]:
-        rows.append({"catalogue": catalogue, "index": index, **row,
-                     "peak_rss_gb": measured["peak_rss_gb"],
-                     **(recall if row["signature"] == "retrieve" else {}), **built})
-        print(f"{catalogue:<18} {row['signature']:<10} batch {row['batch']:>3}: "
-              f"p50 {row['p50_ms']:8.2f} ms, p99 {row['p99_ms']:8.2f} ms", flush=True)
-      print(f"{catalogue}: peak RSS {measured['peak_rss_gb']:.2f} GB", flush=True)
-  name = "serving_latency" if index == "brute_force" else f"serving_latency_{index}"
-  settings = {"index": index, "tensorflow": tf.__version__,
-              "calls": {"batch_1": 200, "batch_256": 30, "warm_up": 20}}
-  seeds = [ExperimentConfig().seed]  # the MovieLens model's; the 1M catalogue is untrained
+  for catalogue in args.catalogues:
+    with tempfile.TemporaryDirectory() as folder:
+      model, sample = make_catalogue(catalogue, Path(folder))
+      size = len(model.catalogue_item_ids)
+      signatures = (["retrieve", "rank", "recommend"] if catalogue.startswith("movielens")
+                    else ["retrieve"])
+      calls = 30 if size < 5_000_000 else 10
+      exports = [("brute_force", {})] if args.index != "scann" else []
+      if args.index == "partitioned":
+        exports += [("partitioned", {"quantization": q}) for q in args.quantization]
+      elif args.index == "scann":
+        exports += [("scann", {})]
+      exact = None
+      for index, options in exports:
+        start = time.perf_counter()
+        export = export_model(model, folder, f"{catalogue}_{index}_{len(rows)}", index=index,
+                              partitioned=PartitionedConfig(**options))
+        built = {"build_s": time.perf_counter() - start}
+        exact = exact or (export if index == "brute_force" else None)
+        recall = {}
+        if index != "brute_force":
+          reference = exact or export_model(model, folder, f"{catalogue}_exact")
+          recall = {"recall_at_100": recall_at_100(export, reference, model, sample)}
+        measured = measure(export, sample, index, signatures, calls)
+        for row in measured["rows"]:
+          rows.append({"catalogue": catalogue, "index": index, **options, **row,
+                       "peak_rss_gb": measured["peak_rss_gb"],
+                       **(recall if row["signature"] == "retrieve" else {}), **built})
+          print(json.dumps(rows[-1]), flush=True)
+        if export != exact:
+          shutil.rmtree(export)  # disk: a 10M catalogue's export holds gigabytes
+  name = "serving_latency" if args.index == "brute_force" else f"serving_latency_{args.index}"
+  settings = {"index": args.index, "tensorflow": tf.__version__, "catalogues": args.catalogues,
+              "calls": {"batch_1": 200, "batch_256": "30 (10 from 5M items)",
+                        "warm_up": "20 at batch 1, 3 at batch 256"}}
+  if args.index == "partitioned":
+    settings["quantization"] = args.quantization
+  seeds = [ExperimentConfig().seed]  # the models'; synthetic data and k-means use seed 0
   print(f"-> {write_record(name, settings, {'rows': rows}, seeds)}")
 
 

@@ -235,7 +235,9 @@ def _declared_choices():
   from tfmtl.serving import index
   from tfmtl.tasks import TASK_TYPES
   return [("train.strategy", distribute.STRATEGIES), ("train.precision", precision.PRECISIONS),
-          ("export.index", index.INDEXES), ("data.format", files.FILE_FORMATS),
+          ("export.index", index.INDEXES),
+          ("export.partitioned.quantization", index.QUANTIZATIONS),
+          ("data.format", files.FILE_FORMATS),
           ("data.source", sources.SOURCES), ("split.protocol", splits.PROTOCOLS),
           ("model.multitask.type", multitask.BLOCKS), ("model.loss_weighting.type",
                                                        weighting.SCHEMES),

@@ -68,6 +68,41 @@ def test_fewer_probed_items_than_asked_leave_empty_places(clustered):
   assert (scores.numpy()[~found] <= -1e30).all()
 
 
+@pytest.mark.parametrize("quantization", ["bfloat16", "int8"])
+def test_a_quantized_index_rescores_exactly(clustered, quantization):
+  """Every partition probed and every item re-scored, a quantized index
+  answers as brute force, with float32 scores; at a few partitions and the
+  default re-score depth it keeps its recall."""
+  items, queries = clustered
+  excluded = tf.constant(np.tile([[3, -1]], (64, 1)), tf.int32)
+  exact_scores, exact_columns = _exact(items, queries, 100, excluded)
+  every = PartitionedIndex(items, PartitionedConfig(partitions=40, nprobe=40, rescore=5000,
+                                                    quantization=quantization))
+  assert every.item_vectors.dtype == getattr(tf, quantization)
+  scores, columns = every.top(queries, 100, excluded)
+  np.testing.assert_array_equal(columns.numpy(), exact_columns.numpy())
+  np.testing.assert_allclose(scores.numpy(), exact_scores.numpy(), atol=1e-5)
+  few = PartitionedIndex(items, PartitionedConfig(partitions=70, nprobe=4,
+                                                  quantization=quantization))
+  _, columns = few.top(queries, 100, excluded)
+  recall = np.mean([len(set(got) & set(want)) / 100
+                    for got, want in zip(columns.numpy(), exact_columns.numpy())])
+  assert recall >= 0.95, recall
+
+
+def test_partitions_are_stored_in_blocks_of_the_mean_size(clustered):
+  """A large partition takes several blocks, so padding is less than a
+  block per partition, and a partition's blocks are probed together."""
+  items, _ = clustered
+  index = PartitionedIndex(items[:1000], PartitionedConfig(partitions=20, nprobe=2))
+  blocks, size = index.item_columns.shape
+  assert size == 50 and blocks < 2 * 20
+  partitions = index.block_partitions.numpy()
+  assert (np.diff(partitions) >= 0).all() and len(set(partitions)) == 20
+  assert sorted(index.item_columns.numpy()[index.item_columns.numpy() >= 0]) == list(range(1000))
+  assert index.probed_blocks == int(np.ceil(2 * blocks / 20))
+
+
 @pytest.mark.slow
 def test_an_export_answers_as_brute_force_keeps_its_partitions_and_validates(tiny_data, tmp_path):
   """Probing every partition, the export answers `retrieve` as brute force

@@ -47,23 +47,33 @@ class EvaluateConfig(Section):
 class PartitionedConfig(Section):
   """Options of the partitioned index (`export.index: partitioned`;
   `tfmtl.serving.index.PartitionedIndex`). 0 picks a value from the
-  catalogue's size.
+  catalogue's size (`tfmtl.serving.index.partitioned_parameters`).
 
   Attributes:
-    partitions: k-means clusters of the candidate embeddings (0: the square
-      root of the number of items).
+    partitions: k-means clusters of the candidate embeddings (0: eight times
+      the square root of the number of items).
     nprobe: the partitions, best centroids first, whose items a query scores
-      (0: a fiftieth of the partitions, at least 8).
+      (0: a fortieth of the partitions, and at least those that hold
+      800 items on average).
+    quantization: how the partitions store item vectors: `none` (float32),
+      `bfloat16` or `int8` (a scale per dimension); a quantized index
+      re-scores its best `rescore` items exactly (float32) before the top k.
+    rescore: the items a quantized index re-scores exactly (0: 4 times the
+      items a request asks for, at least 400).
     seed: k-means' seed (the index is the same for a seed).
   """
   partitions: int = 0
   nprobe: int = 0
+  quantization: str = "none"
+  rescore: int = 0
   seed: int = 0
 
   def _validate(self):
-    if self.partitions < 0 or self.nprobe < 0:
-      raise ConfigError("partitions, nprobe: must be non-negative (0: from the catalogue's "
-                        "size)")
+    from tfmtl.serving.index import QUANTIZATIONS  # pylint: disable=import-outside-toplevel
+    if self.partitions < 0 or self.nprobe < 0 or self.rescore < 0:
+      raise ConfigError("partitions, nprobe, rescore: must be non-negative (0: from the "
+                        "catalogue's size)")
+    one_of("quantization", self.quantization, QUANTIZATIONS)
 
 
 @dataclasses.dataclass

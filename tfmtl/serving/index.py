@@ -39,6 +39,12 @@ from tfmtl.top_k import EXCLUDED_SCORE, top_k, top_k_dot
 
 # `export.index`: BruteForceIndex, PartitionedIndex, ScannIndex
 INDEXES = ("brute_force", "partitioned", "scann")
+# k-means fits the centroids on at most this many items per partition (a seeded sample).
+KMEANS_SAMPLE = 32
+# A default `nprobe` scores at least this many items (`probed_partitions`).
+PROBED_ITEMS = 800
+# `export.partitioned.quantization`: how `PartitionedIndex` stores item vectors
+QUANTIZATIONS = ("none", "bfloat16", "int8")
 
 
 class BruteForceIndex(tf.Module):
@@ -61,11 +67,15 @@ class PartitionedIndex(tf.Module):
   """Approximate top items: k-means partitions of `candidates` [items, dim].
 
   At build, scikit-learn's `MiniBatchKMeans` (seeded) clusters the items'
-  embeddings, and each partition is stored as one block: `item_vectors`
-  [partitions, size, dim] and `item_columns` [partitions, size] (the
-  largest partition's size; -1 pads the others). A query scores the
-  centroids, gathers its `nprobe` best blocks and scores them in one
-  batched matmul; the best `n` plus as many as it excludes are then
+  embeddings. Each partition is stored as blocks of a fixed size (the mean
+  partition's; -1 pads a partition's last block): `item_vectors` [blocks,
+  size, dim], `item_columns` [blocks, size] and `block_partitions`
+  [blocks]. A query scores the centroids, gathers the blocks of its
+  `nprobe` best partitions (as many blocks as `nprobe` partitions hold on
+  average) and scores them in one batched matmul. A quantized index
+  (`bfloat16`, or `int8` with a scale per dimension) scores the blocks
+  approximately, then re-scores its best `rescore` items exactly from
+  `candidate_matrix`. The best `n` plus as many as it excludes are then
   filtered (as `ScannIndex` does). With `nprobe` equal to the partitions it
   is exact.
 
@@ -75,42 +85,74 @@ class PartitionedIndex(tf.Module):
       `partitioned_parameters`).
     centroids: an earlier index's centroids (`saved_centroids`): each item
       goes to its nearest one, without clustering again (`add-items`).
+    candidate_matrix: the catalogue's embeddings [dim, items] as a variable
+      the export already holds, for the exact re-score (default: its own).
   """
 
   def __init__(self, candidates: np.ndarray, options: PartitionedConfig = PartitionedConfig(),
-               centroids: Optional[np.ndarray] = None):
+               centroids: Optional[np.ndarray] = None,
+               candidate_matrix: Optional[tf.Variable] = None):
     super().__init__(name="partitioned_index")
     candidates = np.asarray(candidates, np.float32)
-    self.num_items = len(candidates)
+    num_items = len(candidates)
     if centroids is None:
       from sklearn.cluster import MiniBatchKMeans  # pylint: disable=import-outside-toplevel
-      partitions, _ = partitioned_parameters(self.num_items, options)
+      partitions, _ = partitioned_parameters(num_items, options)
+      sample = np.random.default_rng(options.seed).permutation(num_items)[
+          :KMEANS_SAMPLE * partitions]
       centroids = MiniBatchKMeans(partitions, random_state=options.seed, n_init=1,
-                                  batch_size=min(self.num_items, 4096)
-                                  ).fit(candidates).cluster_centers_
+                                  batch_size=min(len(sample), 4096)
+                                  ).fit(candidates[np.sort(sample)]).cluster_centers_
     centroids = np.asarray(centroids, np.float32)
-    self.nprobe = probed_partitions(len(centroids), options)
     labels = _nearest(candidates, centroids)
     sizes = np.bincount(labels, minlength=len(centroids))
+    block_size = max(1, math.ceil(num_items / len(centroids)))
+    blocks = -(-sizes // block_size)  # per partition; none for an empty one
     order = np.argsort(labels, kind="stable")
-    slots = np.arange(self.num_items) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    vectors = np.zeros((len(centroids), max(int(sizes.max()), 1), candidates.shape[1]),
-                       np.float32)
-    vectors[labels[order], slots] = candidates[order]
+    places = np.arange(num_items) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    rows = (np.cumsum(blocks) - blocks)[labels[order]] + places // block_size
+    vectors = np.zeros((max(int(blocks.sum()), 1), block_size, candidates.shape[1]), np.float32)
+    vectors[rows, places % block_size] = candidates[order]
     columns = np.full(vectors.shape[:2], -1, np.int32)
-    columns[labels[order], slots] = order
+    columns[rows, places % block_size] = order
+    self.quantization = options.quantization
+    self.rescore = options.rescore
+    nprobe = probed_partitions(len(centroids), options, num_items)
+    self.probed_blocks = min(len(vectors), math.ceil(nprobe * len(vectors) / len(centroids)))
     self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
-    self.item_vectors = tf.Variable(vectors, trainable=False, name="item_vectors")
+    self.block_partitions = tf.Variable(np.repeat(np.arange(len(centroids)), blocks)
+                                        .astype(np.int32), trainable=False,
+                                        name="block_partitions")
     self.item_columns = tf.Variable(columns, trainable=False, name="item_columns")
+    self.scale = None
+    if self.quantization == "int8":
+      scale = np.maximum(np.abs(candidates).max(axis=0), 1e-12) / 127
+      vectors = np.round(vectors / scale).astype(np.int8)
+      self.scale = tf.Variable(scale.astype(np.float32), trainable=False, name="scale")
+    self.item_vectors = tf.Variable(vectors, trainable=False, name="item_vectors",
+                                    dtype=tf.bfloat16 if self.quantization == "bfloat16"
+                                    else None)
+    if self.quantization != "none" and candidate_matrix is None:
+      candidate_matrix = tf.Variable(candidates.T, trainable=False, name="candidate_matrix")
+    self.candidate_matrix = candidate_matrix if self.quantization != "none" else None
 
   def top(self, query, n, exclude_columns):
     """As `BruteForceIndex.top`, over the `nprobe` best partitions' items."""
-    _, probed = tf.math.top_k(tf.matmul(query, self.centroids, transpose_b=True), self.nprobe)
     batch = tf.shape(query)[0]
-    scores = tf.einsum("bd,bpsd->bps", query, tf.gather(self.item_vectors, probed))
+    centroid_scores = tf.matmul(query, self.centroids, transpose_b=True)
+    _, probed = tf.math.top_k(tf.gather(centroid_scores, self.block_partitions, axis=1),
+                              self.probed_blocks)  # a partition's blocks tie: all, in order
+    vectors = tf.gather(self.item_vectors, probed)  # [batch, probed, size, dim]
+    scaled = query
+    if self.quantization != "none":
+      vectors = tf.cast(vectors, tf.float32)
+      scaled = query if self.scale is None else query * self.scale
+    scores = tf.reshape(tf.einsum("bd,bpsd->bps", scaled, vectors), [batch, -1])
     columns = tf.reshape(tf.gather(self.item_columns, probed), [batch, -1])
-    scores = tf.where(columns >= 0, tf.reshape(scores, [batch, -1]), EXCLUDED_SCORE)
+    scores = tf.where(columns >= 0, scores, EXCLUDED_SCORE)
     asked = tf.minimum(n + tf.shape(exclude_columns)[1], tf.shape(scores)[1])
+    if self.quantization != "none":
+      scores, columns = self._rescored(query, scores, columns, asked)
     values, places = top_k(scores, asked)
     columns = tf.gather(columns, places, batch_dims=1)
     missing = tf.maximum(n - asked, 0)  # fewer items probed than asked for
@@ -121,12 +163,23 @@ class PartitionedIndex(tf.Module):
     best, kept = top_k(values, n, tf.where(excluded))
     return best, tf.gather(columns, kept, batch_dims=1)
 
+  def _rescored(self, query, scores, columns, asked):
+    """The best `rescore` of the approximate `scores` (at least `asked`),
+    scored exactly: (scores, columns) [batch, depth]."""
+    depth = tf.maximum(asked, self.rescore or tf.maximum(4 * asked, 400))
+    _, places = top_k(scores, tf.minimum(depth, tf.shape(scores)[1]))
+    columns = tf.gather(columns, places, batch_dims=1)
+    vectors = tf.gather(self.candidate_matrix, tf.maximum(columns, 0), axis=1)  # [dim, b, depth]
+    return tf.where(columns >= 0, tf.einsum("bd,dbr->br", query, vectors), EXCLUDED_SCORE), columns
+
 
 def _nearest(candidates: np.ndarray, centroids: np.ndarray, chunk: int = 65536) -> np.ndarray:
   """Each candidate's nearest centroid (squared distance), a chunk at a time."""
-  squared = np.square(centroids).sum(axis=1)
-  return np.concatenate([np.argmin(squared - 2 * candidates[start:start + chunk] @ centroids.T,
-                                   axis=1)
+  centroids = tf.constant(centroids)
+  half_squared = 0.5 * tf.reduce_sum(tf.square(centroids), axis=1)
+  nearest = tf.function(lambda rows: tf.argmax(
+      tf.matmul(rows, centroids, transpose_b=True) - half_squared, axis=1, output_type=tf.int32))
+  return np.concatenate([nearest(tf.constant(candidates[start:start + chunk])).numpy()
                          for start in range(0, len(candidates), chunk)])
 
 
@@ -142,15 +195,17 @@ def partitioned_parameters(num_items: int, options: PartitionedConfig) -> tuple[
   """(partitions, nprobe) of `options`, its 0s filled in from the catalogue.
 
   >>> partitioned_parameters(1_000_000, PartitionedConfig())
-  (1000, 20)
+  (8000, 200)
   """
-  partitions = min(options.partitions or max(1, round(math.sqrt(num_items))), num_items)
-  return partitions, probed_partitions(partitions, options)
+  partitions = min(options.partitions or max(1, round(8 * math.sqrt(num_items))), num_items)
+  return partitions, probed_partitions(partitions, options, num_items)
 
 
-def probed_partitions(partitions: int, options: PartitionedConfig) -> int:
-  """`options.nprobe`, or a fiftieth of the partitions (at least 8); at most all."""
-  return min(options.nprobe or max(8, math.ceil(partitions / 50)), partitions)
+def probed_partitions(partitions: int, options: PartitionedConfig, num_items: int) -> int:
+  """`options.nprobe`, or a fortieth of the partitions and at least as
+  many as hold `PROBED_ITEMS` items on average; at most all."""
+  default = max(math.ceil(partitions / 40), math.ceil(PROBED_ITEMS * partitions / num_items))
+  return min(options.nprobe or default, partitions)
 
 
 class ScannIndex(tf.Module):

@@ -149,7 +149,7 @@ class ServingModule(tf.Module):
                               scann or ScannConfig())
     elif index == "partitioned":
       self.index = PartitionedIndex(np.asarray(candidates), partitioned or PartitionedConfig(),
-                                    centroids)
+                                    centroids, self.candidate_matrix)
     else:
       self.index = BruteForceIndex(self.candidate_matrix)
     # Row 0 is an unknown item (all features OOV); row i+1 is catalogue item i.
