@@ -171,8 +171,9 @@ def recall_at_100(approximate: Path, exact: Path, model, sample: dict) -> float:
   """Share of the exact top 100 that `approximate` retrieves, 256 users."""
   rng = np.random.default_rng(1)
   chosen = rng.choice(len(sample["user_id"]), 256)
-  request = {name: tf.constant(np.asarray(sample[name])[chosen])
-             for name in model.encoder.user_inputs}
+  values = {name: np.asarray(sample[name])[chosen] for name in model.encoder.user_inputs}
+  request = {name: tf.constant(value.astype(np.float32) if value.dtype.kind == "f" else value)
+             for name, value in values.items()}
   request.update(k=tf.fill([256], 100), exclude_item_ids=tf.zeros([256, 0], tf.string))
   found = [tf.saved_model.load(str(path)).signatures["retrieve"](**request)["item_ids"].numpy()
            for path in (approximate, exact)]
