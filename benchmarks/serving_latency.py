@@ -24,8 +24,8 @@ With `--index partitioned` each catalogue is exported once with brute force
 and once per `--quantization`, and every export is measured in the same
 run, side by side. Rows: `catalogue`, `index` (`brute_force`, or
 `partitioned` with its `quantization`), `signature`, `batch`, `p50_ms`,
-`p99_ms` (over 200 calls at batch 1, 30 at batch 256; 10 over catalogues
-of 5M items or more), the process's peak RSS after all of them
+`p99_ms` (over 200 calls at batch 1, 30 at batch 256; batch 1 only from 5M
+items, where brute force's batch of 256 would hold a 10 GB score matrix), the process's peak RSS after all of them
 (`peak_rss_gb`), `build_s` (the export's seconds) and, for an approximate
 index's `retrieve`, `recall_at_100`: the share of the exact (brute-force)
 top 100 it returns, over 256 users without exclusions.
@@ -35,7 +35,8 @@ top 100 it returns, over 256 users without exclusions.
     python benchmarks/serving_latency.py --index partitioned --catalogues synthetic_10000000
     python benchmarks/serving_latency.py --index scann        # in the scann extra's env
 
-Writes benchmarks/results/serving_latency.json, or serving_latency_<index>.json.
+Writes benchmarks/results/serving_latency.json, or serving_latency_<index>.json;
+rows of catalogues not measured again are kept, with their `commit`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from tfmtl.data import InteractionData
 from tfmtl.features import FeatureVocabulary
 from tfmtl.serving import export_model
 
-from common import write_record
+from common import results_dir, write_record
 
 # Run by a fresh interpreter: argv = export folder, a JSON file of input values, index,
 # the signatures (comma-separated) and the calls at batch 256.
@@ -94,7 +95,7 @@ def inputs(signature, batch):
 
 rows = []
 for signature in sys.argv[4].split(","):
-  for batch, calls in ((1, 200), (256, int(sys.argv[5]))):
+  for batch, calls in ((1, 200), (256, int(sys.argv[5])))[:2 if int(sys.argv[5]) else 1]:
     function, request = model.signatures[signature], inputs(signature, batch)
     for _ in range(20 if batch == 1 else 3):
       function(**request)
@@ -175,8 +176,12 @@ def recall_at_100(approximate: Path, exact: Path, model, sample: dict) -> float:
   request = {name: tf.constant(value.astype(np.float32) if value.dtype.kind == "f" else value)
              for name, value in values.items()}
   request.update(k=tf.fill([256], 100), exclude_item_ids=tf.zeros([256, 0], tf.string))
-  found = [tf.saved_model.load(str(path)).signatures["retrieve"](**request)["item_ids"].numpy()
-           for path in (approximate, exact)]
+  found = []
+  for path in (approximate, exact):
+    retrieve = tf.saved_model.load(str(path)).signatures["retrieve"]
+    found.append(np.concatenate([  # 16 users a call: brute force's scores over 10M items fit
+        retrieve(**{name: value[start:start + 16] for name, value in request.items()}
+                 )["item_ids"].numpy() for start in range(0, 256, 16)]))
   return float(np.mean([len(set(a) & set(b)) / 100 for a, b in zip(*found)]))
 
 
@@ -192,6 +197,16 @@ def measure(export: Path, sample: dict, index: str, signatures: list[str], calls
   measured = json.loads(result.stdout.strip().splitlines()[-1])
   assert not measured["tfmtl_imported"]
   return measured
+
+
+def earlier_rows(path: Path, catalogues: list[str]) -> list[dict]:
+  """The rows of the record at `path` for catalogues this run does not
+  measure, each with the commit that measured it."""
+  if not path.exists():
+    return []
+  earlier = json.loads(path.read_text())
+  return [{"commit": earlier["commit"], **row} for row in earlier["results"]["rows"]
+          if row["catalogue"] not in catalogues]
 
 
 def make_catalogue(name: str, folder: Path):
@@ -217,7 +232,7 @@ def main():
       size = len(model.catalogue_item_ids)
       signatures = (["retrieve", "rank", "recommend"] if catalogue.startswith("movielens")
                     else ["retrieve"])
-      calls = 30 if size < 5_000_000 else 10
+      calls = 30 if size < 5_000_000 else 0  # batch 256 over 10M: a [256, 10M] score matrix
       exports = [("brute_force", {})] if args.index != "scann" else []
       if args.index == "partitioned":
         exports += [("partitioned", {"quantization": q}) for q in args.quantization]
@@ -243,8 +258,9 @@ def main():
         if export != exact:
           shutil.rmtree(export)  # disk: a 10M catalogue's export holds gigabytes
   name = "serving_latency" if args.index == "brute_force" else f"serving_latency_{args.index}"
+  rows = [*earlier_rows(results_dir() / f"{name}.json", args.catalogues), *rows]
   settings = {"index": args.index, "tensorflow": tf.__version__, "catalogues": args.catalogues,
-              "calls": {"batch_1": 200, "batch_256": "30 (10 from 5M items)",
+              "calls": {"batch_1": 200, "batch_256": "30 (none from 5M items)",
                         "warm_up": "20 at batch 1, 3 at batch 256"}}
   if args.index == "partitioned":
     settings["quantization"] = args.quantization
