@@ -280,8 +280,43 @@ class MultiTaskModel(tfrs.Model):
   def train_step(self, inputs):
     """TFRS's train step, plus fine-tuning: the L2-SP penalty joins the
     regularization loss, and updates are scaled (0 while frozen)."""
+    return self._traced_once("train", self._train_step, inputs)
+
+  def test_step(self, inputs):
+    return self._traced_once("test", self._test_step, inputs)
+
+  def make_train_function(self, force=False):
+    if self.train_function is None or force:  # Keras traces anew (after `compile`)
+      self._step_functions.pop("train", None)
+    return super().make_train_function(force)
+
+  def make_test_function(self, force=False):
+    if self.test_function is None or force:
+      self._step_functions.pop("test", None)
+    return super().make_test_function(force)
+
+  @property
+  def _step_functions(self) -> dict:
+    """The steps' own `tf.function`s, out of Keras's attribute tracking:
+    nothing saves them."""
+    return self.__dict__.setdefault("_tfmtl_step_functions", {})
+
+  def _traced_once(self, kind: str, step, inputs):
+    """`step(inputs)` as a `tf.function` of its own, kept while Keras keeps
+    its `kind` ("train" or "test") function. Keras runs several steps a
+    call (`steps_per_execution`) in an autograph loop whose result is
+    undefined before it, and autograph traces such a loop's body twice,
+    the first time to learn the result's structure: the second trace now
+    calls the function the first one traced. Eager steps (`run_eagerly`)
+    and steps under a distribution strategy run `step` as it is: the
+    optimizer's update synchronises the replicas (`merge_call`), which
+    TensorFlow refuses inside a nested function."""
     with replica_device_scope():
-      return self._train_step(inputs)
+      if tf.executing_eagerly() or tf.distribute.has_strategy():
+        return step(inputs)
+      if kind not in self._step_functions:
+        self._step_functions[kind] = tf.function(step, reduce_retracing=True)
+      return self._step_functions[kind](inputs)
 
   def _train_step(self, inputs):
     with tf.GradientTape() as tape:
@@ -327,13 +362,12 @@ class MultiTaskModel(tfrs.Model):
       total += self.fine_tuning.penalty(variables)
     return tf.nn.scale_regularization_loss(total)
 
-  def test_step(self, inputs):
-    with replica_device_scope():
-      loss = self.compute_loss(inputs, training=False)
-      self._update_loss_means(loss, self._regularization_loss())
-      logs = {metric.name: metric.result() for metric in self.metrics
-              if not metric.name.endswith("_weight") and metric.name != "distillation_loss"}
-      return _with_total_loss(agreed_logs(logs))
+  def _test_step(self, inputs):
+    loss = self.compute_loss(inputs, training=False)
+    self._update_loss_means(loss, self._regularization_loss())
+    logs = {metric.name: metric.result() for metric in self.metrics
+            if not metric.name.endswith("_weight") and metric.name != "distillation_loss"}
+    return _with_total_loss(agreed_logs(logs))
 
 
 def build_model(config: ExperimentConfig, vocabulary: FeatureVocabulary,
