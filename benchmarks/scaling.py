@@ -46,7 +46,7 @@ import json, resource, sys, time
 import tfmtl
 from tfmtl import training
 from tfmtl.config import ExperimentConfig
-from tfmtl.data.synthetic import write_synthetic
+from tfmtl.data.synthetic import data_config, write_synthetic
 from tfmtl.evaluation import ValidationMetrics, evaluate_model
 from common import EpochTimer
 folder, size, optimizer, train_input = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -54,10 +54,7 @@ data = write_synthetic(folder + "/data", size, num_users=max(size // 50, 100),
                        num_items=max(size // 20, 100), seed=0)
 config = ExperimentConfig.from_dict({
     "name": "scaling",
-    "data": {"source": "files", "interactions": f"{data}/interactions-*.parquet",
-             "users": f"{data}/users.parquet", "items": f"{data}/items.parquet",
-             "user_features": {"segment": "categorical"},
-             "item_features": {"taste": "categorical"}},
+    "data": data_config(data),
     "train": {"epochs": 1, "optimizer": optimizer, "input": train_input,
               "run_dir": folder + "/run", "validate_every": 0, "log_dir": ""}})
 start = time.perf_counter()

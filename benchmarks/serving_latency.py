@@ -125,7 +125,7 @@ def movielens_model(folder: Path):
 
 def synthetic_model(folder: Path, num_items: int):
   """The default model trained one epoch on skewed synthetic data (module doc)."""
-  from tfmtl.data.synthetic import write_synthetic
+  from tfmtl.data.synthetic import data_config, write_synthetic
   data = write_synthetic(folder / "data", 3 * num_items, num_users=num_items // 10,
                          num_items=num_items, seed=0)
   users = pd.read_parquet(data / "users.parquet")
@@ -138,10 +138,7 @@ def synthetic_model(folder: Path, num_items: int):
                ).to_parquet(data / "interactions-every-item.parquet")
   config = ExperimentConfig.from_dict({
       "name": "synthetic",
-      "data": {"source": "files", "interactions": f"{data}/interactions-*.parquet",
-               "users": f"{data}/users.parquet", "items": f"{data}/items.parquet",
-               "user_features": {"segment": "categorical"},
-               "item_features": {"taste": "categorical"}},
+      "data": data_config(data),
       "split": {"fractions": [1.0, 0.0, 0.0]},
       "train": {"epochs": 1, "optimizer": "lazy_adam", "run_dir": str(folder / "run"),
                 "validate_every": 0, "log_dir": ""}})

@@ -6,7 +6,7 @@ import pytest
 
 from tfmtl import evaluation, training
 from tfmtl.config import ExperimentConfig
-from tfmtl.data.synthetic import write_synthetic
+from tfmtl.data.synthetic import data_config, write_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,7 @@ def test_a_model_learns_the_planted_tastes_and_beats_popularity(tmp_path):
                            num_tastes=5, shards=2, chunk_size=10_000)
   config = ExperimentConfig.from_dict({
       "name": "synthetic",
-      "data": {"source": "files", "interactions": str(folder / "interactions-*.parquet"),
-               "users": str(folder / "users.parquet"), "items": str(folder / "items.parquet"),
-               "user_features": {"segment": "categorical"},
-               "item_features": {"taste": "categorical"}},
+      "data": data_config(folder),
       "train": {"epochs": 3, "batch_size": 256, "run_dir": str(tmp_path / "run")},
       "model": {"embedding_dim": 16}})
   prepared = training.prepare(config)

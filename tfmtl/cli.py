@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import sys
 import threading
 from pathlib import Path
@@ -140,14 +141,15 @@ def cmd_export(args) -> None:
 
 
 def cmd_synthesize(args) -> None:
-  from tfmtl.data.synthetic import write_synthetic
+  from tfmtl.data.synthetic import data_config, write_synthetic
   folder = write_synthetic(args.output, args.interactions, args.users, args.items,
                            args.tastes, args.shards, seed=args.seed)
+  data = data_config(folder)
+  overrides = [f"data.{key}={value}" for key, value in data.items() if not isinstance(value, dict)]
+  overrides += [f"data.{key}.{name}={kind}" for key in ("user_features", "item_features")
+                for name, kind in data[key].items()]
   print(f"Wrote {args.interactions} interactions to {folder}; train on them with\n"
-        f"--set data.source=files --set 'data.interactions={folder}/interactions-*.parquet' "
-        f"--set data.users={folder}/users.parquet --set data.items={folder}/items.parquet "
-        "--set data.user_features.segment=categorical "
-        "--set data.item_features.taste=categorical")
+        + " ".join(f"--set {shlex.quote(override)}" for override in overrides))
 
 
 def cmd_worker(args) -> None:

@@ -39,6 +39,19 @@ import pyarrow.parquet as pq
 from tfmtl import atomic
 
 
+def data_config(folder: str | Path) -> dict:
+  """The config's `data` section that reads `write_synthetic`'s files in `folder`.
+
+  >>> data_config("synthetic")["interactions"]
+  'synthetic/interactions-*.parquet'
+  """
+  folder = Path(folder)
+  return {"source": "files", "interactions": str(folder / "interactions-*.parquet"),
+          "users": str(folder / "users.parquet"), "items": str(folder / "items.parquet"),
+          "user_features": {"segment": "categorical"},
+          "item_features": {"taste": "categorical"}}
+
+
 def write_synthetic(folder: str | Path, num_interactions: int, num_users: int,
                     num_items: int, num_tastes: int = 20, shards: int = 8,
                     affinity: float = 0.8, item_skew: float = 1.0, user_skew: float = 0.8,
