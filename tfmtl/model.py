@@ -310,12 +310,18 @@ class MultiTaskModel(tfrs.Model):
     calls the function the first one traced. Eager steps (`run_eagerly`)
     and steps under a distribution strategy run `step` as it is: the
     optimizer's update synchronises the replicas (`merge_call`), which
-    TensorFlow refuses inside a nested function."""
+    TensorFlow refuses inside a nested function.
+
+    Autograph does not convert the step, nor the layers and tasks it calls:
+    their code branches on tensors with TensorFlow ops, so converting it
+    (every layer's `call`, in every process that traces a step) only adds
+    work."""
+    step = tf.autograph.experimental.do_not_convert(step)
     with replica_device_scope():
       if tf.executing_eagerly() or tf.distribute.has_strategy():
         return step(inputs)
       if kind not in self._step_functions:
-        self._step_functions[kind] = tf.function(step, reduce_retracing=True)
+        self._step_functions[kind] = tf.function(step, reduce_retracing=True, autograph=False)
       return self._step_functions[kind](inputs)
 
   def _train_step(self, inputs):
