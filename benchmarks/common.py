@@ -32,13 +32,11 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -163,20 +161,6 @@ def write_record(name: str, settings: dict, results: dict, seeds: Optional[list]
   """Writes <directory>/<name>.json (default `results_dir()`) atomically."""
   return write_json((directory or results_dir()) / f"{name}.json",
                     record(name, settings, results, seeds))
-
-
-class EpochTimer(keras.callbacks.Callback):
-  """Each epoch's seconds (`times`), from its first batch to the end of
-  every callback listed before this one (a checkpoint, say)."""
-
-  def on_train_begin(self, logs=None):
-    self.times = []
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self.start = time.perf_counter()
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.times.append(time.perf_counter() - self.start)
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -17,7 +17,11 @@ model whose item features are the content vector (`text`: of "{title}
   `cf_align_top2`: the same with 2 layers trained instead of 4;
   `cf_align_lora`: the 4 layers frozen, rank-8 LoRA updates of their
   attention's query and value trained instead (learning rate 1e-3, the
-  usual LoRA rate, not tuned).
+  usual LoRA rate, not tuned);
+- `top1`, `top2`, `lora`, `top1+genres`: its top layer, top two layers,
+  or rank-8 LoRA updates of the top two, trained inside a recommender of
+  the row's features for one epoch (`objective: recommend`,
+  `tfmtl.text_tower`; layers at 2e-4, LoRA at 1e-3).
 
 Protocol B (`--b-rows`; the per-user 80/10/10 split of the distillation
 benchmark, all 1,682 movies candidates) asks whether text costs warm items
@@ -56,8 +60,10 @@ from tfmtl.config import ExperimentConfig
 from tfmtl.content import CONTENT
 from tfmtl.data.splits import held_out_candidates
 from tfmtl.data.wheels import default_cache_dir
+from tfmtl.text_tower import tune_in_recommender
 
-from common import EpochTimer, format_summaries, summaries, write_record
+from tfmtl.training import EpochTimer
+from common import format_summaries, summaries, write_record
 from protocol_c import SPLIT, TieBreakingScorer, with_item_features
 
 FEATURES = {  # name: (item features kept, text recipe)
@@ -65,6 +71,7 @@ FEATURES = {  # name: (item features kept, text recipe)
     "text+genres": (("genres", "year", CONTENT), "{title} ({year}). {genres}"),
 }
 STAGE = ["content.fine_tune.top_layers=4", "content.fine_tune.epochs=10"]  # the defaults
+IN_RECOMMENDER = ["content.fine_tune.objective=recommend", "content.fine_tune.epochs=1"]
 ROWS = {  # name: (features, content.fine_tune overrides)
     "frozen": ("text", []),
     "cls_pretrain": ("text", ["content.fine_tune.objective=classify", *STAGE]),
@@ -76,6 +83,11 @@ ROWS = {  # name: (features, content.fine_tune overrides)
                                "content.fine_tune.learning_rate=1e-3"]),
     "frozen+genres": ("text+genres", []),
     "cf_align+genres": ("text+genres", ["content.fine_tune.objective=align", *STAGE]),
+    "top1": ("text", [*IN_RECOMMENDER, "content.fine_tune.top_layers=1"]),
+    "top2": ("text", [*IN_RECOMMENDER, "content.fine_tune.top_layers=2"]),
+    "lora": ("text", [*IN_RECOMMENDER, "content.fine_tune.top_layers=2",
+                      "content.fine_tune.lora_rank=8", "content.fine_tune.learning_rate=1e-3"]),
+    "top1+genres": ("text+genres", [*IN_RECOMMENDER, "content.fine_tune.top_layers=1"]),
 }
 METRICS = ("recall@10", "ndcg@10", "recall@50")
 SPLIT_B = ["split.protocol=per_user", "split.fractions=[0.8, 0.1, 0.1]"]
@@ -113,10 +125,15 @@ def run_row(name: str, seed: int, folder: Path) -> dict:
   config = ExperimentConfig().with_overrides([
       *base, "content.encoder=minilm", f"content.text='{recipe}'",
       f"content.fine_tune.seed={seed}", f"content.fine_tune.run={aligned_to}", *tuning])
-  prepared = training.prepare(config)
-  stage = prepared.content.fine_tune  # {} when not fine-tuned
+  in_recommender = config.content.fine_tune.objective == "recommend"
+  prepared = training.prepare(config.with_overrides(["content.fine_tune.objective=none"])
+                              if in_recommender else config)
   candidates = held_out_candidates(config.split, prepared.split.test)
-  prepared = with_item_features(prepared, kept)
+  table = prepared.content
+  prepared = with_item_features(prepared, kept)._replace(content=table)
+  if in_recommender:  # the stage's recommender reads the row's features too
+    prepared = tune_in_recommender(config, prepared)
+  stage = prepared.content.fine_tune  # {} when not fine-tuned
   model, epoch_s = _fit(config, prepared)
   scorer = TieBreakingScorer(evaluation.ModelScorer(model, prepared.data), seed)
   metrics = evaluation.retrieval_metrics(scorer, prepared.split, [10, 50], candidates=candidates)

@@ -48,7 +48,7 @@ from tfmtl import training
 from tfmtl.config import ExperimentConfig
 from tfmtl.data.synthetic import data_config, write_synthetic
 from tfmtl.evaluation import ValidationMetrics, evaluate_model
-from common import EpochTimer
+from tfmtl.training import EpochTimer
 folder, size, optimizer, train_input = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 data = write_synthetic(folder + "/data", size, num_users=max(size // 50, 100),
                        num_items=max(size // 20, 100), seed=0)

@@ -37,7 +37,8 @@ from tfmtl.config import ExperimentConfig
 from tfmtl.data import make_dataset
 from tfmtl.distribute import make_strategy, steps_per_execution
 
-from common import EpochTimer, summary, write_record
+from tfmtl.training import EpochTimer
+from common import summary, write_record
 from tfrs_recipe import build_recipe
 
 ONE_STEP = ["train.steps_per_execution=1"]

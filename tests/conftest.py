@@ -177,7 +177,7 @@ def tiny_prepared(tiny_data):
                            tfmtl.FeatureVocabulary.build(tiny_data, tiny_data.interactions))
 
 
-def _write_tiny_config(folder, data, **sections):
+def _write_tiny_config(folder, data, /, **sections):
   """The tiny set as CSV files in `folder` and a config reading them (2
   epochs of batch 64; `sections` update it); returns the config's path."""
   for name, frame in (("ratings", data.interactions), ("users", data.users),

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the ops of exports' text tokenizers)
 
 import tfmtl
-from tfmtl import content, runs, training
+from tfmtl import content, runs, text_tuning, training
 from tfmtl.config import ConfigError, ContentConfig, ExperimentConfig, TextTuningConfig
 from tfmtl.content import CONTENT, ItemContentTable, TextEncoder, item_texts, with_content
 from tfmtl.data import DataError, Split
@@ -216,14 +216,26 @@ def test_a_fine_tuned_table_keeps_its_layers_and_is_cached_by_its_settings(encod
 
 def test_a_run_with_fine_tuned_content_encodes_added_items_through_its_layers(
     encoder, tiny_config_file, tmp_path, monkeypatch):
+  """The top layer fine-tuned inside the recommender (`objective:
+  recommend`), cached; the run keeps it, and `add-items` and the export
+  encode new items' text through it."""
   from tfmtl.serving import add_items
   monkeypatch.setattr(content, "TextEncoder", lambda *args: encoder)  # loaded once
-  fine_tune = {"objective": "classify", "label": "genres", "top_layers": 1, "epochs": 1}
+  fine_tune = {"objective": "recommend", "top_layers": 1, "epochs": 1, "learning_rate": 1e-3}
   config = ExperimentConfig.from_file(tiny_config_file(
-      train={"epochs": 1, "validate_every": 0},
+      data={"cache_dir": str(tmp_path / "cache")}, train={"epochs": 1, "validate_every": 0},
       content={"encoder": "minilm", "text": "{genres}", "fine_tune": fine_tune}))
   prepared = training.prepare(config)
-  assert prepared.content.fine_tuned_layers
+  assert prepared.content.fine_tune["objective"] == "recommend"
+  moved = {weight.name: not np.allclose(weight.numpy(), tuned) for weight, tuned in zip(
+      encoder.top_blocks(1)[0].weights, prepared.content.fine_tuned_layers, strict=True)}
+  # every weight of the layer trained, but the attention key's bias, whose
+  # gradient is 0 (the softmax ignores what it adds to all of a query's logits)
+  assert all(trained for name, trained in moved.items() if "key/bias" not in name), moved
+  with monkeypatch.context() as patch:  # cached: the same table, not trained again
+    patch.setattr(content, "TextEncoder", lambda *a, **k: pytest.fail("fine-tuned again"))
+    np.testing.assert_array_equal(training.prepare(config).content.vectors,
+                                  prepared.content.vectors)
   run = runs.save_run(tmp_path / "run", config, prepared, training.fit(config, prepared,
                                                                          verbose=0))
   layers = runs.content_layers(run)
@@ -245,6 +257,28 @@ def test_a_run_with_fine_tuned_content_encodes_added_items_through_its_layers(
   assert not failed, failed
 
 
+def test_lora_inside_the_recommender_trains_only_the_low_rank_updates(encoder, tiny_config_file,
+                                                                     tmp_path, monkeypatch):
+  """`objective: recommend` with `lora_rank`: the tasks' losses move the
+  low-rank updates, never the layer's own weights; the table holds what
+  the layers make of every item's text, as exports encode new items."""
+  monkeypatch.setattr(content, "TextEncoder", lambda *args: encoder)  # loaded once
+  config = ExperimentConfig.from_file(tiny_config_file(
+      data={"cache_dir": str(tmp_path / "cache")}, train={"epochs": 1}, content={
+          "encoder": "minilm", "text": "{genres}", "fine_tune": {
+              "objective": "recommend", "top_layers": 1, "epochs": 1, "learning_rate": 1e-3,
+              "lora_rank": 4}}))
+  table = training.prepare(config).content
+  pretrained, _ = text_tuning.fine_tuned_layers(encoder, 1, lora_rank=4)
+  for weight, tuned in zip(pretrained.weights, table.fine_tuned_layers, strict=True):
+    name = weight.name.split("/")[-1]  # up: B, zeros at start; down: A, random at start
+    assert np.array_equal(weight.numpy(), tuned) == (name not in ("up:0", "down:0")), weight.name
+  texts = item_texts(pd.read_csv(tmp_path / "items.csv"), "{genres}")
+  layers = FineTunedText(encoder, texts, 1, weights=table.fine_tuned_layers, lora_rank=4)
+  np.testing.assert_allclose(table.vectors, layers.encode(), atol=1e-5)
+  assert not np.allclose(table.vectors, encoder.encode(texts), atol=1e-4)
+
+
 def test_fine_tuning_targets_that_are_not_there_are_named(tmp_path):
   items = pd.DataFrame({"item_id": ["1", "2"], "title": ["Heat", "Casino"]})
   with pytest.raises(DataError, match=r"content.fine_tune.run: .*not a tfmtl run"):
@@ -262,6 +296,8 @@ def test_fine_tuning_targets_that_are_not_there_are_named(tmp_path):
     ({"objective": "align"}, "content.fine_tune.run: align needs the trained run"),
     ({"objective": "classify", "top_layers": 0}, "content.fine_tune.top_layers: must be at "),
     ({"objective": "classify", "lora_rank": -1}, "content.fine_tune.lora_rank: -1; 0 .off."),
+    ({"objective": "recommend", "vector": "projected"},
+     "content.fine_tune.vector: recommend trains no objective layer"),
     ({"objective": "tune"}, "content.fine_tune.objective: unknown value 'tune'")])
 def test_a_malformed_fine_tune_section_names_the_key(fine_tune, message):
   with pytest.raises(ConfigError, match=message):

@@ -82,8 +82,12 @@ def cmd_encode_items(args) -> None:
   if config.content.encoder == "none":
     raise ConfigError("content.encoder: is none; name an encoder, e.g. "
                       "--set content.encoder=minilm")
-  table = encode_item_content(load_data(config.data).items, config.content,
-                              config.data.cache_dir)
+  if config.content.fine_tune.objective == "recommend":  # trains on the prepared data
+    from tfmtl import training
+    table = training.prepare(config).content
+  else:
+    table = encode_item_content(load_data(config.data).items, config.content,
+                                config.data.cache_dir)
   if args.output:
     table.save(args.output)
   print(f"{len(table.item_ids)} items, {table.dim}-d vectors from {table.encoder}, "

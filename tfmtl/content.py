@@ -297,7 +297,9 @@ def encode_item_content(items: pd.DataFrame, config: ContentConfig,
   `config.table`, when set, is read as is. Otherwise the table lives in
   `<cache>/item_content/<key>`, where the key digests the encoder, the
   recipe, the sequence length and every item's id and text: the same
-  catalogue and recipe reuse it, any change encodes again.
+  catalogue and recipe reuse it, any change encodes again. For
+  `fine_tune.objective: recommend` it is the pretrained encoder's table,
+  which `tfmtl.text_tower` fine-tunes from once the data is prepared.
   """
   if config.table:
     return ItemContentTable.load(config.table)
@@ -306,7 +308,8 @@ def encode_item_content(items: pd.DataFrame, config: ContentConfig,
   tuning = config.fine_tune
   targets = _fine_tune_targets(items, tuning)
   recipe = [config.encoder, config.text, config.sequence_length, ids, texts]
-  if tuning.objective != "none":  # the settings and what the layers learn from
+  item_level = tuning.objective in ("classify", "align")  # recommend: tfmtl.text_tower's, later
+  if item_level:  # the settings and what the layers learn from
     recipe += [dataclasses.asdict(tuning), hashlib.sha256(targets[0].tobytes()).hexdigest(),
                targets[1].tolist()]
   key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
@@ -316,7 +319,7 @@ def encode_item_content(items: pd.DataFrame, config: ContentConfig,
   logger.info("Encoding %d item texts with %s (recipe %r)", len(texts), config.encoder,
               config.text)
   encoder = TextEncoder(config.encoder, config.sequence_length, cache_dir)
-  if tuning.objective == "none":
+  if not item_level:
     table = ItemContentTable(ids, encoder.encode(texts, config.batch_size, progress),
                              encoder.name, config.text, config.sequence_length)
   else:

@@ -41,7 +41,8 @@ import tf_keras as keras
 from tfmtl.data.schema import ITEM_ID, DataError
 from tfmtl.layers.text import TextHead
 
-OBJECTIVES = ("none", "classify", "align")  # `content.fine_tune.objective`
+OBJECTIVES = ("none", "classify", "align", "recommend")  # `content.fine_tune.objective`
+ITEM_OBJECTIVES = OBJECTIVES[1:3]  # trained here; `recommend`: tfmtl.text_tower
 
 
 def classification_targets(items: pd.DataFrame, column: str) -> np.ndarray:
@@ -113,8 +114,8 @@ class FineTunedText:
     """Trains the layers on `targets` (one row per text) for `objective`,
     over the texts where `rows` is true (default: all); the mean loss of
     each epoch."""
-    if objective not in OBJECTIVES[1:]:
-      raise ValueError(f"objective: {objective!r} is not one of {list(OBJECTIVES[1:])}")
+    if objective not in ITEM_OBJECTIVES:
+      raise ValueError(f"objective: {objective!r} is not one of {list(ITEM_OBJECTIVES)}")
     rows = np.flatnonzero(np.ones(len(targets), bool) if rows is None else rows)
     if objective == "align" and len(rows) < 2:
       raise DataError("content.fine_tune: alignment needs at least 2 items with a target")

