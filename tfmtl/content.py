@@ -308,7 +308,8 @@ def encode_item_content(items: pd.DataFrame, config: ContentConfig,
   tuning = config.fine_tune
   targets = _fine_tune_targets(items, tuning)
   recipe = [config.encoder, config.text, config.sequence_length, ids, texts]
-  item_level = tuning.objective in ("classify", "align")  # recommend: tfmtl.text_tower's, later
+  from tfmtl.text_tuning import ITEM_OBJECTIVES  # pylint: disable=import-outside-toplevel
+  item_level = tuning.objective in ITEM_OBJECTIVES  # recommend: tfmtl.text_tower's, later
   if item_level:  # the settings and what the layers learn from
     recipe += [dataclasses.asdict(tuning), hashlib.sha256(targets[0].tobytes()).hexdigest(),
                targets[1].tolist()]

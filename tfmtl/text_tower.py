@@ -44,8 +44,8 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras as keras
 
-from tfmtl.config import ConfigError, ExperimentConfig
 from tfmtl import content
+from tfmtl.config import ConfigError, ExperimentConfig
 from tfmtl.content import CONTENT, ItemContentTable, item_texts, with_content
 from tfmtl.data import make_dataset
 from tfmtl.data.schema import ITEM_ID

@@ -14,7 +14,8 @@ A task is a Keras layer, so the model tracks its head and metrics; it is
 never called itself. Its code runs in the model's train and test steps,
 which autograph does not convert (`MultiTaskModel.train_step`): branch on
 a tensor's value with TensorFlow ops (`tf.where`, `tf.cond`), as TFRS's
-tasks do, not with a Python `if`. `tfmtl.tasks.make_task` builds one from its config.
+tasks do, not with a Python `if`. `tfmtl.tasks.make_task` builds one
+from its config.
 """
 
 from __future__ import annotations
