@@ -14,7 +14,8 @@ model whose item features are the content vector (`text`: of "{title}
 - `cf_align`: its top layers fine-tuned to map the text to a trained run's
   candidate embedding of the movie (the default model, trained on the same
   training split, so held-out movies are never targets), projected vector;
-  `cf_align_top2`: the same with 2 layers trained instead of 4;
+  `cf_align_top2`, `cf_align_all`: the same with 2 or all 6 layers trained
+  instead of 4;
   `cf_align_lora`: the 4 layers frozen, rank-8 LoRA updates of their
   attention's query and value trained instead (learning rate 1e-3, the
   usual LoRA rate, not tuned);
@@ -78,11 +79,15 @@ ROWS = {  # name: (features, content.fine_tune overrides)
     "cf_align": ("text", ["content.fine_tune.objective=align", *STAGE]),
     "cf_align_top2": ("text", ["content.fine_tune.objective=align", *STAGE,
                                "content.fine_tune.top_layers=2"]),
+    "cf_align_all": ("text", ["content.fine_tune.objective=align", *STAGE,
+                              "content.fine_tune.top_layers=6"]),
     "cf_align_lora": ("text", ["content.fine_tune.objective=align", *STAGE,
                                "content.fine_tune.lora_rank=8",
                                "content.fine_tune.learning_rate=1e-3"]),
     "frozen+genres": ("text+genres", []),
     "cf_align+genres": ("text+genres", ["content.fine_tune.objective=align", *STAGE]),
+    "cf_align_all+genres": ("text+genres", ["content.fine_tune.objective=align", *STAGE,
+                                            "content.fine_tune.top_layers=6"]),
     "top1": ("text", [*IN_RECOMMENDER, "content.fine_tune.top_layers=1"]),
     "top2": ("text", [*IN_RECOMMENDER, "content.fine_tune.top_layers=2"]),
     "lora": ("text", [*IN_RECOMMENDER, "content.fine_tune.top_layers=2",
