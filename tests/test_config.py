@@ -285,6 +285,11 @@ def test_a_choice_takes_exactly_the_values_its_module_declares(key, values):
      r"model.multitask.coupling_pairs: 'retrieval' is not a ranking task"),
     (["model.multitask.coupling=1", "tasks.like.layers=[8]"],
      r"model.multitask.coupling_pairs: the heads of 'rating' and 'like' have different layers"),
+    (["model.sequence.content=true"], r"model.sequence.content: the history reads item content "
+                                      r"only with a type"),
+    (["model.sequence.type=gru", "model.sequence.content=true"],
+     r"model.sequence.content: the history reads the items' content vectors, which need "
+     r"content.encoder"),
 ])
 def test_training_controls_that_cannot_work_name_their_key(overrides, message):
   with pytest.raises(ConfigError, match=message):

@@ -477,3 +477,70 @@ def test_add_items_exports_a_new_version_whose_new_items_are_placed_by_their_tex
   with pytest.raises(OSError, match="disk full"):
     add_items(run, pd.DataFrame({"item_id": ["n5"], "genres": ["Comedy"]}), base_path=str(base))
   assert "n5" in set(pd.read_parquet(run / "catalogue.parquet")["item_id"])
+
+
+@pytest.fixture(scope="module")
+def history_text_model(tiny_data, encoder, tmp_path_factory):
+  """A GRU history model whose history items read their text vectors
+  (`model.sequence.content`), with its data and split, and its export."""
+  from tfmtl.config import SequenceConfig
+  from tfmtl.data.history import add_history
+  from tfmtl.serving import export_model
+  items = tiny_data.items["item_id"].tolist()
+  data = with_content(tiny_data, ItemContentTable(
+      items, encoder.encode(item_texts(tiny_data.items, "{genres}")), encoder.name,
+      "{genres}", 64))
+  empty = data.interactions.iloc[:0]
+  split = add_history(Split(data.interactions, empty, empty), length=5)
+  config = ExperimentConfig().with_overrides(["model.embedding_dim=8", "model.sequence.type=gru",
+                                              "model.sequence.length=5", "train.epochs=2",
+                                              "model.sequence.content=true",
+                                              "content.encoder=minilm"])
+  prepared = training.Prepared(data, split, FeatureVocabulary.build(data, split.train, 5))
+  model = training.fit(config, prepared, verbose=0)
+  export = export_model(model, tmp_path_factory.mktemp("saved_models"), "history_text",
+                        text=ServingText(encoder, "{genres}", 64))
+  return model, prepared, config, export
+
+
+def _history_queries(model, prepared, users, histories=None) -> np.ndarray:
+  """The query embeddings of `users` with their latest training history
+  (or `histories`, `|`-joined item ids)."""
+  from tfmtl.data.pipeline import table_arrays
+  from tfmtl.data.schema import vector_dims
+  from tfmtl.evaluation import ModelScorer
+  rows = ModelScorer(model, prepared.data, prepared.split.train)._users.loc[users].reset_index()
+  if histories is not None:
+    rows["history"] = histories
+  raw = table_arrays(rows, model.encoder.user_inputs, vector_dims(model.vocabulary.user_features))
+  return model.query_tower(model.encoder(raw)).numpy()
+
+
+def test_history_items_are_read_by_their_text(history_text_model, tmp_path):
+  """Each item index reads its own text vector, and a saved run rebuilds
+  them from its catalogue: the same queries."""
+  model, prepared, config, _ = history_text_model
+  history_vectors = model.query_tower.sequence.item_vectors.numpy()
+  content_of = prepared.data.items.set_index("item_id")[CONTENT]
+  for index, item in enumerate(model.vocabulary.item_ids, start=1):
+    np.testing.assert_array_equal(history_vectors[index], content_of[item])
+  np.testing.assert_array_equal(history_vectors[0], 0.0)  # padding and unknown ids
+  run_dir = runs.save_run(tmp_path / "run", config, prepared, model)
+  _, loaded = runs.load_run(run_dir)
+  users = ["u1", "u2", "u3"]
+  np.testing.assert_allclose(_history_queries(loaded, prepared, users),
+                             _history_queries(model, prepared, users), atol=1e-6)
+
+
+def test_an_export_reads_history_items_text(history_text_model):
+  """`query_embedding` with a `history` input gives the in-memory queries,
+  which read the history items' text vectors (stored in the export)."""
+  model, prepared, _, export = history_text_model
+  users = prepared.data.users.set_index("user_id").loc[["u1", "u2"]]
+  histories = ["i3|i6", "i2"]
+  query = tf.saved_model.load(str(export)).signatures["query_embedding"](
+      user_id=tf.constant(users.index.to_numpy(str)),
+      taste=tf.constant(users["taste"].to_numpy(str)),
+      age=tf.constant(users["age"].to_numpy(np.float32)), history=tf.constant(histories))
+  np.testing.assert_allclose(query["embedding"].numpy(), _history_queries(
+      model, prepared, list(users.index), histories), atol=1e-5)

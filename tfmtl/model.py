@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -40,6 +41,7 @@ import tf_keras as keras
 
 from tfmtl.config import (ConfigError, ExperimentConfig, ModelConfig, TaskConfig, default_tasks,
                           history_length)
+from tfmtl.content import CONTENT
 from tfmtl.data.pipeline import encode_table
 from tfmtl.data.schema import DOMAIN, ITEM_ID, SAMPLE_WEIGHT, USER_ID, vector_dims
 from tfmtl.distillation import Distillation
@@ -135,7 +137,9 @@ class MultiTaskModel(tfrs.Model):
         USER_ID, sizes, query_features,
         sequence=None if sequence.type == "none" else SequencePooling(
             sequence.type, sizes[ITEM_ID], config.id_embedding_dim,
-            vocabulary.history_length, name="history"),
+            vocabulary.history_length, name="history",
+            item_vectors=(history_item_vectors(self.encoder, catalogue, sizes[ITEM_ID])
+                          if sequence.content else None)),
         id_embedding_blocks=_blocks(config, USER_ID), name="query_tower", **tower_args)
     self.candidate_tower = FeatureTower(
         ITEM_ID, sizes, candidate_features,
@@ -414,3 +418,17 @@ def _with_total_loss(logs: dict) -> dict:
 def _blocks(config: ModelConfig, id_feature: str) -> list[tuple[float, int]]:
   """The (share, width) blocks of an id feature's mixed-dimension embedding."""
   return [(block.share, block.dim) for block in config.id_embedding_blocks.get(id_feature, [])]
+
+
+def history_item_vectors(encoder, catalogue: pd.DataFrame, num_items: int) -> np.ndarray:
+  """[num_items, d]: the content vector of each item index, from the
+  catalogue's `content` feature (`model.sequence.content`); zeros for OOV
+  (index 0) and for indices the catalogue lacks."""
+  if CONTENT not in encoder.vocabulary.item_features:
+    raise ValueError("model.sequence.content: the items have no content feature; set "
+                     "content.encoder (e.g. minilm)")
+  encoded = encode_table(encoder, catalogue, [ITEM_ID, CONTENT])
+  vectors = np.zeros([num_items, encoded[CONTENT].shape[1]], np.float32)
+  vectors[encoded[ITEM_ID]] = encoded[CONTENT]
+  vectors[0] = 0.0
+  return vectors

@@ -35,8 +35,36 @@ def test_the_gru_reads_order():
 def test_pooling_computes_in_float16_under_mixed_precision(kind):
   from tfmtl.precision import dtype_policy
   with dtype_policy("mixed_float16"):
-    pooling = SequencePooling(kind, num_items=10, dim=6, length=4)
+    pooling = SequencePooling(kind, num_items=10, dim=6, length=4,
+                              item_vectors=np.ones([10, 3], np.float32))
   pooled = pooling(tf.constant([[3, 1, 2, 0], [0, 0, 0, 0]]))
   assert pooled.dtype == tf.float16
   assert np.isfinite(pooled.numpy()).all()
   np.testing.assert_allclose(pooled[1].numpy(), 0.0)  # no history, zero vector
+
+
+@pytest.mark.parametrize("kind", ["mean", "gru"])
+def test_history_items_read_their_fixed_vectors_through_a_trained_adapter(kind):
+  vectors = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+  pooling = SequencePooling(kind, num_items=10, dim=6, length=3, item_vectors=vectors)
+  items = tf.constant([[5, 0, 0], [4, 2, 0]])
+  with tf.GradientTape() as tape:
+    pooled = pooling(items)
+    loss = tf.reduce_sum(pooled ** 2)
+  gradients = dict(zip([v.name for v in pooling.trainable_variables],
+                       tape.gradient(loss, pooling.trainable_variables)))
+  adapter = next(name for name in gradients if "item_vector_adapter" in name)
+  assert float(tf.reduce_sum(tf.abs(gradients[adapter]))) > 0
+  item = (pooling.item_embedding(tf.constant([[5]]))
+          + pooling.item_vector_adapter(tf.constant(vectors[None, 5])))
+  alone = item[:, 0] if kind == "mean" else pooling.gru(item)
+  np.testing.assert_allclose(pooled[0].numpy(), alone[0].numpy(), atol=1e-6)
+  vectors[2] += 1.0  # the same items with another vector for item 2
+  changed = SequencePooling(kind, num_items=10, dim=6, length=3, item_vectors=vectors)
+  changed(items)
+  changed.set_weights(pooling.get_weights())
+  moved = changed(items).numpy()
+  np.testing.assert_allclose(moved[0], pooled[0].numpy(), atol=1e-6)  # no item 2 there
+  assert np.abs(moved[1] - pooled[1].numpy()).max() > 1e-4
+  with pytest.raises(ValueError, match="item_vectors: 10 rows for 12 item indices"):
+    SequencePooling(kind, num_items=12, dim=6, length=3, item_vectors=vectors)

@@ -81,6 +81,9 @@ class ExperimentConfig(Section):
       raise ConfigError("data.domain_column: not with transfer.source (a source's interactions "
                         "have no domain); give the source's rows a domain of their own and "
                         "join both into data.interactions")
+    if self.model.sequence.content and self.content.encoder == "none":
+      raise ConfigError("model.sequence.content: the history reads the items' content "
+                        "vectors, which need content.encoder (e.g. minilm)")
     scored = [n for n, t in self.tasks.items()
               if t.type == "retrieval" or _task_type(t.type).reads_pair]
     for name in self.export.recommend_weights:

@@ -107,13 +107,20 @@ class SequenceConfig(Section):
       `attention` (attention pooling with a learned recency embedding).
     length: number of most recent earlier training interactions used; only
       interactions strictly before an example's timestamp are ever used.
+    content: each history item also reads its item content vector (the
+      `content` feature of `content.encoder`, pretrained or fine-tuned)
+      through a trainable adapter: the items' text on the query side.
   """
   type: str = "none"
   length: int = 20
+  content: bool = False
 
   def _validate(self):
     from tfmtl.layers.sequence import POOLINGS  # pylint: disable=import-outside-toplevel
     one_of("type", self.type, ("none",) + POOLINGS)
+    if self.content and self.type == "none":
+      raise ConfigError("content: the history reads item content only with a type "
+                        f"({', '.join(POOLINGS)})")
     if self.length < 1:
       raise ConfigError("length: must be at least 1")
 

@@ -9,7 +9,10 @@ The history arrives as item indices, most recent first, 0-padded
 - `attention`: each item plus a learned recency (position) embedding is
   scored by a small MLP; the vector is the softmax-weighted sum.
 
-A user without history gets a zero vector.
+A user without history gets a zero vector. With `item_vectors` (a fixed
+vector per item index, e.g. its text's from `content.encoder`), each item's
+embedding adds that vector through a trainable linear adapter, so the
+history reads what the items are as well as which they are.
 
 Example:
 
@@ -19,10 +22,17 @@ Example:
 >>> pooled = pooling(tf.constant([[3, 1, 0], [0, 0, 0]]))
 >>> pooled.shape, float(tf.reduce_sum(tf.abs(pooled[1])))
 (TensorShape([2, 4]), 0.0)
+>>> texts = tf.random.normal([10, 6])  # row i: item index i's content vector
+>>> reading = SequencePooling("mean", num_items=10, dim=4, length=3, item_vectors=texts)
+>>> reading(tf.constant([[3, 1, 0]])).shape
+TensorShape([1, 4])
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -38,15 +48,27 @@ class SequencePooling(keras.layers.Layer):
     num_items: number of item indices (OOV / padding 0 included).
     dim: width of the item embeddings and of the output.
     length: sequence length (the recency embedding of `attention`).
+    item_vectors: optional [num_items, d] fixed vectors of the item
+      indices, read through a trainable `item_vector_adapter` (row 0, the
+      padding, is ignored).
   """
 
-  def __init__(self, kind: str, num_items: int, dim: int, length: int, **kwargs):
+  def __init__(self, kind: str, num_items: int, dim: int, length: int,
+               item_vectors: Optional[tf.Tensor | np.ndarray] = None, **kwargs):
     super().__init__(**kwargs)
     if kind not in POOLINGS:
       raise ValueError(f"unknown sequence pooling {kind!r}; expected one of "
                        f"{', '.join(POOLINGS)}")
     self.kind = kind
     self.item_embedding = keras.layers.Embedding(num_items, dim, name="item_embedding")
+    self.item_vectors = None
+    if item_vectors is not None:
+      if item_vectors.shape[0] != num_items:
+        raise ValueError(f"item_vectors: {item_vectors.shape[0]} rows for {num_items} item "
+                         "indices")
+      self.item_vectors = tf.constant(item_vectors, tf.float32)
+      self.item_vector_adapter = keras.layers.Dense(dim, use_bias=False,
+                                                    name="item_vector_adapter")
     if kind == "gru":  # (attributes name checkpoint entries: runs saved before keep theirs)
       self.gru = keras.layers.GRU(dim, name="gru")
     elif kind == "lstm":
@@ -59,6 +81,9 @@ class SequencePooling(keras.layers.Layer):
   def call(self, items: tf.Tensor) -> tf.Tensor:
     mask = items > 0
     embedded = self.item_embedding(items)
+    if self.item_vectors is not None:
+      vectors = tf.gather(self.item_vectors, items)
+      embedded += tf.cast(self.item_vector_adapter(vectors), embedded.dtype)
     if self.kind == "mean":
       weights = tf.cast(mask, embedded.dtype)
       weights /= tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1.0)
