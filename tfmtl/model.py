@@ -100,6 +100,10 @@ class MultiTaskModel(tfrs.Model):
     self.fine_tuning: Optional[FineTuning] = None  # see `tfmtl.transfer`
     self.distillation: Optional[Distillation] = None  # see `tfmtl.distillation`
     self.encoder = vocabulary.encoder()
+    self.catalogue_item_ids = catalogue[ITEM_ID].to_numpy(dtype=object)
+    self.catalogue_features = {
+        name: tf.constant(values) for name, values in encode_table(
+            self.encoder, catalogue, [ITEM_ID, *vocabulary.item_features]).items()}
     self.embedding_dim = config.embedding_dim
     hidden = {task_type(task.type).predicted_feature(name, task, vocabulary.user_features,
                                                      vocabulary.item_features)
@@ -138,7 +142,7 @@ class MultiTaskModel(tfrs.Model):
         sequence=None if sequence.type == "none" else SequencePooling(
             sequence.type, sizes[ITEM_ID], config.id_embedding_dim,
             vocabulary.history_length, name="history",
-            item_vectors=(history_item_vectors(self.encoder, catalogue, sizes[ITEM_ID])
+            item_vectors=(history_item_vectors(self.catalogue_features, sizes[ITEM_ID])
                           if sequence.content else None)),
         id_embedding_blocks=_blocks(config, USER_ID), name="query_tower", **tower_args)
     self.candidate_tower = FeatureTower(
@@ -159,10 +163,6 @@ class MultiTaskModel(tfrs.Model):
       pairs = multitask.coupling_pairs or list(itertools.combinations(ranking_tasks, 2))
       self.add_loss(lambda: multitask.coupling * self.ranking.coupling(
           pairs, multitask.coupling_distance))
-    self.catalogue_item_ids = catalogue[ITEM_ID].to_numpy(dtype=object)
-    self.catalogue_features = {
-        name: tf.constant(values) for name, values in encode_table(
-            self.encoder, catalogue, [ITEM_ID, *vocabulary.item_features]).items()}
     self.tasks = {name: make_task(name, task, self)
                   for name, task in self.task_configs.items()}
     self.loss_weighting = make_weighting(
@@ -420,15 +420,16 @@ def _blocks(config: ModelConfig, id_feature: str) -> list[tuple[float, int]]:
   return [(block.share, block.dim) for block in config.id_embedding_blocks.get(id_feature, [])]
 
 
-def history_item_vectors(encoder, catalogue: pd.DataFrame, num_items: int) -> np.ndarray:
-  """[num_items, d]: the content vector of each item index, from the
+def history_item_vectors(catalogue_features: dict[str, tf.Tensor], num_items: int
+                         ) -> np.ndarray:
+  """[num_items, d]: the content vector of each item index, from the encoded
   catalogue's `content` feature (`model.sequence.content`); zeros for OOV
   (index 0) and for indices the catalogue lacks."""
-  if CONTENT not in encoder.vocabulary.item_features:
+  if CONTENT not in catalogue_features:
     raise ValueError("model.sequence.content: the items have no content feature; set "
                      "content.encoder (e.g. minilm)")
-  encoded = encode_table(encoder, catalogue, [ITEM_ID, CONTENT])
-  vectors = np.zeros([num_items, encoded[CONTENT].shape[1]], np.float32)
-  vectors[encoded[ITEM_ID]] = encoded[CONTENT]
+  content = catalogue_features[CONTENT].numpy()
+  vectors = np.zeros([num_items, content.shape[1]], np.float32)
+  vectors[catalogue_features[ITEM_ID].numpy()] = content
   vectors[0] = 0.0
   return vectors
