@@ -58,6 +58,7 @@ def test_components_cover_every_layer_kind():
   assert component_of("query_tower/user_id_embedding/embeddings") == "embeddings"
   assert component_of("candidate_tower/content_adapter/kernel") == "embeddings"
   assert component_of("query_tower/history/item_embedding/embeddings") == "embeddings"
+  assert component_of("query_tower/history/item_vector_adapter/kernel") == "embeddings"
   assert component_of("query_tower/history/gru/gru_cell/kernel") == "towers"
   assert component_of("query_tower/history/lstm/lstm_cell/kernel") == "towers"
   assert component_of("candidate_tower/hidden_0/kernel") == "towers"
@@ -244,6 +245,31 @@ def test_a_run_that_predicted_a_feature_pretrains_a_model_that_reads_it(tiny_dat
   np.testing.assert_array_equal(kernel[taste.stop:], pretrained[widths["user_id"]:])  # age
   assert np.isfinite(model.history.history["loss"]).all()
   assert "query_tower/taste_embedding/embeddings" not in model.fine_tuning.pretrained
+
+
+def test_a_history_without_text_pretrains_one_whose_history_reads_it(tiny_data, caplog):
+  """`model.sequence.content` in the target only: the history's item
+  embeddings load, its content adapter starts fresh."""
+  from tfmtl.config import SequenceConfig
+  from tfmtl.content import ItemContentTable, with_content
+  from tfmtl.data.history import add_history
+  items = tiny_data.items["item_id"].tolist()
+  data = with_content(tiny_data, ItemContentTable(
+      items, np.ones([len(items), 4], np.float32), "test", "{genres}", 8))
+  empty = data.interactions.iloc[:0]
+  train = add_history(Split(data.interactions, empty, empty), length=3).train
+  vocabulary = FeatureVocabulary.build(data, train, history_length=3)
+  source, target = (tfmtl.MultiTaskModel(vocabulary, data.items, ModelConfig(
+      embedding_dim=8, sequence=SequenceConfig(type="mean", length=3, content=content)))
+                    for content in (False, True))
+  source.create_variables()
+  target.create_variables()
+  fresh = _table(target, "item_vector_adapter").copy()
+  with caplog.at_level("INFO", logger="tfmtl"):
+    load_pretrained(target, source)
+  assert "query_tower/history/item_vector_adapter/kernel starts fresh" in caplog.text
+  np.testing.assert_array_equal(_table(target, "item_vector_adapter"), fresh)
+  np.testing.assert_array_equal(_table(target, "item_embedding"), _table(source, "item_embedding"))
 
 
 def test_fine_tune_from_rejects_an_unknown_component(tiny_data, source):

@@ -45,6 +45,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmtl.config import TransferConfig
+from tfmtl.content import CONTENT
 from tfmtl.features import FeatureVocabulary
 from tfmtl.layers.mixed_embedding import MixedDimensionEmbedding
 
@@ -64,8 +65,8 @@ def component_of(path: str) -> Optional[str]:
   if parts[0] == "embedding_tables":  # model.tpu_embedding
     return "embeddings"
   if parts[0] in ("query_tower", "candidate_tower") and len(parts) > 2:
-    if parts[1].endswith(("_embedding", "_adapter")) or parts[1:3] == ["history",
-                                                                      "item_embedding"]:
+    if parts[1].endswith(("_embedding", "_adapter")) or parts[1:3] in (
+        ["history", "item_embedding"], ["history", "item_vector_adapter"]):
       return "embeddings"
     return "towers"
   if parts[0] == "ranking" and len(parts) > 2:
@@ -113,6 +114,9 @@ def _tower_inputs(model) -> dict[str, list[str]]:
 
 def _unread_feature(path: str, source) -> Optional[str]:
   """The feature whose embedding `path` is, if `source`'s tower does not read it."""
+  if path.split("/")[1:3] == ["history", "item_vector_adapter"]:  # model.sequence.content
+    sequence = source.query_tower.sequence
+    return None if sequence is not None and sequence.item_vectors is not None else CONTENT
   tower, layer = (path.split("/") + [""])[:2]
   feature = layer.rsplit("_", 1)[0] if layer.endswith(("_embedding", "_adapter")) else None
   if tower not in ("query_tower", "candidate_tower") or feature is None:
