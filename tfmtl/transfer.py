@@ -113,7 +113,9 @@ def _tower_inputs(model) -> dict[str, list[str]]:
 
 
 def _unread_feature(path: str, source) -> Optional[str]:
-  """The feature whose embedding `path` is, if `source`'s tower does not read it."""
+  """The feature whose embedding `path` is, if `source`'s tower does not read
+  it; for the history's content adapter, `content` if `source`'s history
+  does not read item content."""
   if path.split("/")[1:3] == ["history", "item_vector_adapter"]:  # model.sequence.content
     sequence = source.query_tower.sequence
     return None if sequence is not None and sequence.item_vectors is not None else CONTENT
