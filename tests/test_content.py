@@ -279,6 +279,66 @@ def test_lora_inside_the_recommender_trains_only_the_low_rank_updates(encoder, t
   assert not np.allclose(table.vectors, encoder.encode(texts), atol=1e-4)
 
 
+def test_history_items_read_their_text_through_the_trained_layers(encoder):
+  """`ItemTextVectors` as a history's `item_vectors`: the pretrained vectors
+  until it reads, then the same vectors through the layers, which the
+  pooled history's gradient now reaches."""
+  from tfmtl.layers import SequencePooling
+  from tfmtl.text_tower import ItemTextVectors
+  tuned = FineTunedText(encoder, ["Heat (1995)", "Casino (1995)", "Toy Story (1995)"], 1)
+  pretrained = np.zeros([5, 384], np.float32)
+  pretrained[1:4] = tuned.encode()
+  rows = np.array([3, 0, 1, 2, 3])  # index 0 (padding) and 4 (no text): the zeros row
+  text_vectors = ItemTextVectors(tuned.head, tuned.states, tuned.padding_mask, rows, pretrained)
+  history = SequencePooling("gru", num_items=5, dim=8, length=3, item_vectors=pretrained)
+  items = tf.constant([[2, 1, 0], [3, 4, 0]])
+  from_table = history(items).numpy()
+  history.item_vectors = text_vectors
+
+  def pooled_and_gradients():
+    with tf.GradientTape() as tape:
+      pooled = history(items)
+      loss = tf.reduce_sum(tf.square(pooled))
+    return pooled.numpy(), tape.gradient(loss, tuned.head.trainable_variables)
+
+  pooled, gradients = pooled_and_gradients()
+  np.testing.assert_array_equal(pooled, from_table)
+  assert all(gradient is None for gradient in gradients)
+  text_vectors.reading.assign(True)
+  pooled, gradients = pooled_and_gradients()
+  np.testing.assert_allclose(pooled, from_table, atol=1e-5)
+  assert all(gradient is not None for gradient in gradients)
+  assert sum(float(tf.norm(gradient)) for gradient in gradients) > 0
+
+
+def test_the_recommender_stage_reads_history_items_through_the_layers(
+    encoder, tiny_config_file, tmp_path, monkeypatch):
+  """`objective: recommend` with `model.sequence.content`: the stage's
+  query tower reads its history items through the trained layers, so its
+  queries alone give the layers a gradient."""
+  from tfmtl.data import make_dataset
+  from tfmtl.text_tower import recommender_reading_text
+  monkeypatch.setattr(content, "TextEncoder", lambda *args: encoder)  # loaded once
+  config = ExperimentConfig.from_file(tiny_config_file(
+      data={"cache_dir": str(tmp_path / "cache")},
+      model={"embedding_dim": 8, "sequence": {"type": "mean", "length": 3, "content": True}},
+      content={"encoder": "minilm", "text": "{genres}"}))
+  prepared = training.prepare(config)
+  items = prepared.data.items
+  tuned = FineTunedText(encoder, item_texts(items, "{genres}"), 1)
+  model, text_vectors = recommender_reading_text(
+      config.with_overrides(["content.fine_tune.objective=recommend"]), prepared,
+      items["item_id"].astype(str).tolist(), tuned)
+  text_vectors.reading.assign(True)
+  batch = next(iter(make_dataset(prepared.data, prepared.split.train, model.encoder, 16)))
+  assert int(tf.reduce_sum(tf.cast(batch["history"] > 0, tf.int32))) > 0
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(tf.square(model.query_tower(batch, training=True)))
+  gradients = tape.gradient(loss, tuned.head.trainable_variables)
+  assert all(gradient is not None for gradient in gradients)
+  assert sum(float(tf.norm(gradient)) for gradient in gradients) > 0
+
+
 def test_fine_tuning_targets_that_are_not_there_are_named(tmp_path):
   items = pd.DataFrame({"item_id": ["1", "2"], "title": ["Heat", "Casino"]})
   with pytest.raises(DataError, match=r"content.fine_tune.run: .*not a tfmtl run"):

@@ -7,8 +7,11 @@ candidate tower reading each item's `content` vector through the encoder's
 top `top_layers` layers (or LoRA updates of them), trainable, over the
 lower layers' token states, computed once per item
 (`tfmtl.text_tuning.FineTunedText`): the layers start training against a
-trained model, not a random one. Each batch runs the layers once per
-distinct item in it. The tasks' own losses train the layers, their updates
+trained model, not a random one. With `model.sequence.content`, the
+items of each user's history read their vectors through the same layers,
+so the query side trains them too. Each batch runs the layers once per
+distinct item of its candidates (and once per distinct item of its
+histories). The tasks' own losses train the layers, their updates
 scaled to `fine_tune.learning_rate` (the rest of the model learns at
 `train.learning_rate`). The trained layers then encode every catalogue
 item, items no one rated included, into the content table the model of
@@ -18,7 +21,7 @@ objectives. The stage's table is cached under a key of the encoder, the
 item texts, the fine-tuning settings, the model, tasks and optimizer
 settings, the features the model reads and the training interactions.
 
-The layers run over every distinct item of every batch, so an epoch here
+The layers run over the distinct items of every batch, so an epoch here
 costs far more than an epoch of the item-level objectives, which run
 them once per item (docs/benchmark-notes.md, protocol C).
 
@@ -51,7 +54,7 @@ from tfmtl.data import make_dataset
 from tfmtl.data.schema import ITEM_ID
 from tfmtl.data.wheels import default_cache_dir
 from tfmtl.layers.text import TextHead
-from tfmtl.model import build_model
+from tfmtl.model import build_model, history_item_vectors
 from tfmtl.text_tuning import FineTunedText
 from tfmtl.training import EpochTimer
 from tfmtl.transfer import FineTuning
@@ -59,59 +62,73 @@ from tfmtl.transfer import FineTuning
 logger = logging.getLogger("tfmtl")
 
 
-class TextReadingTower(keras.layers.Layer):
-  """A candidate tower whose `content` input is computed from the item id:
-  each distinct item of the batch through `head`, over its cached lower
-  states.
+class ItemTextVectors(keras.layers.Layer):
+  """Item indices (any shape) -> their content vectors (shape + [d]): the
+  pretrained ones (`pretrained`, what `head` makes of the texts before
+  training; `head` gets no gradient) until `reading` is set, then each
+  distinct index of the call through `head`, trainable, over its cached
+  lower states.
 
   Args:
-    tower: the candidate tower (`tfmtl.layers.FeatureTower`).
     head: the trainable top layers (`TextHead`).
     states, padding_mask: the lower layers' token states per catalogue row,
       [items, tokens, hidden], and their mask, [items, tokens].
-    rows: the catalogue row of each encoded item id, [id vocabulary size];
-      `len(states)` for an id without a text (its vector: zeros).
+    rows: the catalogue row of each item index, [id vocabulary size];
+      `len(states)` for an index without a text (its vector: zeros).
+    pretrained: each item index's pretrained vector, [id vocabulary size, d].
   """
 
-  def __init__(self, tower: keras.layers.Layer, head: TextHead, states: np.ndarray,
-               padding_mask: np.ndarray, rows: np.ndarray, **kwargs):
+  def __init__(self, head: TextHead, states: np.ndarray, padding_mask: np.ndarray,
+               rows: np.ndarray, pretrained: np.ndarray, **kwargs):
     super().__init__(**kwargs)
-    self.tower, self.head = tower, head
+    self.head = head
     self.states = tf.constant(np.concatenate([states, np.zeros_like(states[:1])]))
     self.padding_mask = tf.constant(np.concatenate([padding_mask,
                                                     np.zeros_like(padding_mask[:1])]))
     self.rows = tf.constant(rows, tf.int32)
-    # False: the tower reads the features' `content` (the pretrained
-    # vectors, what `head` makes of the texts before training), and `head`
-    # gets no gradient; `ReadTextFrom` sets it
-    self.reading = tf.Variable(False, trainable=False, name="reading")
+    self.pretrained = tf.constant(pretrained, tf.float32)
+    self.reading = tf.Variable(False, trainable=False, name="reading")  # `ReadTextFrom` sets it
 
-  def call(self, features: dict, rows=None, training=None) -> tf.Tensor:
-    given = features[CONTENT]
-    item_vectors = tf.cond(self.reading, lambda: self._vectors(features, given.dtype, training),
-                           lambda: given)
-    return self.tower({**features, CONTENT: tf.reshape(item_vectors, tf.shape(given))},
-                      rows=rows, training=training)
+  def call(self, items: tf.Tensor, training=None) -> tf.Tensor:
+    indices = tf.reshape(tf.cast(items, tf.int32), [-1])
+    vectors = tf.cond(self.reading, lambda: self._through_head(indices, training),
+                      lambda: tf.gather(self.pretrained, indices))
+    return tf.reshape(vectors, tf.concat([tf.shape(items), [self.pretrained.shape[1]]], 0))
 
-  def _vectors(self, features: dict, dtype: tf.DType, training) -> tf.Tensor:
-    items = tf.gather(self.rows, tf.reshape(tf.cast(features[ITEM_ID], tf.int32), [-1]))
-    distinct, position = tf.unique(items)
+  def _through_head(self, indices: tf.Tensor, training) -> tf.Tensor:
+    distinct, position = tf.unique(tf.gather(self.rows, indices))
     mask = tf.gather(self.padding_mask, distinct)
     tokens = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), 1)), 1)
     vectors = self.head(tf.gather(self.states, distinct)[:, :tokens], mask[:, :tokens],
                         training=training)
-    return tf.cast(tf.gather(vectors, position), dtype)
+    return tf.gather(tf.cast(vectors, tf.float32), position)
+
+
+class TextReadingTower(keras.layers.Layer):
+  """A candidate tower whose `content` input is the item id's vector from
+  `text_vectors` (`ItemTextVectors`), not the features'."""
+
+  def __init__(self, tower: keras.layers.Layer, text_vectors: ItemTextVectors, **kwargs):
+    super().__init__(**kwargs)
+    self.tower, self.text_vectors = tower, text_vectors
+
+  def call(self, features: dict, rows=None, training=None) -> tf.Tensor:
+    given = features[CONTENT]
+    vectors = self.text_vectors(features[ITEM_ID], training=training)
+    return self.tower({**features, CONTENT: tf.cast(tf.reshape(vectors, tf.shape(given)),
+                                                    given.dtype)},
+                      rows=rows, training=training)
 
 
 class ReadTextFrom(keras.callbacks.Callback):
-  """Switches a `TextReadingTower` to its trainable layers from `epoch` on."""
+  """Switches an `ItemTextVectors` to its trainable layers from `epoch` on."""
 
-  def __init__(self, tower: TextReadingTower, epoch: int):
+  def __init__(self, text_vectors: ItemTextVectors, epoch: int):
     super().__init__()
-    self.tower, self.epoch = tower, epoch
+    self.text_vectors, self.epoch = text_vectors, epoch
 
   def on_epoch_begin(self, epoch, logs=None):
-    self.tower.reading.assign(epoch >= self.epoch)
+    self.text_vectors.reading.assign(epoch >= self.epoch)
 
 
 @dataclasses.dataclass
@@ -159,18 +176,7 @@ def _train(config: ExperimentConfig, prepared, ids: list[str],
                         lora_rank=tuning.lora_rank)
   keras.utils.set_random_seed(tuning.seed)
   data, rows = prepared.training_examples()
-  model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
-  encoded_ids = model.catalogue_features[ITEM_ID].numpy().reshape(-1)
-  trained = np.flatnonzero(pd.Series(ids).isin(set(prepared.vocabulary.item_ids)))
-  item_rows = np.full(prepared.vocabulary.size(ITEM_ID), len(texts), np.int32)
-  item_rows[encoded_ids[trained]] = trained  # other ids: the row of zeros
-  tower = TextReadingTower(model.candidate_tower, tuned.head, tuned.states,
-                           tuned.padding_mask, item_rows, name="text_reading_tower")
-  model.candidate_tower = tower
-  model.create_variables()
-  model.fine_tuning = ScaledUpdates(
-      {}, learning_rate_scale=tuning.learning_rate / config.train.learning_rate,
-      scaled=frozenset(variable.ref() for variable in tuned.head.trainable_variables))
+  model, text_vectors = recommender_reading_text(config, prepared, ids, tuned)
   timer = EpochTimer()
   frozen = config.train.epochs
   logger.info("Training the recommender %d epoch(s) on the pretrained text vectors, then "
@@ -179,7 +185,7 @@ def _train(config: ExperimentConfig, prepared, ids: list[str],
   history = model.fit(make_dataset(data, rows, model.encoder, config.train.batch_size,
                                    shuffle=True, seed=tuning.seed),
                       epochs=frozen + tuning.epochs, verbose=0,
-                      callbacks=[ReadTextFrom(tower, frozen), timer])
+                      callbacks=[ReadTextFrom(text_vectors, frozen), timer])
   losses = [float(loss) for loss in history.history["loss"][frozen:]]
   logger.info("Fine-tuning losses by epoch: %s", ", ".join(f"{loss:.4f}" for loss in losses))
   name = (f"{encoder.name}, top {tuning.top_layers} layers fine-tuned (recommend"
@@ -188,6 +194,31 @@ def _train(config: ExperimentConfig, prepared, ids: list[str],
                           {**dataclasses.asdict(tuning), "losses": losses,
                            "states_seconds": tuned.states_seconds,
                            "epoch_seconds": timer.times[frozen:]}, tuned.weights())
+
+
+def recommender_reading_text(config: ExperimentConfig, prepared, ids: list[str],
+                             tuned: FineTunedText) -> tuple[keras.Model, ItemTextVectors]:
+  """The stage's recommender (a model of `config` over `prepared`) whose
+  candidate tower, and with `model.sequence.content` whose history, read
+  item vectors through `tuned`'s layers over the texts of `ids` (catalogue
+  order), and the `ItemTextVectors` they share."""
+  model = build_model(config, prepared.vocabulary, prepared.data.items, prepared.data.users)
+  encoded_ids = model.catalogue_features[ITEM_ID].numpy().reshape(-1)
+  trained = np.flatnonzero(pd.Series(ids).isin(set(prepared.vocabulary.item_ids)))
+  item_rows = np.full(prepared.vocabulary.size(ITEM_ID), len(ids), np.int32)
+  item_rows[encoded_ids[trained]] = trained  # other ids: the row of zeros
+  text_vectors = ItemTextVectors(
+      tuned.head, tuned.states, tuned.padding_mask, item_rows,
+      history_item_vectors(model.catalogue_features, len(item_rows)), name="item_text_vectors")
+  model.candidate_tower = TextReadingTower(model.candidate_tower, text_vectors,
+                                           name="text_reading_tower")
+  if config.model.sequence.content:
+    model.query_tower.sequence.item_vectors = text_vectors
+  model.create_variables()
+  model.fine_tuning = ScaledUpdates(
+      {}, learning_rate_scale=config.content.fine_tune.learning_rate / config.train.learning_rate,
+      scaled=frozenset(variable.ref() for variable in tuned.head.trainable_variables))
+  return model, text_vectors
 
 
 def _cache_folder(config: ExperimentConfig, prepared, ids: list[str], texts: list[str]) -> Path:

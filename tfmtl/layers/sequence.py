@@ -10,9 +10,10 @@ The history arrives as item indices, most recent first, 0-padded
   scored by a small MLP; the vector is the softmax-weighted sum.
 
 A user without history gets a zero vector. With `item_vectors` (a fixed
-vector per item index, e.g. its text's from `content.encoder`), each item's
-embedding adds that vector through a trainable linear adapter, so the
-history reads what the items are as well as which they are.
+vector per item index, e.g. its text's from `content.encoder`, or a layer
+that computes them, e.g. trainable text layers), each item's embedding adds
+that vector through a trainable linear adapter, so the history reads what
+the items are as well as which they are.
 
 Example:
 
@@ -49,12 +50,14 @@ class SequencePooling(keras.layers.Layer):
     dim: width of the item embeddings and of the output.
     length: sequence length (the recency embedding of `attention`).
     item_vectors: optional [num_items, d] fixed vectors of the item
-      indices, read through a trainable `item_vector_adapter` (row 0, the
-      padding, is ignored).
+      indices, or a layer mapping [batch, length] item indices to [batch,
+      length, d] vectors; read through a trainable `item_vector_adapter`
+      (index 0, the padding, is ignored).
   """
 
   def __init__(self, kind: str, num_items: int, dim: int, length: int,
-               item_vectors: Optional[tf.Tensor | np.ndarray] = None, **kwargs):
+               item_vectors: Optional[tf.Tensor | np.ndarray | keras.layers.Layer] = None,
+               **kwargs):
     super().__init__(**kwargs)
     if kind not in POOLINGS:
       raise ValueError(f"unknown sequence pooling {kind!r}; expected one of "
@@ -62,7 +65,9 @@ class SequencePooling(keras.layers.Layer):
     self.kind = kind
     self.item_embedding = keras.layers.Embedding(num_items, dim, name="item_embedding")
     self.item_vectors = None
-    if item_vectors is not None:
+    if isinstance(item_vectors, keras.layers.Layer):
+      self.item_vectors = item_vectors
+    elif item_vectors is not None:
       if item_vectors.shape[0] != num_items:
         raise ValueError(f"item_vectors: {item_vectors.shape[0]} rows for {num_items} item "
                          "indices")
@@ -82,7 +87,8 @@ class SequencePooling(keras.layers.Layer):
     mask = items > 0
     embedded = self.item_embedding(items)
     if self.item_vectors is not None:
-      vectors = tf.gather(self.item_vectors, items)
+      vectors = (self.item_vectors(items) if isinstance(self.item_vectors, keras.layers.Layer)
+                 else tf.gather(self.item_vectors, items))
       embedded += tf.cast(self.item_vector_adapter(vectors), embedded.dtype)
     if self.kind == "mean":
       weights = tf.cast(mask, embedded.dtype)
