@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import tfmtl
 from tfmtl.config import PartitionedConfig
-from tfmtl.serving.index import BruteForceIndex, PartitionedIndex
+from tfmtl.serving.index import BruteForceIndex, PartitionedIndex, nearest_centroids
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,19 @@ def test_a_few_partitions_find_the_exact_top_items_and_never_an_excluded_one(clu
   assert recall >= 0.95, recall
   again = PartitionedIndex(items, PartitionedConfig(partitions=70, nprobe=4))  # same seed
   np.testing.assert_array_equal(again.item_columns.numpy(), index.item_columns.numpy())
+
+
+def test_a_coarse_level_finds_nearly_every_items_nearest_centroid(clustered):
+  """Up to `coarse_above` centroids each item gets its nearest; beyond, it
+  searches the centroids of its nearest groups only, and nearly always
+  still finds its nearest."""
+  items, _ = clustered
+  centroids = items[np.random.default_rng(1).choice(len(items), 400, replace=False)]
+  squared = ((items[:, None, :] - centroids[None]) ** 2).sum(axis=2)  # [items, centroids]
+  exact = nearest_centroids(items, centroids)
+  np.testing.assert_array_equal(exact, squared.argmin(axis=1))
+  coarse = nearest_centroids(items, centroids, coarse_above=0)
+  assert 0.99 <= (coarse == exact).mean() < 1.0  # 400 centroids, 20 groups, 4 searched
 
 
 def test_new_items_join_their_nearest_partition_and_are_found(clustered):
