@@ -51,8 +51,8 @@ def test_a_few_partitions_find_the_exact_top_items_and_never_an_excluded_one(clu
 
 def test_a_coarse_level_finds_nearly_every_items_nearest_centroid(clustered):
   """Up to `coarse_above` centroids each item gets its nearest; beyond, it
-  searches the centroids of its nearest groups only, and nearly always
-  still finds its nearest."""
+  searches the centroids of its nearest groups only, and most items still
+  find their nearest."""
   items, _ = clustered
   centroids = items[np.random.default_rng(1).choice(len(items), 400, replace=False)]
   squared = ((items[:, None, :] - centroids[None]) ** 2).sum(axis=2)  # [items, centroids]

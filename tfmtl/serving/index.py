@@ -185,7 +185,9 @@ def nearest_centroids(candidates: np.ndarray, centroids: np.ndarray, seed: int =
   (seeded) groups the centroids into about sqrt(centroids) groups; each
   candidate scores the groups' centres, then only the centroids of its
   `COARSE_PROBES` nearest groups (for 25,000 centroids, about a fortieth
-  of them), and finds its nearest centroid nearly always.
+  of them). Most candidates get their nearest centroid, the others one
+  near it (`validate`'s recall check measures what that costs).
+  Candidates are scored `chunk` at a time.
   """
   centroids = np.asarray(centroids, np.float32)
   if len(centroids) <= coarse_above:
