@@ -195,18 +195,20 @@ def nearest_centroids(candidates: np.ndarray, centroids: np.ndarray, seed: int =
   from sklearn.cluster import MiniBatchKMeans  # pylint: disable=import-outside-toplevel
   coarse = MiniBatchKMeans(round(math.sqrt(len(centroids))), random_state=seed, n_init=1,
                            batch_size=4096).fit(centroids)
-  groups = _best(candidates, coarse.cluster_centers_.astype(np.float32),
-                 min(COARSE_PROBES, coarse.n_clusters), chunk).reshape(-1)
+  probes = min(COARSE_PROBES, coarse.n_clusters)
+  groups = _best(candidates, coarse.cluster_centers_.astype(np.float32), probes,
+                 chunk).reshape(-1)
   order = np.argsort(groups, kind="stable")  # (item, group) pairs, by group
   starts = np.searchsorted(groups[order], np.arange(coarse.n_clusters + 1))
   best = np.full(len(candidates), -np.inf, np.float32)
   labels = np.zeros(len(candidates), np.int32)
   half_squared = 0.5 * np.sum(np.square(centroids), axis=1)
-  probes = min(COARSE_PROBES, coarse.n_clusters)
   for group in range(coarse.n_clusters):
     members = np.flatnonzero(coarse.labels_ == group)
+    if not len(members):  # a group k-means left empty
+      continue
     searching = order[starts[group]:starts[group + 1]] // probes
-    for start in range(0, len(searching) if len(members) else 0, chunk):
+    for start in range(0, len(searching), chunk):
       items = searching[start:start + chunk]
       scores = candidates[items] @ centroids[members].T - half_squared[members]
       place = np.argmax(scores, axis=1)
