@@ -142,7 +142,7 @@ class MultiTaskModel(tfrs.Model):
         sequence=None if sequence.type == "none" else SequencePooling(
             sequence.type, sizes[ITEM_ID], config.id_embedding_dim,
             vocabulary.history_length, name="history",
-            item_vectors=(history_item_vectors(self.catalogue_features, sizes[ITEM_ID])
+            item_vectors=(content_by_item_index(self.catalogue_features, sizes[ITEM_ID])
                           if sequence.content else None)),
         id_embedding_blocks=_blocks(config, USER_ID), name="query_tower", **tower_args)
     self.candidate_tower = FeatureTower(
@@ -420,11 +420,12 @@ def _blocks(config: ModelConfig, id_feature: str) -> list[tuple[float, int]]:
   return [(block.share, block.dim) for block in config.id_embedding_blocks.get(id_feature, [])]
 
 
-def history_item_vectors(catalogue_features: dict[str, tf.Tensor], num_items: int
+def content_by_item_index(catalogue_features: dict[str, tf.Tensor], num_items: int
                          ) -> np.ndarray:
   """[num_items, d]: the content vector of each item index, from the encoded
-  catalogue's `content` feature (`model.sequence.content`); zeros for OOV
-  (index 0) and for indices the catalogue lacks."""
+  catalogue's `content` feature (what the history reads with
+  `model.sequence.content`); zeros for OOV (index 0) and for indices the
+  catalogue lacks."""
   if CONTENT not in catalogue_features:
     raise ValueError("model.sequence.content: the items have no content feature; set "
                      "content.encoder (e.g. minilm)")

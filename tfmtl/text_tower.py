@@ -54,7 +54,7 @@ from tfmtl.data import make_dataset
 from tfmtl.data.schema import ITEM_ID
 from tfmtl.data.wheels import default_cache_dir
 from tfmtl.layers.text import TextHead
-from tfmtl.model import build_model, history_item_vectors
+from tfmtl.model import build_model, content_by_item_index
 from tfmtl.text_tuning import FineTunedText
 from tfmtl.training import EpochTimer
 from tfmtl.transfer import FineTuning
@@ -209,7 +209,7 @@ def recommender_reading_text(config: ExperimentConfig, prepared, ids: list[str],
   item_rows[encoded_ids[trained]] = trained  # other ids: the row of zeros
   text_vectors = ItemTextVectors(
       tuned.head, tuned.states, tuned.padding_mask, item_rows,
-      history_item_vectors(model.catalogue_features, len(item_rows)), name="item_text_vectors")
+      content_by_item_index(model.catalogue_features, len(item_rows)), name="item_text_vectors")
   model.candidate_tower = TextReadingTower(model.candidate_tower, text_vectors,
                                            name="text_reading_tower")
   if config.model.sequence.content:

@@ -50,14 +50,14 @@ class SequencePooling(keras.layers.Layer):
     dim: width of the item embeddings and of the output.
     length: sequence length (the recency embedding of `attention`).
     item_vectors: optional [num_items, d] fixed vectors of the item
-      indices, or a layer mapping [batch, length] item indices to [batch,
-      length, d] vectors; read through a trainable `item_vector_adapter`
-      (index 0, the padding, is ignored).
+      indices, read through a trainable `item_vector_adapter` (index 0, the
+      padding, is ignored). The attribute may then be set to a layer
+      mapping [batch, length] item indices to [batch, length, d] vectors
+      (`tfmtl.text_tower` sets its trainable text layers).
   """
 
   def __init__(self, kind: str, num_items: int, dim: int, length: int,
-               item_vectors: Optional[tf.Tensor | np.ndarray | keras.layers.Layer] = None,
-               **kwargs):
+               item_vectors: Optional[tf.Tensor | np.ndarray] = None, **kwargs):
     super().__init__(**kwargs)
     if kind not in POOLINGS:
       raise ValueError(f"unknown sequence pooling {kind!r}; expected one of "
@@ -65,9 +65,7 @@ class SequencePooling(keras.layers.Layer):
     self.kind = kind
     self.item_embedding = keras.layers.Embedding(num_items, dim, name="item_embedding")
     self.item_vectors = None
-    if isinstance(item_vectors, keras.layers.Layer):
-      self.item_vectors = item_vectors
-    elif item_vectors is not None:
+    if item_vectors is not None:
       if item_vectors.shape[0] != num_items:
         raise ValueError(f"item_vectors: {item_vectors.shape[0]} rows for {num_items} item "
                          "indices")
