@@ -20,15 +20,18 @@ Catalogues (`--catalogues`):
 - `random_<n>`: `n` item ids, untrained: random item vectors, the worst
   case for an index that clusters; `retrieve` only.
 
-With `--index partitioned` each catalogue is exported once with brute force
-and once per `--quantization`, and every export is measured in the same
-run, side by side. Rows: `catalogue`, `index` (`brute_force`, or
-`partitioned` with its `quantization`), `signature`, `batch`, `p50_ms`,
-`p99_ms` (over 200 calls at batch 1, 30 at batch 256; batch 1 only from 5M
-items, where brute force's batch of 256 would hold a 10 GB score matrix), the process's peak RSS after all of them
-(`peak_rss_gb`), `build_s` (the export's seconds) and, for an approximate
-index's `retrieve`, `recall_at_100`: the share of the exact (brute-force)
-top 100 it returns, over 256 users without exclusions.
+With `--index partitioned` (or `scann`) each catalogue is exported with
+brute force and once per `--quantization` (or with ScaNN): every export is
+built first, the model is then released, and each export is measured by a
+fresh process of its own, side by side in one run. Rows: `catalogue`,
+`index` (`brute_force`, `scann`, or `partitioned` with its
+`quantization`), `signature`, `batch`, `p50_ms`, `p99_ms` (over 200 calls
+at batch 1, 30 at batch 256; batch 1 only from 5M items, where brute
+force's batch of 256 would hold a 10 GB score matrix), the measuring
+process's peak RSS after them (`peak_rss_gb`), `build_s` (the export's
+seconds) and, for an approximate index's `retrieve`, `recall_at_100`: the
+share of brute force's top 100 it returns, over 256 users without
+exclusions.
 
     python benchmarks/serving_latency.py                      # brute force
     python benchmarks/serving_latency.py --index partitioned  # k-means partitions
@@ -42,6 +45,7 @@ rows of catalogues not measured again are kept, with their `commit`.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -66,9 +70,11 @@ from tfmtl.serving import export_model
 from common import results_dir, write_record
 
 # Run by a fresh interpreter: argv = export folder, a JSON file of input values, index,
-# the signatures (comma-separated) and the calls at batch 256.
+# the signatures (comma-separated), the calls at batch 256 and a JSON file of the
+# recall users' inputs ("": none). Peak RSS is VmHWM: ru_maxrss would carry the
+# launching process's peak across exec.
 _MEASURE = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import tensorflow as tf
 export, sample = sys.argv[1], json.loads(open(sys.argv[2]).read())
@@ -107,8 +113,20 @@ for signature in sys.argv[4].split(","):
     rows.append({"signature": signature, "batch": batch,
                  "p50_ms": float(np.percentile(times, 50)),
                  "p99_ms": float(np.percentile(times, 99))})
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-print(json.dumps({"rows": rows, "peak_rss_gb": peak, "tfmtl_imported": "tfmtl" in sys.modules}))
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+peak = int(status.split()[0]) / 2**20  # kB -> GB
+found = []
+if sys.argv[6]:  # top 100 without exclusions, 8 users a call (brute force over 10M: 8 x 10M scores)
+  users = {name: np.asarray(value) for name, value in json.loads(open(sys.argv[6]).read()).items()}
+  for start in range(0, len(next(iter(users.values()))), 8):
+    request = {name: tf.constant(value[start:start + 8].astype(np.float32 if value.dtype.kind == "f"
+                                                               else bytes))
+               for name, value in users.items()}
+    size = len(next(iter(request.values())))
+    found += model.signatures["retrieve"](**request, k=tf.fill([size], 100),
+        exclude_item_ids=tf.zeros([size, 0], tf.string))["item_ids"].numpy().astype(str).tolist()
+print(json.dumps({"rows": rows, "peak_rss_gb": peak, "found": found,
+                  "tfmtl_imported": "tfmtl" in sys.modules}))
 """
 
 
@@ -165,29 +183,27 @@ def random_model(folder: Path, num_items: int):
   return model, sample
 
 
-def recall_at_100(approximate: Path, exact: Path, model, sample: dict) -> float:
-  """Share of the exact top 100 that `approximate` retrieves, 256 users."""
-  rng = np.random.default_rng(1)
-  chosen = rng.choice(len(sample["user_id"]), 256)
-  values = {name: np.asarray(sample[name])[chosen] for name in model.encoder.user_inputs}
-  request = {name: tf.constant(value.astype(np.float32) if value.dtype.kind == "f" else value)
-             for name, value in values.items()}
-  request.update(k=tf.fill([256], 100), exclude_item_ids=tf.zeros([256, 0], tf.string))
-  found = []
-  for path in (approximate, exact):
-    retrieve = tf.saved_model.load(str(path)).signatures["retrieve"]
-    found.append(np.concatenate([  # 16 users a call: brute force's scores over 10M items fit
-        retrieve(**{name: value[start:start + 16] for name, value in request.items()}
-                 )["item_ids"].numpy() for start in range(0, 256, 16)]))
-  return float(np.mean([len(set(a) & set(b)) / 100 for a, b in zip(*found)]))
+def recall_users(model, sample: dict) -> dict:
+  """The 256 users (seeded) whose exact top 100 recall is measured against."""
+  chosen = np.random.default_rng(1).choice(len(sample["user_id"]), 256)
+  return {name: np.asarray(sample[name])[chosen].tolist() for name in model.encoder.user_inputs}
 
 
-def measure(export: Path, sample: dict, index: str, signatures: list[str], calls: int) -> dict:
-  sample_file = export.parent / "sample.json"
-  sample_file.write_text(json.dumps(sample))
+def recall_at_100(found: list, exact: list) -> float:
+  """Share of each user's exact top 100 in `found`, averaged."""
+  return float(np.mean([len(set(a) & set(b)) / 100 for a, b in zip(found, exact)]))
+
+
+def measure(export: Path, sample: dict, index: str, signatures: list[str], calls: int,
+            users: dict) -> dict:
+  """`_MEASURE`'s result for `export`, run by a fresh Python without tfmtl."""
+  files = {"sample": sample, "users": users}
+  for name, values in files.items():
+    (export.parent / f"{name}.json").write_text(json.dumps(values))
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  result = subprocess.run([sys.executable, "-c", _MEASURE, str(export), str(sample_file), index,
-                           ",".join(signatures), str(calls)],
+  result = subprocess.run([sys.executable, "-c", _MEASURE, str(export),
+                           str(export.parent / "sample.json"), index, ",".join(signatures),
+                           str(calls), str(export.parent / "users.json")],
                           capture_output=True, text=True, env=env, cwd="/", check=False)
   if result.returncode != 0:
     raise RuntimeError(result.stderr[-3000:])
@@ -213,6 +229,45 @@ def make_catalogue(name: str, folder: Path):
   return {"synthetic": synthetic_model, "random": random_model}[kind](folder, int(size))
 
 
+def measure_catalogue(catalogue: str, folder: Path, args) -> list[dict]:
+  """Every export of `catalogue`, built first (the model is then released),
+  then each measured by a fresh process: brute force first, whose top 100s
+  the approximate indexes' recall is measured against."""
+  model, sample = make_catalogue(catalogue, folder)
+  size = len(model.catalogue_item_ids)
+  users = recall_users(model, sample)
+  exports = [("brute_force", {})]
+  if args.index == "partitioned":
+    exports += [("partitioned", {"quantization": q}) for q in args.quantization]
+  elif args.index == "scann":
+    exports += [("scann", {})]
+  built = []
+  for index, options in exports:
+    start = time.perf_counter()
+    export = export_model(model, folder, f"{catalogue}_{index}_{len(built)}", index=index,
+                          partitioned=PartitionedConfig(**options))
+    built.append((index, options, export, time.perf_counter() - start))
+    print(f"{catalogue}: exported {index} {options} in {built[-1][3]:.0f} s", flush=True)
+  del model  # the measuring processes need the memory (a 10M catalogue's model holds GBs)
+  gc.collect()
+  signatures = (["retrieve", "rank", "recommend"] if catalogue.startswith("movielens")
+                else ["retrieve"])
+  calls = 30 if size < 5_000_000 else 0  # batch 256 over 10M: a [256, 10M] score matrix
+  rows, exact = [], None
+  for index, options, export, build_s in built:
+    measured = measure(export, sample, index, signatures, calls, users)
+    exact = exact or measured["found"]
+    recall = {} if index == "brute_force" else {
+        "recall_at_100": recall_at_100(measured["found"], exact)}
+    for row in measured["rows"]:
+      rows.append({"catalogue": catalogue, "index": index, **options, **row,
+                   "peak_rss_gb": measured["peak_rss_gb"],
+                   **(recall if row["signature"] == "retrieve" else {}), "build_s": build_s})
+      print(json.dumps(rows[-1]), flush=True)
+    shutil.rmtree(export)  # disk: a 10M catalogue's export holds gigabytes
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--index", choices=["brute_force", "partitioned", "scann"],
@@ -225,35 +280,7 @@ def main():
   rows = []
   for catalogue in args.catalogues:
     with tempfile.TemporaryDirectory() as folder:
-      model, sample = make_catalogue(catalogue, Path(folder))
-      size = len(model.catalogue_item_ids)
-      signatures = (["retrieve", "rank", "recommend"] if catalogue.startswith("movielens")
-                    else ["retrieve"])
-      calls = 30 if size < 5_000_000 else 0  # batch 256 over 10M: a [256, 10M] score matrix
-      exports = [("brute_force", {})] if args.index != "scann" else []
-      if args.index == "partitioned":
-        exports += [("partitioned", {"quantization": q}) for q in args.quantization]
-      elif args.index == "scann":
-        exports += [("scann", {})]
-      exact = None
-      for index, options in exports:
-        start = time.perf_counter()
-        export = export_model(model, folder, f"{catalogue}_{index}_{len(rows)}", index=index,
-                              partitioned=PartitionedConfig(**options))
-        built = {"build_s": time.perf_counter() - start}
-        exact = exact or (export if index == "brute_force" else None)
-        recall = {}
-        if index != "brute_force":
-          reference = exact or export_model(model, folder, f"{catalogue}_exact")
-          recall = {"recall_at_100": recall_at_100(export, reference, model, sample)}
-        measured = measure(export, sample, index, signatures, calls)
-        for row in measured["rows"]:
-          rows.append({"catalogue": catalogue, "index": index, **options, **row,
-                       "peak_rss_gb": measured["peak_rss_gb"],
-                       **(recall if row["signature"] == "retrieve" else {}), **built})
-          print(json.dumps(rows[-1]), flush=True)
-        if export != exact:
-          shutil.rmtree(export)  # disk: a 10M catalogue's export holds gigabytes
+      rows += measure_catalogue(catalogue, Path(folder), args)
   name = "serving_latency" if args.index == "brute_force" else f"serving_latency_{args.index}"
   rows = [*earlier_rows(results_dir() / f"{name}.json", args.catalogues), *rows]
   settings = {"index": args.index, "tensorflow": tf.__version__, "catalogues": args.catalogues,
