@@ -44,6 +44,8 @@ def test_catalogue_embeddings_are_each_items_candidate_embedding(model_and_batch
   rows = [row_of[index] for index in batch["item_id"].numpy()]
   np.testing.assert_allclose(model(batch)["candidate_embedding"].numpy(), catalogue[rows],
                              atol=1e-5)
+  # A few items at a time (as the export computes it), the same matrix.
+  np.testing.assert_allclose(model.catalogue_embeddings(chunk=7).numpy(), catalogue, atol=1e-6)
 
 
 def test_loss_is_the_weighted_sum_of_task_losses(tiny_data, model_and_batch):

@@ -177,9 +177,22 @@ class MultiTaskModel(tfrs.Model):
     self.loss_means = {name: keras.metrics.Mean(name=name)  # the epoch's, as Keras logs `loss`
                        for name in ("loss", "regularization_loss")}
 
-  def catalogue_embeddings(self) -> tf.Tensor:
-    """Candidate embeddings of the whole catalogue, [num_items, dim]."""
-    return self.candidate_tower(self.catalogue_features)
+  def catalogue_embeddings(self, chunk: int = 0) -> tf.Tensor:
+    """Candidate embeddings of the whole catalogue, [num_items, dim].
+
+    `chunk` > 0 (eagerly): the tower reads `chunk` items at a time, so its
+    activations never span the whole catalogue (the export does this).
+    """
+    if not chunk:
+      return self.candidate_tower(self.catalogue_features)
+    embeddings = None
+    for start in range(0, len(self.catalogue_item_ids), chunk):
+      part = self.candidate_tower({name: values[start:start + chunk]
+                                   for name, values in self.catalogue_features.items()}).numpy()
+      if embeddings is None:
+        embeddings = np.empty((len(self.catalogue_item_ids), part.shape[1]), part.dtype)
+      embeddings[start:start + len(part)] = part
+    return tf.convert_to_tensor(embeddings)
 
   def create_variables(self, per_replica_batch: int = 1) -> None:
     """Creates every variable with one call on a row of missing features.

@@ -90,6 +90,8 @@ from tfmtl.tasks import task_type
 from tfmtl.top_k import EXCLUDED_SCORE, top_k
 
 K, EXCLUDE = "k", "exclude_item_ids"
+# The export computes the catalogue's embeddings this many items at a time.
+CATALOGUE_CHUNK = 65_536
 
 
 class ServingModule(tf.Module):
@@ -138,10 +140,11 @@ class ServingModule(tf.Module):
     self.recommend_candidates = min(recommend_candidates, self.num_items)
     self.retrieval_task = retrieval_task_name(self.task_configs)
     self.recommend_weights = recommend_weights or default_blend(self.task_configs)
-    self.catalogue_item_ids = tf.constant(model.catalogue_item_ids.astype(str))
+    self.catalogue_item_ids = tf.Variable(model.catalogue_item_ids.astype(str), trainable=False,
+                                          name="catalogue_item_ids")
     # The catalogue's embeddings stored transposed, [dim, items]: a plain
     # matmul against it is several times faster on CPU than one with transpose_b.
-    candidates = model.catalogue_embeddings()
+    candidates = model.catalogue_embeddings(chunk=CATALOGUE_CHUNK)
     self.candidate_matrix = tf.Variable(tf.transpose(candidates),
                                         trainable=False, name="candidate_matrix")
     if index == "scann":
