@@ -21,9 +21,11 @@ Catalogues (`--catalogues`):
   case for an index that clusters; `retrieve` only.
 
 With `--index partitioned` (or `scann`) each catalogue is exported with
-brute force and once per `--quantization` (or with ScaNN): every export is
-built first, the model is then released, and each export is measured by a
-fresh process of its own, side by side in one run. Rows: `catalogue`,
+brute force and once per `--quantization` (or with ScaNN), side by side in
+one run. A process of its own makes and saves each catalogue's model (as a
+run), another builds each export from that run, and a fresh Python measures
+each export, so none holds another's memory (a 10M catalogue's model,
+training data and exports do not fit in 24 GB together). Rows: `catalogue`,
 `index` (`brute_force`, `scann`, or `partitioned` with its
 `quantization`), `signature`, `batch`, `p50_ms`, `p99_ms` (over 200 calls
 at batch 1, 30 at batch 256; batch 1 only from 5M items, where brute
@@ -37,6 +39,7 @@ exclusions.
     python benchmarks/serving_latency.py --index partitioned  # k-means partitions
     python benchmarks/serving_latency.py --index partitioned --catalogues synthetic_10000000
     python benchmarks/serving_latency.py --index scann        # in the scann extra's env
+    python benchmarks/serving_latency.py --index scann --scann num_leaves_to_search=300
 
 Writes benchmarks/results/serving_latency.json, or serving_latency_<index>.json;
 rows of catalogues not measured again are kept, with their `commit`.
@@ -45,7 +48,6 @@ rows of catalogues not measured again are kept, with their `commit`.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import multiprocessing
 import os
@@ -63,9 +65,7 @@ import tensorflow as tf
 import tfmtl  # noqa: F401  (binds Keras 2 first)
 from tfmtl import training
 from tfmtl.model import build_model
-from tfmtl.config import ExperimentConfig, PartitionedConfig
-from tfmtl.data import InteractionData
-from tfmtl.features import FeatureVocabulary
+from tfmtl.config import ExperimentConfig, PartitionedConfig, ScannConfig
 from tfmtl.runs import load_run, save_run
 from tfmtl.serving import export_model
 
@@ -137,39 +137,19 @@ print(json.dumps({"rows": rows, "peak_rss_gb": peak, "found": found,
 
 
 def movielens_model(folder: Path):
-  config = ExperimentConfig().with_overrides(["train.epochs=1"])
+  """The default model trained one epoch on MovieLens 100K."""
+  config = ExperimentConfig().with_overrides(
+      ["train.epochs=1", f"train.run_dir={folder / 'checkpoints'}"])
   prepared = training.prepare(config)
   model = training.fit(config, prepared, verbose=0)
   users = prepared.data.users
   sample = {name: users[name].astype(str if name != "age" else float).tolist()[:500]
             for name in model.encoder.user_inputs}
-  sample["item_id"] = prepared.data.items["item_id"].tolist()
-  return model, sample
+  return config, prepared, model, sample
 
 
 def synthetic_model(folder: Path, num_items: int):
-  """The default model trained one epoch on skewed synthetic data (module doc),
-  trained and saved by a process of its own, then loaded without its
-  optimizer's state or the training data (a 10M catalogue's both outgrow
-  24 GB beside an export)."""
-  trainer = multiprocessing.get_context("spawn").Process(
-      target=train_synthetic, args=(folder, num_items))
-  trainer.start()
-  trainer.join()
-  if trainer.exitcode != 0:
-    raise RuntimeError(f"training the synthetic_{num_items} model failed "
-                       f"(exit code {trainer.exitcode})")
-  _, model = load_run(folder / "trained")
-  users = pd.read_parquet(folder / "data" / "users.parquet")
-  sample = {"user_id": users["user_id"].tolist()[:10_000],
-            "segment": users["segment"].tolist()[:10_000],
-            "item_id": model.catalogue_item_ids.astype(str).tolist()}
-  return model, sample
-
-
-def train_synthetic(folder: Path, num_items: int) -> None:
-  """Writes the skewed data under `folder / "data"` and the trained run as
-  `folder / "trained"`."""
+  """The default model trained one epoch on skewed synthetic data (module doc)."""
   from tfmtl.data.synthetic import data_config, write_synthetic
   skewed = min(3 * num_items, SYNTHETIC_INTERACTIONS)
   data = write_synthetic(folder / "data", skewed, num_users=num_items // 10,
@@ -186,10 +166,12 @@ def train_synthetic(folder: Path, num_items: int) -> None:
       "name": "synthetic",
       "data": data_config(data),
       "split": {"fractions": [1.0, 0.0, 0.0]},
-      "train": {"epochs": 1, "optimizer": "lazy_adam", "run_dir": str(folder / "run"),
+      "train": {"epochs": 1, "optimizer": "lazy_adam", "run_dir": str(folder / "checkpoints"),
                 "validate_every": 0, "log_dir": ""}})
   prepared = training.prepare(config)
-  save_run(folder / "trained", config, prepared, training.fit(config, prepared, verbose=0))
+  sample = {"user_id": users["user_id"].tolist()[:10_000],
+            "segment": users["segment"].tolist()[:10_000]}
+  return config, prepared, training.fit(config, prepared, verbose=0), sample
 
 
 def random_model(folder: Path, num_items: int):
@@ -197,14 +179,53 @@ def random_model(folder: Path, num_items: int):
   items = np.char.add("i", np.arange(num_items).astype(str)).astype(object)
   users = np.char.add("u", (np.arange(num_items) % 10_000).astype(str)).astype(object)
   rng = np.random.default_rng(0)
-  interactions = pd.DataFrame({"user_id": users, "item_id": items,
-                               "rating": rng.integers(1, 6, num_items).astype(float)})
-  data = InteractionData.from_frames(interactions, name="synthetic")
-  config = ExperimentConfig()
-  model = build_model(config, FeatureVocabulary.build(data, interactions), data.items)
+  (folder / "data").mkdir()
+  pd.DataFrame({"user_id": users, "item_id": items,
+                "rating": rng.integers(1, 6, num_items).astype(float)}
+               ).to_parquet(folder / "data" / "interactions.parquet")
+  config = ExperimentConfig.from_dict({
+      "name": "random",
+      "data": {"source": "files", "interactions": str(folder / "data" / "interactions.parquet")},
+      "split": {"fractions": [1.0, 0.0, 0.0]}})
+  prepared = training.prepare(config)
+  model = build_model(config, prepared.vocabulary, prepared.data.items)
   model.create_variables()
-  sample = {"user_id": users[:10_000].tolist(), "item_id": items.tolist()}
-  return model, sample
+  return config, prepared, model, {"user_id": users[:10_000].tolist()}
+
+
+def make_catalogue(name: str, folder: Path) -> None:
+  """Saves the catalogue's model as the run `folder / "run"`, and the values
+  its requests draw from as `folder / "sample.json"` (every catalogue item
+  id, some users' features) and `folder / "users.json"` (`recall_users`)."""
+  kind, _, size = name.rpartition("_")
+  made = {"movielens": movielens_model, "synthetic": synthetic_model,
+          "random": random_model}[kind]
+  config, prepared, model, sample = made(folder, *([int(size)] if kind != "movielens" else []))
+  save_run(folder / "run", config, prepared, model)
+  sample["item_id"] = model.catalogue_item_ids.astype(str).tolist()
+  (folder / "sample.json").write_text(json.dumps(sample))
+  (folder / "users.json").write_text(json.dumps(recall_users(model, sample)))
+
+
+def export_from_run(folder: Path, name: str, index: str, options: dict) -> None:
+  """Exports the run `folder / "run"` as `folder / name` with `index`, and
+  writes the export's path and seconds to `folder / f"{name}.json"`."""
+  _, model = load_run(folder / "run")
+  chosen = {"partitioned": PartitionedConfig(**options) if index == "partitioned" else None,
+            "scann": ScannConfig(**options) if index == "scann" else None}
+  start = time.perf_counter()
+  export = export_model(model, folder, name, index=index, **chosen)
+  (folder / f"{name}.json").write_text(json.dumps(
+      {"export": str(export), "build_s": time.perf_counter() - start}))
+
+
+def in_own_process(function, *args) -> None:
+  """Runs `function(*args)` in a fresh Python; its memory goes back when it ends."""
+  process = multiprocessing.get_context("spawn").Process(target=function, args=args)
+  process.start()
+  process.join()
+  if process.exitcode != 0:
+    raise RuntimeError(f"{function.__name__}{args}: exit code {process.exitcode}")
 
 
 def recall_users(model, sample: dict) -> dict:
@@ -218,16 +239,12 @@ def recall_at_100(found: list, exact: list) -> float:
   return float(np.mean([len(set(a) & set(b)) / 100 for a, b in zip(found, exact)]))
 
 
-def measure(export: Path, sample: dict, index: str, signatures: list[str], calls: int,
-            users: dict) -> dict:
+def measure(export: Path, folder: Path, index: str, signatures: list[str], calls: int) -> dict:
   """`_MEASURE`'s result for `export`, run by a fresh Python without tfmtl."""
-  files = {"sample": sample, "users": users}
-  for name, values in files.items():
-    (export.parent / f"{name}.json").write_text(json.dumps(values))
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   result = subprocess.run([sys.executable, "-c", _MEASURE, str(export),
-                           str(export.parent / "sample.json"), index, ",".join(signatures),
-                           str(calls), str(export.parent / "users.json")],
+                           str(folder / "sample.json"), index, ",".join(signatures),
+                           str(calls), str(folder / "users.json")],
                           capture_output=True, text=True, env=env, cwd="/", check=False)
   if result.returncode != 0:
     raise RuntimeError(result.stderr[-3000:])
@@ -246,49 +263,39 @@ def earlier_rows(path: Path, catalogues: list[str]) -> list[dict]:
           if row["catalogue"] not in catalogues]
 
 
-def make_catalogue(name: str, folder: Path):
-  kind, _, size = name.rpartition("_")
-  if kind == "movielens":
-    return movielens_model(folder)
-  return {"synthetic": synthetic_model, "random": random_model}[kind](folder, int(size))
-
-
 def measure_catalogue(catalogue: str, folder: Path, args) -> list[dict]:
-  """Every export of `catalogue`, built first (the model is then released),
-  then each measured by a fresh process: brute force first, whose top 100s
-  the approximate indexes' recall is measured against."""
-  model, sample = make_catalogue(catalogue, folder)
-  size = len(model.catalogue_item_ids)
-  users = recall_users(model, sample)
+  """The catalogue's model is made and saved by a process of its own, each
+  export built by another (so none holds the memory of the one before), and
+  each measured by a fresh Python: brute force first, whose top 100s the
+  approximate indexes' recall is measured against."""
+  in_own_process(make_catalogue, catalogue, folder)
   exports = [("brute_force", {})]
   if args.index == "partitioned":
     exports += [("partitioned", {"quantization": q}) for q in args.quantization]
   elif args.index == "scann":
-    exports += [("scann", {})]
-  built = []
-  for index, options in exports:
-    start = time.perf_counter()
-    export = export_model(model, folder, f"{catalogue}_{index}_{len(built)}", index=index,
-                          partitioned=PartitionedConfig(**options))
-    built.append((index, options, export, time.perf_counter() - start))
-    print(f"{catalogue}: exported {index} {options} in {built[-1][3]:.0f} s", flush=True)
-  del model  # the measuring processes need the memory (a 10M catalogue's model holds GBs)
-  gc.collect()
+    exports += [("scann", {key: int(value) for key, value in
+                           (option.split("=") for option in args.scann)})]
+  size = len(json.loads((folder / "sample.json").read_text())["item_id"])
   signatures = (["retrieve", "rank", "recommend"] if catalogue.startswith("movielens")
                 else ["retrieve"])
   calls = 30 if size < 5_000_000 else 0  # batch 256 over 10M: a [256, 10M] score matrix
   rows, exact = [], None
-  for index, options, export, build_s in built:
-    measured = measure(export, sample, index, signatures, calls, users)
+  for number, (index, options) in enumerate(exports):
+    name = f"{index}_{number}"
+    in_own_process(export_from_run, folder, name, index, options)
+    built = json.loads((folder / f"{name}.json").read_text())
+    print(f"{catalogue}: exported {index} {options} in {built['build_s']:.0f} s", flush=True)
+    measured = measure(Path(built["export"]), folder, index, signatures, calls)
     exact = exact or measured["found"]
     recall = {} if index == "brute_force" else {
         "recall_at_100": recall_at_100(measured["found"], exact)}
     for row in measured["rows"]:
       rows.append({"catalogue": catalogue, "index": index, **options, **row,
                    "peak_rss_gb": measured["peak_rss_gb"],
-                   **(recall if row["signature"] == "retrieve" else {}), "build_s": build_s})
+                   **(recall if row["signature"] == "retrieve" else {}),
+                   "build_s": built["build_s"]})
       print(json.dumps(rows[-1]), flush=True)
-    shutil.rmtree(export)  # disk: a 10M catalogue's export holds gigabytes
+    shutil.rmtree(folder / name)  # disk: a 10M catalogue's export holds gigabytes
   return rows
 
 
@@ -300,6 +307,8 @@ def main():
                       default=["movielens_1682", "synthetic_1000000", "random_1000000"])
   parser.add_argument("--quantization", nargs="+", default=["none", "int8"],
                       help="the partitioned index's (one export each)")
+  parser.add_argument("--scann", nargs="*", default=[], metavar="OPTION=VALUE",
+                      help="export.scann options, e.g. num_leaves_to_search=300")
   args = parser.parse_args()
   rows = []
   for catalogue in args.catalogues:
@@ -312,6 +321,8 @@ def main():
                         "warm_up": "20 at batch 1, 3 at batch 256"}}
   if args.index == "partitioned":
     settings["quantization"] = args.quantization
+  if args.index == "scann":
+    settings["scann"] = args.scann
   seeds = [ExperimentConfig().seed]  # the models'; synthetic data and k-means use seed 0
   print(f"-> {write_record(name, settings, {'rows': rows}, seeds)}")
 
