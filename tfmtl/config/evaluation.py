@@ -56,7 +56,8 @@ class PartitionedConfig(Section):
       (0: a fortieth of the partitions, and at least those that hold
       800 items on average).
     quantization: how the partitions store item vectors: `none` (float32),
-      `bfloat16` or `int8` (a scale per dimension); a quantized index
+      `bfloat16` (also scored in bfloat16: for CPUs with bfloat16
+      arithmetic) or `int8` (a scale per dimension); a quantized index
       re-scores its best `rescore` items exactly (float32) before the top k.
     rescore: the items a quantized index re-scores exactly (0: 4 times the
       items a request asks for, at least 400).

@@ -79,7 +79,10 @@ class PartitionedIndex(tf.Module):
   average) and scores them in one batched matmul. A quantized index
   (`bfloat16`, or `int8` with a scale per dimension) scores the blocks
   approximately, then re-scores its best `rescore` items exactly from
-  `candidate_matrix`. The best `n` plus as many as it excludes are then
+  `candidate_matrix`. `bfloat16` blocks are scored in bfloat16: half the
+  bytes read per item, fast where the CPU has bfloat16 arithmetic
+  (AVX512_BF16, AMX) and slow where it does not; `int8` blocks are cast to
+  float32 to be scored. The best `n` plus as many as it excludes are then
   filtered (as `ScannIndex` does). With `nprobe` equal to the partitions it
   is exact.
 
@@ -147,11 +150,11 @@ class PartitionedIndex(tf.Module):
     _, probed = tf.math.top_k(tf.gather(centroid_scores, self.block_partitions, axis=1),
                               self.probed_blocks)  # a partition's blocks tie: all, in order
     vectors = tf.gather(self.item_vectors, probed)  # [batch, probed, size, dim]
-    scaled = query
-    if self.quantization != "none":
-      vectors = tf.cast(vectors, tf.float32)
-      scaled = query if self.scale is None else query * self.scale
-    scores = tf.reshape(tf.einsum("bd,bpsd->bps", scaled, vectors), [batch, -1])
+    if self.quantization == "int8":  # TensorFlow has no int8 matmul: scored in float32
+      scores = tf.einsum("bd,bpsd->bps", query * self.scale, tf.cast(vectors, tf.float32))
+    else:  # float32, or bfloat16 scored in bfloat16
+      scores = tf.einsum("bd,bpsd->bps", tf.cast(query, vectors.dtype), vectors)
+    scores = tf.reshape(tf.cast(scores, tf.float32), [batch, -1])
     columns = tf.reshape(tf.gather(self.item_columns, probed), [batch, -1])
     scores = tf.where(columns >= 0, scores, EXCLUDED_SCORE)
     asked = tf.minimum(n + tf.shape(exclude_columns)[1], tf.shape(scores)[1])
