@@ -50,6 +50,7 @@ from tfmtl.data.pipeline import make_dataset
 from tfmtl.data.schema import (HISTORY, ITEM_ID, USER_ID, InteractionData, ids_in, table_arrays,
                                vector_dims)
 from tfmtl.data.splits import Split
+from tfmtl.model import CATALOGUE_CHUNK
 from tfmtl.optimizers import last_learning_rate
 from tfmtl.tasks import task_type
 from tfmtl.tasks.base import TaskInputs
@@ -92,7 +93,7 @@ class ModelScorer:
     if length:
       self._users[HISTORY] = latest_history(train, self._users.index, length)
     self._user_inputs = model.encoder.user_inputs
-    self._catalogue_embeddings = model.catalogue_embeddings()
+    self._catalogue_embeddings = model.catalogue_embeddings(chunk=CATALOGUE_CHUNK)
 
   def scores(self, user_ids: np.ndarray) -> tf.Tensor:
     rows = self._users.reindex(user_ids).reset_index()  # unknown users: all missing

@@ -55,6 +55,9 @@ from tfmtl.tasks import TaskInputs, make_task, task_type
 from tfmtl.transfer import FineTuning, FineTuningCallback
 from tfmtl.weighting import make_weighting
 
+# Eager reads of the whole catalogue's embeddings take this many items at a time.
+CATALOGUE_CHUNK = 65_536
+
 
 class MultiTaskModel(tfrs.Model):
   """Retrieval, ranking and auxiliary tasks over shared two-tower embeddings.
@@ -180,8 +183,9 @@ class MultiTaskModel(tfrs.Model):
   def catalogue_embeddings(self, chunk: int = 0) -> tf.Tensor:
     """Candidate embeddings of the whole catalogue, [num_items, dim].
 
-    `chunk` > 0 (eagerly): the tower reads `chunk` items at a time, so its
-    activations never span the whole catalogue (the export does this).
+    `chunk` > 0 (eagerly, without gradients): the tower reads `chunk`
+    items at a time, so its activations never span the whole catalogue
+    (the export and the evaluation read `CATALOGUE_CHUNK`).
     """
     if not chunk:
       return self.candidate_tower(self.catalogue_features)

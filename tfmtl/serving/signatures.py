@@ -84,14 +84,13 @@ import tf_keras as keras
 from tfmtl.config import ExportConfig, PartitionedConfig, ScannConfig, TaskConfig
 from tfmtl.content import CONTENT
 from tfmtl.data.schema import DOMAIN, HISTORY, HISTORY_SEPARATOR, ITEM_ID, USER_ID, vector_dims
+from tfmtl.model import CATALOGUE_CHUNK
 from tfmtl.serving.index import BruteForceIndex, PartitionedIndex, ScannIndex
 from tfmtl.serving.text import ServingText
 from tfmtl.tasks import task_type
 from tfmtl.top_k import EXCLUDED_SCORE, top_k
 
 K, EXCLUDE = "k", "exclude_item_ids"
-# The export computes the catalogue's embeddings this many items at a time.
-CATALOGUE_CHUNK = 65_536
 
 
 class ServingModule(tf.Module):
