@@ -77,7 +77,7 @@ SYNTHETIC_INTERACTIONS = 10_000_000
 
 # Run by a fresh interpreter: argv = export folder, a JSON file of input values, index,
 # the signatures (comma-separated), the calls at batch 256 and a JSON file of the
-# recall users' inputs ("": none). Peak RSS is VmHWM: ru_maxrss would carry the
+# recall users' inputs. Peak RSS is VmHWM: ru_maxrss would carry the
 # launching process's peak across exec.
 _MEASURE = r"""
 import json, sys, time
@@ -121,16 +121,15 @@ for signature in sys.argv[4].split(","):
                  "p99_ms": float(np.percentile(times, 99))})
 status = open("/proc/self/status").read().split("VmHWM:")[1]
 peak = int(status.split()[0]) / 2**20  # kB -> GB
-found = []
-if sys.argv[6]:  # top 100 without exclusions, 8 users a call (brute force over 10M: 8 x 10M scores)
-  users = {name: np.asarray(value) for name, value in json.loads(open(sys.argv[6]).read()).items()}
-  for start in range(0, len(next(iter(users.values()))), 8):
-    request = {name: tf.constant(value[start:start + 8].astype(np.float32 if value.dtype.kind == "f"
-                                                               else bytes))
-               for name, value in users.items()}
-    size = len(next(iter(request.values())))
-    found += model.signatures["retrieve"](**request, k=tf.fill([size], 100),
-        exclude_item_ids=tf.zeros([size, 0], tf.string))["item_ids"].numpy().astype(str).tolist()
+found = []  # top 100 without exclusions, 8 users a call (brute force over 10M: 8 x 10M scores)
+users = {name: np.asarray(value) for name, value in json.loads(open(sys.argv[6]).read()).items()}
+for start in range(0, len(next(iter(users.values()))), 8):
+  request = {name: tf.constant(value[start:start + 8].astype(np.float32 if value.dtype.kind == "f"
+                                                             else bytes))
+             for name, value in users.items()}
+  size = len(next(iter(request.values())))
+  found += model.signatures["retrieve"](**request, k=tf.fill([size], 100),
+      exclude_item_ids=tf.zeros([size, 0], tf.string))["item_ids"].numpy().astype(str).tolist()
 print(json.dumps({"rows": rows, "peak_rss_gb": peak, "found": found,
                   "tfmtl_imported": "tfmtl" in sys.modules}))
 """
@@ -273,8 +272,7 @@ def measure_catalogue(catalogue: str, folder: Path, args) -> list[dict]:
   if args.index == "partitioned":
     exports += [("partitioned", {"quantization": q}) for q in args.quantization]
   elif args.index == "scann":
-    exports += [("scann", {key: int(value) for key, value in
-                           (option.split("=") for option in args.scann)})]
+    exports += [("scann", args.scann)]
   size = len(json.loads((folder / "sample.json").read_text())["item_id"])
   signatures = (["retrieve", "rank", "recommend"] if catalogue.startswith("movielens")
                 else ["retrieve"])
@@ -299,6 +297,18 @@ def measure_catalogue(catalogue: str, folder: Path, args) -> list[dict]:
   return rows
 
 
+def scann_options(parser, options: list[str]) -> dict:
+  """`--scann`'s OPTION=VALUE pairs as {option: int}, checked by
+  `ScannConfig` before anything runs (a bad one is a usage error)."""
+  try:
+    chosen = {key: int(value) for key, value in (option.split("=") for option in options)}
+    ScannConfig(**chosen)
+  except (ValueError, TypeError) as error:  # no "=", not an integer, an unknown option
+    parser.error(f"--scann {' '.join(options)}: give OPTION=INTEGER pairs of export.scann "
+                 f"({error})")
+  return chosen
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--index", choices=["brute_force", "partitioned", "scann"],
@@ -310,6 +320,7 @@ def main():
   parser.add_argument("--scann", nargs="*", default=[], metavar="OPTION=VALUE",
                       help="export.scann options, e.g. num_leaves_to_search=300")
   args = parser.parse_args()
+  args.scann = scann_options(parser, args.scann)
   rows = []
   for catalogue in args.catalogues:
     with tempfile.TemporaryDirectory() as folder:
@@ -322,7 +333,7 @@ def main():
   if args.index == "partitioned":
     settings["quantization"] = args.quantization
   if args.index == "scann":
-    settings["scann"] = args.scann
+    settings["scann"] = args.scann  # the options given, by name
   seeds = [ExperimentConfig().seed]  # the models'; synthetic data and k-means use seed 0
   print(f"-> {write_record(name, settings, {'rows': rows}, seeds)}")
 
