@@ -21,14 +21,14 @@ Catalogues (`--catalogues`):
   case for an index that clusters; `retrieve` only.
 
 With `--index partitioned` (or `scann`) each catalogue is exported with
-brute force and once per `--quantization` (or with ScaNN), side by side in
-one run. A process of its own makes and saves each catalogue's model (as a
+brute force and once per `--quantization` and `--nprobe` (or with ScaNN),
+side by side in one run. A process of its own makes and saves each catalogue's model (as a
 run), another builds each export from that run, and a fresh Python measures
 each export, so none holds another's memory (a 10M catalogue's model,
 training data and exports do not fit in 24 GB together). Rows: `catalogue`,
 `index` (`brute_force`, `scann`, or `partitioned` with its
-`quantization`), `signature`, `batch`, `p50_ms`, `p99_ms` (over 200 calls
-at batch 1, 30 at batch 256; batch 1 only from 5M items, where brute
+`quantization` and `nprobe`, 0 for the default), `signature`, `batch`,
+`p50_ms`, `p99_ms` (over 200 calls at batch 1, 30 at batch 256; batch 1 only from 5M items, where brute
 force's batch of 256 would hold a 10 GB score matrix), the measuring
 process's peak RSS after them (`peak_rss_gb`), `build_s` (the export's
 seconds) and, for an approximate index's `retrieve`, `recall_at_100`: the
@@ -38,6 +38,7 @@ exclusions.
     python benchmarks/serving_latency.py                      # brute force
     python benchmarks/serving_latency.py --index partitioned  # k-means partitions
     python benchmarks/serving_latency.py --index partitioned --catalogues synthetic_10000000
+    python benchmarks/serving_latency.py --index partitioned --nprobe 0 20 40
     python benchmarks/serving_latency.py --index scann        # in the scann extra's env
     python benchmarks/serving_latency.py --index scann --scann num_leaves_to_search=300
 
@@ -270,7 +271,8 @@ def measure_catalogue(catalogue: str, folder: Path, args) -> list[dict]:
   in_own_process(make_catalogue, catalogue, folder)
   exports = [("brute_force", {})]
   if args.index == "partitioned":
-    exports += [("partitioned", {"quantization": q}) for q in args.quantization]
+    exports += [("partitioned", {"quantization": q, "nprobe": nprobe})
+                for q in args.quantization for nprobe in args.nprobe]
   elif args.index == "scann":
     exports += [("scann", args.scann)]
   size = len(json.loads((folder / "sample.json").read_text())["item_id"])
@@ -317,10 +319,15 @@ def main():
                       default=["movielens_1682", "synthetic_1000000", "random_1000000"])
   parser.add_argument("--quantization", nargs="+", default=["none", "int8"],
                       help="the partitioned index's (one export each)")
+  parser.add_argument("--nprobe", nargs="+", type=int, default=[0],
+                      help="the partitioned index's partitions probed (one export each "
+                           "per quantization; 0: from the catalogue's size)")
   parser.add_argument("--scann", nargs="*", default=[], metavar="OPTION=VALUE",
                       help="export.scann options, e.g. num_leaves_to_search=300")
   args = parser.parse_args()
   args.scann = scann_options(parser, args.scann)
+  if min(args.nprobe) < 0:
+    parser.error(f"--nprobe {args.nprobe}: partitions probed are 0 (the default) or more")
   rows = []
   for catalogue in args.catalogues:
     with tempfile.TemporaryDirectory() as folder:
@@ -331,7 +338,7 @@ def main():
               "calls": {"batch_1": 200, "batch_256": "30 (none from 5M items)",
                         "warm_up": "20 at batch 1, 3 at batch 256"}}
   if args.index == "partitioned":
-    settings["quantization"] = args.quantization
+    settings.update(quantization=args.quantization, nprobe=args.nprobe)
   if args.index == "scann":
     settings["scann"] = args.scann  # the options given, by name
   seeds = [ExperimentConfig().seed]  # the models'; synthetic data and k-means use seed 0

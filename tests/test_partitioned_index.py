@@ -81,6 +81,18 @@ def test_fewer_probed_items_than_asked_leave_empty_places(clustered):
   assert (scores.numpy()[~found] <= -1e30).all()
 
 
+def test_a_spread_out_partition_is_probed_when_one_of_its_items_can_score_best():
+  """The query (1, 0) scores partition 0's centroid 0.5 and partition 1's
+  0.0, but partition 1 holds (0.9, 1.2): its radius bounds it at 0.92, so
+  with one partition probed that item is the answer."""
+  items = np.array([[0.5, 0.0], [0.5, 0.1], [0.0, 1.0], [0.0, 1.0], [0.9, 1.2]], np.float32)
+  centroids = np.array([[0.5, 0.0], [0.0, 1.0]], np.float32)
+  index = PartitionedIndex(items, PartitionedConfig(nprobe=1), centroids)
+  np.testing.assert_allclose(index.partition_radii.numpy(), [0.1, np.hypot(0.9, 0.2)], rtol=1e-6)
+  scores, columns = index.top(tf.constant([[1.0, 0.0]]), 1, tf.fill([1, 0], -1))
+  assert columns.numpy().tolist() == [[4]] and scores.numpy()[0, 0] == pytest.approx(0.9)
+
+
 @pytest.mark.parametrize("quantization", ["bfloat16", "int8"])
 def test_a_quantized_index_rescores_exactly(clustered, quantization):
   """Every partition probed and every item re-scored, a quantized index

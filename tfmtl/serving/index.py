@@ -7,9 +7,9 @@ scores and catalogue columns [batch, n], best first, places they cannot fill
 - `BruteForceIndex` (default): scores every item, query . candidate, exactly.
   It is plain TensorFlow, so stock TF Serving serves it.
 - `PartitionedIndex`: the items clustered by k-means at export; a query
-  scores the centroids, then only the items of its `nprobe` best
-  partitions, one block each. Approximate, and also made of standard
-  TensorFlow ops only.
+  bounds each partition's best score from its centroid and radius, then
+  scores only the items of its `nprobe` best partitions, one block each.
+  Approximate, and also made of standard TensorFlow ops only.
 - `ScannIndex`: TFRS's `ScaNN` layer (partitions plus asymmetric hashing,
   then exact rescoring of a shortlist). It needs the `scann` extra, whose ops
   are built for TensorFlow 2.20: `pip install "tfmtl[scann]"` in its own
@@ -74,9 +74,13 @@ class PartitionedIndex(tf.Module):
   embeddings. Each partition is stored as blocks of a fixed size (the mean
   partition's; -1 pads a partition's last block): `item_vectors` [blocks,
   size, dim], `item_columns` [blocks, size] and `block_partitions`
-  [blocks]. A query scores the centroids, gathers the blocks of its
-  `nprobe` best partitions (as many blocks as `nprobe` partitions hold on
-  average) and scores them in one batched matmul. A quantized index
+  [blocks]. A query ranks the partitions by the best score any of their
+  items can reach, `query . centroid + |query| * radius` (Cauchy-Schwarz;
+  `partition_radii`: each partition's farthest item from its centroid), so
+  a spread-out partition whose centroid scores low is still searched when
+  one of its items may score high. It gathers the blocks of its `nprobe`
+  best partitions (as many blocks as `nprobe` partitions hold on average)
+  and scores them in one batched matmul. A quantized index
   (`bfloat16`, or `int8` with a scale per dimension) scores the blocks
   approximately, then re-scores its best `rescore` items exactly from
   `candidate_matrix`. `bfloat16` blocks are scored in bfloat16: half the
@@ -127,6 +131,8 @@ class PartitionedIndex(tf.Module):
     nprobe = probed_partitions(len(centroids), options, num_items)
     self.probed_blocks = min(len(vectors), math.ceil(nprobe * len(vectors) / len(centroids)))
     self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
+    self.partition_radii = tf.Variable(partition_radii(candidates, centroids, labels),
+                                       trainable=False, name="partition_radii")
     self.block_partitions = tf.Variable(np.repeat(np.arange(len(centroids)), blocks)
                                         .astype(np.int32), trainable=False,
                                         name="block_partitions")
@@ -146,8 +152,9 @@ class PartitionedIndex(tf.Module):
   def top(self, query, n, exclude_columns):
     """As `BruteForceIndex.top`, over the `nprobe` best partitions' items."""
     batch = tf.shape(query)[0]
-    centroid_scores = tf.matmul(query, self.centroids, transpose_b=True)
-    _, probed = tf.math.top_k(tf.gather(centroid_scores, self.block_partitions, axis=1),
+    bounds = (tf.matmul(query, self.centroids, transpose_b=True)
+              + tf.norm(query, axis=1, keepdims=True) * self.partition_radii)
+    _, probed = tf.math.top_k(tf.gather(bounds, self.block_partitions, axis=1),
                               self.probed_blocks)  # a partition's blocks tie: all, in order
     vectors = tf.gather(self.item_vectors, probed)  # [batch, probed, size, dim]
     if self.quantization == "int8":  # TensorFlow has no int8 matmul: scored in float32
@@ -178,6 +185,23 @@ class PartitionedIndex(tf.Module):
     columns = tf.gather(columns, places, batch_dims=1)
     vectors = tf.gather(self.candidate_matrix, tf.maximum(columns, 0), axis=1)  # [dim, b, depth]
     return tf.where(columns >= 0, tf.einsum("bd,dbr->br", query, vectors), EXCLUDED_SCORE), columns
+
+
+def partition_radii(candidates: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
+                    chunk: int = 1 << 20) -> np.ndarray:
+  """Each partition's largest distance from its centroid to one of its
+  items (0 for an empty one), float32 [partitions]; `chunk` items at a time.
+
+  >>> partition_radii(np.array([[0., 0.], [3., 4.], [1., 1.]]), np.zeros((2, 2)),
+  ...                 np.array([0, 0, 1])).tolist()
+  [5.0, 1.4142135381698608]
+  """
+  radii = np.zeros(len(centroids), np.float32)
+  for start in range(0, len(candidates), chunk):
+    members = labels[start:start + chunk]
+    np.maximum.at(radii, members, np.linalg.norm(
+        candidates[start:start + chunk] - centroids[members], axis=1).astype(np.float32))
+  return radii
 
 
 def nearest_centroids(candidates: np.ndarray, centroids: np.ndarray, seed: int = 0,
