@@ -81,16 +81,34 @@ def test_fewer_probed_items_than_asked_leave_empty_places(clustered):
   assert (scores.numpy()[~found] <= -1e30).all()
 
 
-def test_a_spread_out_partition_is_probed_when_one_of_its_items_can_score_best():
+def test_a_partition_whose_farthest_item_scores_best_is_probed_first():
   """The query (1, 0) scores partition 0's centroid 0.5 and partition 1's
-  0.0, but partition 1 holds (0.9, 1.2): its radius bounds it at 0.92, so
-  with one partition probed that item is the answer."""
+  0.0, but partition 1 holds (0.9, 1.2), its item farthest from the
+  centroid: with one partition probed, that item is the answer."""
   items = np.array([[0.5, 0.0], [0.5, 0.1], [0.0, 1.0], [0.0, 1.0], [0.9, 1.2]], np.float32)
   centroids = np.array([[0.5, 0.0], [0.0, 1.0]], np.float32)
   index = PartitionedIndex(items, PartitionedConfig(nprobe=1), centroids)
-  np.testing.assert_allclose(index.partition_radii.numpy(), [0.1, np.hypot(0.9, 0.2)], rtol=1e-6)
+  np.testing.assert_array_equal(index.farthest_items.numpy(), items[[1, 4]])
   scores, columns = index.top(tf.constant([[1.0, 0.0]]), 1, tf.fill([1, 0], -1))
   assert columns.numpy().tolist() == [[4]] and scores.numpy()[0, 0] == pytest.approx(0.9)
+
+
+def test_a_spread_out_partition_is_probed_before_a_tight_one_whose_centroid_scores_higher():
+  """For the query (1, 0), partition 0 is 20 items at (0.6, 2), partition 1
+  19 items on a circle of radius 0.4 around (0.3, -2) and one at (0.3, -2.9):
+  its spread (RMS distance 0.44 times sqrt(2 ln 20 / 2)) puts its estimate
+  at 1.06, above 0.6, so one probed partition finds (0.7, -2)."""
+  angles = np.linspace(0, 2 * np.pi, 19, endpoint=False)
+  circle = np.stack([0.3 + 0.4 * np.cos(angles), -2 + 0.4 * np.sin(angles)], axis=1)
+  items = np.concatenate([np.tile([[0.6, 2.0]], (20, 1)), circle, [[0.3, -2.9]]]
+                         ).astype(np.float32)
+  centroids = np.array([[0.6, 2.0], [0.3, -2.0]], np.float32)
+  index = PartitionedIndex(items, PartitionedConfig(nprobe=1), centroids)
+  rms = np.sqrt((19 * 0.4 ** 2 + 0.9 ** 2) / 20)
+  np.testing.assert_allclose(index.partition_spreads.numpy(), [0.0, rms * np.sqrt(np.log(20))],
+                             rtol=1e-5)
+  scores, columns = index.top(tf.constant([[1.0, 0.0]]), 1, tf.fill([1, 0], -1))
+  assert columns.numpy().tolist() == [[20]] and scores.numpy()[0, 0] == pytest.approx(0.7)
 
 
 @pytest.mark.parametrize("quantization", ["bfloat16", "int8"])

@@ -52,10 +52,10 @@ class PartitionedConfig(Section):
   Attributes:
     partitions: k-means clusters of the candidate embeddings (0: eight times
       the square root of the number of items).
-    nprobe: the partitions whose items a query scores, those whose items
-      can score best first: centroid score plus the query's norm times the
-      partition's radius (0: a fortieth of the partitions, and at least
-      those that hold 800 items on average).
+    nprobe: the partitions whose items a query scores, those whose best
+      item is likely to score highest first (`PartitionedIndex`; 0: a
+      fortieth of the partitions, and at least those that hold 800 items
+      on average).
     quantization: how the partitions store item vectors: `none` (float32),
       `bfloat16` (also scored in bfloat16: for CPUs with bfloat16
       arithmetic) or `int8` (a scale per dimension); a quantized index

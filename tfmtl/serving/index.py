@@ -7,8 +7,9 @@ scores and catalogue columns [batch, n], best first, places they cannot fill
 - `BruteForceIndex` (default): scores every item, query . candidate, exactly.
   It is plain TensorFlow, so stock TF Serving serves it.
 - `PartitionedIndex`: the items clustered by k-means at export; a query
-  bounds each partition's best score from its centroid and radius, then
-  scores only the items of its `nprobe` best partitions, one block each.
+  estimates each partition's best score from its centroid, spread and
+  farthest item, then scores only the items of its `nprobe` best
+  partitions, one block each.
   Approximate, and also made of standard TensorFlow ops only.
 - `ScannIndex`: TFRS's `ScaNN` layer (partitions plus asymmetric hashing,
   then exact rescoring of a shortlist). It needs the `scann` extra, whose ops
@@ -74,12 +75,14 @@ class PartitionedIndex(tf.Module):
   embeddings. Each partition is stored as blocks of a fixed size (the mean
   partition's; -1 pads a partition's last block): `item_vectors` [blocks,
   size, dim], `item_columns` [blocks, size] and `block_partitions`
-  [blocks]. A query ranks the partitions by the best score any of their
-  items can reach, `query . centroid + |query| * radius` (Cauchy-Schwarz;
-  `partition_radii`: each partition's farthest item from its centroid), so
-  a spread-out partition whose centroid scores low is still searched when
-  one of its items may score high. It gathers the blocks of its `nprobe`
-  best partitions (as many blocks as `nprobe` partitions hold on average)
+  [blocks]. A query ranks the partitions by an estimate of their best
+  item's score, the larger of two: the centroid's score plus the query's
+  norm times the partition's `spread` (its items' RMS distance to the
+  centroid times sqrt(2 ln size / dim): the expected largest of `size`
+  Gaussian projections), and the score of its item farthest from the
+  centroid, which finds a partition holding an outlying group of items
+  whose centroid scores low. It gathers the blocks of its `nprobe` best
+  partitions (as many blocks as `nprobe` partitions hold on average)
   and scores them in one batched matmul. A quantized index
   (`bfloat16`, or `int8` with a scale per dimension) scores the blocks
   approximately, then re-scores its best `rescore` items exactly from
@@ -131,8 +134,10 @@ class PartitionedIndex(tf.Module):
     nprobe = probed_partitions(len(centroids), options, num_items)
     self.probed_blocks = min(len(vectors), math.ceil(nprobe * len(vectors) / len(centroids)))
     self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
-    self.partition_radii = tf.Variable(partition_radii(candidates, centroids, labels),
-                                       trainable=False, name="partition_radii")
+    spreads, farthest = partition_spreads(candidates, centroids, labels)
+    self.partition_spreads = tf.Variable(spreads, trainable=False, name="partition_spreads")
+    self.farthest_items = tf.Variable(candidates[farthest], trainable=False,
+                                      name="farthest_items")
     self.block_partitions = tf.Variable(np.repeat(np.arange(len(centroids)), blocks)
                                         .astype(np.int32), trainable=False,
                                         name="block_partitions")
@@ -152,9 +157,10 @@ class PartitionedIndex(tf.Module):
   def top(self, query, n, exclude_columns):
     """As `BruteForceIndex.top`, over the `nprobe` best partitions' items."""
     batch = tf.shape(query)[0]
-    bounds = (tf.matmul(query, self.centroids, transpose_b=True)
-              + tf.norm(query, axis=1, keepdims=True) * self.partition_radii)
-    _, probed = tf.math.top_k(tf.gather(bounds, self.block_partitions, axis=1),
+    spread = (tf.matmul(query, self.centroids, transpose_b=True)
+              + tf.norm(query, axis=1, keepdims=True) * self.partition_spreads)
+    best = tf.maximum(spread, tf.matmul(query, self.farthest_items, transpose_b=True))
+    _, probed = tf.math.top_k(tf.gather(best, self.block_partitions, axis=1),
                               self.probed_blocks)  # a partition's blocks tie: all, in order
     vectors = tf.gather(self.item_vectors, probed)  # [batch, probed, size, dim]
     if self.quantization == "int8":  # TensorFlow has no int8 matmul: scored in float32
@@ -187,21 +193,26 @@ class PartitionedIndex(tf.Module):
     return tf.where(columns >= 0, tf.einsum("bd,dbr->br", query, vectors), EXCLUDED_SCORE), columns
 
 
-def partition_radii(candidates: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
-                    chunk: int = 1 << 20) -> np.ndarray:
-  """Each partition's largest distance from its centroid to one of its
-  items (0 for an empty one), float32 [partitions]; `chunk` items at a time.
+def partition_spreads(candidates: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
+                      chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+  """Each partition's spread, float32 [partitions]: its items' RMS distance
+  to the centroid times sqrt(2 ln size / dim) (size at least 2; 0 for an
+  empty partition), and the row of its item farthest from the centroid,
+  int [partitions] (0 for an empty one). Distances `chunk` items at a time.
 
-  >>> partition_radii(np.array([[0., 0.], [3., 4.], [1., 1.]]), np.zeros((2, 2)),
-  ...                 np.array([0, 0, 1])).tolist()
-  [5.0, 1.4142135381698608]
+  >>> spreads, farthest = partition_spreads(
+  ...     np.array([[0., 0.], [3., 4.], [1., 0.]]), np.zeros((2, 2)), np.array([0, 0, 1]))
+  >>> farthest.tolist(), [f"{spread:.4f}" for spread in spreads]
+  ([1, 2], ['2.9435', '0.8326'])
   """
-  radii = np.zeros(len(centroids), np.float32)
-  for start in range(0, len(candidates), chunk):
-    members = labels[start:start + chunk]
-    np.maximum.at(radii, members, np.linalg.norm(
-        candidates[start:start + chunk] - centroids[members], axis=1).astype(np.float32))
-  return radii
+  distances = np.concatenate([
+      np.linalg.norm(candidates[start:start + chunk] - centroids[labels[start:start + chunk]],
+                     axis=1) for start in range(0, len(candidates), chunk)])
+  sizes = np.bincount(labels, minlength=len(centroids))
+  rms = np.sqrt(np.bincount(labels, distances ** 2, len(centroids)) / np.maximum(sizes, 1))
+  spreads = rms * np.sqrt(2 * np.log(np.maximum(sizes, 2)) / candidates.shape[1])
+  last = np.lexsort((distances, labels))[np.cumsum(sizes) - 1]  # each partition's farthest
+  return spreads.astype(np.float32), np.where(sizes > 0, last, 0)
 
 
 def nearest_centroids(candidates: np.ndarray, centroids: np.ndarray, seed: int = 0,
