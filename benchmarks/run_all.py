@@ -127,6 +127,14 @@ CPU = [
     Job("serving_latency", ("benchmarks/serving_latency.py",), 30 * _MINUTE),
     Job("serving_latency_scann", ("benchmarks/serving_latency.py", "--index", "scann"),
         30 * _MINUTE, requires="scann", note="in the scann extra's own environment"),
+    *[Job("serving_latency_partitioned",
+          ("benchmarks/serving_latency.py", "--index", "partitioned", "--catalogues", *args),
+          _HOUR, note=note) for args, note in (
+              (("movielens_1682", "synthetic_1000000", "random_1000000", "--quantization",
+                "none", "bfloat16", "--nprobe", "0", "20", "40"), "1M items"),
+              (("synthetic_10000000", "--quantization", "none", "--nprobe", "0", "64"),
+               "10M items, trained: 14 GB"),
+              (("random_10000000", "--quantization", "none"), "10M items, untrained"))],
 ]
 
 

@@ -22,17 +22,18 @@ Catalogues (`--catalogues`):
 
 With `--index partitioned` (or `scann`) each catalogue is exported with
 brute force and once per `--quantization` and `--nprobe` (or with ScaNN),
-side by side in one run. A process of its own makes and saves each catalogue's model (as a
-run), another builds each export from that run, and a fresh Python measures
-each export, so none holds another's memory (a 10M catalogue's model,
-training data and exports do not fit in 24 GB together). Rows: `catalogue`,
-`index` (`brute_force`, `scann`, or `partitioned` with its
-`quantization` and `nprobe`, 0 for the default), `signature`, `batch`,
-`p50_ms`, `p99_ms` (over 200 calls at batch 1, 30 at batch 256; batch 1 only from 5M items, where brute
-force's batch of 256 would hold a 10 GB score matrix), the measuring
-process's peak RSS after them (`peak_rss_gb`), `build_s` (the export's
-seconds) and, for an approximate index's `retrieve`, `recall_at_100`: the
-share of brute force's top 100 it returns, over 256 users without
+side by side in one run. A process of its own makes and saves each
+catalogue's model (as a run), another builds each export from that run,
+and a fresh Python measures each export, so none holds another's memory (a
+10M catalogue's model, training data and exports do not fit in 24 GB
+together). Rows: `catalogue`, `index` (`brute_force`, `scann`, or
+`partitioned` with its `quantization` and `nprobe`, 0 for the default),
+`signature`, `batch`, `p50_ms`, `p99_ms` (over 200 calls at batch 1, 30 at
+batch 256; batch 1 only from 5M items, where brute force's batch of 256
+would hold a 10 GB score matrix), the measuring process's peak RSS after
+them (`peak_rss_gb`), `build_s` (the export's seconds), `export_gb` (its
+files' size) and, for an approximate index's `retrieve`, `recall_at_100`:
+the share of brute force's top 100 it returns, over 256 users without
 exclusions.
 
     python benchmarks/serving_latency.py                      # brute force
@@ -209,14 +210,16 @@ def make_catalogue(name: str, folder: Path) -> None:
 
 def export_from_run(folder: Path, name: str, index: str, options: dict) -> None:
   """Exports the run `folder / "run"` as `folder / name` with `index`, and
-  writes the export's path and seconds to `folder / f"{name}.json"`."""
+  writes the export's path, seconds and size to `folder / f"{name}.json"`."""
   _, model = load_run(folder / "run")
   chosen = {"partitioned": PartitionedConfig(**options) if index == "partitioned" else None,
             "scann": ScannConfig(**options) if index == "scann" else None}
   start = time.perf_counter()
   export = export_model(model, folder, name, index=index, **chosen)
   (folder / f"{name}.json").write_text(json.dumps(
-      {"export": str(export), "build_s": time.perf_counter() - start}))
+      {"export": str(export), "build_s": time.perf_counter() - start,
+       "export_gb": sum(path.stat().st_size for path in Path(export).rglob("*")
+                        if path.is_file()) / 2**30}))
 
 
 def in_own_process(function, *args) -> None:
@@ -293,7 +296,7 @@ def measure_catalogue(catalogue: str, folder: Path, args) -> list[dict]:
       rows.append({"catalogue": catalogue, "index": index, **options, **row,
                    "peak_rss_gb": measured["peak_rss_gb"],
                    **(recall if row["signature"] == "retrieve" else {}),
-                   "build_s": built["build_s"]})
+                   "build_s": built["build_s"], "export_gb": built["export_gb"]})
       print(json.dumps(rows[-1]), flush=True)
     shutil.rmtree(folder / name)  # disk: a 10M catalogue's export holds gigabytes
   return rows
