@@ -9,8 +9,8 @@ scores and catalogue columns [batch, n], best first, places they cannot fill
 - `PartitionedIndex`: the items clustered by k-means at export; a query
   estimates each partition's best score from its centroid, spread and
   farthest item, then scores only the items of its `nprobe` best
-  partitions, one block each.
-  Approximate, and also made of standard TensorFlow ops only.
+  partitions, one block each. Approximate, and also made of standard
+  TensorFlow ops only.
 - `ScannIndex`: TFRS's `ScaNN` layer (partitions plus asymmetric hashing,
   then exact rescoring of a shortlist). It needs the `scann` extra, whose ops
   are built for TensorFlow 2.20: `pip install "tfmtl[scann]"` in its own
@@ -157,10 +157,11 @@ class PartitionedIndex(tf.Module):
   def top(self, query, n, exclude_columns):
     """As `BruteForceIndex.top`, over the `nprobe` best partitions' items."""
     batch = tf.shape(query)[0]
-    spread = (tf.matmul(query, self.centroids, transpose_b=True)
-              + tf.norm(query, axis=1, keepdims=True) * self.partition_spreads)
-    best = tf.maximum(spread, tf.matmul(query, self.farthest_items, transpose_b=True))
-    _, probed = tf.math.top_k(tf.gather(best, self.block_partitions, axis=1),
+    best_scores = tf.maximum(  # each partition's best item's, estimated: [batch, partitions]
+        tf.matmul(query, self.centroids, transpose_b=True)
+        + tf.norm(query, axis=1, keepdims=True) * self.partition_spreads,
+        tf.matmul(query, self.farthest_items, transpose_b=True))
+    _, probed = tf.math.top_k(tf.gather(best_scores, self.block_partitions, axis=1),
                               self.probed_blocks)  # a partition's blocks tie: all, in order
     vectors = tf.gather(self.item_vectors, probed)  # [batch, probed, size, dim]
     if self.quantization == "int8":  # TensorFlow has no int8 matmul: scored in float32
