@@ -80,6 +80,8 @@ DEVICE = [
 ]
 
 _MINUTE, _HOUR = 60, 3600
+# the partitioned index's records: one file, a catalogue's rows replaced by each run
+_PARTITIONED = ("benchmarks/serving_latency.py", "--index", "partitioned", "--catalogues")
 CPU = [
     Job("protocol_a", ("benchmarks/protocols.py", "--protocols", "A"), 30 * _MINUTE),
     Job("protocol_b", ("benchmarks/protocols.py", "--protocols", "B", "--config",
@@ -127,14 +129,19 @@ CPU = [
     Job("serving_latency", ("benchmarks/serving_latency.py",), 30 * _MINUTE),
     Job("serving_latency_scann", ("benchmarks/serving_latency.py", "--index", "scann"),
         30 * _MINUTE, requires="scann", note="in the scann extra's own environment"),
-    *[Job("serving_latency_partitioned",
-          ("benchmarks/serving_latency.py", "--index", "partitioned", "--catalogues", *args),
-          _HOUR, note=note) for args, note in (
-              (("movielens_1682", "synthetic_1000000", "random_1000000", "--quantization",
-                "none", "bfloat16", "--nprobe", "0", "20", "40"), "1M items"),
-              (("synthetic_10000000", "--quantization", "none", "--nprobe", "0", "64"),
-               "10M items, trained: 14 GB"),
-              (("random_10000000", "--quantization", "none"), "10M items, untrained"))],
+    Job("serving_latency_scann",
+        ("benchmarks/serving_latency.py", "--index", "scann", "--catalogues", "synthetic_10000000",
+         "--scann", "num_leaves_to_search=3162", "num_reordering_candidates=10000"),
+        _HOUR, requires="scann", note="10M items, in the scann extra's own environment"),
+    Job("serving_latency_partitioned",
+        (*_PARTITIONED, "movielens_1682", "synthetic_1000000", "random_1000000",
+         "--quantization", "none", "bfloat16", "--nprobe", "0", "20", "40"), _HOUR),
+    Job("serving_latency_partitioned",
+        (*_PARTITIONED, "synthetic_10000000", "--quantization", "none", "--nprobe", "0", "64"),
+        _HOUR, note="10M items, trained: 14 GB"),
+    Job("serving_latency_partitioned",
+        (*_PARTITIONED, "random_10000000", "--quantization", "none"), _HOUR,
+        note="10M items, untrained"),
 ]
 
 
