@@ -68,6 +68,7 @@ import tfmtl  # noqa: F401  (binds Keras 2 first)
 from tfmtl import training
 from tfmtl.model import build_model
 from tfmtl.config import ExperimentConfig, PartitionedConfig, ScannConfig
+from tfmtl.config.section import load_section
 from tfmtl.runs import load_run, save_run
 from tfmtl.serving import export_model
 
@@ -274,8 +275,7 @@ def measure_catalogue(catalogue: str, folder: Path, args) -> list[dict]:
   in_own_process(make_catalogue, catalogue, folder)
   exports = [("brute_force", {})]
   if args.index == "partitioned":
-    exports += [("partitioned", {"quantization": q, "nprobe": nprobe})
-                for q in args.quantization for nprobe in args.nprobe]
+    exports += [("partitioned", options) for options in args.partitioned]
   elif args.index == "scann":
     exports += [("scann", args.scann)]
   size = len(json.loads((folder / "sample.json").read_text())["item_id"])
@@ -304,13 +304,28 @@ def measure_catalogue(catalogue: str, folder: Path, args) -> list[dict]:
 
 def scann_options(parser, options: list[str]) -> dict:
   """`--scann`'s OPTION=VALUE pairs as {option: int}, checked by
-  `ScannConfig` before anything runs (a bad one is a usage error)."""
+  `export.scann`'s rules before anything runs (a bad one is a usage error)."""
   try:
     chosen = {key: int(value) for key, value in (option.split("=") for option in options)}
-    ScannConfig(**chosen)
-  except (ValueError, TypeError) as error:  # no "=", not an integer, an unknown option
+    load_section(ScannConfig, chosen)
+  except ValueError as error:  # no "=", not an integer, an unknown option or value
     parser.error(f"--scann {' '.join(options)}: give OPTION=INTEGER pairs of export.scann "
                  f"({error})")
+  return chosen
+
+
+def partitioned_options(parser, quantizations: list[str], nprobes: list[int]) -> list[dict]:
+  """One export's `export.partitioned` options per `--quantization` and
+  `--nprobe` pair, checked by `export.partitioned`'s rules before anything
+  runs (a bad one is a usage error)."""
+  chosen = [{"quantization": quantization, "nprobe": nprobe}
+            for quantization in quantizations for nprobe in nprobes]
+  try:
+    for options in chosen:
+      load_section(PartitionedConfig, options)
+  except ValueError as error:  # ConfigError: an unknown quantization, a negative nprobe
+    parser.error(f"--quantization {' '.join(quantizations)} --nprobe "
+                 f"{' '.join(map(str, nprobes))}: {error}")
   return chosen
 
 
@@ -329,8 +344,7 @@ def main():
                       help="export.scann options, e.g. num_leaves_to_search=300")
   args = parser.parse_args()
   args.scann = scann_options(parser, args.scann)
-  if min(args.nprobe) < 0:
-    parser.error(f"--nprobe {args.nprobe}: partitions probed are 0 (the default) or more")
+  args.partitioned = partitioned_options(parser, args.quantization, args.nprobe)
   rows = []
   for catalogue in args.catalogues:
     with tempfile.TemporaryDirectory() as folder:
