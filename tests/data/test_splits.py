@@ -116,6 +116,8 @@ def test_cold_item_split_holds_out_whole_items(movielens):
   assert [len(i) for i in items] == [1346, 168, 168]  # of 1,682 movies
   assert sum(len(part) for part in split) == len(interactions)
   assert cold_item_split(interactions, (0.8, 0.1, 0.1), seed=42).test.equals(split.test)
+  # validation movies come out of training's share: the test movies stay those of (0.9, 0, 0.1)
+  assert cold_item_split(interactions, (0.9, 0.0, 0.1), seed=42).test.equals(split.test)
   config = SplitConfig(protocol="cold_items")
   assert set(held_out_candidates(config, split.test)) == items[2]
   assert held_out_candidates(SplitConfig(protocol="per_user"), split.test) is None
