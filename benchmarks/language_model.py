@@ -22,7 +22,10 @@ model whose item features are the content vector (`text`: of "{title}
 - `top1`, `top2`, `lora`, `top1+genres`: its top layer, top two layers,
   or rank-8 LoRA updates of the top two, trained inside a recommender of
   the row's features for one epoch (`objective: recommend`,
-  `tfmtl.text_tower`; layers at 2e-4, LoRA at 1e-3).
+  `tfmtl.text_tower`; layers at 2e-4, LoRA at 1e-3);
+- `cf_align_recommend+genres`: the 4 layers `cf_align+genres` aligned,
+  then trained on inside the recommender for one epoch
+  (`content.fine_tune.init`: the recommender keeps fine-tuning them).
 
 Protocol B (`--b-rows`; the per-user 80/10/10 split of the distillation
 benchmark, all 1,682 movies candidates) asks whether text costs warm items
@@ -93,7 +96,11 @@ ROWS = {  # name: (features, content.fine_tune overrides)
     "lora": ("text", [*IN_RECOMMENDER, "content.fine_tune.top_layers=2",
                       "content.fine_tune.lora_rank=8", "content.fine_tune.learning_rate=1e-3"]),
     "top1+genres": ("text+genres", [*IN_RECOMMENDER, "content.fine_tune.top_layers=1"]),
+    "cf_align_recommend+genres": ("text+genres", [*IN_RECOMMENDER,
+                                                  "content.fine_tune.top_layers=4"]),
 }
+STARTS = {"cf_align_recommend+genres": "cf_align+genres"}  # row: the row whose layers it
+                                                          # keeps training (fine_tune.init)
 METRICS = ("recall@10", "ndcg@10", "recall@50")
 SPLIT_B = ["split.protocol=per_user", "split.fractions=[0.8, 0.1, 0.1]"]
 TEXT_B = ["content.encoder=minilm", f"content.text='{FEATURES['text+genres'][1]}'"]
@@ -118,20 +125,16 @@ def fresh_cache(folder: Path) -> Path:
 
 
 def run_row(name: str, seed: int, folder: Path) -> dict:
-  features, tuning = ROWS[name]
-  kept, recipe = FEATURES[features]
-  base = [*SPLIT, f"seed={seed}", f"train.run_dir={folder / 'run'}", "train.validate_every=0",
-          f"data.cache_dir={folder / 'cache'}"]
-  aligned_to = folder / f"cf_{seed}"
-  if "content.fine_tune.objective=align" in tuning and not aligned_to.exists():
-    config = ExperimentConfig().with_overrides(base)
-    prepared = training.prepare(config)
-    runs.save_run(aligned_to, config, prepared, training.fit(config, prepared, verbose=0))
-  config = ExperimentConfig().with_overrides([
-      *base, "content.encoder=minilm", f"content.text='{recipe}'",
-      f"content.fine_tune.seed={seed}", f"content.fine_tune.run={aligned_to}", *tuning])
+  kept = FEATURES[ROWS[name][0]][0]
+  config = row_config(name, seed, folder)
+  if name in STARTS:  # the starting row's table, made (or taken from the cache) first
+    start = folder / f"{STARTS[name]}_{seed}"
+    if not start.exists():
+      training.prepare(row_config(STARTS[name], seed, folder)).content.save(start)
+    config = config.with_overrides([f"content.fine_tune.init={start}"])
   in_recommender = config.content.fine_tune.objective == "recommend"
-  prepared = training.prepare(config.with_overrides(["content.fine_tune.objective=none"])
+  prepared = training.prepare(config.with_overrides(["content.fine_tune.objective=none",
+                                                     "content.fine_tune.init=null"])
                               if in_recommender else config)
   candidates = held_out_candidates(config.split, prepared.split.test)
   table = prepared.content
@@ -143,6 +146,22 @@ def run_row(name: str, seed: int, folder: Path) -> dict:
   scorer = TieBreakingScorer(evaluation.ModelScorer(model, prepared.data), seed)
   metrics = evaluation.retrieval_metrics(scorer, prepared.split, [10, 50], candidates=candidates)
   return _result(name, seed, {m: metrics[m] for m in METRICS}, stage, epoch_s)
+
+
+def row_config(name: str, seed: int, folder: Path) -> ExperimentConfig:
+  """Row `name`'s config at `seed`; an `align` row's target run (the
+  default model on the same split) is trained first, once per seed."""
+  features, tuning = ROWS[name]
+  base = [*SPLIT, f"seed={seed}", f"train.run_dir={folder / 'run'}", "train.validate_every=0",
+          f"data.cache_dir={folder / 'cache'}"]
+  aligned_to = folder / f"cf_{seed}"
+  if "content.fine_tune.objective=align" in tuning and not aligned_to.exists():
+    config = ExperimentConfig().with_overrides(base)
+    prepared = training.prepare(config)
+    runs.save_run(aligned_to, config, prepared, training.fit(config, prepared, verbose=0))
+  return ExperimentConfig().with_overrides([
+      *base, "content.encoder=minilm", f"content.text='{FEATURES[features][1]}'",
+      f"content.fine_tune.seed={seed}", f"content.fine_tune.run={aligned_to}", *tuning])
 
 
 def run_b_row(name: str, seed: int, folder: Path) -> dict:

@@ -279,6 +279,49 @@ def test_lora_inside_the_recommender_trains_only_the_low_rank_updates(encoder, t
   assert not np.allclose(table.vectors, encoder.encode(texts), atol=1e-4)
 
 
+def test_the_recommender_stage_keeps_fine_tuning_an_item_level_stages_layers(
+    encoder, tiny_config_file, tmp_path, monkeypatch):
+  """`fine_tune.init`: the stage's recommender first reads the pooled
+  vectors of the starting table's layers, then trains those layers, not
+  the pretrained ones; a starting table made another way is refused."""
+  from tfmtl import text_tower
+  monkeypatch.setattr(content, "TextEncoder", lambda *args: encoder)  # loaded once
+  layers, _ = text_tuning.fine_tuned_layers(encoder, 1)
+  start_layers = layers.get_weights()
+  beta = [i for i, w in enumerate(layers.weights) if w.name.endswith("beta:0")][-1]
+  start_layers[beta] = start_layers[beta] + 1.0  # far from the pretrained layer's
+  ItemContentTable(["1"], np.zeros([1, 384], np.float32), f"{encoder.name}, top 1 layers "
+                   "fine-tuned (classify)", "{genres}", 64,
+                   {"objective": "classify", "top_layers": 1, "lora_rank": 0},
+                   start_layers).save(tmp_path / "start")
+  read_first = {}
+
+  def train(config, prepared, ids, texts):
+    read_first["vectors"] = prepared.data.items[CONTENT].tolist()
+    return real_train(config, prepared, ids, texts)
+
+  real_train = text_tower._train
+  monkeypatch.setattr(text_tower, "_train", train)
+  fine_tune = {"objective": "recommend", "top_layers": 1, "epochs": 1, "learning_rate": 1e-3,
+               "init": str(tmp_path / "start")}
+  config = ExperimentConfig.from_file(tiny_config_file(
+      data={"cache_dir": str(tmp_path / "cache")}, train={"epochs": 1},
+      content={"encoder": "minilm", "text": "{genres}", "fine_tune": fine_tune}))
+  table = training.prepare(config).content
+  texts = item_texts(pd.read_csv(tmp_path / "items.csv"), "{genres}")
+  np.testing.assert_allclose(np.stack(read_first["vectors"]), FineTunedText(
+      encoder, texts, 1, weights=start_layers).encode(), atol=1e-5)
+  trained = table.fine_tuned_layers[beta]
+  assert np.abs(trained - start_layers[beta]).max() < 0.2 < np.abs(
+      trained - layers.get_weights()[beta]).min()
+  assert not np.allclose(trained, start_layers[beta])  # and it trained
+  np.testing.assert_allclose(table.vectors, FineTunedText(
+      encoder, texts, 1, weights=table.fine_tuned_layers).encode(), atol=1e-5)
+  with pytest.raises(ConfigError, match=r"content.fine_tune.init: .*start was made with "
+                     r"fine_tune.top_layers 1, and content.fine_tune.top_layers is 2"):
+    training.prepare(config.with_overrides(["content.fine_tune.top_layers=2"]))
+
+
 def test_history_items_read_their_text_through_the_trained_layers(encoder):
   """`ItemTextVectors` as a history's `item_vectors`: the pretrained vectors
   until it reads, then the same vectors through the layers, which the
@@ -358,6 +401,9 @@ def test_fine_tuning_targets_that_are_not_there_are_named(tmp_path):
     ({"objective": "classify", "lora_rank": -1}, "content.fine_tune.lora_rank: -1; 0 .off."),
     ({"objective": "recommend", "vector": "projected"},
      "content.fine_tune.vector: recommend trains no objective layer"),
+    ({"objective": "align", "run": "runs/x", "init": "tables/x"},
+     "content.fine_tune.init: starts the recommend objective from a fine-tuned table; "
+     "objective is align"),
     ({"objective": "tune"}, "content.fine_tune.objective: unknown value 'tune'")])
 def test_a_malformed_fine_tune_section_names_the_key(fine_tune, message):
   with pytest.raises(ConfigError, match=message):

@@ -359,6 +359,62 @@ def _fine_tune_targets(items: pd.DataFrame, tuning) -> tuple[np.ndarray, np.ndar
   return np.zeros([0, 0], np.float32), np.zeros([0], bool)
 
 
+def starting_table(items: pd.DataFrame, config: ContentConfig,
+                   cache_dir: Optional[str | Path] = None) -> ItemContentTable:
+  """`fine_tune.init`'s starting point for the `recommend` stage: every
+  item's pooled vector through the layers of the table it names, in a
+  table that keeps those layers; cached as `encode_item_content`'s, under
+  a key that also digests the layers."""
+  start = _checked_init(config)
+  ids, texts = items[ITEM_ID].astype(str).tolist(), item_texts(items, config.text)
+  recipe = [config.encoder, config.text, config.sequence_length, ids, texts, "init",
+            _digest(start.fine_tuned_layers)]
+  key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
+  folder = Path(cache_dir or default_cache_dir()) / "item_content" / key
+  if (folder / "meta.json").is_file():
+    return ItemContentTable.load(folder)
+  encoder = TextEncoder(config.encoder, config.sequence_length, cache_dir)
+  if not start.encoder.startswith(encoder.name):
+    raise ConfigError(f"content.fine_tune.init: {config.fine_tune.init} was made by "
+                      f"{start.encoder}, not content.encoder {encoder.name}")
+  from tfmtl.text_tuning import FineTunedText  # pylint: disable=import-outside-toplevel
+  tuned = FineTunedText(encoder, texts, config.fine_tune.top_layers,
+                        weights=start.fine_tuned_layers, lora_rank=config.fine_tune.lora_rank)
+  table = ItemContentTable(ids, tuned.encode(), start.encoder, config.text,
+                           config.sequence_length, start.fine_tune, tuned.head.get_weights())
+  table.save(folder)
+  return table
+
+
+def _checked_init(config: ContentConfig) -> ItemContentTable:
+  """The table `fine_tune.init` names, if `config` can start from it."""
+  tuning, folder = config.fine_tune, config.fine_tune.init
+  try:
+    start = ItemContentTable.load(folder)
+  except DataError as error:
+    raise ConfigError(f"content.fine_tune.init: {error}") from None
+  if not start.fine_tuned_layers:
+    raise ConfigError(f"content.fine_tune.init: {folder} holds no fine-tuned layers; write one "
+                      "with an item-level objective, e.g. `tfmtl encode-items --set "
+                      "content.fine_tune.objective=align ... --output FOLDER`")
+  made = {"text": (start.recipe, config.text),
+          "sequence_length": (start.sequence_length, config.sequence_length),
+          "fine_tune.top_layers": (start.fine_tune.get("top_layers"), tuning.top_layers),
+          "fine_tune.lora_rank": (start.fine_tune.get("lora_rank", 0), tuning.lora_rank)}
+  for key, (theirs, ours) in made.items():
+    if theirs != ours:
+      raise ConfigError(f"content.fine_tune.init: {folder} was made with {key} {theirs!r}, and "
+                        f"content.{key} is {ours!r}; they must match")
+  return start
+
+
+def _digest(arrays: list[np.ndarray]) -> str:
+  digest = hashlib.sha256()
+  for array in arrays:
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
+
+
 def _fine_tuned_table(encoder: "TextEncoder", ids: list[str], texts: list[str],
                       targets: tuple[np.ndarray, np.ndarray], config: ContentConfig
                       ) -> ItemContentTable:

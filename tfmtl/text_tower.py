@@ -7,7 +7,10 @@ candidate tower reading each item's `content` vector through the encoder's
 top `top_layers` layers (or LoRA updates of them), trainable, over the
 lower layers' token states, computed once per item
 (`tfmtl.text_tuning.FineTunedText`): the layers start training against a
-trained model, not a random one. With `model.sequence.content`, the
+trained model, not a random one. With `fine_tune.init` (a table of an
+item-level stage, e.g. `align`), the layers start as that stage left them,
+and the first epochs read their pooled vectors instead of the pretrained
+ones: the recommender keeps fine-tuning what the stage trained. With `model.sequence.content`, the
 items of each user's history read their vectors through the same layers,
 so the query side trains them too. Each batch runs the layers once per
 distinct item of its candidates (and once per distinct item of its
@@ -18,7 +21,7 @@ item, items no one rated included, into the content table the model of
 the run reads (frozen): its `fine_tuned_layers` are what a run keeps and
 what exports encode new items' text with, as for the item-level
 objectives. The stage's table is cached under a key of the encoder, the
-item texts, the fine-tuning settings, the model, tasks and optimizer
+item texts, the starting vectors, the fine-tuning settings, the model, tasks and optimizer
 settings, the features the model reads and the training interactions.
 
 The layers run over the distinct items of every batch, so an epoch here
@@ -155,13 +158,21 @@ def tune_in_recommender(config: ExperimentConfig, prepared):
                       "only; it cannot be combined with transfer.source")
   items = prepared.data.items
   ids, texts = items[ITEM_ID].astype(str).tolist(), item_texts(items, config.content.text)
+  if config.content.fine_tune.init:  # start from that table's layers and their vectors
+    prepared = _reading(prepared, content.starting_table(items, config.content,
+                                                         config.data.cache_dir))
   folder = _cache_folder(config, prepared, ids, texts)
   if (folder / "meta.json").is_file():
     table = ItemContentTable.load(folder)
   else:
     table = _train(config, prepared, ids, texts)
     table.save(folder)
-  data = dataclasses.replace(prepared.data, items=items.drop(columns=[CONTENT]),
+  return _reading(prepared, table)
+
+
+def _reading(prepared, table: ItemContentTable):
+  """`prepared` whose `content` feature and table are `table`'s."""
+  data = dataclasses.replace(prepared.data, items=prepared.data.items.drop(columns=[CONTENT]),
                              item_features={name: feature for name, feature
                                             in prepared.data.item_features.items()
                                             if name != CONTENT})
@@ -174,14 +185,16 @@ def _train(config: ExperimentConfig, prepared, ids: list[str],
   encoder = content.TextEncoder(options.encoder, options.sequence_length, config.data.cache_dir)
   tuned = FineTunedText(encoder, texts, tuning.top_layers, tuning.dropout,
                         lora_rank=tuning.lora_rank)
+  if tuning.init:  # an item-level stage's layers, whose vectors `prepared.content` holds
+    tuned.head.set_weights(prepared.content.fine_tuned_layers)
   keras.utils.set_random_seed(tuning.seed)
   data, rows = prepared.training_examples()
   model, text_vectors = recommender_reading_text(config, prepared, ids, tuned)
   timer = EpochTimer()
   frozen = config.train.epochs
-  logger.info("Training the recommender %d epoch(s) on the pretrained text vectors, then "
-              "%d with the top %d layers of %s", frozen, tuning.epochs, tuning.top_layers,
-              encoder.name)
+  logger.info("Training the recommender %d epoch(s) on the %s text vectors, then %d with "
+              "the top %d layers of %s", frozen, "starting (init)" if tuning.init else "pretrained",
+              tuning.epochs, tuning.top_layers, encoder.name)
   history = model.fit(make_dataset(data, rows, model.encoder, config.train.batch_size,
                                    shuffle=True, seed=tuning.seed),
                       epochs=frozen + tuning.epochs, verbose=0,
@@ -234,6 +247,7 @@ def _cache_folder(config: ExperimentConfig, prepared, ids: list[str], texts: lis
               [train.optimizer, train.learning_rate, train.batch_size, train.precision]]
   rows = prepared.training_examples()[1]
   digest = hashlib.sha256(json.dumps(settings, default=str).encode())
+  digest.update(prepared.content.vectors.tobytes())  # the starting vectors (`init`'s, or pretrained)
   digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
   return Path(config.data.cache_dir or default_cache_dir()) / "item_content" / (
       "recommend_" + digest.hexdigest()[:16])

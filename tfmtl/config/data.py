@@ -131,6 +131,11 @@ class TextTuningConfig(Section):
     label: `classify`: the item column whose `|`-joined tokens (or value)
       the text predicts, e.g. `genres`.
     run: `align`: a trained run folder (`runs/<name>`).
+    init: `recommend`: a content table folder written by an item-level
+      stage (`tfmtl encode-items --output`, e.g. of `align`) whose trained
+      layers the stage starts from and keeps fine-tuning, reading their
+      pooled vectors (default: the pretrained encoder's layers). Its
+      `top_layers` and `lora_rank` must be this section's.
     top_layers: how many of the encoder's top layers train; the lower ones
       stay frozen and are computed once per item.
     epochs, batch_size, learning_rate: the stage's training (`recommend`:
@@ -150,6 +155,7 @@ class TextTuningConfig(Section):
   objective: str = "none"
   label: str = "genres"
   run: Optional[str] = None
+  init: Optional[str] = None
   top_layers: int = 4
   epochs: int = 10
   batch_size: int = 128
@@ -171,6 +177,9 @@ class TextTuningConfig(Section):
     if self.objective == "align" and not self.run:
       raise ConfigError("run: align needs the trained run whose item embeddings the text "
                         "aligns to, e.g. run: runs/movielens_100k")
+    if self.init and self.objective != "recommend":
+      raise ConfigError(f"init: starts the recommend objective from a fine-tuned table; "
+                        f"objective is {self.objective}")
     one_of("vector", self.vector, ("auto", "projected", "pooled"))
     if self.objective == "recommend" and self.vector == "projected":
       raise ConfigError("vector: recommend trains no objective layer to project through; "
