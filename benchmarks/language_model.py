@@ -23,8 +23,9 @@ model whose item features are the content vector (`text`: of "{title}
   or rank-8 LoRA updates of the top two, trained inside a recommender of
   the row's features for one epoch (`objective: recommend`,
   `tfmtl.text_tower`; layers at 2e-4, LoRA at 1e-3);
-- `cf_align_recommend+genres`: the 4 layers `cf_align+genres` aligned,
-  then trained on inside the recommender for one epoch
+- `cf_align_recommend+genres`, `cf_align_all_recommend+genres`: the 4
+  (or 6) layers `cf_align+genres` (`cf_align_all+genres`) aligned, then
+  trained on inside the recommender for one epoch
   (`content.fine_tune.init`: the recommender keeps fine-tuning them).
 
 Protocol B (`--b-rows`; the per-user 80/10/10 split of the distillation
@@ -98,9 +99,12 @@ ROWS = {  # name: (features, content.fine_tune overrides)
     "top1+genres": ("text+genres", [*IN_RECOMMENDER, "content.fine_tune.top_layers=1"]),
     "cf_align_recommend+genres": ("text+genres", [*IN_RECOMMENDER,
                                                   "content.fine_tune.top_layers=4"]),
+    "cf_align_all_recommend+genres": ("text+genres", [*IN_RECOMMENDER,
+                                                      "content.fine_tune.top_layers=6"]),
 }
-STARTS = {"cf_align_recommend+genres": "cf_align+genres"}  # row: the row whose layers it
-                                                          # keeps training (fine_tune.init)
+STARTS = {  # row: the row whose layers it keeps training (fine_tune.init)
+    "cf_align_recommend+genres": "cf_align+genres",
+    "cf_align_all_recommend+genres": "cf_align_all+genres"}
 METRICS = ("recall@10", "ndcg@10", "recall@50")
 SPLIT_B = ["split.protocol=per_user", "split.fractions=[0.8, 0.1, 0.1]"]
 TEXT_B = ["content.encoder=minilm", f"content.text='{FEATURES['text+genres'][1]}'"]
