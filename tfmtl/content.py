@@ -313,8 +313,7 @@ def encode_item_content(items: pd.DataFrame, config: ContentConfig,
   if item_level:  # the settings and what the layers learn from
     recipe += [dataclasses.asdict(tuning), hashlib.sha256(targets[0].tobytes()).hexdigest(),
                targets[1].tolist()]
-  key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
-  folder = Path(cache_dir or default_cache_dir()) / "item_content" / key
+  folder = _cache_folder(recipe, cache_dir)
   if (folder / "meta.json").is_file():
     return ItemContentTable.load(folder)
   logger.info("Encoding %d item texts with %s (recipe %r)", len(texts), config.encoder,
@@ -367,10 +366,8 @@ def starting_table(items: pd.DataFrame, config: ContentConfig,
   a key that also digests the layers."""
   start = _checked_init(config)
   ids, texts = items[ITEM_ID].astype(str).tolist(), item_texts(items, config.text)
-  recipe = [config.encoder, config.text, config.sequence_length, ids, texts, "init",
-            _digest(start.fine_tuned_layers)]
-  key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
-  folder = Path(cache_dir or default_cache_dir()) / "item_content" / key
+  folder = _cache_folder([config.encoder, config.text, config.sequence_length, ids, texts,
+                          "init", _digest(start.fine_tuned_layers)], cache_dir)
   if (folder / "meta.json").is_file():
     return ItemContentTable.load(folder)
   encoder = TextEncoder(config.encoder, config.sequence_length, cache_dir)
@@ -406,6 +403,12 @@ def _checked_init(config: ContentConfig) -> ItemContentTable:
       raise ConfigError(f"content.fine_tune.init: {folder} was made with {key} {theirs!r}, and "
                         f"content.{key} is {ours!r}; they must match")
   return start
+
+
+def _cache_folder(recipe: list, cache_dir: Optional[str | Path]) -> Path:
+  """`<cache>/item_content/<key>`, the key a digest of `recipe` (JSON)."""
+  key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
+  return Path(cache_dir or default_cache_dir()) / "item_content" / key
 
 
 def _digest(arrays: list[np.ndarray]) -> str:

@@ -10,9 +10,9 @@ lower layers' token states, computed once per item
 trained model, not a random one. With `fine_tune.init` (a table of an
 item-level stage, e.g. `align`), the layers start as that stage left them,
 and the first epochs read their pooled vectors instead of the pretrained
-ones: the recommender keeps fine-tuning what the stage trained. With `model.sequence.content`, the
-items of each user's history read their vectors through the same layers,
-so the query side trains them too. Each batch runs the layers once per
+ones: the recommender keeps fine-tuning what the stage trained. With
+`model.sequence.content`, the items of each user's history read their
+vectors through the same layers, so the query side trains them too. Each batch runs the layers once per
 distinct item of its candidates (and once per distinct item of its
 histories). The tasks' own losses train the layers, their updates
 scaled to `fine_tune.learning_rate` (the rest of the model learns at
@@ -21,8 +21,9 @@ item, items no one rated included, into the content table the model of
 the run reads (frozen): its `fine_tuned_layers` are what a run keeps and
 what exports encode new items' text with, as for the item-level
 objectives. The stage's table is cached under a key of the encoder, the
-item texts, the starting vectors, the fine-tuning settings, the model, tasks and optimizer
-settings, the features the model reads and the training interactions.
+item texts, the starting vectors, the fine-tuning settings, the model,
+tasks and optimizer settings, the features the model reads and the
+training interactions.
 
 The layers run over the distinct items of every batch, so an epoch here
 costs far more than an epoch of the item-level objectives, which run
@@ -193,8 +194,9 @@ def _train(config: ExperimentConfig, prepared, ids: list[str],
   timer = EpochTimer()
   frozen = config.train.epochs
   logger.info("Training the recommender %d epoch(s) on the %s text vectors, then %d with "
-              "the top %d layers of %s", frozen, "starting (init)" if tuning.init else "pretrained",
-              tuning.epochs, tuning.top_layers, encoder.name)
+              "the top %d layers of %s", frozen,
+              "starting (init)" if tuning.init else "pretrained", tuning.epochs,
+              tuning.top_layers, encoder.name)
   history = model.fit(make_dataset(data, rows, model.encoder, config.train.batch_size,
                                    shuffle=True, seed=tuning.seed),
                       epochs=frozen + tuning.epochs, verbose=0,
@@ -247,7 +249,7 @@ def _cache_folder(config: ExperimentConfig, prepared, ids: list[str], texts: lis
               [train.optimizer, train.learning_rate, train.batch_size, train.precision]]
   rows = prepared.training_examples()[1]
   digest = hashlib.sha256(json.dumps(settings, default=str).encode())
-  digest.update(prepared.content.vectors.tobytes())  # the starting vectors (`init`'s, or pretrained)
+  digest.update(prepared.content.vectors.tobytes())  # starting vectors: `init`'s or pretrained
   digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
   return Path(config.data.cache_dir or default_cache_dir()) / "item_content" / (
       "recommend_" + digest.hexdigest()[:16])
